@@ -1,0 +1,528 @@
+"""Attribution patching: rank every MLP neuron and attention head by how much it drives the
+Black/White difference, from one forward and one backward pass per batch of pairs.
+
+Target: m = mean over pairs of a pair metric (``js``, or ``logit_gap`` as mean |gap|).
+A score is the *estimated reduction* of m when the component is removed (higher = prune first):
+
+* ``ablate`` (what pruning does): score = -sum over both runs and all positions of
+  (a_ref - a) * dm/da, with a_ref = 0 (zero ablation) or the mean activation on neutral text;
+* ``patch`` (mediation): score = -sum over the aligned suffix of (a_W - a_B) * dm/da_B: how much of
+  the difference flows through the component when the White activations are patched into the
+  Black run.
+
+:func:`exact_effects` is the slow reference (one ablated forward per component) and
+:func:`validate` correlates the two. Baseline scorers share the :class:`Scores` interface:
+``actdiff`` (optiPfair-style mean |a_B - a_W|), ``wanda`` (|W| times the activation-norm
+difference, Ma et al.) and ``random``.
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .batching import Batch, check_finite, chunks, encode, model_device
+from .components import KINDS, Component, attached, hook_name, shape_of
+from .errors import LensBiasError, NumericsError
+from .masks import PruningMask
+from .metrics import js_divergence, last_logits, logit_gap, pair_batch, tokenizer_of, word_tokens
+from .pairs import ContrastivePair, PairSet
+
+ESTIMATORS = ("ablate", "patch")
+BASELINES = ("actdiff", "wanda", "random")
+SCORERS = ESTIMATORS + BASELINES
+TARGETS = ("js", "logit_gap")
+SCORES_VERSION = 1
+
+
+# ---------------------------------------------------------------- the score container
+
+
+@dataclass
+class Scores:
+    """Per-component scores: ``neurons`` [n_layers, d_mlp], ``heads`` [n_layers, n_heads], the same
+    per domain in ``by_domain``, and the settings that produced them. Higher = prune first."""
+
+    neurons: Float[Tensor, "n_layers d_mlp"] | None
+    heads: Float[Tensor, "n_layers n_heads"] | None
+    by_domain: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def get(self, kind: str) -> Tensor | None:
+        return self.neurons if kind == "neurons" else self.heads
+
+    def for_domain(self, domain: str) -> Scores:
+        if domain not in self.by_domain:
+            raise LensBiasError(f"no scores for domain {domain!r}; have {sorted(self.by_domain)}")
+        d = self.by_domain[domain]
+        return Scores(d.get("neurons"), d.get("heads"), {}, {**self.settings, "domains": [domain]})
+
+    def top(self, kind: str = "neurons", k: int = 20) -> list[tuple[int, int, float]]:
+        """The ``k`` highest-scoring (layer, index, score)."""
+        s = self.get(kind)
+        if s is None:
+            return []
+        vals, idx = torch.topk(s.flatten(), min(k, s.numel()))
+        cols = s.shape[1]
+        return [(int(i) // cols, int(i) % cols, float(v)) for v, i in zip(vals, idx, strict=True)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors file (settings as JSON in its header)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {}
+        for k in KINDS:
+            if self.get(k) is not None:
+                tensors[k] = self.get(k).float().contiguous().cpu()
+        for d, ts in self.by_domain.items():
+            for k, t in ts.items():
+                tensors[f"domain/{d}/{k}"] = t.float().contiguous().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp), metadata={"lens_bias_scores": json.dumps({"version": SCORES_VERSION, **self.settings})})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scores:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise LensBiasError(f"scores file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("lens_bias_scores", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+            raise LensBiasError(f"{path}: not a lens_bias scores file ({e})") from e
+        by_domain: dict[str, dict[str, Tensor]] = {}
+        for k, t in tensors.items():
+            if k.startswith("domain/"):
+                _, d, kind = k.split("/")
+                by_domain.setdefault(d, {})[kind] = t
+        meta.pop("version", None)
+        return cls(tensors.get("neurons"), tensors.get("heads"), by_domain, meta)
+
+
+# ---------------------------------------------------------------- differentiable pair metrics
+
+
+def pair_metric(target, last_logits: Float[Tensor, "rows vocab"], pairs: Sequence[ContrastivePair],
+                tokenizer) -> Float[Tensor, " n"]:
+    """Per-pair metric values (differentiable) from the last-token logits of a pair batch (n Black
+    rows, then n White rows): ``js``; ``logit_gap`` as |gap| (pairs without pos/neg give 0); or a
+    callable ``f(logits_black, logits_white, pairs) -> [n]`` (e.g. for tests)."""
+    n = len(pairs)
+    if callable(target):
+        return target(last_logits[:n], last_logits[n:], pairs)
+    logp = F.log_softmax(last_logits, -1)
+    logp_b, logp_w = logp[:n], logp[n:]
+    if target == "js":
+        return js_divergence(logp_b, logp_w)
+    if target == "logit_gap":
+        wt = word_tokens(tokenizer, pairs)
+        has = [i for i, p in enumerate(pairs) if p.pos and p.neg]
+        out = torch.zeros(len(pairs), dtype=logp_b.dtype, device=logp_b.device)
+        if has:
+            g = logit_gap(logp_b[has], logp_w[has], [wt.pos[i] for i in has], [wt.neg[i] for i in has])
+            out = out.index_put((torch.tensor(has, device=out.device),), g.abs())
+        return out
+    raise LensBiasError(f"metric must be one of {TARGETS}, got {target!r}")
+
+
+def _directional_only(pairs: PairSet, target) -> PairSet:
+    if isinstance(target, str) and target == "logit_gap":
+        sub = pairs.filter(directional=True)
+        if not len(sub):
+            raise LensBiasError("metric 'logit_gap' needs pairs with pos/neg words; none have them")
+        return sub
+    return pairs
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float32 for half-precision logits; float64 stays float64 (exactness tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _score_dtype(bridge) -> torch.dtype:
+    """Scores are float32 (accumulated in float64) unless the model itself runs in float64."""
+    return torch.float64 if next(bridge.original_model.parameters()).dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- alignment for the patch estimator
+
+
+def aligned_suffix(batch: Batch, n: int) -> tuple[Bool[Tensor, "n pos"], Int[Tensor, "n pos"]]:
+    """For each pair (row i = Black, row n+i = White): which Black positions are patched and the
+    matching White position. Equal lengths: every position. Unequal: the common token suffix
+    (the prompts aligned at their end)."""
+    ids, lengths = batch.ids.cpu(), batch.lengths.cpu()
+    width = ids.shape[1]
+    patch = torch.zeros(n, width, dtype=torch.bool)
+    src = torch.zeros(n, width, dtype=torch.long)
+    for i in range(n):
+        lb, lw = int(lengths[i]), int(lengths[n + i])
+        b, w = ids[i, :lb], ids[n + i, :lw]
+        if lb == lw:
+            c = lb
+        else:
+            c = 0
+            while c < min(lb, lw) and b[lb - 1 - c] == w[lw - 1 - c]:
+                c += 1
+        patch[i, lb - c: lb] = True
+        src[i, lb - c: lb] = torch.arange(lw - c, lw)
+    return patch.to(batch.ids.device), src.to(batch.ids.device)
+
+
+# ---------------------------------------------------------------- gradient passes
+
+
+def _capture_hooks(kinds: Sequence[str], n_layers: int, store: dict):
+    def make(kind, layer):
+        def fn(act, hook):
+            store[(kind, layer)] = act
+            return act
+        return fn
+
+    return [(hook_name(k, L), make(k, L)) for k in kinds for L in range(n_layers)]
+
+
+def _reduce(kind: str, x: Tensor) -> Tensor:
+    """Sum a [rows, pos, d_mlp] or [rows, pos, head, d_head] tensor to [d_mlp] / [head]."""
+    return x.sum(dim=(0, 1)) if kind == "neurons" else x.sum(dim=(0, 1, 3))
+
+
+def _ref(kind: str, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
+    if ablation == "zero":
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    return means[kind][layer].to(like.device, like.dtype)
+
+
+def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer) -> tuple[dict, Tensor]:
+    """One forward + backward on a batch of pairs; returns per-layer contributions (summed over
+    the batch) and the per-pair metric values."""
+    n_layers = bridge.cfg.n_layers
+    batch = pair_batch(bridge, chunk)
+    n = len(chunk)
+    store: dict = {}
+    with attached(bridge, _capture_hooks(kinds, n_layers, store)), torch.enable_grad():
+        keep, where = torch.unique(batch.last, return_inverse=True)
+        logits = bridge(batch.ids, logits_to_keep=keep)
+        last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
+        check_finite(last, "logits during attribution")
+        per_pair = pair_metric(target, last, chunk, tokenizer)
+        keys = list(store)
+        grads = torch.autograd.grad(per_pair.sum(), [store[k] for k in keys], allow_unused=True)
+    mask = batch.mask
+    contrib = {}
+    if estimator == "patch":
+        patch, src = aligned_suffix(batch, n)
+    for key, g in zip(keys, grads, strict=True):
+        kind, layer = key
+        a = store[key].detach()
+        if g is None:
+            g = torch.zeros_like(a)
+        if estimator == "ablate":
+            m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.ndim - 2)))
+            delta = (_ref(kind, layer, ablation, means, a) - a) * m
+            c = _reduce(kind, delta * g)
+        else:
+            a_b, g_b = a[:n], g[:n]
+            idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a_b)
+            a_w = torch.gather(a[n:], 1, idx)
+            pm = patch.to(a.dtype).view(*patch.shape, *([1] * (a.ndim - 2)))
+            c = _reduce(kind, (a_w - a_b) * pm * g_b)
+        contrib[key] = (-c).double().cpu()
+    return contrib, per_pair.detach().cpu()
+
+
+def attribute(
+    bridge,
+    pairs: PairSet,
+    metric: str = "js",
+    estimator: str = "ablate",
+    ablation: str = "zero",
+    components: Sequence[str] = KINDS,
+    batch_size: int = 16,
+    means: dict | None = None,
+    progress: bool = True,
+) -> Scores:
+    """Score every neuron and head by attribution patching (see the module docstring).
+
+    ``ablation="mean"`` needs ``means`` from :func:`lens_bias.capture.mean_activations` (computed on
+    the bundled neutral text when omitted). Batches never mix domains, so per-domain scores come
+    from the same passes.
+
+    Example:
+        >>> from lens_bias import load_model, build_pairs
+        >>> b = load_model("tiny-random")
+        >>> s = attribute(b, build_pairs(["finance"]).sample(4), progress=False)
+        >>> tuple(s.neurons.shape), tuple(s.heads.shape)
+        ((2, 128), (2, 4))
+    """
+    if estimator not in ESTIMATORS:
+        raise LensBiasError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if ablation not in ("zero", "mean"):
+        raise LensBiasError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    kinds = [k for k in KINDS if k in components]
+    if not kinds:
+        raise LensBiasError(f"components must include 'neurons' and/or 'heads', got {components}")
+    pairs = _directional_only(pairs, metric)
+    if not len(pairs):
+        raise LensBiasError("no pairs to attribute on")
+    if ablation == "mean" and means is None and estimator == "ablate":
+        from .capture import mean_activations
+        from .pairs import neutral_text
+
+        means = mean_activations(bridge, neutral_text())
+    tok = tokenizer_of(bridge)
+    sums = {d: {k: torch.zeros(shape_of(bridge, k), dtype=torch.float64) for k in kinds} for d in pairs.domains}
+    counts = {d: 0 for d in pairs.domains}
+    metric_sum = {d: 0.0 for d in pairs.domains}
+    jobs = [(d, sub.pairs[sl]) for d, sub in pairs.by_domain().items() for sl in chunks(len(sub), batch_size)]
+    it = tqdm(jobs, desc=f"attribution ({estimator})", leave=False) if progress else jobs
+    for d, chunk in it:
+        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok)
+        for (kind, layer), c in contrib.items():
+            sums[d][kind][layer] += c
+        counts[d] += len(chunk)
+        metric_sum[d] += float(per_pair.sum())
+    total = sum(counts.values())
+    dt = _score_dtype(bridge)
+    overall = {k: (sum(sums[d][k] for d in sums) / total).to(dt) for k in kinds}
+    by_domain = {d: {k: (sums[d][k] / counts[d]).to(dt) for k in kinds} for d in sums}
+    for k, v in overall.items():
+        if not torch.isfinite(v).all():
+            raise NumericsError(f"non-finite attribution scores for {k}; run the model in float32")
+    settings = {
+        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation,
+        "model": getattr(bridge, "lens_bias_name", "?"), "n_pairs": total, "domains": pairs.domains,
+        "metric_before": sum(metric_sum.values()) / total,
+        "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
+    }
+    return Scores(overall.get("neurons", None) if "neurons" in kinds else None,
+                  overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
+
+
+def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means: dict | None = None,
+                    batch_size: int = 8, progress: bool = False) -> Scores:
+    """First-order increase of the language-modelling loss (mean token NLL on ``texts``) when each
+    neuron / head is ablated. Higher = more load-bearing (keep it)."""
+    from .capture import mean_activations
+
+    if ablation == "mean" and means is None:
+        means = mean_activations(bridge, texts)
+    tok = tokenizer_of(bridge)
+    n_layers = bridge.cfg.n_layers
+    sums = {k: torch.zeros(shape_of(bridge, k), dtype=torch.float64) for k in KINDS}
+    n_tok = 0
+    device = model_device(bridge)
+    it = chunks(len(texts), batch_size)
+    if progress:
+        it = tqdm(list(it), desc="capability cost", leave=False)
+    for sl in it:
+        batch = encode(tok, texts[sl], device=device)
+        store: dict = {}
+        with attached(bridge, _capture_hooks(KINDS, n_layers, store)), torch.enable_grad():
+            logits = _upcast(bridge(batch.ids))
+            logp = F.log_softmax(logits[:, :-1], -1).gather(-1, batch.ids[:, 1:, None])[..., 0]
+            nll = -(logp * batch.mask[:, 1:]).sum()
+            keys = list(store)
+            grads = torch.autograd.grad(nll, [store[k] for k in keys], allow_unused=True)
+        n_tok += int(batch.mask[:, 1:].sum())
+        m = batch.mask
+        for key, g in zip(keys, grads, strict=True):
+            kind, layer = key
+            a = store[key].detach()
+            if g is None:
+                continue
+            mm = m.to(a.dtype).view(*m.shape, *([1] * (a.ndim - 2)))
+            sums[kind][layer] += _reduce(kind, (_ref(kind, layer, ablation, means, a) - a) * mm * g).double().cpu()
+    out = {k: (v / max(n_tok, 1)).to(_score_dtype(bridge)) for k, v in sums.items()}
+    return Scores(out["neurons"], out["heads"], {}, {"scorer": "capability_cost", "ablation": ablation,
+                                                       "n_tokens": n_tok})
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def baseline_scores(bridge, pairs: PairSet, scorer: str, batch_size: int = 32, seed: int = 0) -> Scores:
+    """``actdiff``: mean |a_B - a_W| at the last token (optiPfair-style); ``wanda``: |W_out| column
+    norm times the difference of activation norms between Black and White prompts (Ma et al.);
+    ``random``: seeded uniform scores."""
+    from .capture import last_token_activations
+
+    settings = {"scorer": scorer, "estimator": scorer, "metric": "-", "model": getattr(bridge, "lens_bias_name", "?"),
+                "n_pairs": len(pairs), "domains": pairs.domains}
+    if scorer == "random":
+        g = torch.Generator().manual_seed(seed)
+        return Scores(torch.rand(shape_of(bridge, "neurons"), generator=g),
+                      torch.rand(shape_of(bridge, "heads"), generator=g), {}, {**settings, "seed": seed})
+    if scorer not in BASELINES:
+        raise LensBiasError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+
+    def one(ps: PairSet) -> dict[str, Tensor]:
+        s = last_token_activations(bridge, ps, batch_size)
+        if scorer == "actdiff":
+            return {"neurons": s["neuron_absdiff"], "heads": s["head_absdiff"]}
+        w_norm = torch.stack([_down_proj(bridge, L).weight.detach().abs().sum(0).float().cpu()
+                              for L in range(bridge.cfg.n_layers)])
+        xn = (s["neuron_sq_black"].sqrt() - s["neuron_sq_white"].sqrt()).abs()
+        o_norm = torch.stack([_o_proj_head_norms(bridge, L) for L in range(bridge.cfg.n_layers)])
+        return {"neurons": w_norm * xn, "heads": o_norm * s["head_absdiff"]}
+
+    by_domain = {d: one(sub) for d, sub in pairs.by_domain().items()}
+    total = len(pairs)
+    overall = {k: sum(by_domain[d][k] * len(pairs.filter(domains=[d])) for d in by_domain) / total for k in KINDS}
+    return Scores(overall["neurons"], overall["heads"], by_domain, settings)
+
+
+def _layers(bridge):
+    return bridge.original_model.model.layers
+
+
+def _down_proj(bridge, layer: int):
+    mlp = _layers(bridge)[layer].mlp
+    return getattr(mlp, "down_proj", None) or mlp.out
+
+
+def _o_proj_head_norms(bridge, layer: int) -> Tensor:
+    attn = _layers(bridge)[layer].self_attn
+    o = getattr(attn, "o_proj", None) or attn.o
+    w = o.weight.detach().abs().float().cpu()
+    return w.view(w.shape[0], bridge.cfg.n_heads, bridge.cfg.d_head).sum(dim=(0, 2))
+
+
+def score(bridge, pairs: PairSet, scorer: str = "ablate", **kwargs) -> Scores:
+    """One entry point for every scorer: attribution estimators and baselines."""
+    if scorer in ESTIMATORS:
+        return attribute(bridge, pairs, estimator=scorer, **kwargs)
+    keep = {k: v for k, v in kwargs.items() if k in ("batch_size", "seed")}
+    return baseline_scores(bridge, pairs, scorer, **keep)
+
+
+# ---------------------------------------------------------------- exact reference and validation
+
+
+def metric_value(bridge, pairs: PairSet, metric="js", batch_size: int = 32) -> float:
+    """m = mean over pairs of the target metric, with whatever hooks are attached now."""
+    pairs = _directional_only(pairs, metric)
+    tok = tokenizer_of(bridge)
+    total = 0.0
+    for sl in chunks(len(pairs), batch_size):
+        chunk = pairs.pairs[sl]
+        with torch.inference_mode():
+            last = _upcast(last_logits(bridge, pair_batch(bridge, chunk)))
+            check_finite(last)
+            total += float(pair_metric(metric, last, chunk, tok).sum())
+    return total / len(pairs)
+
+
+def exact_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str = "js",
+                  ablation: str = "zero", means: dict | None = None, batch_size: int = 32,
+                  progress: bool = True) -> Float[Tensor, " n"]:
+    """The slow reference: ablate each component alone and measure the exact reduction of m."""
+    from .ablation import ablate
+
+    if ablation == "mean" and means is None:
+        from .capture import mean_activations
+        from .pairs import neutral_text
+
+        means = mean_activations(bridge, neutral_text())
+    base = metric_value(bridge, pairs, metric, batch_size)
+    out = []
+    it = tqdm(components, desc="exact ablation", leave=False) if progress else components
+    for c in it:
+        mask = PruningMask.keep_all(bridge)
+        mask.tensor(c.kind)[c.layer, c.index] = False
+        with ablate(bridge, mask, ablation, means):
+            out.append(base - metric_value(bridge, pairs, metric, batch_size))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def exact_patch_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str = "js",
+                        batch_size: int = 16, progress: bool = True) -> Float[Tensor, " n"]:
+    """Exact activation patching: for each component, the White run's activation is patched into
+    the Black run on the aligned suffix; returns the exact reduction of m."""
+    tok = tokenizer_of(bridge)
+    pairs = _directional_only(pairs, metric)
+
+    def run(comp: Component | None) -> float:
+        total = 0.0
+        for sl in chunks(len(pairs), batch_size):
+            chunk = pairs.pairs[sl]
+            batch = pair_batch(bridge, chunk)
+            n = len(chunk)
+            hooks = []
+            if comp is not None:
+                patch, src = aligned_suffix(batch, n)
+
+                def fn(act, hook, comp=comp, patch=patch, src=src, n=n):
+                    a = act.clone()
+                    idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a[:n])
+                    a_w = torch.gather(act[n:], 1, idx)
+                    sel = (slice(None), slice(None), comp.index)
+                    pm = patch if a.ndim == 3 else patch[..., None]
+                    a[:n][sel] = torch.where(pm, a_w[sel], a[:n][sel])
+                    return a
+                hooks = [(hook_name(comp.kind, comp.layer), fn)]
+            with attached(bridge, hooks), torch.inference_mode():
+                last = _upcast(last_logits(bridge, batch))
+            total += float(pair_metric(metric, last, chunk, tok).sum())
+        return total / len(pairs)
+
+    base = run(None)
+    it = tqdm(components, desc="exact patching", leave=False) if progress else components
+    return torch.tensor([base - run(c) for c in it], dtype=torch.float64)
+
+
+def _sample_components(scores: Scores, kind: str, k: int, n_random: int, seed: int) -> list[Component]:
+    s = scores.get(kind)
+    cols = s.shape[1]
+    top = torch.topk(s.abs().flatten(), min(k, s.numel())).indices.tolist()
+    rest = sorted(set(range(s.numel())) - set(top))
+    rng = _random.Random(seed)
+    rand = rng.sample(rest, min(n_random, len(rest)))
+    return [Component(kind, i // cols, i % cols) for i in top + rand]
+
+
+def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
+             kinds: Sequence[str] = KINDS, batch_size: int = 32, progress: bool = True) -> dict:
+    """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
+    top-``k`` components by |score| plus ``n_random`` random ones, per kind.
+
+    Returns ``{kind: {"spearman", "pearson", "n", "components", "predicted", "exact"}}``.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    st = scores.settings
+    metric = st.get("metric") if st.get("metric") in TARGETS else "js"
+    out = {}
+    for kind in kinds:
+        if scores.get(kind) is None:
+            continue
+        comps = _sample_components(scores, kind, k, n_random, seed)
+        pred = torch.tensor([float(scores.get(kind)[c.layer, c.index]) for c in comps])
+        if st.get("estimator") == "patch":
+            true = exact_patch_effects(bridge, pairs, comps, metric, batch_size, progress)
+        else:
+            true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size, progress)
+        sp = float(spearmanr(pred.numpy(), true.numpy()).statistic) if len(comps) > 2 else float("nan")
+        pe = float(pearsonr(pred.numpy(), true.numpy()).statistic) if len(comps) > 2 else float("nan")
+        out[kind] = {
+            "spearman": sp, "pearson": pe, "n": len(comps), "k": k, "n_random": n_random,
+            "components": [[c.layer, c.index] for c in comps],
+            "predicted": pred.tolist(), "exact": true.tolist(),
+        }
+    return out

@@ -1,0 +1,105 @@
+"""Streamed per-neuron and per-head statistics through TransformerLens hooks.
+
+Statistics are running sums over batches (memory does not grow with the number of prompts) and
+padded positions never enter them (:attr:`lens_bias.batching.Batch.mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .batching import chunks, context_length, encode, gather_last, model_device
+from .components import attached, head_hook, neuron_hook
+from .pairs import PairSet
+
+
+def _progress(it, desc, progress):
+    return tqdm(list(it), desc=desc, leave=False) if progress else it
+
+
+def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
+    """Mean activation of every neuron [n_layers, d_mlp] and head output [n_layers, n_heads, d_head]
+    over all (unpadded) tokens of ``texts``: the reference values of mean ablation."""
+    cfg = bridge.cfg
+    tok = bridge.lens_bias_tokenizer
+    sums = {
+        "neurons": torch.zeros(cfg.n_layers, cfg.d_mlp, dtype=torch.float64),
+        "heads": torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head, dtype=torch.float64),
+    }
+    count = 0
+    state = {}
+
+    def make(kind, layer):
+        def fn(act, hook):
+            m = state["mask"].to(act.dtype)
+            s = torch.einsum("bp,bp...->...", m, act).double().cpu()
+            sums[kind][layer] += s
+        return fn
+
+    hooks = [(neuron_hook(L), make("neurons", L)) for L in range(cfg.n_layers)]
+    hooks += [(head_hook(L), make("heads", L)) for L in range(cfg.n_layers)]
+    device = model_device(bridge)
+    with attached(bridge, hooks), torch.inference_mode():
+        for sl in _progress(chunks(len(texts), batch_size), "mean activations", progress):
+            batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
+            state["mask"] = batch.mask
+            bridge(batch.ids, logits_to_keep=1)
+            count += int(batch.mask.sum())
+    return {k: (v / max(count, 1)).float() for k, v in sums.items()}
+
+
+def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progress: bool = False):
+    """Streamed sums over pairs, at each prompt's last token: |a_B - a_W| per neuron and per head
+    (L2 over d_head), and the squared norms of a_B and a_W per neuron (for Wanda-style scores).
+
+    Returns a dict of float tensors divided by the number of pairs (means), keys
+    ``neuron_absdiff`` [L, d_mlp], ``head_absdiff`` [L, H], ``neuron_sq_black``/``neuron_sq_white`` [L, d_mlp].
+    """
+    from .metrics import pair_batch
+
+    cfg = bridge.cfg
+    L = cfg.n_layers
+    acc = {
+        "neuron_absdiff": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
+        "head_absdiff": torch.zeros(L, cfg.n_heads, dtype=torch.float64),
+        "neuron_sq_black": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
+        "neuron_sq_white": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
+    }
+    state = {}
+
+    def neuron_fn(layer):
+        def fn(act, hook):
+            last = gather_last(act, state["lengths"]).double().cpu()
+            n = last.shape[0] // 2
+            acc["neuron_absdiff"][layer] += (last[:n] - last[n:]).abs().sum(0)
+            acc["neuron_sq_black"][layer] += (last[:n] ** 2).sum(0)
+            acc["neuron_sq_white"][layer] += (last[n:] ** 2).sum(0)
+        return fn
+
+    def head_fn(layer):
+        def fn(z, hook):
+            last = gather_last(z, state["lengths"]).double().cpu()
+            n = last.shape[0] // 2
+            acc["head_absdiff"][layer] += (last[:n] - last[n:]).norm(dim=-1).sum(0)
+        return fn
+
+    hooks = [(neuron_hook(i), neuron_fn(i)) for i in range(L)] + [(head_hook(i), head_fn(i)) for i in range(L)]
+    with attached(bridge, hooks), torch.inference_mode():
+        for sl in _progress(chunks(len(pairs), batch_size), "activations", progress):
+            batch = pair_batch(bridge, pairs.pairs[sl])
+            state["lengths"] = batch.lengths
+            bridge(batch.ids, logits_to_keep=1)
+    n = max(len(pairs), 1)
+    return {k: (v / n).float() for k, v in acc.items()}
+
+
+def activation_diff(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
+    """optiPfair-style activation difference: mean |a_B - a_W| at the last token, per layer, for MLP
+    neurons and for head outputs (the measure that grows with depth in Fairness Pruning)."""
+    s = last_token_activations(bridge, pairs, batch_size)
+    return {"neurons": s["neuron_absdiff"].mean(-1), "heads": s["head_absdiff"].mean(-1)}

@@ -1,0 +1,300 @@
+"""Pruning masks: which neurons and heads to keep.
+
+A :class:`PruningMask` holds boolean *keep* tensors ``neurons`` [n_layers, d_mlp] and ``heads``
+[n_layers, n_heads] (True = keep) and metadata. On disk (DESIGN section 6, a contract):
+``mask.safetensors`` (the tensors, metadata as JSON in the header) and ``mask.json`` (readable:
+metadata plus the pruned (layer, index) pairs). Only safetensors and JSON are ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from .components import params_per_unit, shape_of
+from .errors import MaskError
+
+MASK_VERSION = 1
+
+
+@dataclass
+class PruningMask:
+    """Keep-masks for MLP neurons and attention heads, plus metadata (model, shapes, scorer...)."""
+
+    neurons: Bool[Tensor, "n_layers d_mlp"]
+    heads: Bool[Tensor, "n_layers n_heads"]
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def keep_all(cls, bridge, **meta) -> PruningMask:
+        return cls(
+            torch.ones(shape_of(bridge, "neurons"), dtype=torch.bool),
+            torch.ones(shape_of(bridge, "heads"), dtype=torch.bool),
+            {**model_meta(bridge), **meta},
+        )
+
+    def tensor(self, kind: str) -> Tensor:
+        return self.neurons if kind == "neurons" else self.heads
+
+    def pruned(self, kind: str) -> list[tuple[int, int]]:
+        """(layer, index) of every removed unit of ``kind``."""
+        return [tuple(x) for x in (~self.tensor(kind)).nonzero().tolist()]
+
+    def counts(self) -> dict[str, int]:
+        return {"neurons": int((~self.neurons).sum()), "heads": int((~self.heads).sum())}
+
+    def per_layer(self, kind: str) -> list[int]:
+        return (~self.tensor(kind)).sum(-1).tolist()
+
+    def is_empty(self) -> bool:
+        return bool(self.neurons.all() and self.heads.all())
+
+    def __or__(self, other: PruningMask) -> PruningMask:
+        """Union of the pruned sets."""
+        return PruningMask(self.neurons & other.neurons, self.heads & other.heads, dict(self.meta))
+
+    def check(self, bridge) -> None:
+        """Refuse a mask whose shapes or architecture differ from ``bridge``'s, naming both."""
+        want = {"neurons": shape_of(bridge, "neurons"), "heads": shape_of(bridge, "heads")}
+        got = {"neurons": tuple(self.neurons.shape), "heads": tuple(self.heads.shape)}
+        if want != got:
+            raise MaskError(
+                f"mask does not fit the model: mask shapes {got} (model {self.meta.get('model', '?')}), "
+                f"model shapes {want} ({getattr(bridge, 'lens_bias_name', '?')}). Build the mask for this model."
+            )
+        arch = self.meta.get("architecture")
+        mine = model_meta(bridge)["architecture"]
+        if arch and arch != mine:
+            raise MaskError(f"mask is for architecture {arch}, the model is {mine}")
+
+    # ------------------------------------------------------------ files
+
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write ``mask.safetensors`` and ``mask.json`` into ``folder`` (or next to a .safetensors path)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if folder.suffix == ".safetensors":
+            st, js = folder, folder.with_suffix(".json")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            st, js = folder / "mask.safetensors", folder / "mask.json"
+        meta = {"version": MASK_VERSION, **self.meta}
+        header = {"lens_bias_mask": json.dumps(meta)}
+        save_file({"neurons": self.neurons.to(torch.uint8).contiguous(),
+                   "heads": self.heads.to(torch.uint8).contiguous()}, str(st), metadata=header)
+        readable = {
+            **meta,
+            "shapes": {"neurons": list(self.neurons.shape), "heads": list(self.heads.shape)},
+            "counts": self.counts(),
+            "pruned": {"neurons": self.pruned("neurons"), "heads": self.pruned("heads")},
+        }
+        js.write_text(json.dumps(readable, indent=1))
+        return st, js
+
+    @classmethod
+    def load(cls, path: str | Path, bridge=None) -> PruningMask:
+        """Read ``mask.safetensors`` (a file or the folder holding it); with ``bridge``, check it fits."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "mask.safetensors"
+        if not path.is_file():
+            raise MaskError(f"mask file not found: {path}")
+        if path.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin") or _looks_like_pickle(path):
+            raise MaskError(
+                f"{path} looks like a pickle/torch file; lens_bias reads masks only from safetensors "
+                "(mask.safetensors) and JSON, never from pickles"
+            )
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                keys = set(f.keys())
+                if keys != {"neurons", "heads"}:
+                    raise MaskError(f"{path}: expected tensors 'neurons' and 'heads', found {sorted(keys)}")
+                neurons = f.get_tensor("neurons").bool()
+                heads = f.get_tensor("heads").bool()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise MaskError(f"{path}: not a readable safetensors mask ({e}); was the file truncated?") from e
+        try:
+            meta = json.loads(header.get("lens_bias_mask", "{}"))
+        except json.JSONDecodeError as e:
+            raise MaskError(f"{path}: corrupted mask metadata ({e})") from e
+        if neurons.ndim != 2 or heads.ndim != 2:
+            raise MaskError(f"{path}: mask tensors must be 2-D, got {tuple(neurons.shape)} and {tuple(heads.shape)}")
+        mask = cls(neurons, heads, {k: v for k, v in meta.items() if k != "version"})
+        if bridge is not None:
+            mask.check(bridge)
+        return mask
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def model_meta(bridge) -> dict:
+    hf = bridge.original_model.config
+    return {
+        "model": getattr(bridge, "lens_bias_name", getattr(hf, "_name_or_path", "?")),
+        "architecture": (getattr(hf, "architectures", None) or [type(bridge.original_model).__name__])[0],
+        "n_layers": bridge.cfg.n_layers,
+        "d_mlp": bridge.cfg.d_mlp,
+        "n_heads": bridge.cfg.n_heads,
+    }
+
+
+def n_params(bridge) -> int:
+    return sum(p.numel() for p in bridge.original_model.parameters())
+
+
+# ---------------------------------------------------------------- budgets and selection
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(%|p|params?)?\s*$", re.I)
+
+
+def parse_budget(budget: str | float | int) -> tuple[str, float]:
+    """``"0.5%"`` -> fraction of the kind's units; ``"0.13%params"`` / ``"0.13%p"`` -> fraction of
+    model parameters; an int ``230`` -> a count; a float below 1 -> a fraction of units."""
+    if isinstance(budget, bool):
+        raise MaskError(f"invalid budget {budget!r}")
+    if isinstance(budget, int):
+        kind, value = "count", float(budget)
+    elif isinstance(budget, float):
+        kind, value = ("fraction", budget) if budget < 1 else ("count", budget)
+    else:
+        s = str(budget).strip().lower().replace("params", "p").replace("param", "p")
+        m = re.match(r"^\s*(-?[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(%p|%|p)?\s*$", s)
+        if not m:
+            raise MaskError(
+                f"invalid budget {budget!r}: use a count (230), a percentage of units (0.5%) or of model "
+                "parameters (0.13%params)"
+            )
+        value = float(m.group(1))
+        unit = m.group(2) or ""
+        if unit == "%p":
+            kind, value = "params", value / 100
+        elif unit == "%":
+            kind, value = "fraction", value / 100
+        elif value < 1 and "." in m.group(1):
+            kind = "fraction"
+        else:
+            kind = "count"
+    if not math.isfinite(value) or value <= 0:
+        raise MaskError(f"budget must be positive, got {budget!r} (a budget of 0 prunes nothing)")
+    if kind in ("fraction", "params") and value > 1:
+        raise MaskError(f"budget {budget!r} is over 100 %")
+    if kind == "count" and value != int(value):
+        raise MaskError(f"a count budget must be a whole number, got {budget!r}")
+    return kind, value
+
+
+def budget_count(bridge, kind: str, budget: str | float | int) -> int:
+    """How many units of ``kind`` a budget means on this model."""
+    bkind, value = parse_budget(budget)
+    total = math.prod(shape_of(bridge, kind))
+    if bkind == "count":
+        n = int(value)
+    elif bkind == "fraction":
+        n = round(value * total)
+    else:
+        n = round(value * n_params(bridge) / params_per_unit(bridge, kind))
+    if n > total:
+        raise MaskError(f"budget {budget!r} asks for {n} {kind}, the model has only {total}")
+    return max(n, 1)
+
+
+def select(
+    scores,
+    budget: str | float | int,
+    kind: str = "neurons",
+    per_layer: str = "global",
+    layers: list[int] | None = None,
+    bridge=None,
+    cost: Float[Tensor, "n_layers units"] | None = None,
+    max_cost_quantile: float | None = None,
+) -> PruningMask:
+    """Prune the top-scoring units (highest score = largest estimated bias reduction).
+
+    * ``budget``: a count, a fraction of the kind's units (``"0.5%"``) or of model parameters
+      (``"0.13%params"``); with ``kind="both"`` the budget applies to each kind separately.
+    * ``per_layer="global"`` ranks all layers together; ``"uniform"`` takes the same count from
+      every (allowed) layer, which structural pruning needs.
+    * ``layers``: restrict pruning to these layers.
+    * ``cost`` + ``max_cost_quantile``: capability-aware selection; units whose capability cost is
+      above that quantile (per kind) are never pruned.
+
+    Refuses a selection that would remove every unit of a layer.
+    """
+    from .attribution import Scores
+
+    if not isinstance(scores, Scores):
+        raise MaskError("select needs a Scores object (from attribute / a baseline scorer)")
+    if per_layer not in ("global", "uniform"):
+        raise MaskError(f"per_layer must be 'global' or 'uniform', got {per_layer!r}")
+    kinds = ["neurons", "heads"] if kind == "both" else [kind]
+    if bridge is None:
+        raise MaskError("select needs the bridge (for shapes and parameter counts)")
+    mask = PruningMask.keep_all(bridge, scorer=scores.settings.get("estimator"),
+                                metric=scores.settings.get("metric"), domains=scores.settings.get("domains"),
+                                budget=str(budget), kind=kind, per_layer=per_layer)
+    for k in kinds:
+        s = scores.get(k)
+        if s is None:
+            raise MaskError(f"the scores have no {k}; scan with components including {k!r}")
+        s = s.detach().float().clone()
+        n = budget_count(bridge, k, budget)
+        allowed = torch.ones_like(s, dtype=torch.bool)
+        if layers is not None:
+            bad = [x for x in layers if not 0 <= x < s.shape[0]]
+            if bad:
+                raise MaskError(f"layers {bad} out of range 0..{s.shape[0] - 1}")
+            allowed[:] = False
+            allowed[layers] = True
+        if cost is not None and k == "neurons" and max_cost_quantile is not None:
+            c = cost.float()
+            allowed &= c <= torch.quantile(c.flatten(), max_cost_quantile)
+        s[~allowed] = -float("inf")
+        keep = torch.ones_like(s, dtype=torch.bool)
+        if per_layer == "global":
+            if n > int(allowed.sum()):
+                raise MaskError(f"budget of {n} {k} is larger than the {int(allowed.sum())} allowed units")
+            idx = torch.topk(s.flatten(), n).indices
+            keep.view(-1)[idx] = False
+        else:
+            rows = layers if layers is not None else list(range(s.shape[0]))
+            per = max(1, n // len(rows))
+            for r in rows:
+                keep[r, torch.topk(s[r], per).indices] = False
+        full = (~keep).all(-1)
+        if full.any():
+            raise MaskError(
+                f"the budget would remove every {k[:-1]} of layer(s) {full.nonzero().flatten().tolist()}; "
+                "lower the budget or use per_layer='uniform'"
+            )
+        if k == "neurons":
+            mask.neurons = keep
+        else:
+            mask.heads = keep
+    return mask
+
+
+def random_mask(bridge, budget, kind: str = "neurons", seed: int = 0) -> PruningMask:
+    """A mask removing the same number of units chosen uniformly at random (a control)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = PruningMask.keep_all(bridge, scorer="random", budget=str(budget), kind=kind, seed=seed)
+    for k in (["neurons", "heads"] if kind == "both" else [kind]):
+        n = budget_count(bridge, k, budget)
+        t = mask.tensor(k)
+        idx = torch.randperm(t.numel(), generator=gen)[:n]
+        t.view(-1)[idx] = False
+    return mask

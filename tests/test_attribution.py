@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from lens_bias import build_pairs, load_model
+from lens_bias.attribution import (
+    Scores,
+    attribute,
+    baseline_scores,
+    exact_effects,
+    exact_patch_effects,
+    validate,
+)
+from lens_bias.components import Component, attached
+from lens_bias.pairs import PairSet
+
+
+def linear_metric(lb, lw, pairs):
+    return lw[:, 5] - lb[:, 7]
+
+
+def constant_final_scale(t, hook):
+    return torch.ones_like(t).detach()
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    return load_model("tiny-random", device="cpu", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def few():
+    return build_pairs(subjects="names").sample(2, seed=1)
+
+
+@pytest.mark.parametrize("estimator", ["ablate", "patch"])
+def test_gradient_equals_exact_for_a_linear_metric(tiny64, few, estimator):
+    # with ln_final's scale held constant, the logits are linear in the last layer's neurons,
+    # so the first-order estimate must equal the exact effect
+    last = tiny64.cfg.n_layers - 1
+    comps = [Component("neurons", last, i) for i in range(0, tiny64.cfg.d_mlp, 7)]
+    with attached(tiny64, [("ln_final.hook_scale", constant_final_scale)]):
+        s = attribute(tiny64, few, metric=linear_metric, estimator=estimator, progress=False)
+        if estimator == "ablate":
+            exact = exact_effects(tiny64, few, comps, metric=linear_metric, progress=False)
+        else:
+            exact = exact_patch_effects(tiny64, few, comps, metric=linear_metric, progress=False)
+    pred = torch.tensor([float(s.neurons[c.layer, c.index]) for c in comps], dtype=torch.float64)
+    assert exact.abs().max() > 1e-4  # the case is not trivial
+    assert torch.allclose(pred, exact.double(), atol=1e-9, rtol=1e-6)
+
+
+def test_head_scores_match_slow_loop(tiny64, few):
+    """Each head's ablate score equals the directional derivative of m along scaling that head
+    toward zero, measured by central finite differences one head at a time."""
+    s = attribute(tiny64, few, metric="js", components=("heads",), progress=False)
+    from lens_bias.attribution import metric_value
+
+    eps = 1e-3  # HF attention runs its softmax in float32: keep eps well above that noise
+    for layer in range(tiny64.cfg.n_layers):
+        for h in range(tiny64.cfg.n_heads):
+            vals = []
+            for sign in (1, -1):
+                def fn(z, hook, sign=sign, h=h):
+                    z = z.clone()
+                    z[:, :, h] = z[:, :, h] * (1 - sign * eps)
+                    return z
+                with attached(tiny64, [(f"blocks.{layer}.attn.hook_z", fn)]):
+                    vals.append(metric_value(tiny64, few))
+            fd = -(vals[0] - vals[1]) / (2 * eps)  # d m / d(ablation fraction), as a reduction
+            assert float(s.heads[layer, h]) == pytest.approx(fd, rel=2e-3, abs=1e-7)
+
+
+def test_padding_does_not_change_scores(tiny64):
+    ps = build_pairs(domains=["finance"], subjects="names")
+    by_len = sorted(ps.pairs, key=lambda p: len(p.black) + len(p.white))
+    group = PairSet([by_len[0], by_len[-1], by_len[-2]])
+    batched = attribute(tiny64, group, batch_size=3, progress=False)
+    alone = [attribute(tiny64, PairSet([p]), batch_size=1, progress=False) for p in group]
+    mean_neurons = sum(a.neurons for a in alone) / 3
+    mean_heads = sum(a.heads for a in alone) / 3
+    assert torch.allclose(batched.neurons, mean_neurons, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(batched.heads, mean_heads, atol=1e-6, rtol=1e-4)
+
+
+def test_scores_are_deterministic_and_round_trip(tiny, tmp_path):
+    ps = build_pairs(domains=["finance", "hiring"]).sample(3)
+    a = attribute(tiny, ps, progress=False)
+    b = attribute(tiny, ps, progress=False)
+    assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)
+    assert set(a.by_domain) == {"finance", "hiring"}
+    # the overall score is the pair-weighted mean of the per-domain scores
+    assert torch.allclose(a.neurons, (a.by_domain["finance"]["neurons"] + a.by_domain["hiring"]["neurons"]) / 2, atol=1e-6)
+    path = a.save(tmp_path / "s.safetensors")
+    back = Scores.load(path)
+    assert torch.equal(back.neurons, a.neurons) and torch.equal(back.heads, a.heads)
+    assert back.settings["metric"] == "js" and back.settings["domains"] == ["finance", "hiring"]
+    assert torch.equal(back.by_domain["hiring"]["heads"], a.by_domain["hiring"]["heads"])
+
+
+def test_validate_on_tiny(tiny):
+    ps = build_pairs().sample(2)
+    s = attribute(tiny, ps, progress=False)
+    v = validate(tiny, ps, s, k=20, n_random=10, progress=False)
+    assert v["neurons"]["n"] == 30 and v["heads"]["n"] == 8
+    assert v["neurons"]["spearman"] > 0.5
+
+
+@pytest.mark.parametrize("scorer", ["actdiff", "wanda", "random"])
+def test_baselines_share_the_interface(tiny, scorer):
+    ps = build_pairs(domains=["policing"]).sample(3)
+    s = baseline_scores(tiny, ps, scorer)
+    assert s.neurons.shape == (2, 128) and s.heads.shape == (2, 4)
+    assert torch.isfinite(s.neurons).all()
+    if scorer != "random":
+        assert (s.neurons >= 0).all() and s.neurons.sum() > 0
+
+
+def test_bad_estimator(tiny):
+    from lens_bias import LensBiasError
+
+    with pytest.raises(LensBiasError, match="estimator"):
+        attribute(tiny, build_pairs().sample(1), estimator="magic")
