@@ -140,6 +140,112 @@ def measure(
         typer.echo(f"CrowS-Pairs (Black, {c['n_pairs']} pairs): stereotype preference {c['rate']:.1f} % (50 % = none)")
 
 
+def _split(ps, split: str, seed: int):
+    """The bundled pairs' train or held-out part (split by template), or all of them."""
+    if split == "all":
+        return ps
+    if split not in ("train", "held-out"):
+        raise LensBiasError(f"--split must be train, held-out or all; got {split!r}")
+    train, test = ps.split(by="template", held_out=0.25, seed=seed)
+    return train if split == "train" else test
+
+
+SplitOpt = Annotated[str, typer.Option(help="train / held-out (split by template, seeded) or all")]
+
+
+@app.command()
+def scan(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
+    split: SplitOpt = "train",
+    metric: Annotated[str, typer.Option(help="js or logit_gap")] = "js",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
+    components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Score every neuron and head (attribution patching or a baseline) and save the scores."""
+    from .attribution import score
+
+    try:
+        t0 = time.time()
+        ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
+        bridge = _load(model, trust_remote_code)
+        kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
+            "metric": metric, "ablation": ablation, "batch_size": batch_size,
+            "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
+        s = score(bridge, ps, scorer, **kw)
+        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain,
+                           "pairs": str(pairs) if pairs else "bundled", "seconds": round(time.time() - t0, 1)})
+        s.save(out)
+    except LensBiasError as e:
+        _fail(e)
+    typer.echo(f"scored {len(ps)} pairs ({', '.join(ps.domains)}) with {scorer} in {time.time() - t0:.0f} s -> {out}")
+    for kind in ("neurons", "heads"):
+        top = s.top(kind, 5)
+        if top:
+            typer.echo(f"top {kind}: " + ", ".join(f"L{la}.{i} ({v:.3g})" for la, i, v in top))
+
+
+@app.command()
+def validate(
+    scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int | None, typer.Option(help="bundled pairs per domain (default: as in the scan)")] = None,
+    split: Annotated[str | None, typer.Option(help="train / held-out / all (default: as in the scan)")] = None,
+    k: Annotated[int, typer.Option(help="top-k components by |score|, per kind")] = 200,
+    n_random: Annotated[int, typer.Option(help="random components added, per kind")] = 50,
+    kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    batch_size: int = 32,
+    seed: Annotated[int | None, typer.Option(help="split and sampling seed (default: as in the scan)")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    out: Annotated[Path | None, typer.Option(help="also write the full result (JSON)")] = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind."""
+    from .attribution import Scores
+    from .attribution import validate as run_validate
+
+    try:
+        t0 = time.time()
+        s = Scores.load(scores)
+        # by default the exact runs use the very pairs the scores were computed on
+        st = s.settings
+        seed = st.get("seed", 0) if seed is None else seed
+        per_domain = st.get("per_domain", 4) if per_domain is None else per_domain
+        split = st.get("split", "train") if split is None else split
+        if pairs is None and st.get("pairs", "bundled") != "bundled":
+            pairs = Path(st["pairs"])
+        ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
+        bridge = _load(model, trust_remote_code)
+        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed,
+                           kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
+    except LensBiasError as e:
+        _fail(e)
+    summary = {
+        "model": model, "scores": str(scores), "estimator": s.settings.get("estimator"),
+        "metric": s.settings.get("metric"), "ablation": s.settings.get("ablation"), "n_pairs": len(ps),
+        **{kind: {x: r[x] for x in ("spearman", "pearson", "n", "k", "n_random")} for kind, r in res.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
+    if out is not None:
+        out.write_text(json.dumps({**summary, "detail": res}, indent=1))
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(_table([[kind, r["n"], r["spearman"], r["pearson"]] for kind, r in res.items()],
+                      ["kind", "components", "Spearman", "Pearson"]))
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

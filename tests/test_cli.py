@@ -29,3 +29,24 @@ def test_models_lists_zoo():
     assert r.exit_code == 0
     names = [m["name"] for m in json.loads(r.output)["models"]]
     assert names == ["smollm2-135m", "gemma3-270m", "tiny-random"]
+
+
+def test_scan_then_validate(tmp_path):
+    out = tmp_path / "s.safetensors"
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "top neurons" in r.output and out.exists()
+    r = runner.invoke(app, ["validate", "--model", "tiny-random", "-s", str(out), "--k", "10", "--n-random", "5",
+                            "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["neurons"]["n"] == 15 and -1 <= res["neurons"]["spearman"] <= 1
+    assert res["n_pairs"] == 6  # the pairs the scan used (2 per domain, train split of 6 domains)
+
+
+def test_scan_baseline_and_bad_scorer(tmp_path):
+    out = tmp_path / "a.safetensors"
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "actdiff", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "vibes", "-o", str(out)])
+    assert r.exit_code == 2 and "scorer must be one of" in r.output
