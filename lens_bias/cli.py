@@ -246,6 +246,65 @@ def validate(
                       ["kind", "components", "Spearman", "Pearson"]))
 
 
+@app.command()
+def run(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: Annotated[str | None, typer.Option("--domains", help="bundled domains, comma-separated")] = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
+    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
+    metric: Annotated[str, typer.Option(help="js or logit_gap")] = "js",
+    max_cost_quantile: Annotated[float, typer.Option(
+        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
+    budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.1%,0.25%,0.5%,1%,2%",
+    wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
+    lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
+    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
+    seed: int = 0,
+    batch_size: int = 16,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
+    write a run folder (metrics.json, report.html, mask files, the pruned model)."""
+    from .pipeline import RunConfig
+    from .pipeline import run as run_job
+
+    cfg = RunConfig(
+        model=model, pairs=str(pairs) if pairs else None, domains=_domains([domains]) if domains else None,
+        per_domain=per_domain, budget=budget, kind=kind, metric=metric,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile,
+        budgets=[b.strip() for b in budgets.split(",") if b.strip()],
+        wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
+        crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
+        trust_remote_code=trust_remote_code, progress=not quiet,
+    )
+    try:
+        m = run_job(cfg, out, overwrite=overwrite)
+    except LensBiasError as e:
+        _fail(e)
+    b, a, ch = m["before"]["held_out"], m["after"]["held_out"], m["change"]
+    rows = [
+        ["held-out mean JS", b["js"], a["js"], ch["js_pct"], "%"],
+        ["held-out |logit gap|", b.get("abs_logit_gap"), a.get("abs_logit_gap"), ch["abs_logit_gap_pct"], "%"],
+        ["CrowS-Pairs rate", b.get("crows_rate"), a.get("crows_rate"), ch["crows_points"], "points"],
+        ["WikiText-2 ppl", b.get("wikitext_ppl"), a.get("wikitext_ppl"), ch["wikitext_ppl_pct"], "%"],
+        ["LAMBADA acc", b.get("lambada_acc"), a.get("lambada_acc"), ch["lambada_points"], "points"],
+        ["random mask: JS", b["js"], m["random_same_budget"]["js"], ch["random_js_pct"], "%"],
+    ]
+    typer.echo("")
+    typer.echo(_table(rows, ["measure", "before", "after", "change", "unit"]))
+    p = m["pruned"]
+    v = m["validation"]
+    typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
+               f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
+    typer.echo(f"export matches simulation: max |logit diff| {m['export']['max_abs_logit_diff']:.1e}")
+    typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json, model/)")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

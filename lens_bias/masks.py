@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 from torch import Tensor
 
 from .components import params_per_unit, shape_of
@@ -159,9 +159,6 @@ def n_params(bridge) -> int:
 
 # ---------------------------------------------------------------- budgets and selection
 
-_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(%|p|params?)?\s*$", re.I)
-
-
 def parse_budget(budget: str | float | int) -> tuple[str, float]:
     """``"0.5%"`` -> fraction of the kind's units; ``"0.13%params"`` / ``"0.13%p"`` -> fraction of
     model parameters; an int ``230`` -> a count; a float below 1 -> a fraction of units."""
@@ -220,7 +217,7 @@ def select(
     per_layer: str = "global",
     layers: list[int] | None = None,
     bridge=None,
-    cost: Float[Tensor, "n_layers units"] | None = None,
+    cost=None,
     max_cost_quantile: float | None = None,
 ) -> PruningMask:
     """Prune the top-scoring units (highest score = largest estimated bias reduction).
@@ -230,8 +227,9 @@ def select(
     * ``per_layer="global"`` ranks all layers together; ``"uniform"`` takes the same count from
       every (allowed) layer, which structural pruning needs.
     * ``layers``: restrict pruning to these layers.
-    * ``cost`` + ``max_cost_quantile``: capability-aware selection; units whose capability cost is
-      above that quantile (per kind) are never pruned.
+    * ``cost`` (a :class:`Scores` from :func:`lens_bias.attribution.capability_cost`) and
+      ``max_cost_quantile``: capability-aware selection; units whose first-order capability cost
+      is above that quantile (per kind) are never pruned.
 
     Refuses a selection that would remove every unit of a layer.
     """
@@ -246,7 +244,8 @@ def select(
         raise MaskError("select needs the bridge (for shapes and parameter counts)")
     mask = PruningMask.keep_all(bridge, scorer=scores.settings.get("estimator"),
                                 metric=scores.settings.get("metric"), domains=scores.settings.get("domains"),
-                                budget=str(budget), kind=kind, per_layer=per_layer)
+                                budget=str(budget), kind=kind, per_layer=per_layer,
+                                max_cost_quantile=max_cost_quantile)
     for k in kinds:
         s = scores.get(k)
         if s is None:
@@ -260,8 +259,10 @@ def select(
                 raise MaskError(f"layers {bad} out of range 0..{s.shape[0] - 1}")
             allowed[:] = False
             allowed[layers] = True
-        if cost is not None and k == "neurons" and max_cost_quantile is not None:
-            c = cost.float()
+        if cost is not None and max_cost_quantile is not None and cost.get(k) is not None:
+            if not 0 < max_cost_quantile <= 1:
+                raise MaskError(f"max_cost_quantile must be in (0, 1], got {max_cost_quantile}")
+            c = cost.get(k).float()
             allowed &= c <= torch.quantile(c.flatten(), max_cost_quantile)
         s[~allowed] = -float("inf")
         keep = torch.ones_like(s, dtype=torch.bool)

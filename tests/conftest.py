@@ -7,7 +7,16 @@ from jaxtyping import install_import_hook
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 with install_import_hook("lens_bias", "beartype.beartype"):
-    import lens_bias  # noqa: F401  (imported under the hook so its annotations are checked)
+    # every module is imported under the hook so that its annotations are checked at run time
+    import lens_bias  # noqa: F401
+    import lens_bias.ablation  # noqa: F401
+    import lens_bias.attribution  # noqa: F401
+    import lens_bias.capture  # noqa: F401
+    import lens_bias.experiments  # noqa: F401
+    import lens_bias.masks  # noqa: F401
+    import lens_bias.materialize  # noqa: F401
+    import lens_bias.pipeline  # noqa: F401
+    import lens_bias.viz  # noqa: F401
 
 from pathlib import Path  # noqa: E402
 

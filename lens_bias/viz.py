@@ -1,0 +1,126 @@
+"""Plotly figures. Every function returns a ``go.Figure`` (never shows it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from .attribution import Scores
+
+
+def neuron_scores_by_layer(scores: Scores, top_per_layer: int = 15, title: str | None = None) -> go.Figure:
+    """Per layer: a box of all neuron scores (precomputed quartiles, so the file stays small) and
+    the top neurons as points (hover: layer, index, score)."""
+    s = scores.neurons.float()
+    fig = go.Figure()
+    layers = list(range(s.shape[0]))
+    q = torch.quantile(s, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), dim=1)
+    fig.add_trace(go.Box(
+        x=layers, q1=q[1].tolist(), median=q[2].tolist(), q3=q[3].tolist(),
+        lowerfence=q[0].tolist(), upperfence=q[4].tolist(), name="all neurons", marker_color="#9aa5b1",
+        hoverinfo="skip",
+    ))
+    k = min(top_per_layer, s.shape[1])
+    vals, idx = torch.topk(s, k, dim=1)
+    xs = [la for la in layers for _ in range(k)]
+    fig.add_trace(go.Scatter(
+        x=xs, y=vals.flatten().tolist(), mode="markers", name=f"top {k} per layer",
+        customdata=[[la, int(i)] for la, row in zip(layers, idx.tolist(), strict=True) for i in row],
+        hovertemplate="layer %{customdata[0]}, neuron %{customdata[1]}<br>score %{y:.3g}<extra></extra>",
+        marker={"size": 6, "color": "#c0392b"},
+    ))
+    fig.update_layout(
+        title=title or f"Neuron scores by layer ({scores.settings.get('scorer', '?')}, {scores.settings.get('metric', '')})",
+        xaxis_title="layer", yaxis_title="estimated bias reduction if removed", template="plotly_white",
+    )
+    return fig
+
+
+def head_heatmap(scores: Scores, title: str | None = None) -> go.Figure:
+    """Layer x head heatmap of head scores."""
+    h = scores.heads.float()
+    fig = go.Figure(go.Heatmap(
+        z=h.tolist(), x=list(range(h.shape[1])), y=list(range(h.shape[0])), colorscale="RdBu_r", zmid=0,
+        hovertemplate="layer %{y}, head %{x}<br>score %{z:.3g}<extra></extra>", colorbar={"title": "score"},
+    ))
+    fig.update_layout(title=title or "Head scores (layer x head)", xaxis_title="head", yaxis_title="layer",
+                      template="plotly_white")
+    return fig
+
+
+def validation_scatter(result: dict, kind: str = "neurons") -> go.Figure:
+    """Predicted (attribution) vs exact metric reduction, with the correlations in the title."""
+    r = result[kind]
+    comps = r["components"]
+    fig = go.Figure(go.Scatter(
+        x=r["exact"], y=r["predicted"], mode="markers",
+        customdata=comps, hovertemplate="layer %{customdata[0]}, index %{customdata[1]}<br>exact %{x:.3g}"
+                                        "<br>predicted %{y:.3g}<extra></extra>",
+        marker={"size": 6, "color": "#2c7fb8"},
+    ))
+    lo = min(min(r["exact"]), min(r["predicted"]))
+    hi = max(max(r["exact"]), max(r["predicted"]))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "gray"},
+                             name="y = x", hoverinfo="skip"))
+    fig.update_layout(
+        title=f"{kind}: predicted vs exact (Spearman {r['spearman']:.3f}, Pearson {r['pearson']:.3f}, n={r['n']})",
+        xaxis_title="exact reduction of the metric", yaxis_title="attribution estimate", template="plotly_white",
+        showlegend=False,
+    )
+    return fig
+
+
+def pruning_curves(rows: Sequence[dict], bias_key: str = "js", capability_key: str = "wikitext_ppl",
+                   before: dict | None = None) -> go.Figure:
+    """Held-out bias and capability against the % of parameters removed, one line per scorer/kind."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"held-out bias ({bias_key})", f"capability ({capability_key})"))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["scorer"], r["kind"]), []).append(r)
+    palette = ["#c0392b", "#2c7fb8", "#27ae60", "#8e44ad", "#f39c12", "#7f8c8d", "#16a085", "#d35400"]
+    for i, ((scorer, kind), rs) in enumerate(sorted(groups.items())):
+        rs = sorted(rs, key=lambda r: r["params_pct"])
+        x = [0.0] + [r["params_pct"] for r in rs] if before else [r["params_pct"] for r in rs]
+        color = palette[i % len(palette)]
+        dash = "solid" if kind == "neurons" else "dash"
+        for col, key in ((1, bias_key), (2, capability_key)):
+            ys = [r.get(key) for r in rs]
+            if before:
+                ys = [before.get(key)] + ys
+            if all(y is None for y in ys):
+                continue
+            fig.add_trace(go.Scatter(
+                x=x, y=ys, mode="lines+markers", name=f"{scorer} / {kind}", legendgroup=f"{scorer}{kind}",
+                showlegend=col == 1, line={"color": color, "dash": dash},
+                hovertemplate=f"{scorer} / {kind}<br>%{{x:.3f}} % params<br>{key} %{{y:.4g}}<extra></extra>",
+            ), row=1, col=col)
+    fig.update_xaxes(title_text="% of parameters removed")
+    fig.update_layout(title="Pruning curves (simulated with ablation hooks)", template="plotly_white")
+    return fig
+
+
+def before_after(before: dict, after: dict, key: str = "js") -> go.Figure:
+    """Held-out bias per domain before and after pruning."""
+    doms = sorted(before["by_domain"])
+    fig = go.Figure([
+        go.Bar(name="before", x=doms + ["all"], y=[before["by_domain"][d][key] for d in doms] + [before[key]],
+               marker_color="#9aa5b1"),
+        go.Bar(name="after", x=doms + ["all"], y=[after["by_domain"][d][key] for d in doms] + [after[key]],
+               marker_color="#c0392b"),
+    ])
+    fig.update_layout(barmode="group", title=f"Held-out bias per domain ({key}) before and after pruning",
+                      yaxis_title=key, template="plotly_white")
+    return fig
+
+
+def activation_diff_by_layer(diff: dict[str, torch.Tensor]) -> go.Figure:
+    """optiPfair-style mean |a_B - a_W| per layer for MLP neurons and head outputs."""
+    fig = go.Figure()
+    for kind, v in diff.items():
+        fig.add_trace(go.Scatter(x=list(range(len(v))), y=v.tolist(), mode="lines+markers", name=kind))
+    fig.update_layout(title="Mean |activation(Black) - activation(White)| at the last token, by layer",
+                      xaxis_title="layer", yaxis_title="mean absolute difference", template="plotly_white")
+    return fig

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from lens_bias import RunError
+from lens_bias import pipeline as pl
+from lens_bias.pipeline import RunConfig, run
+
+
+def small_config(**kw):
+    base = dict(model="tiny-random", per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
+                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False,
+                device="cpu")
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r1"
+    metrics = run(small_config(), out)
+    return out, metrics
+
+
+def test_run_writes_the_contract_folder(run_folder):
+    out, m = run_folder
+    for f in ("metrics.json", "report.html", "mask.safetensors", "mask.json", "model/config.json",
+              "model/model.safetensors", "model/tokenizer.json"):
+        assert (out / f).exists(), f
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("model", "budget", "kind", "pruned", "before", "after", "validation", "timings_s", "versions",
+                "curve", "random_same_budget"):
+        assert key in on_disk
+    assert on_disk["pruned"]["neurons"] == round(0.02 * 2 * 128)
+    assert on_disk["export"]["max_abs_logit_diff"] <= 1e-5
+    # held-out templates are never seen by the scorer
+    assert not set(on_disk["pairs"]["train_templates"]) & set(on_disk["pairs"]["held_out_templates"])
+    # the curve has the attribution scorer and the random control at every budget
+    assert {(r["scorer"], r["budget"]) for r in on_disk["curve"]} == {
+        ("attribution", "1%"), ("attribution", "2%"), ("random", "1%"), ("random", "2%")}
+    html = (out / "report.html").read_text()
+    assert html.count('class="plotly-graph-div"') >= 6
+    assert "Greedy continuations" in html
+
+
+def test_existing_folder_is_refused(run_folder):
+    out, _ = run_folder
+    with pytest.raises(RunError, match="--overwrite"):
+        run(small_config(), out)
+
+
+def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr("lens_bias.models.load_model", lambda *a, **k: tiny)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("lens_bias.materialize.export_hf", boom)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(small_config(), out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert all(not hp.fwd_hooks for hp in tiny.hook_dict.values())
+
+
+def test_bad_kind_is_refused(tmp_path):
+    with pytest.raises(RunError, match="--kind"):
+        run(small_config(kind="layers"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    assert pl.DEFAULT_BUDGETS[2] == "0.5%"
