@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lens-bias measure --model $(MODEL) --crows
+	$(BIN)/lens-bias run --model $(MODEL) --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -305,6 +305,114 @@ def run(
     typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json, model/)")
 
 
+@app.command()
+def prune(
+    scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
+    model: ModelOpt = "smollm2-135m",
+    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
+    per_layer: Annotated[str, typer.Option(help="global or uniform (uniform allows structural export)")] = "global",
+    mode: Annotated[str, typer.Option(help="zero (shape-preserving) or structural (neurons removed)")] = "zero",
+    max_cost_quantile: Annotated[float, typer.Option(
+        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Select the top components from scores and write the mask files and the pruned HF model."""
+    from .attribution import Scores, capability_cost
+    from .masks import select
+    from .materialize import export_hf
+    from .pairs import neutral_text
+    from .pipeline import finish_out, prepare_out
+
+    try:
+        s = Scores.load(scores)
+        bridge = _load(model, trust_remote_code)
+        cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
+        mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
+                      max_cost_quantile=max_cost_quantile if cost is not None else None)
+        tmp = prepare_out(out, overwrite)
+        try:
+            mask.save(tmp)
+            export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
+            finish_out(tmp, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except LensBiasError as e:
+        _fail(e)
+    c = mask.counts()
+    typer.echo(f"pruned {c['neurons']} neurons and {c['heads']} heads ({mode}); wrote {out}/mask.safetensors, "
+               f"{out}/mask.json and {out}/model/")
+
+
+@app.command()
+def export(
+    mask: Annotated[Path, typer.Option("--mask", help="mask.safetensors (or its folder)")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, torch-prune, torch-pruning or optipfair")] = "hf",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (hf) or file")] = Path("export"),
+    model: ModelOpt = "smollm2-135m",
+    scores: Annotated[Path | None, typer.Option(help="optipfair: scores file to convert (default: the mask)")] = None,
+    mode: Annotated[str, typer.Option(help="hf: zero or structural")] = "zero",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Export a mask: an HF model folder, torch.nn.utils.prune masks, torch-pruning index lists or
+    optiPfair fairness scores."""
+    from safetensors.torch import save_file
+
+    from .masks import PruningMask
+    from .materialize import export_hf, optipfair_scores, torch_pruning_indices
+
+    try:
+        if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
+            raise LensBiasError(f"--format must be hf, torch-prune, torch-pruning or optipfair; got {format!r}")
+        m = PruningMask.load(mask)
+        if format != "hf" and out.exists() and not overwrite:
+            raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
+        if format == "hf":
+            bridge = _load(model, trust_remote_code)
+            m.check(bridge)
+            export_hf(bridge, m, out, mode=mode, overwrite=overwrite)
+        elif format == "torch-pruning":
+            d_head = m.meta.get("d_head")
+            idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None
+            if idx is None:
+                bridge = _load(model, trust_remote_code)
+                idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
+            out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
+        elif format == "torch-prune":
+            tensors = _torch_prune_masks(m, model, trust_remote_code)
+            save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
+        else:
+            from .attribution import Scores
+
+            s = Scores.load(scores).neurons if scores else (~m.neurons).float()
+            fs = optipfair_scores(s.float())
+            save_file({str(k): v.contiguous() for k, v in fs.items()}, str(out),
+                      metadata={"format": "optiPfair fairness_scores {layer: Tensor[d_mlp]} (lens_bias)",
+                                "n_pruned_per_layer": json.dumps(m.per_layer("neurons"))})
+    except LensBiasError as e:
+        _fail(e)
+    typer.echo(f"wrote {out} ({format})")
+
+
+def _torch_prune_masks(m, model: str, trust_remote_code: bool) -> dict:
+    """``<module>.weight_mask`` tensors, as ``torch.nn.utils.prune.custom_from_mask`` takes them."""
+    from .materialize import clean_hf_model, to_torch_prune
+
+    bridge = _load(model, trust_remote_code)
+    m.check(bridge)
+    hf = clean_hf_model(bridge)
+    to_torch_prune(hf, m)
+    return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
+            for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
+            if bname == "weight_mask"}
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

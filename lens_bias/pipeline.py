@@ -48,6 +48,7 @@ class RunConfig:
     max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
+    curve_random: bool = False  # a random control at every curve point (the requested budget always has one)
     validate_k: int = 20
     validate_random: int = 10
     validate_per_domain: int = 2
@@ -207,7 +208,8 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     with _stage("pruning curve (simulated)", P, timings):
         curve = pruning_curve(bridge, ev, {"attribution": scores}, kinds=list(cfg.curve_kinds),
                               budgets=list(cfg.budgets), mode=cfg.ablation, means=means, cost=cost,
-                              max_cost_quantile=cfg.max_cost_quantile, seed=cfg.seed, progress=P)
+                              max_cost_quantile=cfg.max_cost_quantile, random_control=cfg.curve_random,
+                              seed=cfg.seed, progress=P)
 
     with _stage("prune at the requested budget", P, timings):
         mask = select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,

@@ -50,3 +50,34 @@ def test_scan_baseline_and_bad_scorer(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "vibes", "-o", str(out)])
     assert r.exit_code == 2 and "scorer must be one of" in r.output
+
+
+def test_prune_then_export_every_format(tmp_path):
+    from safetensors import safe_open
+
+    scores = tmp_path / "s.safetensors"
+    assert runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "-o", str(scores), "-q"]).exit_code == 0
+    out = tmp_path / "pruned"
+    r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scores), "--budget", "2",
+                            "--kind", "both", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "mask.safetensors").exists() and (out / "model" / "config.json").exists()
+    r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scores), "-o", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    mask = out / "mask.safetensors"
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-pruning", "-o", str(tmp_path / "tp.json"),
+                            "--model", "tiny-random"])
+    assert r.exit_code == 0, r.output
+    idx = json.loads((tmp_path / "tp.json").read_text())["indices"]
+    assert any(k.endswith("mlp.down_proj") for k in idx)
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-prune", "-o", str(tmp_path / "tpm.safetensors"),
+                            "--model", "tiny-random"])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(tmp_path / "tpm.safetensors"), "pt") as f:
+        assert any(k.endswith("down_proj.weight_mask") for k in f.keys())
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "optipfair", "-o", str(tmp_path / "op.safetensors")])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(tmp_path / "op.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["0", "1"]
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "onnx", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--format must be" in r.output

@@ -9,7 +9,7 @@ from lens_bias.pipeline import RunConfig, run
 
 def small_config(**kw):
     base = dict(model="tiny-random", per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
-                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False,
+                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False, curve_random=True,
                 device="cpu")
     base.update(kw)
     return RunConfig(**base)
