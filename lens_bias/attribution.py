@@ -315,12 +315,24 @@ def attribute(
                   overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
 
 
+COST_ESTIMATORS = ("fisher", "first_order")
+
+
 def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means: dict | None = None,
-                    batch_size: int = 8, progress: bool = False) -> Scores:
-    """First-order increase of the language-modelling loss (mean token NLL on ``texts``) when each
-    neuron / head is ablated. Higher = more load-bearing (keep it)."""
+                    estimator: str = "fisher", batch_size: int = 8, progress: bool = False) -> Scores:
+    """Estimated language-modelling damage of ablating each neuron / head on ``texts``.
+    Higher = more load-bearing (keep it).
+
+    * ``fisher`` (default): sum over tokens of (delta . dL/da)^2 per token, the squared-Taylor
+      (empirical Fisher) criterion. At a trained model the loss gradient averages out, so the
+      plain first-order change is near zero even for units the model cannot do without; the
+      squared per-token terms do not cancel.
+    * ``first_order``: the mean first-order change of the loss, sum of delta . dL/da (signed).
+    """
     from .capture import mean_activations
 
+    if estimator not in COST_ESTIMATORS:
+        raise LensBiasError(f"cost estimator must be one of {COST_ESTIMATORS}, got {estimator!r}")
     if ablation == "mean" and means is None:
         means = mean_activations(bridge, texts)
     tok = tokenizer_of(bridge)
@@ -348,10 +360,15 @@ def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means:
             if g is None:
                 continue
             mm = m.to(a.dtype).view(*m.shape, *([1] * (a.ndim - 2)))
-            sums[kind][layer] += _reduce(kind, (_ref(kind, layer, ablation, means, a) - a) * mm * g).double().cpu()
+            per_pos = (_ref(kind, layer, ablation, means, a) - a) * mm * g
+            if kind == "heads":
+                per_pos = per_pos.sum(-1)  # [b, p, head]
+            per_pos = per_pos.double()
+            c = (per_pos ** 2).sum(dim=(0, 1)) if estimator == "fisher" else per_pos.sum(dim=(0, 1))
+            sums[kind][layer] += c.cpu()
     out = {k: (v / max(n_tok, 1)).to(_score_dtype(bridge)) for k, v in sums.items()}
-    return Scores(out["neurons"], out["heads"], {}, {"scorer": "capability_cost", "ablation": ablation,
-                                                       "n_tokens": n_tok})
+    return Scores(out["neurons"], out["heads"], {}, {"scorer": "capability_cost", "estimator": estimator,
+                                                       "ablation": ablation, "n_tokens": n_tok})
 
 
 # ---------------------------------------------------------------- baselines

@@ -120,3 +120,20 @@ def test_bad_estimator(tiny):
 
     with pytest.raises(LensBiasError, match="estimator"):
         attribute(tiny, build_pairs().sample(1), estimator="magic")
+
+
+def test_capability_cost_fisher_and_first_order(tiny):
+    from lens_bias.attribution import capability_cost
+    from lens_bias.pairs import neutral_text
+
+    texts = neutral_text()[:6]
+    fo = capability_cost(tiny, texts, ablation="zero", estimator="first_order")
+    fi = capability_cost(tiny, texts, ablation="zero", estimator="fisher")
+    for kind in ("neurons", "heads"):
+        assert (fi.get(kind) >= 0).all()
+        # Cauchy-Schwarz over the same per-position terms: (sum x)^2 <= P sum x^2, both divided by
+        # the N scored tokens; P (positions) < 2N here since every text has more than one token
+        assert (2 * fi.get(kind) + 1e-12 >= fo.get(kind) ** 2).all()
+        assert fi.get(kind).sum() > 0
+    with pytest.raises(Exception, match="cost estimator"):
+        capability_cost(tiny, texts, estimator="vibes")
