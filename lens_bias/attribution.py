@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random as _random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,7 +250,7 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
 def attribute(
     bridge,
     pairs: PairSet,
-    metric: str = "js",
+    metric: str | Callable = "js",
     estimator: str = "ablate",
     ablation: str = "zero",
     components: Sequence[str] = KINDS,
@@ -446,7 +446,7 @@ def metric_value(bridge, pairs: PairSet, metric="js", batch_size: int = 32) -> f
     return total / len(pairs)
 
 
-def exact_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str = "js",
+def exact_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
                   ablation: str = "zero", means: dict | None = None, batch_size: int = 32,
                   progress: bool = True) -> Float[Tensor, " n"]:
     """The slow reference: ablate each component alone and measure the exact reduction of m."""
@@ -468,7 +468,7 @@ def exact_effects(bridge, pairs: PairSet, components: Sequence[Component], metri
     return torch.tensor(out, dtype=torch.float64)
 
 
-def exact_patch_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str = "js",
+def exact_patch_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
                         batch_size: int = 16, progress: bool = True) -> Float[Tensor, " n"]:
     """Exact activation patching: for each component, the White run's activation is patched into
     the Black run on the aligned suffix; returns the exact reduction of m."""
