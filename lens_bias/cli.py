@@ -95,6 +95,7 @@ def measure(
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
     crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs Black stereotype rate")] = False,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    crows_scoring: Annotated[str, typer.Option(help="CrowS-Pairs scoring: sum, mean or shared tokens")] = "sum",
     numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
@@ -122,7 +123,8 @@ def measure(
         res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
         out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary()}
         if crows:
-            out["crows_pairs"] = {**crows_rate(bridge, crows_pairs, progress=not quiet), "file": str(path)}
+            out["crows_pairs"] = {**crows_rate(bridge, crows_pairs, scoring=crows_scoring, progress=not quiet),
+                                  "file": str(path)}
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
         _fail(e)

@@ -282,18 +282,6 @@ def numeric_disparity(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str,
 # ---------------------------------------------------------------- sentence log-likelihoods
 
 
-def sequence_logprob(bridge, texts: Sequence[str], batch_size: int = 16) -> Float[Tensor, " n"]:
-    """Sum of log P(token | prefix) over each text's tokens (after BOS)."""
-    tok = tokenizer_of(bridge)
-    device = model_device(bridge)
-    out = []
-    for sl in chunks(len(texts), batch_size):
-        batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
-        with torch.inference_mode():
-            out.append(token_logprobs(bridge, batch).sum(-1).cpu())
-    return torch.cat(out)
-
-
 def token_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch pos_minus_1"]:
     """log P(ids[:, t+1] | ids[:, :t+1]) with padded targets set to 0."""
     logits = bridge(batch.ids).float()
@@ -304,20 +292,64 @@ def token_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch pos_minus_1"]:
     return lp * batch.mask[:, 1:]
 
 
-def crows_rate(bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> dict:
-    """CrowS-Pairs stereotype-preference rate: % of pairs whose stereotypical sentence gets the higher
-    log-likelihood (50 % = no preference)."""
+CROWS_SCORING = ("sum", "mean", "shared")
+
+
+def per_token_logprobs(bridge, texts: Sequence[str], batch_size: int = 16) -> list[tuple[list[int], Tensor]]:
+    """For each text: its token ids (after BOS) and log P of each of them given its prefix."""
+    tok = tokenizer_of(bridge)
+    device = model_device(bridge)
+    out = []
+    for sl in chunks(len(texts), batch_size):
+        batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
+        with torch.inference_mode():
+            lp = token_logprobs(bridge, batch).cpu()
+        for i, n in enumerate(batch.lengths.tolist()):
+            out.append((batch.ids[i, 1:n].tolist(), lp[i, : n - 1]))
+    return out
+
+
+def _shared_score(ids: list[int], lp: Tensor, other: list[int]) -> float:
+    """Sum of log-probs over the tokens this sentence shares with ``other``: the common prefix and
+    the common suffix (the unmodified tokens, as in CrowS-Pairs' own metric)."""
+    pre = 0
+    while pre < min(len(ids), len(other)) and ids[pre] == other[pre]:
+        pre += 1
+    suf = 0
+    while suf < min(len(ids), len(other)) - pre and ids[-1 - suf] == other[-1 - suf]:
+        suf += 1
+    return float(lp[:pre].sum() + (lp[len(ids) - suf:].sum() if suf else 0.0))
+
+
+def crows_rate(bridge, crows: Sequence[CrowsPair], batch_size: int = 16, scoring: str = "sum",
+               progress: bool = True) -> dict:
+    """CrowS-Pairs stereotype-preference rate: % of pairs whose stereotypical sentence scores higher
+    (50 % = no preference). ``scoring``: ``sum`` (sentence log-likelihood, the default), ``mean``
+    (per-token mean) or ``shared`` (log-likelihood of the tokens both sentences share, the causal
+    analogue of CrowS-Pairs' pseudo-likelihood of unmodified tokens)."""
+    from .errors import PairsError
+
+    if scoring not in CROWS_SCORING:
+        raise PairsError(f"CrowS-Pairs scoring must be one of {CROWS_SCORING}, got {scoring!r}")
+    n = len(crows)
     texts = [c.stereo for c in crows] + [c.anti for c in crows]
-    lls = []
+    toks: list[tuple[list[int], Tensor]] = []
     it = chunks(len(texts), batch_size * 4)
     if progress:
         it = tqdm(list(it), desc="crows-pairs", leave=False)
     for sl in it:
-        lls.append(sequence_logprob(bridge, texts[sl], batch_size))
-    ll = torch.cat(lls)
-    n = len(crows)
-    prefer = (ll[:n] > ll[n:]).float()
-    return {"rate": 100.0 * float(prefer.mean()) if n else None, "n_pairs": n}
+        toks += per_token_logprobs(bridge, texts[sl], batch_size)
+    prefer = []
+    for i in range(n):
+        (a_ids, a), (b_ids, b) = toks[i], toks[n + i]
+        if scoring == "sum":
+            sa, sb = float(a.sum()), float(b.sum())
+        elif scoring == "mean":
+            sa, sb = float(a.mean()), float(b.mean())
+        else:
+            sa, sb = _shared_score(a_ids, a, b_ids), _shared_score(b_ids, b, a_ids)
+        prefer.append(sa > sb)
+    return {"rate": 100.0 * sum(prefer) / n if n else None, "n_pairs": n, "scoring": scoring}
 
 
 # ---------------------------------------------------------------- capability

@@ -84,3 +84,20 @@ def test_crows_rate_on_tiny(tiny):
 def test_perplexity_tiny_is_finite(tiny):
     ppl = perplexity(tiny, neutral_text()[:5], progress=False)
     assert 1 < ppl < 5000
+
+
+def test_crows_shared_token_score():
+    from lens_bias.metrics import _shared_score
+
+    lp = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    # tokens 10, 11 shared at the start, 13 at the end; 12 vs 99 differ
+    assert _shared_score([10, 11, 12, 13], lp, [10, 11, 99, 13]) == pytest.approx(-1 - 2 - 4)
+    # different lengths: the common suffix is aligned at the end
+    assert _shared_score([10, 12, 13], lp[:3], [10, 98, 99, 13]) == pytest.approx(-1 - 3)
+
+
+@pytest.mark.skipif(not CROWS.exists(), reason="needs CrowS-Pairs")
+@pytest.mark.parametrize("scoring", ["sum", "mean", "shared"])
+def test_crows_scorings_run(tiny, scoring):
+    r = crows_rate(tiny, load_crows_pairs(CROWS)[:6], scoring=scoring, progress=False)
+    assert r["scoring"] == scoring and 0 <= r["rate"] <= 100
