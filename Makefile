@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 MODEL   ?= smollm2-135m
 OUT     ?= runs/demo
 
-.PHONY: demo test test-fast lint install clean-venv
+.PHONY: demo test test-fast lint install clean-venv chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lens-bias run --model $(MODEL) --out $(OUT) --overwrite
 
-test: $(STAMP)
+# headless Chromium renders the HTML report in a test (Debian's package; needs root, else that test is skipped)
+chromium:
+	-@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

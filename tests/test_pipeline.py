@@ -1,4 +1,6 @@
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -69,3 +71,28 @@ def test_bad_kind_is_refused(tmp_path):
         run(small_config(kind="layers"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
     assert pl.DEFAULT_BUDGETS[2] == "0.5%"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=8000"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_report_renders_in_headless_chromium(run_folder, tmp_path):
+    out, _ = run_folder
+    page = (out / "report.html").resolve().as_uri()
+    html = (out / "report.html").read_text()
+    n_figures = html.count('class="plotly-graph-div"')
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u1'}", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # plotly.js draws every figure into its div: an error in the page leaves the div empty
+    assert dom.stdout.count('class="main-svg"') >= n_figures >= 6
+    log = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u2'}", "--enable-logging=stderr",
+                          "--v=0", "--window-size=1200,3000", f"--screenshot={tmp_path / 'report.png'}", page],
+                         capture_output=True, text=True, timeout=180)
+    assert log.returncode == 0
+    assert "Uncaught" not in log.stderr and "CONSOLE" not in log.stderr
+    assert (tmp_path / "report.png").stat().st_size > 20_000
