@@ -266,6 +266,8 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
         "validation": {k: {x: v[x] for x in ("spearman", "pearson", "n")} for k, v in validation.items()},
         "curve": curve,
         "top_components": {"neurons": scores.top("neurons", 20), "heads": scores.top("heads", 10)},
+        "pruned_components": {k: [[la, i, float(scores.get(k)[la, i])] for la, i in mask.pruned(k)][:200]
+                              for k in ("neurons", "heads")},
         "activation_diff_by_layer": {k: v.tolist() for k, v in act_diff.items()},
         "continuations": [{"prompt": p, "before": b, "after": a}
                           for p, b, a in zip(prompts, cont_before, cont_after, strict=True)],
@@ -320,6 +322,12 @@ def _fill_report(rep, m, scores, validation, curve, before, after, viz) -> None:
     rep.figure(viz.head_heatmap(scores))
     rep.figure(viz.activation_diff_by_layer({k: torch.tensor(v) for k, v in m["activation_diff_by_layer"].items()}))
     rep.heading("Top components")
+    pruned = {k: sorted(v, key=lambda r: -r[2])[:20] for k, v in m["pruned_components"].items()}
+    if pruned["neurons"] or pruned["heads"]:
+        rep.text("Pruned (highest bias scores among the units that passed the capability filter):", "note")
+        rep.table([[f"L{la} N{i}", sc] for la, i, sc in pruned["neurons"]] +
+                  [[f"L{la} H{i}", sc] for la, i, sc in pruned["heads"]], ["pruned unit", "score"])
+    rep.text("Highest bias scores overall (some are kept: removing them would cost too much capability):", "note")
     rep.table([[f"L{la} N{i}", s] for la, i, s in m["top_components"]["neurons"]], ["neuron", "score"])
     rep.table([[f"L{la} H{i}", s] for la, i, s in m["top_components"]["heads"]], ["head", "score"])
     rep.heading("Is the attribution right? Predicted vs exact ablation")
