@@ -49,21 +49,17 @@ def shape_of(bridge, kind: str) -> tuple[int, int]:
 
 
 def params_per_unit(bridge, kind: str) -> int:
-    """Parameters removed with one unit: a gated-MLP neuron has 3 * d_model (gate, up, down), a
-    head d_model * d_head in o_proj plus its q_proj rows (k/v are shared in GQA and stay)."""
+    """Parameters removed with one unit: a gated-MLP neuron has 3 * d_model (its gate and up rows and
+    its down column; lens_bias supports gated MLPs only), a head d_model * d_head in o_proj plus its
+    q_proj rows (k/v are shared in GQA and stay)."""
     cfg = bridge.cfg
     if kind == "neurons":
-        hf = bridge.original_model.config
-        gated = getattr(hf, "hidden_act", None) is not None or getattr(cfg, "gated_mlp", True)
-        return (3 if gated else 2) * cfg.d_model
+        return 3 * cfg.d_model
     return 2 * cfg.d_model * cfg.d_head
 
 
-HookFn = Callable
-
-
 @contextmanager
-def attached(bridge, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+def attached(bridge, hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
     """Attach forward hooks for the duration of the block; exactly these are removed on exit,
     also when the block raises."""
     handles = []
