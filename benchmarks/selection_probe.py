@@ -19,8 +19,7 @@ from lens_bias.capture import mean_activations
 from lens_bias.experiments import EvalSet, evaluate
 from lens_bias.masks import random_mask, select
 from lens_bias.metrics import load_wikitext
-from lens_bias.pairs import neutral_text
-from lens_bias.pipeline import _shared_file
+from lens_bias.pairs import neutral_text, shared_data_file
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     t0 = time.time()
     bridge = load_model(args.model)
     train, held = build_pairs().sample(args.per_domain).split(by="template", held_out=0.25, seed=0)
-    wt = _shared_file("wikitext2_test.txt")
+    wt = shared_data_file("wikitext2_test.txt")
     ev = EvalSet(held, wikitext=load_wikitext(wt) if wt else [], ppl_tokens=2048)
     neutral = neutral_text()
     rows = []

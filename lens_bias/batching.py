@@ -62,13 +62,18 @@ def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len:
             )
         if len(r) == 0:
             raise PairsError("empty prompt: every prompt needs at least one token")
-    width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = pad_rows(rows, pad)
+    return batch.to(device) if device is not None else batch
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int = 0) -> Batch:
+    """Right-pad token-id rows into a :class:`Batch`."""
+    width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    return Batch(ids.to(device), lengths.to(device)) if device is not None else Batch(ids, lengths)
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return Batch(ids, torch.tensor([len(r) for r in rows], dtype=torch.long))
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import Batch, check_finite, chunks, context_length, encode, gather_last, model_device
+from .batching import Batch, check_finite, chunks, context_length, encode, gather_last, model_device, pad_rows
 from .pairs import ContrastivePair, CrowsPair, PairSet
 
 METRICS = ("js", "logit_gap")  # differentiable pair metrics (attribution targets)
@@ -369,12 +369,7 @@ def perplexity(bridge, texts: Sequence[str], max_tokens: int = 20_000, window: i
     if progress:
         it = tqdm(list(it), desc="perplexity", leave=False)
     for sl in it:
-        part = rows[sl]
-        width = max(len(r) for r in part)
-        t = torch.zeros((len(part), width), dtype=torch.long)
-        for i, r in enumerate(part):
-            t[i, : len(r)] = torch.tensor(r)
-        batch = Batch(t.to(device), torch.tensor([len(r) for r in part], device=device))
+        batch = pad_rows(rows[sl]).to(device)
         with torch.inference_mode():
             lp = token_logprobs(bridge, batch)
         total += float(-lp.sum())
@@ -414,12 +409,8 @@ def lambada_accuracy(bridge, texts: Sequence[str], batch_size: int = 16, progres
             ctxs.append(head)
             targets.append(tok(" " + last, add_special_tokens=False)["input_ids"])
         rows = [encode(tok, [c]).ids[0].tolist() + tg for c, tg in zip(ctxs, targets, strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
         with torch.inference_mode():
-            pred = bridge(ids.to(device)).argmax(-1).cpu()
+            pred = bridge(pad_rows(rows).ids.to(device)).argmax(-1).cpu()
         for i, (r, tg) in enumerate(zip(rows, targets, strict=True)):
             start = len(r) - len(tg)
             correct += int(pred[i, start - 1: len(r) - 1].tolist() == tg)

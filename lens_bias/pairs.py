@@ -358,15 +358,21 @@ _WHITE = re.compile(r"\b(white|caucasian|european[- ]?american)s?\b", re.I)
 CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
 
+def shared_data_file(name: str) -> Path | None:
+    """``../shared/data/<name>`` next to the project checkout (or the working directory), if present."""
+    here = Path(__file__).resolve().parent.parent
+    cands = [here.parent / "shared" / "data" / name, Path.cwd().parent / "shared" / "data" / name]
+    return next((c for c in cands if c.is_file()), None)
+
+
 def default_crows_path() -> Path | None:
-    """``../shared/data/crows_pairs_anonymized.csv`` next to the project checkout, if present."""
+    """``$LENS_BIAS_CROWS``, else ``../shared/data/crows_pairs_anonymized.csv``, if present."""
     import os
 
     env = os.environ.get("LENS_BIAS_CROWS")
-    cands = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent.parent
-    cands += [here.parent / "shared" / "data" / "crows_pairs_anonymized.csv", Path.cwd().parent / "shared" / "data" / "crows_pairs_anonymized.csv"]
-    return next((c for c in cands if c.is_file()), None)
+    if env and Path(env).is_file():
+        return Path(env)
+    return shared_data_file("crows_pairs_anonymized.csv")
 
 
 CROWS_SUBSETS = ("black", "black-white", "race-color", "all")

@@ -65,14 +65,6 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _shared_file(name: str) -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    for base in (here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if (base / name).is_file():
-            return base / name
-    return None
-
-
 def _stage(name: str, progress: bool, timings: dict):
     class _S:
         def __enter__(self):
@@ -149,7 +141,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     from .materialize import export_hf
     from .metrics import greedy_continuations, load_lambada, load_wikitext
     from .models import load_model
-    from .pairs import build_pairs, load_crows_pairs, load_jsonl, neutral_text
+    from .pairs import build_pairs, load_crows_pairs, load_jsonl, neutral_text, shared_data_file
     from .report import Report
 
     if cfg.kind not in ("neurons", "heads", "both"):
@@ -174,9 +166,9 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
                 "at least two templates (give more templates or use the bundled set)"
             )
         bridge = load_model(cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-        wt_path = cfg.wikitext or _shared_file("wikitext2_test.txt")
-        la_path = cfg.lambada or _shared_file("lambada_openai_test.jsonl")
-        cr_path = cfg.crows or _shared_file("crows_pairs_anonymized.csv")
+        wt_path = cfg.wikitext or shared_data_file("wikitext2_test.txt")
+        la_path = cfg.lambada or shared_data_file("lambada_openai_test.jsonl")
+        cr_path = cfg.crows or shared_data_file("crows_pairs_anonymized.csv")
         neutral = neutral_text()
         ev = EvalSet(
             pairs=held,
