@@ -10,6 +10,14 @@ A score is the *estimated reduction* of m when the component is removed (higher 
   the difference flows through the component when the White activations are patched into the
   Black run.
 
+``graddrop=True`` is the GradDrop fix of AtP* (Kramar et al. 2024) for false negatives from
+cancelling paths: the backward pass is repeated once per layer l with the gradient through layer
+l's attention and MLP outputs dropped, and the score is the mean over l of |estimate_l| (divided by
+L - 1): a magnitude, for finding components that matter in either direction. AtP*'s other fix (the
+exact softmax when a head's *queries or keys* are patched) does not apply to lens_bias's head
+nodes: a head is scored at ``hook_z``, after its own softmax, so its attention pattern is not on
+the linearised path.
+
 :func:`exact_effects` is the slow reference (one ablated forward per component) and
 :func:`validate` correlates the two. Baseline scorers share the :class:`Scores` interface:
 ``actdiff`` (optiPfair-style mean |a_B - a_W|), ``wanda`` (|W| times the activation-norm
@@ -209,41 +217,76 @@ def _ref(kind: str, layer: int, ablation: str, means: dict | None, like: Tensor)
     return means[kind][layer].to(like.device, like.dtype)
 
 
-def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer) -> tuple[dict, Tensor]:
+class _GradGate(torch.autograd.Function):
+    """Identity forward; backward passes the gradient unless ``state["drop"] == layer``."""
+
+    @staticmethod
+    def forward(ctx, x, layer, state):
+        ctx.layer, ctx.state = layer, state
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (torch.zeros_like(g) if ctx.state["drop"] == ctx.layer else g), None, None
+
+
+def _gate_hooks(n_layers: int, state: dict):
+    def make(layer):
+        def fn(x, hook):
+            return _GradGate.apply(x, layer, state)
+        return fn
+
+    return [(f"blocks.{L}.{h}", make(L)) for L in range(n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
+
+
+def _contributions(kind, layer, a, g, batch, n, estimator, ablation, means, patch=None, src=None) -> Tensor:
+    """Sum over the batch of one layer's first-order estimate, per component (sign: reduction)."""
+    if g is None:
+        g = torch.zeros_like(a)
+    if estimator == "ablate":
+        mask = batch.mask
+        m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.ndim - 2)))
+        delta = (_ref(kind, layer, ablation, means, a) - a) * m
+        c = _reduce(kind, delta * g)
+    else:
+        a_b, g_b = a[:n], g[:n]
+        idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a_b)
+        a_w = torch.gather(a[n:], 1, idx)
+        pm = patch.to(a.dtype).view(*patch.shape, *([1] * (a.ndim - 2)))
+        c = _reduce(kind, (a_w - a_b) * pm * g_b)
+    return (-c).double().cpu()
+
+
+def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer,
+               graddrop: bool = False) -> tuple[dict, Tensor]:
     """One forward + backward on a batch of pairs; returns per-layer contributions (summed over
-    the batch) and the per-pair metric values."""
+    the batch) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)`` with ``graddrop``, one
+    backward per dropped layer -- and the per-pair metric values."""
     n_layers = bridge.cfg.n_layers
     batch = pair_batch(bridge, chunk)
     n = len(chunk)
     store: dict = {}
-    with attached(bridge, _capture_hooks(kinds, n_layers, store)), torch.enable_grad():
+    state = {"drop": None}
+    hooks = _capture_hooks(kinds, n_layers, store) + (_gate_hooks(n_layers, state) if graddrop else [])
+    drops = list(range(n_layers)) if graddrop else [None]
+    patch = src = None
+    if estimator == "patch":
+        patch, src = aligned_suffix(batch, n)
+    contrib = {}
+    with attached(bridge, hooks), torch.enable_grad():
         keep, where = torch.unique(batch.last, return_inverse=True)
         logits = bridge(batch.ids, logits_to_keep=keep)
         last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
         check_finite(last, "logits during attribution")
         per_pair = pair_metric(target, last, chunk, tokenizer)
         keys = list(store)
-        grads = torch.autograd.grad(per_pair.sum(), [store[k] for k in keys], allow_unused=True)
-    mask = batch.mask
-    contrib = {}
-    if estimator == "patch":
-        patch, src = aligned_suffix(batch, n)
-    for key, g in zip(keys, grads, strict=True):
-        kind, layer = key
-        a = store[key].detach()
-        if g is None:
-            g = torch.zeros_like(a)
-        if estimator == "ablate":
-            m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.ndim - 2)))
-            delta = (_ref(kind, layer, ablation, means, a) - a) * m
-            c = _reduce(kind, delta * g)
-        else:
-            a_b, g_b = a[:n], g[:n]
-            idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a_b)
-            a_w = torch.gather(a[n:], 1, idx)
-            pm = patch.to(a.dtype).view(*patch.shape, *([1] * (a.ndim - 2)))
-            c = _reduce(kind, (a_w - a_b) * pm * g_b)
-        contrib[key] = (-c).double().cpu()
+        for i, drop in enumerate(drops):
+            state["drop"] = drop
+            grads = torch.autograd.grad(per_pair.sum(), [store[k] for k in keys], allow_unused=True,
+                                        retain_graph=i < len(drops) - 1)
+            for key, g in zip(keys, grads, strict=True):
+                c = _contributions(*key, store[key].detach(), g, batch, n, estimator, ablation, means, patch, src)
+                contrib[key if drop is None else (drop, *key)] = c
     return contrib, per_pair.detach().cpu()
 
 
@@ -257,8 +300,12 @@ def attribute(
     batch_size: int = 16,
     means: dict | None = None,
     progress: bool = True,
+    graddrop: bool = False,
 ) -> Scores:
     """Score every neuron and head by attribution patching (see the module docstring).
+
+    ``graddrop=True`` returns AtP*'s GradDrop magnitudes instead of signed estimates (one backward
+    per layer: about ``n_layers`` times the cost).
 
     ``ablation="mean"`` needs ``means`` from :func:`lens_bias.capture.mean_activations` (computed on
     the bundled neutral text when omitted). Batches never mix domains, so per-domain scores come
@@ -287,26 +334,41 @@ def attribute(
 
         means = mean_activations(bridge, neutral_text())
     tok = tokenizer_of(bridge)
-    sums = {d: {k: torch.zeros(shape_of(bridge, k), dtype=torch.float64) for k in kinds} for d in pairs.domains}
+    n_layers = bridge.cfg.n_layers
+    lead = (n_layers,) if graddrop else ()
+    sums = {d: {k: torch.zeros(*lead, *shape_of(bridge, k), dtype=torch.float64) for k in kinds} for d in pairs.domains}
     counts = {d: 0 for d in pairs.domains}
     metric_sum = {d: 0.0 for d in pairs.domains}
     jobs = [(d, sub.pairs[sl]) for d, sub in pairs.by_domain().items() for sl in chunks(len(sub), batch_size)]
-    it = tqdm(jobs, desc=f"attribution ({estimator})", leave=False) if progress else jobs
+    desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
+    it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
     for d, chunk in it:
-        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok)
-        for (kind, layer), c in contrib.items():
-            sums[d][kind][layer] += c
+        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop)
+        for key, c in contrib.items():
+            if graddrop:
+                drop, kind, layer = key
+                sums[d][kind][drop, layer] += c
+            else:
+                kind, layer = key
+                sums[d][kind][layer] += c
         counts[d] += len(chunk)
         metric_sum[d] += float(per_pair.sum())
     total = sum(counts.values())
     dt = _score_dtype(bridge)
-    overall = {k: (sum(sums[d][k] for d in sums) / total).to(dt) for k in kinds}
-    by_domain = {d: {k: (sums[d][k] / counts[d]).to(dt) for k in kinds} for d in sums}
+
+    def finish(x: Tensor, count: int) -> Tensor:
+        x = x / count
+        if graddrop:  # AtP*: mean over dropped layers of |estimate|, normalised by L - 1
+            x = x.abs().sum(0) / max(n_layers - 1, 1)
+        return x.to(dt)
+
+    overall = {k: finish(sum(sums[d][k] for d in sums), total) for k in kinds}
+    by_domain = {d: {k: finish(sums[d][k], counts[d]) for k in kinds} for d in sums}
     for k, v in overall.items():
         if not torch.isfinite(v).all():
             raise NumericsError(f"non-finite attribution scores for {k}; run the model in float32")
     settings = {
-        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation,
+        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation, "graddrop": graddrop,
         "model": getattr(bridge, "lens_bias_name", "?"), "n_pairs": total, "domains": pairs.domains,
         "metric_before": sum(metric_sum.values()) / total,
         "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
@@ -514,31 +576,46 @@ def _sample_components(scores: Scores, kind: str, k: int, n_random: int, seed: i
     return [Component(kind, i // cols, i % cols) for i in top + rand]
 
 
-def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
-             kinds: Sequence[str] = KINDS, batch_size: int = 32, progress: bool = True) -> dict:
-    """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
-    top-``k`` components by |score| plus ``n_random`` random ones, per kind.
-
-    Returns ``{kind: {"spearman", "pearson", "n", "components", "predicted", "exact"}}``.
-    """
+def _correlations(pred: Tensor, true: Tensor) -> tuple[float, float]:
     from scipy.stats import pearsonr, spearmanr
 
+    if len(pred) <= 2 or float(pred.std()) == 0 or float(true.std()) == 0:
+        return float("nan"), float("nan")
+    return (float(spearmanr(pred.numpy(), true.numpy()).statistic),
+            float(pearsonr(pred.numpy(), true.numpy()).statistic))
+
+
+def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
+             kinds: Sequence[str] = KINDS, batch_size: int = 32, progress: bool = True,
+             components: dict[str, Sequence[Component]] | None = None) -> dict:
+    """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
+    top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
+    ``components`` per kind (to compare two scorers on the same sample).
+
+    Returns ``{kind: {"spearman", "pearson", "spearman_abs", "pearson_abs", "n", "components",
+    "predicted", "exact"}}``; the ``_abs`` pair correlates magnitudes (|predicted| vs |exact|), which
+    is what GradDrop scores are compared on (their main correlation is with |exact| too).
+    """
     st = scores.settings
     metric = st.get("metric") if st.get("metric") in TARGETS else "js"
     out = {}
     for kind in kinds:
         if scores.get(kind) is None:
             continue
-        comps = _sample_components(scores, kind, k, n_random, seed)
+        comps = list(components[kind]) if components and kind in components else \
+            _sample_components(scores, kind, k, n_random, seed)
         pred = torch.tensor([float(scores.get(kind)[c.layer, c.index]) for c in comps])
         if st.get("estimator") == "patch":
             true = exact_patch_effects(bridge, pairs, comps, metric, batch_size, progress)
         else:
             true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size, progress)
-        sp = float(spearmanr(pred.numpy(), true.numpy()).statistic) if len(comps) > 2 else float("nan")
-        pe = float(pearsonr(pred.numpy(), true.numpy()).statistic) if len(comps) > 2 else float("nan")
+        magnitude = bool(st.get("graddrop"))  # GradDrop scores are magnitudes: compare with |exact|
+        sp, pe = _correlations(pred, true.abs() if magnitude else true)
+        sp_abs, pe_abs = _correlations(pred.abs(), true.abs())
         out[kind] = {
-            "spearman": sp, "pearson": pe, "n": len(comps), "k": k, "n_random": n_random,
+            "spearman": sp, "pearson": pe, "spearman_abs": sp_abs, "pearson_abs": pe_abs,
+            "compared_with": "|exact|" if magnitude else "exact",
+            "n": len(comps), "k": k, "n_random": n_random,
             "components": [[c.layer, c.index] for c in comps],
             "predicted": pred.tolist(), "exact": true.tolist(),
         }

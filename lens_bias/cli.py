@@ -166,6 +166,7 @@ def scan(
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
     components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    graddrop: Annotated[bool, typer.Option(help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
@@ -180,8 +181,10 @@ def scan(
         ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
         bridge = _load(model, trust_remote_code)
         kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
-            "metric": metric, "ablation": ablation, "batch_size": batch_size,
+            "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
             "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
+        if graddrop and scorer not in ("ablate", "patch"):
+            raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)
         s.settings.update({"split": split, "seed": seed, "per_domain": per_domain,
                            "pairs": str(pairs) if pairs else "bundled", "seconds": round(time.time() - t0, 1)})
@@ -236,7 +239,9 @@ def validate(
     summary = {
         "model": model, "scores": str(scores), "estimator": s.settings.get("estimator"),
         "metric": s.settings.get("metric"), "ablation": s.settings.get("ablation"), "n_pairs": len(ps),
-        **{kind: {x: r[x] for x in ("spearman", "pearson", "n", "k", "n_random")} for kind, r in res.items()},
+        "graddrop": bool(s.settings.get("graddrop")),
+        **{kind: {x: r[x] for x in ("spearman", "pearson", "spearman_abs", "pearson_abs", "compared_with", "n", "k",
+                                    "n_random")} for kind, r in res.items()},
         "seconds": round(time.time() - t0, 1),
     }
     if out is not None:
@@ -244,8 +249,9 @@ def validate(
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(_table([[kind, r["n"], r["spearman"], r["pearson"]] for kind, r in res.items()],
-                      ["kind", "components", "Spearman", "Pearson"]))
+    typer.echo(_table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"]]
+                       for kind, r in res.items()],
+                      ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|"]))
 
 
 @app.command()

@@ -137,3 +137,44 @@ def test_capability_cost_fisher_and_first_order(tiny):
         assert fi.get(kind).sum() > 0
     with pytest.raises(Exception, match="cost estimator"):
         capability_cost(tiny, texts, estimator="vibes")
+
+
+def test_graddrop_drops_exactly_one_layer(tiny64, few):
+    """Dropping layer l's outputs in the backward leaves the estimates of later layers unchanged
+    and zeroes layer l's own; GradDrop scores are the AtP* mean of |estimate_l| over l."""
+    from lens_bias.attribution import _pair_pass
+    from lens_bias.metrics import tokenizer_of
+
+    tok = tokenizer_of(tiny64)
+    chunk = few.pairs[:2]
+    plain, _ = _pair_pass(tiny64, chunk, "js", "ablate", "zero", None, ("neurons", "heads"), tok)
+    dropped, _ = _pair_pass(tiny64, chunk, "js", "ablate", "zero", None, ("neurons", "heads"), tok, graddrop=True)
+    L = tiny64.cfg.n_layers
+    for kind in ("neurons", "heads"):
+        for drop in range(L):
+            for layer in range(L):
+                d, p = dropped[(drop, kind, layer)], plain[(kind, layer)]
+                if layer > drop:
+                    assert torch.allclose(d, p, atol=1e-12)
+                elif layer == drop:
+                    assert d.abs().max() == 0
+                else:  # earlier layers lose the paths through the dropped layer
+                    assert not torch.allclose(d, p)
+    ps = PairSet(list(chunk))
+    s = attribute(tiny64, ps, graddrop=True, progress=False)
+    for kind in ("neurons", "heads"):
+        want = torch.stack([torch.stack([dropped[(drop, kind, layer)] for layer in range(L)])
+                            for drop in range(L)]).div(2).abs().sum(0) / (L - 1)
+        assert torch.allclose(s.get(kind), want.to(s.get(kind).dtype), atol=1e-12)
+        assert (s.get(kind) >= 0).all()
+    v = validate(tiny64, ps, s, k=3, n_random=2, kinds=("heads",), progress=False)
+    assert v["heads"]["compared_with"] == "|exact|" and v["heads"]["n"] == 5
+
+
+def test_validate_on_a_given_sample(tiny64, few):
+    s = attribute(tiny64, few, components=("heads",), progress=False)
+    comps = [Component("heads", 0, 1), Component("heads", 1, 2), Component("heads", 1, 0)]
+    v = validate(tiny64, few, s, kinds=("heads",), components={"heads": comps}, progress=False)
+    assert v["heads"]["components"] == [[0, 1], [1, 2], [1, 0]]
+    exact = exact_effects(tiny64, few, comps, progress=False)
+    assert torch.allclose(torch.tensor(v["heads"]["exact"], dtype=torch.float64), exact)
