@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,30 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custo
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _interruptible(out: Path):
+    """For commands that write a folder: SIGTERM (a CI timeout, ``kill``) is handled like Ctrl-C,
+    so that the half-written temporary folder is removed; either ends with exit code 130 and a
+    one-line message instead of a traceback."""
+    import signal
+    import threading
+
+    old = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: nothing was written; {out} is as it was before", fg=typer.colors.RED, err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _domains(domain: list[str] | None) -> list[str] | None:
@@ -278,20 +303,32 @@ def run(
 ) -> None:
     """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
     write a run folder (metrics.json, report.html, mask files, the pruned model)."""
+    from .masks import parse_budget
     from .pipeline import RunConfig
     from .pipeline import run as run_job
 
+    curve_budgets = [b.strip() for b in budgets.split(",") if b.strip()]
+    try:  # refuse bad options before minutes of work, not at the pruning stage
+        for b in [budget, *curve_budgets]:
+            parse_budget(b)
+        if not curve_budgets:
+            raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
+        if not max_cost_quantile > 0:
+            raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
+    except LensBiasError as e:
+        _fail(e)
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=_domains([domains]) if domains else None,
         per_domain=per_domain, budget=budget, kind=kind, metric=metric,
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile,
-        budgets=[b.strip() for b in budgets.split(",") if b.strip()],
+        budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
         trust_remote_code=trust_remote_code, progress=not quiet,
     )
     try:
-        m = run_job(cfg, out, overwrite=overwrite)
+        with _interruptible(out):
+            m = run_job(cfg, out, overwrite=overwrite)
     except LensBiasError as e:
         _fail(e)
     b, a, ch = m["before"]["held_out"], m["after"]["held_out"], m["change"]
@@ -332,24 +369,20 @@ def prune(
     from .masks import select
     from .materialize import export_hf
     from .pairs import neutral_text
-    from .pipeline import finish_out, prepare_out
+    from .pipeline import atomic_out, prepare_out
 
     try:
+        if out.exists() and not overwrite:
+            prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
-        bridge = _load(model, trust_remote_code)
-        cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
-        mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
-                      max_cost_quantile=max_cost_quantile if cost is not None else None)
-        tmp = prepare_out(out, overwrite)
-        try:
-            mask.save(tmp)
-            export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
-            finish_out(tmp, out)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with _interruptible(out):
+            bridge = _load(model, trust_remote_code)
+            cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
+            mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
+                          max_cost_quantile=max_cost_quantile if cost is not None else None)
+            with atomic_out(out, overwrite) as tmp:
+                mask.save(tmp)
+                export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
     except LensBiasError as e:
         _fail(e)
     c = mask.counts()
@@ -419,6 +452,15 @@ def _torch_prune_masks(m, model: str, trust_remote_code: bool) -> dict:
     return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
             for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
             if bname == "weight_mask"}
+
+
+def _add_experiments() -> None:
+    from .cli_experiment import app as experiment_app
+
+    app.add_typer(experiment_app, name="experiment")
+
+
+_add_experiments()
 
 
 def main() -> None:  # pragma: no cover

@@ -1,5 +1,7 @@
 """Experiments composed from scoring, selection and ablation: the evaluation of a (simulated)
-pruning, and pruning curves over budgets, scorers and component kinds."""
+pruning, pruning curves over budgets, scorers and component kinds, and the three claims of the
+seed studies -- neurons vs heads and bias-aware vs plain rankings (:func:`compare_scorers`, at
+equal parameters), and cross-domain transfer (:func:`generalization_matrix`, :func:`overlap`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from tqdm.auto import tqdm
 from .ablation import ablate
 from .attribution import Scores
 from .components import params_per_unit
+from .errors import LensBiasError
 from .masks import PruningMask, budget_count, n_params, random_mask, select
 from .metrics import crows_rate, kl_from_reference, lambada_accuracy, measure, perplexity
 from .pairs import PairSet
@@ -96,3 +99,213 @@ def pruning_curve(
         rows.append({"scorer": name, "kind": kind, "budget": b, "n_units": budget_count(bridge, kind, b),
                      "params": p, "params_pct": 100.0 * p / total, **res})
     return rows
+
+
+# ---------------------------------------------------------------- the three claims of the seed studies
+
+PARAM_BUDGETS = ("0.1%params", "0.2%params", "0.5%params", "1%params")
+COMPARED_SCORERS = ("ablate", "patch", "actdiff", "wanda", "random")
+
+
+def standard_evalset(held: PairSet, wikitext: str | None = None, lambada: str | None = None,
+                     crows: str | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
+                     neutral_every: int = 3) -> EvalSet:
+    """The evaluation every experiment and run uses: the held-out pairs, every third line of the
+    bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
+    when not given, from ``../shared/data`` if present."""
+    from .metrics import load_lambada, load_wikitext
+    from .pairs import load_crows_pairs, neutral_text, shared_data_file
+
+    wt = wikitext or shared_data_file("wikitext2_test.txt")
+    la = lambada or shared_data_file("lambada_openai_test.jsonl")
+    cr = crows or shared_data_file("crows_pairs_anonymized.csv")
+    return EvalSet(
+        pairs=held,
+        neutral=neutral_text()[::neutral_every],
+        wikitext=load_wikitext(wt) if wt else [],
+        lambada=load_lambada(la, lambada_limit) if la else [],
+        crows=load_crows_pairs(cr) if cr else [],
+        ppl_tokens=ppl_tokens,
+    )
+
+
+def _reduction(before: float | None, after: float | None) -> float | None:
+    """Bias reduction in % (positive = less bias)."""
+    if before is None or after is None or before == 0:
+        return None
+    return 100.0 * (before - after) / before
+
+
+def compare_scorers(
+    bridge,
+    train: PairSet,
+    ev: EvalSet,
+    scorers: Sequence[str] = COMPARED_SCORERS,
+    kinds: Sequence[str] = ("neurons", "heads"),
+    budgets: Sequence[str] = PARAM_BUDGETS,
+    max_cost_quantile: float | None = 0.5,
+    metric: str = "js",
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Claims 1 and 2 of the seed studies in one table: every scorer x kind x budget, scored on
+    ``train`` and evaluated on ``ev`` (held-out templates). Budgets are in % of parameters, so a
+    head and the neurons it is compared with remove the same number of parameters. The same
+    capability filter (Fisher cost on neutral text, ``max_cost_quantile``) applies to every
+    scorer, ``random`` included, so the comparison isolates the bias ranking.
+
+    Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
+    and the capability change next to the raw measures.
+    """
+    from .attribution import capability_cost, score
+    from .pairs import neutral_text
+
+    before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size)
+    cost = None
+    if max_cost_quantile is not None:
+        cost = capability_cost(bridge, ev.neutral or neutral_text(), progress=progress)
+    scored = {}
+    for name in scorers:
+        kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if name in ("ablate", "patch") \
+            else {"batch_size": batch_size, "seed": seed}
+        scored[name] = score(bridge, train, name, **kw)
+    rows = pruning_curve(bridge, ev, scored, kinds=kinds, budgets=budgets, cost=cost,
+                         max_cost_quantile=max_cost_quantile, random_control=False, seed=seed, progress=progress)
+    for r in rows:
+        r["js_reduction_pct"] = _reduction(before["js"], r["js"])
+        r["gap_reduction_pct"] = _reduction(before.get("abs_logit_gap"), r.get("abs_logit_gap"))
+        if before.get("wikitext_ppl") and r.get("wikitext_ppl"):
+            r["ppl_change_pct"] = 100.0 * (r["wikitext_ppl"] / before["wikitext_ppl"] - 1)
+    return {"before": before, "rows": rows, "winners": winners(rows),
+            "settings": {"scorers": list(scorers), "kinds": list(kinds), "budgets": list(budgets),
+                         "max_cost_quantile": max_cost_quantile, "metric": metric, "n_train": len(train),
+                         "n_held_out": len(ev.pairs), "seed": seed}}
+
+
+def winners(rows: Sequence[dict]) -> dict:
+    """Mean held-out JS reduction per scorer/kind over the budgets, the best scorer per kind, and
+    neurons vs heads for each scorer (both at equal parameters)."""
+    mean: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.get("js_reduction_pct") is None:
+            continue
+        mean.setdefault(r["scorer"], {}).setdefault(r["kind"], []).append(r["js_reduction_pct"])
+    mean = {s: {k: sum(v) / len(v) for k, v in ks.items()} for s, ks in mean.items()}
+    kinds = sorted({k for ks in mean.values() for k in ks})
+    best = {k: max((s for s in mean if k in mean[s]), key=lambda s: mean[s][k]) for k in kinds}
+    nvh = {s: ks["neurons"] - ks["heads"] for s, ks in mean.items() if "neurons" in ks and "heads" in ks}
+    return {"mean_js_reduction_pct": mean, "best_scorer": best,
+            "neurons_minus_heads_pct_points": nvh}
+
+
+def generalization_matrix(
+    bridge,
+    train: PairSet,
+    ev: EvalSet,
+    train_domains: Sequence[str] | None = None,
+    test_domains: Sequence[str] | None = None,
+    budget: str = "0.5%",
+    kind: str = "neurons",
+    scorer: str = "ablate",
+    include_all: bool = True,
+    max_cost_quantile: float | None = 0.5,
+    metric: str = "js",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Claim 3 (Ma et al.): score on each train domain (and on all of them), prune at ``budget``,
+    and measure the held-out bias reduction on every test domain. ``train`` and ``ev.pairs`` must
+    come from a split by template, so a domain's own pruning is judged on wording it never saw.
+
+    One scoring pass gives every domain's scores (they are kept per domain). Returns the matrix
+    ``reduction_pct[train_domain][test_domain]`` (in %, positive = less bias), the raw JS before
+    and after, the in-domain (diagonal) and cross-domain (off-diagonal) means, each mask's pruned
+    units (for :func:`overlap`) and the perplexity per row when WikiText is available.
+    """
+    shared = set(train.templates) & set(ev.pairs.templates)
+    if shared:
+        raise LensBiasError(f"train and held-out pairs share templates {sorted(shared)[:5]}; split by template")
+    train_domains = list(train_domains or train.domains)
+    test_domains = list(test_domains or ev.pairs.domains)
+    for d in train_domains:
+        if d not in train.domains:
+            raise LensBiasError(f"train domain {d!r} has no train pairs; have {train.domains}")
+    for d in test_domains:
+        if d not in ev.pairs.domains:
+            raise LensBiasError(f"test domain {d!r} has no held-out pairs; have {ev.pairs.domains}")
+    masks = domain_masks(bridge, train, train_domains, budget, kind, scorer, include_all, ev.neutral,
+                         max_cost_quantile, metric, batch_size, progress)
+    rows = list(masks)
+    ev_test = EvalSet(ev.pairs.filter(domains=test_domains), ev.neutral, ev.wikitext, [], [], ev.ppl_tokens)
+    before = evaluate(bridge, ev_test, None, lambada=False, batch_size=batch_size)
+    it = tqdm(rows, desc="generalization matrix", leave=False) if progress else rows
+    after, ppl = {}, {}
+    for t in it:
+        res = evaluate(bridge, ev_test, masks[t], lambada=False, batch_size=batch_size)
+        after[t] = {d: res["by_domain"][d]["js"] for d in test_domains}
+        ppl[t] = res.get("wikitext_ppl")
+    js_before = {d: before["by_domain"][d]["js"] for d in test_domains}
+    red = {t: {d: _reduction(js_before[d], after[t][d]) for d in test_domains} for t in rows}
+    diag = [red[t][t] for t in train_domains if t in test_domains]
+    off = [red[t][d] for t in train_domains for d in test_domains if d != t]
+    return {
+        "train_domains": train_domains, "test_domains": test_domains, "rows": rows,
+        "budget": budget, "kind": kind, "scorer": scorer, "max_cost_quantile": max_cost_quantile,
+        "js_before": js_before, "js_after": after, "reduction_pct": red,
+        "in_domain_mean_pct": sum(diag) / len(diag) if diag else None,
+        "cross_domain_mean_pct": sum(off) / len(off) if off else None,
+        "all_row_mean_pct": (sum(red["all"].values()) / len(test_domains)) if include_all else None,
+        "wikitext_ppl_before": before.get("wikitext_ppl"), "wikitext_ppl_after": ppl,
+        "pruned": {t: m.pruned(kind) for t, m in masks.items()},
+        "n_train": {d: len(train.filter(domains=[d])) for d in train_domains},
+        "n_held_out": {d: len(ev.pairs.filter(domains=[d])) for d in test_domains},
+        "train_templates": train.templates, "held_out_templates": ev.pairs.templates,
+    }
+
+
+def domain_masks(bridge, train: PairSet, domains: Sequence[str] | None = None, budget: str = "0.5%",
+                 kind: str = "neurons", scorer: str = "ablate", include_all: bool = True,
+                 neutral: Sequence[str] = (), max_cost_quantile: float | None = 0.5, metric: str = "js",
+                 batch_size: int = 16, progress: bool = True) -> dict[str, PruningMask]:
+    """One pruning mask per train domain (and ``"all"``), from a single scoring pass (scores are
+    kept per domain), with the capability filter computed on ``neutral`` (the bundled neutral
+    text when empty)."""
+    from .attribution import capability_cost, score
+    from .pairs import neutral_text
+
+    domains = list(domains or train.domains)
+    kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if scorer in ("ablate", "patch") \
+        else {"batch_size": batch_size}
+    scores = score(bridge, train.filter(domains=domains), scorer, **kw)
+    cost = None
+    if max_cost_quantile is not None:
+        cost = capability_cost(bridge, list(neutral) or neutral_text(), progress=progress)
+    out = {}
+    for t in domains + (["all"] if include_all else []):
+        s = scores if t == "all" else scores.for_domain(t)
+        out[t] = select(s, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
+    return out
+
+
+def overlap(pruned: dict[str, Sequence[Sequence[int]]], n_layers: int) -> dict:
+    """Jaccard overlap between the unit sets pruned for each name (e.g. each train domain), and
+    the count per layer of each set (``mean_offdiag_jaccard`` leaves out a set named ``"all"``,
+    which is learned from every domain and so not a peer). ``pruned`` maps a name to its (layer, index) list, as in
+    ``generalization_matrix(...)["pruned"]`` or ``PruningMask.pruned(kind)``."""
+    names = list(pruned)
+    sets = {n: {(int(la), int(i)) for la, i in pruned[n]} for n in names}
+
+    def jac(a, b):
+        u = sets[a] | sets[b]
+        return len(sets[a] & sets[b]) / len(u) if u else 1.0
+
+    by_layer = {n: [0] * n_layers for n in names}
+    for n in names:
+        for la, _ in sets[n]:
+            by_layer[n][la] += 1
+    m = [[jac(a, b) for b in names] for a in names]
+    doms = [i for i, n in enumerate(names) if n != "all"]  # "all" contains every domain: not a peer
+    offdiag = [m[i][j] for i in doms for j in doms if i != j]
+    return {"names": names, "jaccard": m, "by_layer": by_layer, "n_pruned": {n: len(sets[n]) for n in names},
+            "mean_offdiag_jaccard": sum(offdiag) / len(offdiag) if offdiag else None}

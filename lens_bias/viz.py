@@ -124,3 +124,43 @@ def activation_diff_by_layer(diff: dict[str, torch.Tensor]) -> go.Figure:
     fig.update_layout(title="Mean |activation(Black) - activation(White)| at the last token, by layer",
                       xaxis_title="layer", yaxis_title="mean absolute difference", template="plotly_white")
     return fig
+
+
+def generalization_heatmap(gm: dict) -> go.Figure:
+    """The cross-domain matrix of :func:`lens_bias.experiments.generalization_matrix`: rows = the
+    domain the pruning was learned on, columns = held-out test domain, cells = JS reduction (%)."""
+    rows, cols = gm["rows"], gm["test_domains"]
+    z = [[gm["reduction_pct"][t][d] for d in cols] for t in rows]
+    text = [[f"{v:.0f}" if v is not None else "-" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale="RdBu", zmid=0,
+        colorbar={"title": "JS reduction %"},
+        hovertemplate="learned on %{y}<br>tested on %{x}<br>JS reduction %{z:.1f} %<extra></extra>",
+    ))
+    ind, cross = gm.get("in_domain_mean_pct"), gm.get("cross_domain_mean_pct")
+    sub = "" if ind is None or cross is None else f": in-domain {ind:.1f} %, cross-domain {cross:.1f} %"
+    fig.update_layout(
+        title=f"Cross-domain transfer ({gm['kind']} at {gm['budget']}, {gm['scorer']}){sub}",
+        xaxis_title="tested on (held-out templates)", yaxis_title="pruning learned on", template="plotly_white",
+        yaxis={"autorange": "reversed"},
+    )
+    return fig
+
+
+def overlap_heatmap(ov: dict, title: str = "Overlap of the pruned units (Jaccard)") -> go.Figure:
+    """Jaccard overlap between pruned unit sets, with the per-layer counts as a second panel."""
+    names = ov["names"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Jaccard overlap", "pruned units per layer"),
+                        column_widths=[0.45, 0.55])
+    fig.add_trace(go.Heatmap(
+        z=ov["jaccard"], x=names, y=names, text=[[f"{v:.2f}" for v in r] for r in ov["jaccard"]],
+        texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, showscale=False,
+        hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.2f}<extra></extra>"), row=1, col=1)
+    for n in names:
+        fig.add_trace(go.Scatter(x=list(range(len(ov["by_layer"][n]))), y=ov["by_layer"][n], mode="lines+markers",
+                                 name=n, hovertemplate=f"{n}<br>layer %{{x}}: %{{y}} units<extra></extra>"),
+                      row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="layer", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig

@@ -1,0 +1,237 @@
+"""``lens-bias experiment curve|generalize|overlap``: the seed studies' three claims on any model.
+
+Each command scores on the train templates, evaluates on held-out templates and writes ``OUT/``
+with ``result.json`` and ``report.html`` (written to a temporary folder and renamed at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import LensBiasError
+
+app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
+                                              "(curve), cross-domain transfer (generalize), overlap between domains.")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
+PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
+DomainsOpt = Annotated[str | None, typer.Option("--domains", help="domains, comma-separated (default: all)")]
+PerDomainOpt = Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder (result.json, report.html)")]
+CostOpt = Annotated[float, typer.Option(help="capability filter: keep units above this Fisher-cost quantile "
+                                             "(1 = off)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
+
+
+def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, seed: int):
+    from .experiments import standard_evalset
+    from .models import load_model
+    from .pairs import build_pairs, load_jsonl
+
+    doms = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    ps = load_jsonl(pairs) if pairs else build_pairs(domains=doms)
+    if pairs and doms:
+        ps = ps.filter(domains=doms)
+    if per_domain:
+        ps = ps.sample(per_domain, seed=seed)
+    train, held = ps.split(by="template", held_out=0.25, seed=seed)
+    if not len(train) or not len(held):
+        raise LensBiasError(f"the template split left {len(train)} train and {len(held)} held-out pairs; "
+                            "every domain needs at least two templates")
+    return load_model(model), train, standard_evalset(held, ppl_tokens=2048)
+
+
+def _write(out: Path, overwrite: bool, result: dict, report) -> None:
+    from .pipeline import finish_out, prepare_out
+
+    tmp = prepare_out(out, overwrite)
+    try:
+        (tmp / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        (tmp / "report.html").write_text(report.html(), encoding="utf-8")
+        finish_out(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _quantile(q: float) -> float | None:
+    return None if q >= 1 else q
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x)
+
+
+@app.command()
+def curve(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 24,
+    scorers: Annotated[str, typer.Option(help="comma-separated: ablate, patch, actdiff, wanda, random")] =
+    "ablate,patch,actdiff,wanda,random",
+    kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    budgets: Annotated[str, typer.Option(help="comma-separated; %params keeps kinds parameter-matched")] =
+    "0.1%params,0.2%params,0.5%params,1%params",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/curve"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters."""
+    from . import viz
+    from .experiments import compare_scorers
+    from .report import Report
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        res = compare_scorers(bridge, train, ev, scorers=_list(scorers), kinds=_list(kinds), budgets=_list(budgets),
+                              max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
+        res.update(model=model, seconds=round(time.time() - t0, 1))
+        rep = Report(f"lens_bias experiment: scorers and kinds on {model}")
+        rep.text(_curve_reading(res), "note")
+        rep.figure(viz.pruning_curves(res["rows"], "js", "wikitext_ppl" if ev.wikitext else "kl_neutral",
+                                      before={"js": res["before"]["js"], "wikitext_ppl": res["before"].get("wikitext_ppl"),
+                                              "kl_neutral": 0.0}))
+        rep.table(_curve_rows(res), ["scorer", "kind", "budget", "units", "% params", "JS", "JS reduction %",
+                                     "ppl change %", "KL neutral"])
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        _fail(e)
+    from .cli import _table
+
+    typer.echo(_table(_curve_rows(res), ["scorer", "kind", "budget", "units", "%params", "JS", "JS red. %",
+                                         "ppl %", "KL"]))
+    typer.echo(_curve_reading(res))
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+
+
+def _list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _curve_rows(res: dict) -> list[list]:
+    return [[r["scorer"], r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
+             r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral")] for r in res["rows"]]
+
+
+def _curve_reading(res: dict) -> str:
+    w = res["winners"]
+    m = w["mean_js_reduction_pct"]
+    parts = [f"mean held-out JS reduction over the budgets: " +
+             "; ".join(f"{s}: " + ", ".join(f"{k} {v:.1f} %" for k, v in ks.items()) for s, ks in m.items())]
+    parts += [f"best {k}: {s}" for k, s in w["best_scorer"].items()]
+    parts += [f"neurons minus heads (points, equal parameters): " +
+              ", ".join(f"{s} {v:+.1f}" for s, v in w["neurons_minus_heads_pct_points"].items())]
+    return ". ".join(parts) + "."
+
+
+@app.command()
+def generalize(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 36,
+    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/generalize"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cross-domain transfer: prune on each domain, measure the bias reduction on every domain's
+    held-out templates (Ma et al.'s finance -> commerce question, for all domain pairs)."""
+    from . import viz
+    from .experiments import generalization_matrix, overlap
+    from .report import Report
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
+                                   max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
+        ov = overlap(gm["pruned"], bridge.cfg.n_layers)
+        res = {**gm, "overlap": ov, "model": model, "seconds": round(time.time() - t0, 1)}
+        rep = Report(f"lens_bias experiment: cross-domain transfer on {model}")
+        rep.text(_gen_reading(res), "note")
+        rep.figure(viz.generalization_heatmap(gm))
+        rep.table(_gen_rows(gm), ["learned on \\ tested on", *gm["test_domains"], "WikiText ppl"])
+        rep.figure(viz.overlap_heatmap(ov))
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        _fail(e)
+    from .cli import _table
+
+    typer.echo(_table(_gen_rows(gm), ["learned on", *gm["test_domains"], "ppl"]))
+    typer.echo(_gen_reading(res))
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+
+
+def _gen_rows(gm: dict) -> list[list]:
+    return [[t, *[gm["reduction_pct"][t][d] for d in gm["test_domains"]], gm["wikitext_ppl_after"].get(t)]
+            for t in gm["rows"]]
+
+
+def _gen_reading(res: dict) -> str:
+    return (f"JS reduction (%) on held-out templates, {res['kind']} at {res['budget']}: in-domain mean "
+            f"{_fmt(res['in_domain_mean_pct'])}, cross-domain mean {_fmt(res['cross_domain_mean_pct'])}, "
+            f"pruning learned on all domains {_fmt(res['all_row_mean_pct'])}; mean Jaccard overlap between "
+            f"domains' pruned sets {_fmt(res['overlap']['mean_offdiag_jaccard'])}. "
+            f"Perplexity before {_fmt(res['wikitext_ppl_before'])}.")
+
+
+@app.command("overlap")
+def overlap_cmd(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 36,
+    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/overlap"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Which units each domain's pruning picks: Jaccard overlap between domains, and by layer."""
+    from . import viz
+    from .experiments import domain_masks, overlap
+    from .report import Report
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
+                             _quantile(max_cost_quantile), progress=not quiet)
+        ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)
+        res = {**ov, "pruned": {t: m.pruned(kind) for t, m in masks.items()}, "model": model, "budget": budget,
+               "kind": kind, "scorer": scorer, "seconds": round(time.time() - t0, 1)}
+        rep = Report(f"lens_bias experiment: overlap of domain prunings on {model}")
+        rep.figure(viz.overlap_heatmap(ov, f"Overlap of the {kind} pruned per domain ({budget}, {scorer})"))
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        _fail(e)
+    from .cli import _table
+
+    names = ov["names"]
+    typer.echo(_table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
+                      ["Jaccard", *names]))
+    typer.echo(f"mean overlap between domains: {_fmt(ov['mean_offdiag_jaccard'])}; wrote {out}/")

@@ -1,0 +1,122 @@
+"""Experiment code on tiny-random: shapes, parameter matching, held-out-only evaluation."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lens_bias import build_pairs, load_model
+from lens_bias import experiments as ex
+from lens_bias.cli import app
+from lens_bias.components import params_per_unit
+from lens_bias.errors import LensBiasError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def split():
+    return build_pairs().sample(6, seed=0).split(by="template", held_out=0.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ev(split):
+    return ex.EvalSet(pairs=split[1], neutral=["The weather was mild and the river ran slowly.",
+                                               "She put the book back on the shelf."])
+
+
+def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
+    res = ex.compare_scorers(tiny, split[0], ev, scorers=("ablate", "actdiff", "random"),
+                             budgets=("1%params", "2%params"), max_cost_quantile=None, progress=False)
+    rows = res["rows"]
+    assert len(rows) == 3 * 2 * 2
+    slack = (params_per_unit(tiny, "neurons") + params_per_unit(tiny, "heads")) / 2
+    for scorer in ("ablate", "actdiff", "random"):
+        for b in ("1%params", "2%params"):
+            n, h = (next(r for r in rows if r["scorer"] == scorer and r["kind"] == k and r["budget"] == b)
+                    for k in ("neurons", "heads"))
+            assert n["n_units"] > h["n_units"]  # counts differ ...
+            assert abs(n["params"] - h["params"]) <= slack  # ... parameters do not
+    for r in rows:
+        assert r["js_reduction_pct"] == pytest.approx(100 * (res["before"]["js"] - r["js"]) / res["before"]["js"])
+    w = res["winners"]
+    assert set(w["best_scorer"]) == {"neurons", "heads"}
+    assert set(w["neurons_minus_heads_pct_points"]) == {"ablate", "actdiff", "random"}
+
+
+def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monkeypatch):
+    train, held = split
+    seen = []
+    real = ex.evaluate
+
+    def spy(bridge, evs, mask=None, *a, **k):
+        seen.append(set(evs.pairs.templates))
+        return real(bridge, evs, mask, *a, **k)
+
+    monkeypatch.setattr(ex, "evaluate", spy)
+    gm = ex.generalization_matrix(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False)
+    doms = train.domains
+    assert len(doms) >= 5 and gm["rows"] == doms + ["all"] and gm["test_domains"] == held.domains
+    assert len(seen) == 1 + len(gm["rows"])  # before + one per learned-on row
+    for templates in seen:
+        assert templates and not templates & set(train.templates)
+    red = gm["reduction_pct"]
+    for t in gm["rows"]:
+        for d in gm["test_domains"]:
+            b, a = gm["js_before"][d], gm["js_after"][t][d]
+            assert red[t][d] == pytest.approx(100 * (b - a) / b)
+    diag = [red[d][d] for d in doms]
+    assert gm["in_domain_mean_pct"] == pytest.approx(sum(diag) / len(diag))
+    off = [red[t][d] for t in doms for d in doms if d != t]
+    assert gm["cross_domain_mean_pct"] == pytest.approx(sum(off) / len(off))
+    n = round(0.05 * tiny.cfg.n_layers * tiny.cfg.d_mlp)
+    assert all(len(p) == n for p in gm["pruned"].values())
+
+
+def test_generalization_refuses_shared_templates(tiny, split):
+    train, _ = split
+    with pytest.raises(LensBiasError, match="share templates"):
+        ex.generalization_matrix(tiny, train, ex.EvalSet(pairs=train), progress=False)
+
+
+def test_domain_scores_come_from_their_own_pairs(tiny, split):
+    """A domain's mask is selected from that domain's scores alone."""
+    from lens_bias.attribution import attribute
+    from lens_bias.masks import select
+
+    train = split[0]
+    masks = ex.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None, progress=False)
+    alone = attribute(tiny, train.filter(domains=["finance"]), progress=False)
+    want = select(alone, "3%", bridge=tiny)
+    assert masks["finance"].pruned("neurons") == want.pruned("neurons")
+    assert torch.equal(masks["all"].neurons, select(attribute(tiny, train.filter(domains=["finance", "hiring"]),
+                                                              progress=False), "3%", bridge=tiny).neurons)
+
+
+def test_overlap_jaccard_and_layers():
+    ov = ex.overlap({"a": [(0, 1), (0, 2), (1, 3)], "b": [(0, 2), (1, 3), (1, 4)], "all": [(0, 1)]}, n_layers=2)
+    assert ov["names"] == ["a", "b", "all"]
+    assert ov["jaccard"][0][1] == pytest.approx(2 / 4) and ov["jaccard"][0][0] == 1
+    assert ov["jaccard"][0][2] == pytest.approx(1 / 3)
+    assert ov["by_layer"]["a"] == [2, 1] and ov["by_layer"]["b"] == [1, 2]
+    assert ov["mean_offdiag_jaccard"] == pytest.approx(0.5)  # "all" is not a peer
+
+
+def test_cli_generalize_writes_json_and_html(tmp_path):
+    out = tmp_path / "gen"
+    args = ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "4", "--budget", "4%",
+            "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "result.json").read_text())
+    assert res["rows"] == ["commerce", "finance", "hiring", "all"]
+    assert "in-domain mean" in r.output
+    html = (out / "report.html").read_text()
+    assert html.count("plotly-graph-div") >= 2
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert [p.name for p in tmp_path.iterdir()] == ["gen"]
