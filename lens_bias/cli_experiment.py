@@ -132,10 +132,10 @@ def _curve_rows(res: dict) -> list[list]:
 def _curve_reading(res: dict) -> str:
     w = res["winners"]
     m = w["mean_js_reduction_pct"]
-    parts = [f"mean held-out JS reduction over the budgets: " +
+    parts = ["mean held-out JS reduction over the budgets: " +
              "; ".join(f"{s}: " + ", ".join(f"{k} {v:.1f} %" for k, v in ks.items()) for s, ks in m.items())]
     parts += [f"best {k}: {s}" for k, s in w["best_scorer"].items()]
-    parts += [f"neurons minus heads (points, equal parameters): " +
+    parts += ["neurons minus heads (points, equal parameters): " +
               ", ".join(f"{s} {v:+.1f}" for s, v in w["neurons_minus_heads_pct_points"].items())]
     return ". ".join(parts) + "."
 
