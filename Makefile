@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 MODEL   ?= smollm2-135m
 OUT     ?= runs/demo
 
-.PHONY: demo test test-fast lint install clean-venv chromium
+.PHONY: demo test test-fast lint install clean-venv chromium docs docs-serve notebooks
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,18 @@ test: $(STAMP) chromium
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the docs site (mkdocs, material theme, API reference from the docstrings) into site/; --strict fails on any
+# warning, broken links to pages, anchors and notebooks included
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# every notebook, top to bottom, on the fast path (tiny-random); `make test` runs this too
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_notebooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lens_bias tests benchmarks

@@ -41,7 +41,20 @@ def _head_fn(keep: Bool[Tensor, " n_heads"], ref: Float[Tensor, "n_heads d_head"
 
 
 def ablation_hooks(bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> list:
-    """The (hook name, function) list that removes ``mask``'s pruned units."""
+    """The ``(hook name, function)`` list that removes ``mask``'s pruned units: one hook per layer
+    that has pruned neurons (on ``blocks.L.mlp.hook_post`` [batch, pos, d_mlp]) or pruned heads
+    (on ``blocks.L.attn.hook_z`` [batch, pos, n_heads, d_head]). ``mode="mean"`` needs ``means``
+    from :func:`lens_bias.capture.mean_activations` (``neurons`` [n_layers, d_mlp], ``heads``
+    [n_layers, n_heads, d_head]). Use :func:`ablate` unless you attach hooks yourself.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.masks import PruningMask
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> m = PruningMask.keep_all(b); m.neurons[1, 7] = False; m.heads[0, 2] = False
+        >>> [name for name, _ in ablation_hooks(b, m)]
+        ['blocks.0.attn.hook_z', 'blocks.1.mlp.hook_post']
+    """
     if mode not in MODES:
         raise MaskError(f"ablation mode must be one of {MODES}, got {mode!r}")
     if mode == "mean" and means is None:
@@ -64,7 +77,11 @@ def ablation_hooks(bridge, mask: PruningMask, mode: str = "zero", means: dict | 
 def ablate(bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> Iterator[None]:
     """Context manager: inside it, ``bridge`` runs as if ``mask``'s units were pruned.
 
-    Example:
+    ``mode="zero"`` sets the pruned activations to 0 (what :mod:`lens_bias.materialize` writes into
+    the weights); ``mode="mean"`` to their mean on neutral text (``means`` from
+    :func:`lens_bias.capture.mean_activations`). Exactly these hooks are removed on exit.
+
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import PruningMask
         >>> b = load_model("tiny-random")

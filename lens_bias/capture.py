@@ -24,7 +24,18 @@ def _progress(it, desc, progress):
 
 def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
     """Mean activation of every neuron [n_layers, d_mlp] and head output [n_layers, n_heads, d_head]
-    over all (unpadded) tokens of ``texts``: the reference values of mean ablation."""
+    over all (unpadded) tokens of ``texts``: the reference values of mean ablation.
+
+    Returns ``{"neurons": Tensor, "heads": Tensor}`` (float32, CPU), accumulated in float64.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.pairs import neutral_text
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> means = mean_activations(b, neutral_text()[:8])
+        >>> tuple(means["neurons"].shape), tuple(means["heads"].shape)
+        ((2, 128), (2, 4, 16))
+    """
     cfg = bridge.cfg
     tok = bridge.lens_bias_tokenizer
     sums = {
@@ -59,6 +70,13 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
 
     Returns a dict of float tensors divided by the number of pairs (means), keys
     ``neuron_absdiff`` [L, d_mlp], ``head_absdiff`` [L, H], ``neuron_sq_black``/``neuron_sq_white`` [L, d_mlp].
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> s = last_token_activations(b, build_pairs(["hiring"])[:4])
+        >>> {k: tuple(v.shape) for k, v in s.items()}["head_absdiff"]
+        (2, 4)
     """
     from .metrics import pair_batch
 
@@ -100,6 +118,17 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
 
 def activation_diff(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
     """optiPfair-style activation difference: mean |a_B - a_W| at the last token, per layer, for MLP
-    neurons and for head outputs (the measure that grows with depth in Fairness Pruning)."""
+    neurons and for head outputs (the measure that grows with depth in Fairness Pruning).
+
+    Returns ``{"neurons": Tensor[n_layers], "heads": Tensor[n_layers]}``; a head's difference is the
+    L2 norm over ``d_head``.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> d = activation_diff(b, build_pairs(["hiring"])[:4])
+        >>> tuple(d["neurons"].shape), bool((d["heads"] >= 0).all())
+        ((2,), True)
+    """
     s = last_token_activations(bridge, pairs, batch_size)
     return {"neurons": s["neuron_absdiff"].mean(-1), "heads": s["head_absdiff"].mean(-1)}

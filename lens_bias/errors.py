@@ -3,24 +3,77 @@ whose message names the problem and the fix."""
 
 
 class LensBiasError(Exception):
-    """Base class of all errors lens_bias raises on bad input."""
+    """Base class of all errors lens_bias raises on bad input; catch it to handle them all.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> try:
+        ...     load_model("no-such-model")
+        ... except LensBiasError as e:
+        ...     print(type(e).__name__)
+        ModelLoadError
+    """
 
 
 class ModelLoadError(LensBiasError):
-    """A model could not be found, installed, verified or wrapped."""
+    """A model could not be found, installed, verified or wrapped.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> load_model("no-such-model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ModelLoadError: unknown model 'no-such-model'. Valid zoo names: ...
+    """
 
 
 class PairsError(LensBiasError):
-    """A pairs file or pair definition is malformed."""
+    """A pairs file or pair definition is malformed.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "pairs.jsonl"
+        >>> _ = f.write_text('{"black": "A Black man is", "white": "A Black man is"}')
+        >>> from lens_bias import load_jsonl
+        >>> load_jsonl(f)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.PairsError: ...: 'black' and 'white' prompts are identical; ...
+    """
 
 
 class MaskError(LensBiasError):
-    """A pruning mask is malformed or does not fit the model."""
+    """A pruning mask is malformed or does not fit the model.
+
+    Examples:
+        >>> from lens_bias.masks import parse_budget
+        >>> parse_budget("150%")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.MaskError: budget '150%' is over 100 %
+    """
 
 
 class NumericsError(LensBiasError):
-    """Non-finite numbers appeared in logits or scores."""
+    """Non-finite numbers appeared in logits or scores.
+
+    Examples:
+        >>> import torch
+        >>> from lens_bias.batching import check_finite
+        >>> check_finite(torch.tensor([[0.0, float("nan")]]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.NumericsError: non-finite values (NaN/inf) in logits...
+    """
 
 
 class RunError(LensBiasError):
-    """A run could not start or finish (output folder, options)."""
+    """A run could not start or finish (output folder, options).
+
+    Examples:
+        >>> from lens_bias.pipeline import RunConfig, run
+        >>> run(RunConfig(model="tiny-random", kind="layers"), "/tmp/lens_bias_doc_run", overwrite=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.RunError: --kind must be neurons, heads or both; got 'layers'
+    """

@@ -67,7 +67,7 @@ def clean_hf_model(bridge, device: str | torch.device | None = None) -> PreTrain
     Tied output embeddings are filled from the input embeddings when absent. A bridge-only tensor
     that is not an alias must be all zero (the bridge adds a zero ``lm_head.bias``), else this raises.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> b = load_model("tiny-random", device="cpu")
         >>> m = clean_hf_model(b)
@@ -251,7 +251,7 @@ def materialize(bridge, mask: PruningMask, mode: str = "zero",
 
     ``device`` defaults to the bridge's device.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import PruningMask
         >>> b = load_model("tiny-random", device="cpu")
@@ -322,7 +322,7 @@ def verify(bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] 
     compared in fp32 (the 1e-5 default assumes fp32 models). Raises :class:`MaskError` if the
     difference is above ``atol`` or not finite.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import random_mask
         >>> b = load_model("tiny-random", device="cpu")
@@ -401,7 +401,7 @@ def export_hf(bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero"
     ``sdpa``: faster, but it rounds differently, max abs logit difference ~3e-5 on SmolLM2 /
     Gemma-3-270M).
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import random_mask
         >>> b = load_model("tiny-random", device="cpu")
@@ -457,7 +457,7 @@ def to_torch_prune(model: nn.Module, mask: PruningMask) -> nn.Module:
     ``torch.nn.utils.prune.remove`` would make the pruning permanent; :func:`undo_torch_prune`
     restores the original weights bit for bit.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import random_mask
         >>> b = load_model("tiny-random", device="cpu")
@@ -492,7 +492,7 @@ def undo_torch_prune(model: nn.Module) -> int:
     parameter itself, so the weights are the originals bit for bit. Returns the number of
     pruned tensors restored.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.nn.utils import prune
         >>> lin = torch.nn.Linear(3, 2); w = lin.weight.clone()
@@ -534,7 +534,7 @@ def torch_pruning_indices(mask: PruningMask, model: nn.Module | None = None, d_h
     from it; otherwise ``prefix`` (``model.layers`` for Llama/Gemma/Mistral/Qwen) and ``d_head``
     (needed only if heads are pruned) are used.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = PruningMask(torch.ones(2, 8, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool))
         >>> m.neurons[1, 3] = False
@@ -576,7 +576,7 @@ def apply_torch_pruning(model: nn.Module, mask: PruningMask) -> nn.Module:
     zeroed (``o_proj`` columns), not removed, as in structural :func:`materialize`.
     Needs ``pip install torch-pruning==1.6.1``.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import PruningMask
         >>> b = load_model("tiny-random", device="cpu")
@@ -632,7 +632,7 @@ def optipfair_scores(scores_neurons: Float[Tensor, "n_layers d_mlp"], normalize:
     is all its pruner uses. ``layers`` restricts the dict (optiPfair prunes other layers by weight
     magnitude).
 
-    Example:
+    Examples:
         >>> import torch
         >>> s = optipfair_scores(torch.tensor([[0.0, 2.0, 1.0], [5.0, 5.0, 6.0]]))
         >>> s[0].tolist(), s[1].tolist()
@@ -663,7 +663,7 @@ def optipfair_scores(scores_neurons: Float[Tensor, "n_layers d_mlp"], normalize:
 def optipfair_neuron_indices(mask: PruningMask) -> dict[int, list[int]]:
     """The mask's pruned neurons as optiPfair ``zero_neurons_mlp`` input ({layer: [indices]}).
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = PruningMask(torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool))
         >>> m.neurons[1, 2] = False

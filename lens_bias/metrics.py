@@ -39,7 +39,9 @@ METRICS = ("js", "logit_gap")  # differentiable pair metrics (attribution target
 def js_divergence(logp: Float[Tensor, "n vocab"], logq: Float[Tensor, "n vocab"]) -> Float[Tensor, " n"]:
     """Jensen-Shannon divergence (nats) between rows of two log-probability tensors.
 
-    Example:
+    ``logp``, ``logq``: [n, vocab] log-probabilities; returns [n], each in [0, log 2].
+
+    Examples:
         >>> import torch
         >>> p = torch.log(torch.tensor([[1.0, 0.0]]).clamp_min(1e-30))
         >>> q = torch.log(torch.tensor([[0.0, 1.0]]).clamp_min(1e-30))
@@ -53,7 +55,16 @@ def js_divergence(logp: Float[Tensor, "n vocab"], logq: Float[Tensor, "n vocab"]
 
 
 def word_score(logp: Float[Tensor, "n vocab"], ids: Sequence[Sequence[int]]) -> Float[Tensor, " n"]:
-    """log of the total probability of each row's word set (logsumexp over the first tokens)."""
+    """log of the total probability of each row's word set (logsumexp over the first tokens).
+
+    ``logp``: [n, vocab] log-probabilities; ``ids``: n lists of token ids; returns [n].
+
+    Examples:
+        >>> import torch
+        >>> logp = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+        >>> round(word_score(logp, [[1, 2]]).exp().item(), 4)
+        0.5
+    """
     out = []
     for i, row in enumerate(ids):
         out.append(torch.logsumexp(logp[i, list(row)], dim=0))
@@ -62,14 +73,30 @@ def word_score(logp: Float[Tensor, "n vocab"], ids: Sequence[Sequence[int]]) -> 
 
 def logit_gap(logp_b: Float[Tensor, "n vocab"], logp_w: Float[Tensor, "n vocab"],
               pos: Sequence[Sequence[int]], neg: Sequence[Sequence[int]]) -> Float[Tensor, " n"]:
-    """[log P(pos) - log P(neg)] under W minus the same under B; positive = White favoured."""
+    """[log P(pos) - log P(neg)] under W minus the same under B; positive = White favoured.
+
+    ``logp_b``, ``logp_w``: [n, vocab] log-probabilities of the Black and White prompts;
+    ``pos``, ``neg``: n lists of first-token ids (:func:`word_tokens`); returns [n].
+
+    Examples:
+        >>> import torch
+        >>> lb = torch.log(torch.tensor([[0.2, 0.8]]))  # Black prompt: "deny" (1) likelier
+        >>> lw = torch.log(torch.tensor([[0.8, 0.2]]))  # White prompt: "approve" (0) likelier
+        >>> round(logit_gap(lb, lw, pos=[[0]], neg=[[1]]).item(), 3)
+        2.773
+    """
     gap_w = word_score(logp_w, pos) - word_score(logp_w, neg)
     gap_b = word_score(logp_b, pos) - word_score(logp_b, neg)
     return gap_w - gap_b
 
 
 def standardized_mean_difference(white: Sequence[float], black: Sequence[float]) -> float:
-    """Cohen's d of paired values: mean(W - B) / pooled standard deviation (0 when constant)."""
+    """Cohen's d of paired values: mean(W - B) / pooled standard deviation (0 when constant).
+
+    Examples:
+        >>> round(standardized_mean_difference([110, 120, 130], [100, 110, 120]), 3)
+        1.0
+    """
     w = torch.tensor(list(white), dtype=torch.float64)
     b = torch.tensor(list(black), dtype=torch.float64)
     if len(w) < 2:
@@ -83,7 +110,14 @@ def standardized_mean_difference(white: Sequence[float], black: Sequence[float])
 
 @dataclass(frozen=True)
 class WordTokens:
-    """First-token ids of each pair's pos/neg words, and the words that are not single tokens."""
+    """First-token ids of each pair's pos/neg words, and the words that are not single tokens.
+
+    ``pos`` and ``neg`` hold one list of token ids per pair; built by :func:`word_tokens`.
+
+    Examples:
+        >>> WordTokens(pos=[[12]], neg=[[40, 41]], multi_token={"approve": 2}).multi_token
+        {'approve': 2}
+    """
 
     pos: list[list[int]]
     neg: list[list[int]]
@@ -92,7 +126,16 @@ class WordTokens:
 
 def word_tokens(tokenizer, pairs: Sequence[ContrastivePair]) -> WordTokens:
     """Map pos/neg words to the first token of " word". Multi-token words are scored by their first
-    token and reported in ``multi_token``."""
+    token and reported in ``multi_token``.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> pairs = build_pairs(["finance"]).filter(directional=True)[:2]
+        >>> wt = word_tokens(b.lens_bias_tokenizer, pairs.pairs)
+        >>> len(wt.pos), all(isinstance(i, int) for i in wt.pos[0])
+        (2, True)
+    """
     cache: dict[str, list[int]] = {}
 
     def tok(w: str) -> list[int]:
@@ -110,30 +153,76 @@ def word_tokens(tokenizer, pairs: Sequence[ContrastivePair]) -> WordTokens:
 
 
 def tokenizer_of(bridge):
+    """The tokenizer lens_bias uses for ``bridge`` (the one :func:`lens_bias.load_model` attached,
+    else the bridge's own).
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> tokenizer_of(b) is b.lens_bias_tokenizer
+        True
+    """
     return getattr(bridge, "lens_bias_tokenizer", None) or bridge.tokenizer
 
 
 def pair_batch(bridge, pairs: Sequence[ContrastivePair]) -> Batch:
-    """One batch of 2n rows: the n Black prompts, then the n White prompts."""
+    """One right-padded batch of 2n rows: the n Black prompts, then the n White prompts, on the
+    model's device (``ids`` [2n, pos], ``lengths`` [2n]).
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> batch = pair_batch(b, build_pairs(["hiring"])[:3].pairs)
+        >>> batch.ids.shape[0], batch.lengths.shape
+        (6, torch.Size([6]))
+    """
     prompts = [p.black for p in pairs] + [p.white for p in pairs]
     return encode(tokenizer_of(bridge), prompts, max_len=context_length(bridge), device=model_device(bridge))
 
 
 def last_logits(bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
-    """Logits at each row's last real token; the unembedding runs only at those positions."""
+    """Logits at each row's last real token, [batch, vocab]; the unembedding runs only at those
+    positions.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> batch = pair_batch(b, build_pairs(["hiring"])[:3].pairs)
+        >>> tuple(last_logits(b, batch).shape) == (6, b.cfg.d_vocab)
+        True
+    """
     keep, where = torch.unique(batch.last, return_inverse=True)
     logits = bridge(batch.ids, logits_to_keep=keep)
     return logits[torch.arange(batch.ids.shape[0], device=logits.device), where]
 
 
 def last_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
+    """Log-probabilities (float32) at each row's last real token, [batch, vocab]; raises
+    :class:`~lens_bias.errors.NumericsError` on NaN or inf.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> lp = last_logprobs(b, pair_batch(b, build_pairs(["hiring"])[:2].pairs)).detach()
+        >>> round(float(lp.exp().sum(-1)[0]), 4)
+        1.0
+    """
     last = last_logits(bridge, batch).float()
     check_finite(last)
     return F.log_softmax(last, dim=-1)
 
 
 def by_length(pairs: Sequence[ContrastivePair], tokenizer) -> list[int]:
-    """Pair indices sorted by token length, so that batches carry little padding."""
+    """Pair indices sorted by token length (the longer prompt of each pair; ties by index), so that
+    batches carry little padding.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> order = by_length(build_pairs(["hiring"])[:5].pairs, b.lens_bias_tokenizer)
+        >>> sorted(order)
+        [0, 1, 2, 3, 4]
+    """
     n = [max(len(tokenizer(p.black, add_special_tokens=False)["input_ids"]),
              len(tokenizer(p.white, add_special_tokens=False)["input_ids"])) for p in pairs]
     return sorted(range(len(pairs)), key=lambda i: (n[i], i))
@@ -142,7 +231,17 @@ def by_length(pairs: Sequence[ContrastivePair], tokenizer) -> list[int]:
 def iter_pair_logprobs(bridge, pairs: PairSet, batch_size: int = 32, desc: str | None = None,
                        ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
     """Yield (pair indices, logp_black, logp_white) at the last token, batch by batch, without
-    gradients. Pairs are visited in order of token length (less padding)."""
+    gradients. Pairs are visited in order of token length (less padding); ``logp_black`` and
+    ``logp_white`` are [n_batch, vocab], row i belonging to pair ``indices[i]``.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> for idx, lb, lw in iter_pair_logprobs(b, build_pairs(["hiring"])[:4], batch_size=2):
+        ...     print(len(idx), tuple(lb.shape) == tuple(lw.shape))
+        2 True
+        2 True
+    """
     order = by_length(pairs.pairs, tokenizer_of(bridge))
     it = chunks(len(pairs), batch_size)
     if desc:
@@ -158,7 +257,16 @@ def iter_pair_logprobs(bridge, pairs: PairSet, batch_size: int = 32, desc: str |
 
 @dataclass
 class PairMetrics:
-    """Per-pair metric values (aligned with ``ids``) and their means per domain."""
+    """Per-pair metric values (aligned with ``ids``) and their means per domain.
+
+    ``values["js"]`` and ``values["logit_gap"]`` hold one float per pair (``None`` where a metric
+    does not apply, e.g. ``logit_gap`` without pos/neg words). Returned by :func:`measure`.
+
+    Examples:
+        >>> m = PairMetrics(["a", "b"], ["hiring", "finance"], {"js": [0.01, 0.03], "logit_gap": [0.5, None]})
+        >>> m.mean("js"), m.mean("logit_gap"), m.mean("js", domain="finance")
+        (0.02, 0.5, 0.03)
+    """
 
     ids: list[str]
     domains: list[str]
@@ -167,6 +275,8 @@ class PairMetrics:
     numeric: dict[str, dict] = field(default_factory=dict)
 
     def mean(self, metric: str = "js", domain: str | None = None) -> float | None:
+        """Mean of ``metric`` over the pairs where it is defined (of ``domain`` only, if given);
+        ``None`` if there are none."""
         vals = [
             v for v, d in zip(self.values[metric], self.domains, strict=True)
             if v is not None and (domain is None or d == domain)
@@ -174,6 +284,15 @@ class PairMetrics:
         return sum(vals) / len(vals) if vals else None
 
     def summary(self) -> dict:
+        """``{"n_pairs", "all": {metric: mean}, <domain>: {metric: mean, "n_pairs"}, ...}``, plus
+        ``numeric_smd`` per domain and ``multi_token_words`` when present (what ``lens-bias measure
+        --json`` prints).
+
+        Examples:
+            >>> m = PairMetrics(["a"], ["hiring"], {"js": [0.01], "logit_gap": [None]})
+            >>> m.summary()
+            {'n_pairs': 1, 'all': {'js': 0.01, 'logit_gap': None}, 'hiring': {'js': 0.01, 'logit_gap': None, 'n_pairs': 1}}
+        """
         out: dict = {"n_pairs": len(self.ids), "all": {m: self.mean(m) for m in self.values}}
         for d in sorted(set(self.domains)):
             out[d] = {m: self.mean(m, d) for m in self.values}
@@ -189,7 +308,7 @@ class PairMetrics:
 def measure(bridge, pairs: PairSet, batch_size: int = 32, numeric: bool = False, progress: bool = True) -> PairMetrics:
     """``js`` and ``logit_gap`` for every pair (and the numeric disparity with ``numeric=True``).
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model, build_pairs
         >>> m = measure(load_model("tiny-random"), build_pairs(["finance"])[:4], progress=False)
         >>> m.mean("js") > 0
@@ -222,6 +341,12 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def parse_number(text: str) -> float | None:
+    """The first number in ``text`` (thousands separators allowed), or ``None``.
+
+    Examples:
+        >>> parse_number("1,250.50 for the car"), parse_number("no idea")
+        (1250.5, None)
+    """
     m = _NUMBER.search(text)
     if not m:
         return None
@@ -232,7 +357,16 @@ def parse_number(text: str) -> float | None:
 
 
 def greedy_continuations(bridge, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 32) -> list[str]:
-    """Greedy continuations with the bridge's hooks active (manual loop, one forward per token)."""
+    """Greedy continuations with the bridge's hooks active (manual loop, one forward per token):
+    one decoded string of ``max_new_tokens`` tokens per prompt.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> outs = greedy_continuations(b, ["The bank decided to"], max_new_tokens=3)
+        >>> len(outs), isinstance(outs[0], str)
+        (1, True)
+    """
     tok = tokenizer_of(bridge)
     device = model_device(bridge)
     outs: list[str] = []
@@ -258,7 +392,18 @@ def greedy_continuations(bridge, prompts: Sequence[str], max_new_tokens: int = 8
 
 
 def numeric_disparity(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, dict]:
-    """Per domain with numeric pairs: mean numbers for B and W and the standardized mean difference."""
+    """Per domain with numeric pairs: mean numbers for B and W and the standardized mean difference.
+
+    Returns ``{domain: {"n_pairs", "n_parsed", "mean_black", "mean_white", "smd"}}``; pairs whose
+    continuations hold no number are counted in ``n_pairs`` but not in ``n_parsed``.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> res = numeric_disparity(b, build_pairs(["commerce"]).sample(2))
+        >>> sorted(res["commerce"])
+        ['mean_black', 'mean_white', 'n_pairs', 'n_parsed', 'smd']
+    """
     num = [p for p in pairs if p.numeric]
     if not num:
         return {}
@@ -283,7 +428,17 @@ def numeric_disparity(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str,
 
 
 def token_logprobs(bridge, batch: Batch) -> Float[Tensor, "batch pos_minus_1"]:
-    """log P(ids[:, t+1] | ids[:, :t+1]) with padded targets set to 0."""
+    """log P(ids[:, t+1] | ids[:, :t+1]), [batch, pos - 1], with padded targets set to 0.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.batching import encode
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> batch = encode(b.lens_bias_tokenizer, ["A short text.", "A somewhat longer text here."])
+        >>> lp = token_logprobs(b, batch)
+        >>> lp.shape == (2, batch.ids.shape[1] - 1), bool((lp <= 0).all())
+        (True, True)
+    """
     logits = bridge(batch.ids).float()
     check_finite(logits)
     logp = F.log_softmax(logits[:, :-1], dim=-1)
@@ -296,7 +451,16 @@ CROWS_SCORING = ("sum", "mean", "shared")
 
 
 def per_token_logprobs(bridge, texts: Sequence[str], batch_size: int = 16) -> list[tuple[list[int], Tensor]]:
-    """For each text: its token ids (after BOS) and log P of each of them given its prefix."""
+    """For each text: its token ids (after BOS) and log P of each of them given its prefix (a
+    tensor of the same length).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> [(ids, lp)] = per_token_logprobs(b, ["A short text."])
+        >>> len(ids) == len(lp)
+        True
+    """
     tok = tokenizer_of(bridge)
     device = model_device(bridge)
     out = []
@@ -326,7 +490,18 @@ def crows_rate(bridge, crows: Sequence[CrowsPair], batch_size: int = 16, scoring
     """CrowS-Pairs stereotype-preference rate: % of pairs whose stereotypical sentence scores higher
     (50 % = no preference). ``scoring``: ``sum`` (sentence log-likelihood, the default), ``mean``
     (per-token mean) or ``shared`` (log-likelihood of the tokens both sentences share, the causal
-    analogue of CrowS-Pairs' pseudo-likelihood of unmodified tokens)."""
+    analogue of CrowS-Pairs' pseudo-likelihood of unmodified tokens).
+
+    Returns ``{"rate": percent, "n_pairs": n, "scoring": scoring}``.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.pairs import CrowsPair
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> pairs = [CrowsPair("1", "Black people are poor.", "White people are poor.", "stereo")]
+        >>> crows_rate(b, pairs, progress=False)["rate"] in (0.0, 100.0)
+        True
+    """
     from .errors import PairsError
 
     if scoring not in CROWS_SCORING:
@@ -357,7 +532,16 @@ def crows_rate(bridge, crows: Sequence[CrowsPair], batch_size: int = 16, scoring
 
 def perplexity(bridge, texts: Sequence[str], max_tokens: int = 20_000, window: int = 256,
                batch_size: int = 8, progress: bool = True) -> float:
-    """Perplexity over the concatenated texts, in non-overlapping windows of ``window`` tokens."""
+    """Perplexity over the concatenated texts (first ``max_tokens`` tokens), in non-overlapping
+    windows of ``window`` tokens, each with BOS first.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.pairs import neutral_text
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> perplexity(b, neutral_text(), max_tokens=256, progress=False) > 1
+        True
+    """
     tok = tokenizer_of(bridge)
     ids = tok("\n".join(texts), add_special_tokens=False)["input_ids"][:max_tokens]
     device = model_device(bridge)
@@ -378,12 +562,30 @@ def perplexity(bridge, texts: Sequence[str], max_tokens: int = 20_000, window: i
 
 
 def load_wikitext(path: str | Path, max_lines: int | None = None) -> list[str]:
+    """The non-empty, non-heading lines of a WikiText-2 raw text file (``wikitext2_test.txt``).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "wiki.txt"
+        >>> _ = f.write_text(" = Title = \\n\\n The first line .\\n The second line .\\n")
+        >>> load_wikitext(f)
+        ['The first line .', 'The second line .']
+    """
     lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     lines = [x.strip() for x in lines if x.strip() and not x.strip().startswith("=")]
     return lines[:max_lines] if max_lines else lines
 
 
 def load_lambada(path: str | Path, limit: int | None = None) -> list[str]:
+    """The ``text`` field of each line of a LAMBADA JSONL file (at most ``limit`` passages).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "lambada.jsonl"
+        >>> _ = f.write_text('{"text": "She opened the door"}\\n{"text": "He read the book"}\\n')
+        >>> load_lambada(f, limit=1)
+        ['She opened the door']
+    """
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -395,7 +597,15 @@ def load_lambada(path: str | Path, limit: int | None = None) -> list[str]:
 
 
 def lambada_accuracy(bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> float:
-    """Last-word accuracy: greedy decoding of the last word's tokens given the context."""
+    """Last-word accuracy in [0, 1]: greedy decoding of the last word's tokens given the context
+    (a passage counts only if every token of its last word is predicted).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> 0.0 <= lambada_accuracy(b, ["The bank decided to approve the loan"], progress=False) <= 1.0
+        True
+    """
     tok = tokenizer_of(bridge)
     device = model_device(bridge)
     correct = 0
@@ -420,7 +630,20 @@ def lambada_accuracy(bridge, texts: Sequence[str], batch_size: int = 16, progres
 def kl_from_reference(bridge, texts: Sequence[str], intervention: Callable[[], AbstractContextManager] | None,
                       batch_size: int = 16) -> float:
     """Mean per-token KL(reference || intervened) on ``texts``; the reference is the bridge without
-    ``intervention`` (e.g. ``lambda: ablate(bridge, mask)``)."""
+    ``intervention`` (e.g. ``lambda: ablate(bridge, mask)``).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.ablation import ablate
+        >>> from lens_bias.masks import random_mask
+        >>> from lens_bias.pairs import neutral_text
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> mask = random_mask(b, 10, "neurons")
+        >>> kl_from_reference(b, neutral_text()[:4], lambda: ablate(b, mask)) > 0
+        True
+        >>> kl_from_reference(b, neutral_text()[:4], None)
+        0.0
+    """
     tok = tokenizer_of(bridge)
     device = model_device(bridge)
     total, count = 0.0, 0

@@ -18,6 +18,14 @@ th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}.note{color:
 
 
 def table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
+    """An HTML table: ``header`` (n_columns strings) and ``rows`` (each n_columns values). Floats are
+    shown with 4 significant digits, ``None`` as ``-``, everything escaped.
+
+    Examples:
+        >>> table([["js", 0.0123456, None]], ["metric", "value", "note"])
+        '<table><thead><tr><th>metric</th><th>value</th><th>note</th></tr></thead><tbody><tr><td>js</td><td>0.01235</td><td>-</td></tr></tbody></table>'
+    """
+
     def cell(x):
         if x is None:
             return "-"
@@ -31,7 +39,21 @@ def table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
 
 
 class Report:
-    """Collect sections (text, tables, figures), then :meth:`html` gives one self-contained page."""
+    """Collect sections (text, tables, figures), then :meth:`html` gives one self-contained page.
+
+    plotly.js is embedded once in the page head, so the file opens offline; each figure is an
+    inline ``div``.
+
+    Examples:
+        >>> import plotly.graph_objects as go
+        >>> rep = Report("My run")
+        >>> rep.heading("Summary"); rep.text("Held-out JS dropped.", "note")
+        >>> rep.table([["js", 0.01]], ["metric", "value"])
+        >>> rep.figure(go.Figure(go.Bar(x=["a"], y=[1])))
+        >>> page = rep.html()
+        >>> page.startswith("<!DOCTYPE html>"), page.count('class="plotly-graph-div"')
+        (True, 1)
+    """
 
     def __init__(self, title: str):
         self.title = title
@@ -39,23 +61,29 @@ class Report:
         self.n_figures = 0
 
     def heading(self, text: str) -> None:
+        """Add a section heading (``<h2>``)."""
         self.parts.append(f"<h2>{html.escape(text)}</h2>")
 
     def text(self, text: str, cls: str = "") -> None:
+        """Add a paragraph of escaped text; ``cls`` is a CSS class (``note``, ``good``, ``bad``)."""
         self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
 
     def raw(self, fragment: str) -> None:
+        """Add an HTML fragment as is (not escaped: only for HTML built by lens_bias)."""
         self.parts.append(fragment)
 
     def table(self, rows: Sequence[Sequence], header: Sequence[str]) -> None:
+        """Add a table (see :func:`table`)."""
         self.parts.append(table(rows, header))
 
     def figure(self, fig: go.Figure) -> None:
+        """Add a plotly figure, inline and interactive (plotly.js itself is embedded once by :meth:`html`)."""
         self.n_figures += 1
         self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{self.n_figures}",
                                       config={"displaylogo": False, "responsive": True}))
 
     def html(self) -> str:
+        """The whole page: one self-contained HTML string (write it with ``Path.write_text``)."""
         return (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
