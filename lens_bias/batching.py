@@ -87,14 +87,20 @@ def gather_last(x: Float[Tensor, "batch pos *rest"], lengths: Int[Tensor, " batc
 
 
 def check_finite(logits: Tensor, where: str = "logits") -> None:
+    """Raise :class:`NumericsError` (with a dtype hint) if ``logits`` hold NaN or inf, so that they
+    never reach a score or a metric."""
     if not torch.isfinite(logits).all():
         dtype = logits.dtype
-        hint = (
-            f" The model runs in {dtype}; load it in float32 (dtype=torch.float32 / --dtype float32) or bfloat16."
-            if dtype in (torch.float16, torch.bfloat16)
-            else " Check the model weights and inputs."
-        )
-        raise NumericsError(f"non-finite values (NaN/inf) in {where}.{hint}")
+        n_nan, n_inf = int(torch.isnan(logits).sum()), int(torch.isinf(logits).sum())
+        what = f"{n_nan} NaN and {n_inf} inf of {logits.numel()} values"
+        if dtype in (torch.float16, torch.bfloat16):
+            hint = (f" They are {dtype}, which overflows (float16 above 65504); load the model in float32 "
+                    "(load_model(..., dtype=torch.float32)).")
+        else:
+            hint = (" If the model runs in float16 or bfloat16, it probably overflowed (float16 above 65504): "
+                    "load it in float32 (load_model(..., dtype=torch.float32)); otherwise check the model "
+                    "weights and the inputs.")
+        raise NumericsError(f"non-finite values (NaN/inf) in {where}: {what}.{hint}")
 
 
 def model_device(bridge) -> torch.device:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,45 +102,130 @@ class PruningMask:
 
     @classmethod
     def load(cls, path: str | Path, bridge=None) -> PruningMask:
-        """Read ``mask.safetensors`` (a file or the folder holding it); with ``bridge``, check it fits."""
+        """Read a mask: ``mask.safetensors`` (a file or the folder holding it) or the readable
+        ``mask.json`` written next to it; with ``bridge``, check it fits.
+
+        Only these two formats are read. A pickle or torch file (``.pt``, ``.bin``, or pickle bytes
+        under any name) is refused before anything is parsed: nothing goes through ``torch.load``.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / "mask.safetensors"
         if not path.is_file():
             raise MaskError(f"mask file not found: {path}")
-        if path.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin") or _looks_like_pickle(path):
+        kind = _sniff(path)
+        if path.suffix in _PICKLE_SUFFIXES or kind == "pickle":
             raise MaskError(
                 f"{path} looks like a pickle/torch file; lens_bias reads masks only from safetensors "
-                "(mask.safetensors) and JSON, never from pickles"
+                "(mask.safetensors) and JSON (mask.json), never from pickles"
             )
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                keys = set(f.keys())
-                if keys != {"neurons", "heads"}:
-                    raise MaskError(f"{path}: expected tensors 'neurons' and 'heads', found {sorted(keys)}")
-                neurons = f.get_tensor("neurons").bool()
-                heads = f.get_tensor("heads").bool()
-        except (SafetensorError, OSError, ValueError) as e:
-            raise MaskError(f"{path}: not a readable safetensors mask ({e}); was the file truncated?") from e
-        try:
-            meta = json.loads(header.get("lens_bias_mask", "{}"))
-        except json.JSONDecodeError as e:
-            raise MaskError(f"{path}: corrupted mask metadata ({e})") from e
-        if neurons.ndim != 2 or heads.ndim != 2:
-            raise MaskError(f"{path}: mask tensors must be 2-D, got {tuple(neurons.shape)} and {tuple(heads.shape)}")
-        mask = cls(neurons, heads, {k: v for k, v in meta.items() if k != "version"})
+        mask = _read_json(path) if path.suffix == ".json" or kind == "json" else _read_safetensors(path)
         if bridge is not None:
             mask.check(bridge)
         return mask
 
 
-def _looks_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:1] == b"\x80" or head == b"PK"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+_MAX_UNITS = 100_000_000  # a mask.json may not declare shapes larger than this (n_layers * units)
+
+
+def _sniff(path: Path) -> str:
+    """What the file's first bytes say it is: safetensors, pickle (or a torch zip), json or unknown.
+
+    A safetensors file starts with the header length (8 bytes, little-endian) and then ``{``; that
+    length may well begin with byte 0x80, so the pickle test comes second."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise MaskError(f"cannot read mask file {path}: {e.strerror or e}") from e
+    if len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol >= 2, or torch.save's zip
+        return "pickle"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+        return "json"
+    return "unknown"
+
+
+def _keep_tensor(t: Tensor, name: str, path: Path) -> Tensor:
+    """A 0/1 tensor of any dtype as a boolean keep-mask; anything else is refused."""
+    if t.ndim != 2 or 0 in t.shape:
+        raise MaskError(f"{path}: '{name}' must be a non-empty 2-D [n_layers, units] tensor, got shape {tuple(t.shape)}")
+    try:
+        v = t.to(torch.float32)
+    except (RuntimeError, TypeError) as e:
+        raise MaskError(f"{path}: '{name}' has dtype {t.dtype}, which is not a 0/1 mask") from e
+    if not ((v == 0) | (v == 1)).all():
+        raise MaskError(f"{path}: '{name}' holds values other than 0 and 1; not a lens_bias mask (corrupted?)")
+    return v.bool()
+
+
+def _check_layers(neurons: Tensor, heads: Tensor, path: Path) -> None:
+    if neurons.shape[0] != heads.shape[0]:
+        raise MaskError(f"{path}: 'neurons' has {neurons.shape[0]} layers but 'heads' has {heads.shape[0]}")
+
+
+def _read_safetensors(path: Path) -> PruningMask:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = set(f.keys())
+            if keys != {"neurons", "heads"}:
+                raise MaskError(f"{path}: expected tensors 'neurons' and 'heads', found {sorted(keys)}")
+            raw = {k: f.get_tensor(k) for k in ("neurons", "heads")}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise MaskError(f"{path}: not a readable safetensors mask ({e}); was the file truncated?") from e
+    try:
+        meta = json.loads(header.get("lens_bias_mask", "{}"))
+    except (ValueError, RecursionError) as e:
+        raise MaskError(f"{path}: corrupted mask metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise MaskError(f"{path}: corrupted mask metadata (a JSON {type(meta).__name__}, not an object)")
+    neurons, heads = (_keep_tensor(raw[k], k, path) for k in ("neurons", "heads"))
+    _check_layers(neurons, heads, path)
+    return PruningMask(neurons, heads, {k: v for k, v in meta.items() if k != "version"})
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _read_json(path: Path) -> PruningMask:
+    """A ``mask.json`` as :meth:`PruningMask.save` writes it: ``shapes`` and the ``pruned`` pairs."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise MaskError(f"{path}: not valid UTF-8 (byte {e.start})") from e
+    except (ValueError, RecursionError) as e:
+        raise MaskError(f"{path}: not a readable mask.json ({e}); was the file truncated?") from e
+    except OSError as e:
+        raise MaskError(f"cannot read mask file {path}: {e.strerror or e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), dict) or not isinstance(data.get("pruned"), dict):
+        raise MaskError(f"{path}: not a lens_bias mask.json (needs 'shapes' and 'pruned' objects, as "
+                        "PruningMask.save writes them)")
+    keep = {}
+    for k in ("neurons", "heads"):
+        shape = data["shapes"].get(k)
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(x) and x > 0 for x in shape)
+                and shape[0] * shape[1] <= _MAX_UNITS):
+            raise MaskError(f"{path}: shapes.{k} must be two positive integers [n_layers, units], got {shape!r}")
+        t = torch.ones(shape, dtype=torch.bool)
+        pruned = data["pruned"].get(k, [])
+        if not isinstance(pruned, list):
+            raise MaskError(f"{path}: pruned.{k} must be a list of [layer, index] pairs")
+        for item in pruned:
+            if not (isinstance(item, list) and len(item) == 2 and all(_is_int(x) for x in item)
+                    and 0 <= item[0] < shape[0] and 0 <= item[1] < shape[1]):
+                raise MaskError(f"{path}: pruned.{k} entry {item!r} is not a [layer, index] pair inside {shape}")
+            t[item[0], item[1]] = False
+        keep[k] = t
+    _check_layers(keep["neurons"], keep["heads"], path)
+    meta = {k: v for k, v in data.items() if k not in ("version", "shapes", "counts", "pruned")}
+    return PruningMask(keep["neurons"], keep["heads"], meta)
 
 
 def model_meta(bridge) -> dict:
@@ -207,7 +293,11 @@ def budget_count(bridge, kind: str, budget: str | float | int) -> int:
         n = round(value * n_params(bridge) / params_per_unit(bridge, kind))
     if n > total:
         raise MaskError(f"budget {budget!r} asks for {n} {kind}, the model has only {total}")
-    return max(n, 1)
+    if n < 1:
+        warnings.warn(f"budget {budget!r} is less than one {kind[:-1]} on this model ({total} {kind}); "
+                      f"pruning 1 {kind[:-1]}", UserWarning, stacklevel=2)
+        return 1
+    return n
 
 
 def select(
@@ -275,12 +365,21 @@ def select(
             rows = layers if layers is not None else list(range(s.shape[0]))
             per = max(1, n // len(rows))
             for r in rows:
-                keep[r, torch.topk(s[r], per).indices] = False
+                n_ok = int(allowed[r].sum())
+                if per >= s.shape[1]:
+                    keep[r] = False  # the whole layer: refused just below
+                elif per > n_ok:
+                    raise MaskError(f"per_layer='uniform' takes {per} {k} from layer {r}, which has only {n_ok} "
+                                    f"allowed (of {s.shape[1]}; the capability filter excludes the rest); "
+                                    "lower the budget or raise max_cost_quantile")
+                else:
+                    keep[r, torch.topk(s[r], per).indices] = False
         full = (~keep).all(-1)
         if full.any():
+            fix = (f"lower the budget (uniform takes {per} per layer, a layer has {s.shape[1]})"
+                   if per_layer == "uniform" else "lower the budget or use per_layer='uniform'")
             raise MaskError(
-                f"the budget would remove every {k[:-1]} of layer(s) {full.nonzero().flatten().tolist()}; "
-                "lower the budget or use per_layer='uniform'"
+                f"the budget would remove every {k[:-1]} of layer(s) {full.nonzero().flatten().tolist()}; {fix}"
             )
         if k == "neurons":
             mask.neurons = keep

@@ -283,20 +283,23 @@ def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool):
                 "(save_pretrained output), a .gguf file, a Hub id or a zoo name "
                 f"({', '.join([*ZOO, TINY])})"
             )
-        src = str(path)
+        src, hub = str(path), False
     elif name.count("/") == 1 and not name.startswith((".", "/")):
-        src = name
+        src, hub = name, True
     else:
         raise ModelLoadError(
             f"unknown model '{name}'. Valid zoo names: {', '.join([*ZOO, TINY])}; "
             "or give a Hugging Face Hub id (org/name), a local model folder or a .gguf file."
         )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    kw: dict = {}
+    if hub:
+        kw["local_files_only"] = _hub_source(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kw)
     except OSError as e:
+        if hub and (kw.get("local_files_only") or _hf_offline()):
+            raise ModelLoadError(_offline_message(name)) from e
         raise ModelLoadError(
             f"could not load '{name}': {e}\nIf this is a Hub id, the machine needs the network or the model in "
             "the local Hugging Face cache (set HF_HUB_OFFLINE=1 to use only the cache). Zoo names that work "
@@ -305,11 +308,104 @@ def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool):
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelLoadError(
-                f"'{name}' needs custom code from its repository; pass --trust-remote-code "
-                "(trust_remote_code=True) only if you trust it."
+                f"'{name}' needs custom code from its repository; lens_bias never runs it unless you pass "
+                "--trust-remote-code (trust_remote_code=True), and you should only if you trust it."
             ) from e
-        raise
+        raise ModelLoadError(f"could not load '{name}': {e}") from e
     return model, tokenizer
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hub_reachable(timeout: float | None = None) -> bool:
+    """Whether a TCP connection to the Hub (or to the HTTPS proxy in front of it) opens within
+    ``timeout`` seconds. Run in a thread, so that a DNS lookup that hangs cannot hold the caller:
+    huggingface_hub itself retries five times with back-off (about 30 s) before it gives up."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+    from urllib.request import getproxies, proxy_bypass
+
+    timeout = HUB_PROBE_TIMEOUT_S if timeout is None else timeout
+    url = urlparse(_hub_endpoint())
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    proxy = getproxies().get(url.scheme or "https")
+    if proxy and host and not proxy_bypass(host):
+        p = urlparse(proxy if "://" in proxy else "http://" + proxy)
+        host, port = p.hostname, p.port or 80
+    if not host:
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True, name="lens-bias-hub-probe")
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+def _in_hf_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id the cache layout cannot hold: treat as not cached
+        return False
+
+
+def _offline_message(name: str) -> str:
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE is set" if _hf_offline() else f"the Hugging Face Hub ({_hub_endpoint()}) cannot be reached"
+    return (
+        f"cannot load '{name}': {why} and the model is not in the local Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}). Connect to the network, or download it on another machine and "
+        "give its folder (save_pretrained output) or a .gguf file. Models that work offline: "
+        f"{', '.join([*ZOO, TINY])}."
+    )
+
+
+def _hub_source(name: str) -> bool:
+    """Check a Hub id before transformers sees it; return whether to read only the local cache.
+
+    Refuses an invalid id at once, and an id that is neither reachable nor cached after a probe of
+    at most :data:`HUB_PROBE_TIMEOUT_S` seconds, instead of waiting out the Hub client's retries."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as e:
+        raise ModelLoadError(
+            f"'{name}' is not a valid Hugging Face Hub id ({e}). Valid zoo names: {', '.join([*ZOO, TINY])}; "
+            "or give a local model folder or a .gguf file."
+        ) from e
+    if _hf_offline():
+        return True
+    if _hub_reachable():
+        return False
+    if _in_hf_cache(name):
+        return True
+    raise ModelLoadError(_offline_message(name))
 
 
 def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
@@ -320,6 +416,34 @@ def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust
     if name in ZOO:
         return _load_zoo_hf(ZOO[name], dtype)
     return _load_hub_or_folder(name, dtype, trust_remote_code)
+
+
+def _check_layout(model) -> None:
+    """lens_bias removes gated-MLP neurons (``mlp.gate_proj``/``up_proj``/``down_proj``) and heads
+    (``self_attn.o_proj``) from decoder layers; say what a model lacks before anything runs."""
+    from torch import nn
+
+    arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    layers = next((m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)
+                   and all(hasattr(x, "mlp") for x in m)), None)
+    if layers is None:
+        raise ModelLoadError(
+            f"architecture {arch} is not supported: no list of decoder layers with an .mlp module. "
+            "lens_bias supports decoder-only models with a gated MLP (Llama, Gemma, Mistral, Qwen)."
+        )
+    first = layers[0]
+    missing = [f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")
+               if not isinstance(getattr(first.mlp, n, None), nn.Linear)]
+    if not isinstance(getattr(getattr(first, "self_attn", None), "o_proj", None), nn.Linear):
+        missing.append("self_attn.o_proj")
+    if missing:
+        gated = " its MLP is not gated;" if "mlp.gate_proj" in missing else ""
+        found = ", ".join(n for n, _ in first.mlp.named_children()) or "-"
+        raise ModelLoadError(
+            f"architecture {arch} is not supported:{gated} its decoder layers ({type(first).__name__}) have no "
+            f"{', '.join(missing)} as nn.Linear (the MLP has: {found}). lens_bias prunes gated-MLP neurons and "
+            "attention heads through those modules: use a Llama, Gemma, Mistral or Qwen-style model."
+        )
 
 
 def _check_supported(bridge) -> None:
@@ -339,6 +463,7 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
 
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]
+    _check_layout(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = next(model.parameters()).dtype

@@ -272,6 +272,17 @@ def build_pairs(domains: Sequence[str] | None = None, subjects: str = "both") ->
 _REQUIRED = ("black", "white")
 
 
+def _check_text(text: str, where: str, key: str) -> None:
+    """Refuse text that cannot be encoded (an unpaired UTF-16 surrogate such as ``"\\ud800"`` is
+    valid JSON but no tokenizer can read it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end].encode("unicode_escape").decode("ascii")
+        raise PairsError(f"{where}: '{key}' contains an unpaired surrogate ({bad}) that is not valid text; "
+                         "write the character itself or a valid \\uXXXX\\uXXXX pair") from e
+
+
 def _parse_pair(obj: object, where: str) -> ContrastivePair:
     if not isinstance(obj, dict):
         raise PairsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -281,6 +292,7 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
     for k in ("black", "white"):
         if not isinstance(obj[k], str) or not obj[k].strip():
             raise PairsError(f"{where}: '{k}' must be a non-empty string")
+        _check_text(obj[k], where, k)
     if obj["black"] == obj["white"]:
         raise PairsError(f"{where}: 'black' and 'white' prompts are identical; they must differ in the group word or name")
     words = {}
@@ -290,12 +302,16 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
             v = [v]
         if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
             raise PairsError(f"{where}: '{k}' must be a list of words")
+        for x in v:
+            _check_text(x, where, k)
         words[k] = tuple(x.strip() for x in v)
     if bool(words["pos"]) != bool(words["neg"]):
         raise PairsError(f"{where}: give both 'pos' and 'neg' words, or neither")
     for k in ("id", "domain", "template", "subject"):
         if k in obj and not isinstance(obj[k], str | int):
             raise PairsError(f"{where}: '{k}' must be a string")
+        if isinstance(obj.get(k), str):
+            _check_text(obj[k], where, k)
     return ContrastivePair(
         id=str(obj.get("id", where)),
         domain=str(obj.get("domain", "custom")),
@@ -321,6 +337,8 @@ def load_jsonl(path: str | Path) -> PairSet:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PairsError(f"{path}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from e
+    except OSError as e:
+        raise PairsError(f"cannot read pairs file {path}: {e.strerror or e}") from e
     pairs, ids = [], set()
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -330,6 +348,10 @@ def load_jsonl(path: str | Path) -> PairSet:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise PairsError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+        except ValueError as e:  # e.g. an integer of more than 4,300 digits
+            raise PairsError(f"{where}: malformed JSON ({e})") from e
+        except RecursionError as e:
+            raise PairsError(f"{where}: malformed JSON (nested too deeply)") from e
         p = _parse_pair(obj, where)
         if p.id in ids:
             raise PairsError(f"{where}: duplicate id {p.id!r}")
@@ -395,7 +417,7 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
     if subset not in CROWS_SUBSETS:
         raise PairsError(f"subset must be one of {', '.join(CROWS_SUBSETS)}; got {subset!r}")
     try:
-        f = open(path, encoding="utf-8", newline="")
+        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a spreadsheet's byte-order mark is not a column name
         with f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
@@ -410,6 +432,8 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
         raise PairsError(f"{path}: not valid UTF-8 ({e.reason})") from e
     except csv.Error as e:
         raise PairsError(f"{path}: malformed CSV ({e})") from e
+    except OSError as e:
+        raise PairsError(f"cannot read CrowS-Pairs file {path}: {e.strerror or e}") from e
     out = []
     for i, r in enumerate(rows):
         more, less, direction, bias = (r.get(c) for c in CROWS_COLUMNS)
