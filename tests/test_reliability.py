@@ -33,7 +33,6 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from lens_bias import (
-    LensBiasError,
     MaskError,
     ModelLoadError,
     NumericsError,
@@ -982,8 +981,3 @@ def test_fuzz_mask_json(data):
         except MaskError:
             return
     assert m.neurons.dtype == torch.bool and m.heads.shape[0] == m.neurons.shape[0]
-
-
-def test_every_error_type_is_a_lens_bias_error():
-    for cls in (PairsError, ModelLoadError, MaskError, NumericsError, RunError):
-        assert issubclass(cls, LensBiasError)
