@@ -9,7 +9,7 @@ Compares, on the bundled train split of SmolLM2 (or --model):
 
 Prints a table and one JSON line; ``--out FILE`` keeps the per-component detail.
 
-    python benchmarks/validation_study.py --per-domain 2 --k 60 --n-random 30
+    python benchmarks/validation_study.py --domains finance,hiring,general --per-domain 4 --k 60 --n-random 30
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--per-domain", type=int, default=2)
+    ap.add_argument("--domains", default=None, help="comma-separated bundled domains (default: all six)")
     ap.add_argument("--k", type=int, default=60)
     ap.add_argument("--n-random", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     bridge = load_model(args.model)
-    ps = build_pairs().sample(args.per_domain, seed=args.seed)
+    ps = build_pairs(domains=args.domains.split(",") if args.domains else None).sample(args.per_domain, seed=args.seed)
     train, _ = ps.split(by="template", held_out=0.25, seed=args.seed)
     kinds = ("neurons", "heads")
     rows, detail, times = [], {}, {}

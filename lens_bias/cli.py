@@ -290,6 +290,8 @@ def run(
     metric: Annotated[str, typer.Option(help="js or logit_gap")] = "js",
     max_cost_quantile: Annotated[float, typer.Option(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
+    steps: Annotated[int, typer.Option(
+        help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.1%,0.25%,0.5%,1%,2%",
     wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
     lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
@@ -315,12 +317,14 @@ def run(
             raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
         if not max_cost_quantile > 0:
             raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
+        if steps < 1:
+            raise LensBiasError(f"--steps must be at least 1, got {steps}")
     except LensBiasError as e:
         _fail(e)
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=_domains([domains]) if domains else None,
         per_domain=per_domain, budget=budget, kind=kind, metric=metric,
-        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,

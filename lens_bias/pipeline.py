@@ -49,6 +49,7 @@ class RunConfig:
     metric: str = "js"
     ablation: str = "zero"  # how pruning is simulated and materialized
     max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
+    steps: int = 1  # > 1: iterative selection, re-attributing after each part of the budget
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
     curve_random: bool = False  # a random control at every curve point (the requested budget always has one)
@@ -259,8 +260,16 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
                               seed=cfg.seed, progress=P)
 
     with _stage("prune at the requested budget", P, timings):
-        mask = select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,
-                      max_cost_quantile=cfg.max_cost_quantile)
+        if cfg.steps > 1:
+            from .selection import select_iterative
+
+            parts = [select_iterative(bridge, train, cfg.budget, k, cfg.steps, cfg.metric, cfg.ablation, means, cost,
+                                      cfg.max_cost_quantile, cfg.batch_size, first=scores, progress=P)[0]
+                     for k in (["neurons", "heads"] if cfg.kind == "both" else [cfg.kind])]
+            mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+        else:
+            mask = select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,
+                          max_cost_quantile=cfg.max_cost_quantile)
         mask.meta.update({"ablation": cfg.ablation, "metric": cfg.metric, "seed": cfg.seed})
         after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size)
         rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)

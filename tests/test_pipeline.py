@@ -96,3 +96,14 @@ def test_report_renders_in_headless_chromium(run_folder, tmp_path):
     assert log.returncode == 0
     assert "Uncaught" not in log.stderr and "CONSOLE" not in log.stderr
     assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_iterative_selection_in_a_run(tmp_path):
+    from lens_bias.masks import PruningMask
+
+    m = run(small_config(steps=2, kind="both", budget="3%"), tmp_path / "it")
+    assert m["config"]["steps"] == 2
+    mask = PruningMask.load(tmp_path / "it" / "mask.safetensors")
+    assert mask.counts() == {"neurons": m["pruned"]["neurons"], "heads": m["pruned"]["heads"]}
+    assert m["pruned"]["neurons"] == round(0.03 * 2 * 128) and m["pruned"]["heads"] == 1
+    assert m["export"]["max_abs_logit_diff"] <= 1e-5
