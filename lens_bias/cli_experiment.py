@@ -74,6 +74,10 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x)
 
 
+def _fmt2(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 @app.command()
 def curve(
     model: ModelOpt = "smollm2-135m",
@@ -192,7 +196,7 @@ def _gen_reading(res: dict) -> str:
     return (f"JS reduction (%) on held-out templates, {res['kind']} at {res['budget']}: in-domain mean "
             f"{_fmt(res['in_domain_mean_pct'])}, cross-domain mean {_fmt(res['cross_domain_mean_pct'])}, "
             f"pruning learned on all domains {_fmt(res['all_row_mean_pct'])}; mean Jaccard overlap between "
-            f"domains' pruned sets {_fmt(res['overlap']['mean_offdiag_jaccard'])}. "
+            f"domains' pruned sets {_fmt2(res['overlap']['mean_offdiag_jaccard'])}. "
             f"Perplexity before {_fmt(res['wikitext_ppl_before'])}.")
 
 
@@ -234,4 +238,4 @@ def overlap_cmd(
     names = ov["names"]
     typer.echo(_table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
                       ["Jaccard", *names]))
-    typer.echo(f"mean overlap between domains: {_fmt(ov['mean_offdiag_jaccard'])}; wrote {out}/")
+    typer.echo(f"mean overlap between domains: {_fmt2(ov['mean_offdiag_jaccard'])}; wrote {out}/")
