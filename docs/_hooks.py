@@ -23,6 +23,7 @@ MARKER = re.compile(r"<!--\s*cli:\s*([a-z][a-z -]*?)\s*-->")
 FALLBACK_HELP = {
     "--batch-size": "pairs (or texts) per forward pass; lower it if memory runs out",
     "--seed": "seed of the pair sampling, the template split and random choices",
+    "--overwrite": "replace an existing output",
 }
 
 
@@ -56,7 +57,7 @@ def _commands():
 
 def _default(p) -> str:
     if getattr(p, "is_flag", False):
-        return "off"
+        return "on" if p.default else "off"
     if p.required:
         return "required"
     d = p.default
