@@ -311,7 +311,7 @@ def attribute(
     the bundled neutral text when omitted). Batches never mix domains, so per-domain scores come
     from the same passes.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model, build_pairs
         >>> b = load_model("tiny-random")
         >>> s = attribute(b, build_pairs(["finance"]).sample(4), progress=False)

@@ -313,6 +313,9 @@ def materialize(bridge, mask: PruningMask, mode: str = "zero",
 # ---------------------------------------------------------------- verify
 
 
+STRUCTURAL_ATOL = 1e-4  # float32 summation-order differences of structurally pruned matrices
+
+
 @torch.no_grad()
 def verify(bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] = DEFAULT_TEXTS,
            atol: float = 1e-5) -> float:
@@ -393,7 +396,9 @@ def export_hf(bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero"
     ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline without lens_bias.
     It is written to a temporary folder next to ``out_dir`` and renamed into place, so a crash never
     leaves a half-written model. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
-    With ``check`` (default) the model is first compared with the bridge (:func:`verify`).
+    With ``check`` (default) the model is first compared with the bridge (:func:`verify`): within
+    1e-5 for ``mode="zero"``, 1e-4 for ``"structural"`` (shorter matrices sum in another order; the
+    difference is a few 1e-5 on SmolLM2 in float32 and 0 in float64).
 
     The weights are exact. By default (``attn_implementation="eager"``) the folder's ``config.json``
     records the eager attention kernel the bridge runs, so a plain ``from_pretrained`` reproduces the
@@ -415,7 +420,9 @@ def export_hf(bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero"
     _prepare_out_dir(out_dir, overwrite)
     model = materialize(bridge, mask, mode=mode)
     if check:
-        verify(bridge, model, mask, texts=texts)
+        # structural removal changes the order of the float32 sums in down_proj / o_proj: logits
+        # then differ from the hooks by a few 1e-5 on real models (0 in float64), so allow 1e-4
+        verify(bridge, model, mask, texts=texts, atol=STRUCTURAL_ATOL if mode == "structural" else 1e-5)
     if attn_implementation is not None:
         # a config.json key that PreTrainedConfig reads back as the attention implementation
         model.config.attn_implementation = attn_implementation

@@ -41,7 +41,7 @@ def select_iterative(
 
     Returns the mask and the scores of every round.
 
-    Example:
+    Examples:
         >>> from lens_bias import load_model, build_pairs
         >>> b = load_model("tiny-random")
         >>> m, rounds = select_iterative(b, build_pairs(["finance"]).sample(4), 6, steps=2, progress=False)
