@@ -77,20 +77,14 @@ def token_ids(tokenizer, text: str, prepend_bos: bool = True) -> list[int]:
     return ids
 
 
-def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None,
-           device=None) -> Batch:
-    """Tokenize ``prompts`` (BOS first when the tokenizer has one) into a right-padded :class:`Batch`
-    (``ids`` [n_prompts, longest], ``lengths`` [n_prompts]); raises :class:`PairsError` for an
-    empty prompt or one longer than ``max_len``.
-
-    Examples:
-        >>> from lens_bias.models import tiny_random_hf
-        >>> _, tok = tiny_random_hf()
-        >>> b = encode(tok, ["A Black man", "A White man applied for a loan"])
-        >>> b.ids.shape[0], bool(b.lengths[0] < b.lengths[1]), int(b.ids[0, -1]) == tok.pad_token_id
-        (2, True, True)
-    """
-    rows = [token_ids(tokenizer, p, prepend_bos) for p in prompts]
+def tokenize(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None) -> list[list[int]]:
+    """Token-id rows of ``prompts`` (BOS first when the tokenizer has one), unpadded; refuses empty
+    prompts and prompts longer than ``max_len``."""
+    if not prompts:
+        return []
+    rows = [list(r) for r in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    if prepend_bos and tokenizer.bos_token_id is not None:
+        rows = [[tokenizer.bos_token_id, *r] for r in rows]
     for r, p in zip(rows, prompts, strict=True):
         if max_len is not None and len(r) > max_len:
             raise PairsError(
@@ -99,8 +93,17 @@ def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len:
             )
         if len(r) == 0:
             raise PairsError("empty prompt: every prompt needs at least one token")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = pad_rows(rows, pad)
+    return rows
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None,
+           device=None) -> Batch:
+    """Tokenize ``prompts`` (BOS first when the tokenizer has one) into a right-padded :class:`Batch`."""
+    batch = pad_rows(tokenize(tokenizer, prompts, prepend_bos, max_len), pad_id(tokenizer))
     return batch.to(device) if device is not None else batch
 
 
@@ -127,6 +130,65 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
+
+
+# The fixed cost of one forward pass (Python, hooks, kernel launches), in padded tokens: on a CPU a
+# token is expensive and small batches cost little; on an accelerator a pass of few tokens is
+# nearly free and the launches dominate. It changes where batches are cut, never the results.
+BATCH_OVERHEAD_TOKENS = {"cpu": 16}
+DEFAULT_OVERHEAD_TOKENS = 2048
+# The most padded tokens (rows x positions) in one batch, which bounds the memory of a pass. On a
+# CPU a batch of this size already runs the matrix products at full speed, so the cap costs no
+# time; it keeps the peak memory the same for a few pairs and for thousands. Elsewhere: no cap.
+BATCH_MAX_TOKENS = {"cpu": 512}
+
+
+def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float | None = None,
+                   device=None, max_tokens: int | None = -1) -> list[list[int]]:
+    """Group item indices into batches of at most ``max_size`` items and at most ``max_tokens``
+    padded tokens (``len(batch) * max length in it``; a longer single item still gets a batch of
+    its own) that carry little padding.
+
+    The items are sorted by length and cut into contiguous runs that minimise the total padded
+    tokens plus ``overhead`` tokens per batch, by dynamic programming. ``overhead`` and
+    ``max_tokens`` default to :data:`BATCH_OVERHEAD_TOKENS` and :data:`BATCH_MAX_TOKENS` for the
+    device type (``max_tokens=None``: no cap). Every index appears exactly once; within a batch
+    indices are in increasing length order.
+
+    Examples:
+        >>> length_batches([5, 30, 6, 29], 2)
+        [[0, 2], [3, 1]]
+        >>> length_batches([10, 10, 10, 10], 4, max_tokens=20)
+        [[0, 1], [2, 3]]
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    if max_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {max_size}")
+    kind = torch.device(device).type if device is not None else "cpu"
+    if overhead is None:
+        overhead = BATCH_OVERHEAD_TOKENS.get(kind, DEFAULT_OVERHEAD_TOKENS)
+    if max_tokens == -1:
+        max_tokens = BATCH_MAX_TOKENS.get(kind)
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    sl = [lengths[i] for i in order]
+    best = [0.0] + [float("inf")] * n  # best[i]: cost of the first i sorted items
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        width = sl[i - 1]  # the longest item of any batch ending at i
+        for j in range(i - 1, max(0, i - max_size) - 1, -1):
+            if max_tokens is not None and j < i - 1 and (i - j) * width > max_tokens:
+                break
+            c = best[j] + (i - j) * width + overhead
+            if c < best[i]:
+                best[i], cut[i] = c, j
+    out = []
+    i = n
+    while i > 0:
+        out.append(order[cut[i]: i])
+        i = cut[i]
+    return out[::-1]
 
 
 def gather_last(x: Float[Tensor, "batch pos *rest"], lengths: Int[Tensor, " batch"]) -> Float[Tensor, " batch *rest"]:

@@ -1,7 +1,9 @@
 """Streamed per-neuron and per-head statistics through TransformerLens hooks.
 
 Statistics are running sums over batches (memory does not grow with the number of prompts) and
-padded positions never enter them (:attr:`lens_bias.batching.Batch.mask`).
+padded positions never enter them (:attr:`lens_bias.batching.Batch.mask`). The pair scan
+tokenizes every prompt once and batches pairs by length (:func:`lens_bias.batching.length_batches`),
+so its batches carry little padding.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import chunks, context_length, encode, gather_last, model_device
+from .batching import (
+    BATCH_MAX_TOKENS,
+    chunks,
+    context_length,
+    encode,
+    gather_last,
+    length_batches,
+    model_device,
+    pad_id,
+    pad_rows,
+    tokenize,
+)
 from .components import attached, head_hook, neuron_hook
 from .pairs import PairSet
 
@@ -64,9 +77,22 @@ def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progres
     return {k: (v / max(count, 1)).float() for k, v in sums.items()}
 
 
-def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progress: bool = False):
+def pair_batches(widths: Sequence[int], batch_size: int, device, max_tokens: int | None = -1) -> list[list[int]]:
+    """Pair indices in length-sorted batches (:func:`lens_bias.batching.length_batches`) for a pair
+    scan: ``widths[i]`` is the longer prompt of pair ``i``, and a pair is two rows, so the token
+    cap (``-1``: the device's default) counts both."""
+    cap = BATCH_MAX_TOKENS.get(torch.device(device).type) if max_tokens == -1 else max_tokens
+    return length_batches(widths, batch_size, device=device, max_tokens=None if cap is None else max(1, cap // 2))
+
+
+def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progress: bool = False,
+                           max_tokens: int | None = -1):
     """Streamed sums over pairs, at each prompt's last token: |a_B - a_W| per neuron and per head
     (L2 over d_head), and the squared norms of a_B and a_W per neuron (for Wanda-style scores).
+
+    Batches hold at most ``batch_size`` pairs and ``max_tokens`` padded tokens (default: the
+    device's :data:`lens_bias.batching.BATCH_MAX_TOKENS`; ``None``: no cap), so memory depends on
+    neither the number of pairs nor their lengths.
 
     Returns a dict of float tensors divided by the number of pairs (means), keys
     ``neuron_absdiff`` [L, d_mlp], ``head_absdiff`` [L, H], ``neuron_sq_black``/``neuron_sq_white`` [L, d_mlp].
@@ -78,21 +104,23 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
         >>> {k: tuple(v.shape) for k, v in s.items()}["head_absdiff"]
         (2, 4)
     """
-    from .metrics import pair_batch
+    from .metrics import tokenizer_of
 
     cfg = bridge.cfg
     L = cfg.n_layers
+    device = model_device(bridge)
+    # the running sums stay on the model's device (float64): one transfer at the end, not one per hook
     acc = {
-        "neuron_absdiff": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
-        "head_absdiff": torch.zeros(L, cfg.n_heads, dtype=torch.float64),
-        "neuron_sq_black": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
-        "neuron_sq_white": torch.zeros(L, cfg.d_mlp, dtype=torch.float64),
+        "neuron_absdiff": torch.zeros(L, cfg.d_mlp, dtype=torch.float64, device=device),
+        "head_absdiff": torch.zeros(L, cfg.n_heads, dtype=torch.float64, device=device),
+        "neuron_sq_black": torch.zeros(L, cfg.d_mlp, dtype=torch.float64, device=device),
+        "neuron_sq_white": torch.zeros(L, cfg.d_mlp, dtype=torch.float64, device=device),
     }
     state = {}
 
     def neuron_fn(layer):
         def fn(act, hook):
-            last = gather_last(act, state["lengths"]).double().cpu()
+            last = gather_last(act, state["lengths"]).double()
             n = last.shape[0] // 2
             acc["neuron_absdiff"][layer] += (last[:n] - last[n:]).abs().sum(0)
             acc["neuron_sq_black"][layer] += (last[:n] ** 2).sum(0)
@@ -101,19 +129,26 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
 
     def head_fn(layer):
         def fn(z, hook):
-            last = gather_last(z, state["lengths"]).double().cpu()
+            last = gather_last(z, state["lengths"]).double()
             n = last.shape[0] // 2
             acc["head_absdiff"][layer] += (last[:n] - last[n:]).norm(dim=-1).sum(0)
         return fn
 
     hooks = [(neuron_hook(i), neuron_fn(i)) for i in range(L)] + [(head_hook(i), head_fn(i)) for i in range(L)]
+    tok = tokenizer_of(bridge)
+    n_pairs = len(pairs)
+    # row i is pair i's Black prompt, row n_pairs + i its White prompt; a batch holds the Black rows
+    # of some pairs, then the White rows of the same pairs (as metrics.pair_batch does)
+    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+    widths = [max(len(rows[i]), len(rows[n_pairs + i])) for i in range(n_pairs)]
+    batches = pair_batches(widths, batch_size, device, max_tokens)
     with attached(bridge, hooks), torch.inference_mode():
-        for sl in _progress(chunks(len(pairs), batch_size), "activations", progress):
-            batch = pair_batch(bridge, pairs.pairs[sl])
+        for idx in _progress(batches, "activations", progress):
+            batch = pad_rows([rows[i] for i in idx] + [rows[n_pairs + i] for i in idx], pad_id(tok)).to(device)
             state["lengths"] = batch.lengths
             bridge(batch.ids, logits_to_keep=1)
     n = max(len(pairs), 1)
-    return {k: (v / n).float() for k, v in acc.items()}
+    return {k: (v / n).float().cpu() for k, v in acc.items()}
 
 
 def activation_diff(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:

@@ -117,9 +117,10 @@ def attached(bridge, hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
         [(1, 3, 128)]
     """
     handles = []
+    points = bridge.hook_dict if hooks else {}  # TransformerBridge rebuilds this dict on every access
     try:
         for name, fn in hooks:
-            hp = bridge.hook_dict[name]
+            hp = points[name]
             handles.append((hp, hp.add_hook(fn)))
         yield
     finally:

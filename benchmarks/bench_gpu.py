@@ -1,0 +1,534 @@
+"""lens_bias attribution on a GPU against the floor the model itself sets (issue #7, targets 2-3).
+
+A Llama-3-8B-shaped ``LlamaForCausalLM`` (hidden 4096, 32 layers, 32 heads, 8 KV heads,
+intermediate 14336, vocab 128256) is built from a ``LlamaConfig`` on the device with random bf16
+weights (speed does not depend on the values; nothing is downloaded). Prompts are random token
+ids written as words of a word-level tokenizer whose word ``t<i>`` is token ``i``, so lens_bias
+runs its ordinary string path and the model sees exactly these ids. A pair differs in one token.
+
+Timed side by side, interleaved (the order rotates each repeat), after warm-up rounds, median of
+``--repeats``, each call synchronised:
+
+* ours: ``attribute(bridge, pairs, components=("neurons", "heads"), batch_size=pairs)``, the
+  default ``ablate`` estimator (JS metric) and ``patch``; and the forward-only ``actdiff`` scan;
+* the floor, on the plain HF model (the same weight tensors; the bridge wraps a twin that shares
+  them): one no-grad forward of the n White prompts plus one forward+backward of the n Black
+  prompts to the input embeddings (what attribution patching needs at least: two forwards and one
+  backward), the logits at the last position only. ``ablate`` needs gradients of both prompts, so
+  its own floor, forward+backward of all 2n rows, is reported as well.
+
+Then the peak GPU memory of ``attribute`` for ``--mem-pairs`` (default 64 and 1024, in batches of
+``--pairs``). Prints a table, then one JSON line.
+
+    python benchmarks/bench_gpu.py [--pairs 64] [--seq 32] [--repeats 7] [--tiny] [--profile]
+
+``--tiny`` builds a 2-layer model instead (a CPU smoke test of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+
+import torch
+
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=1024)
+LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256)
+
+
+def _import_transformer_lens():
+    """TransformerLens imports ``datasets`` at import time for its dataset helpers (unused here).
+    Where ``datasets`` cannot be imported, empty stand-ins let it import; recorded in the output."""
+    try:
+        import datasets  # noqa: F401
+
+        return "datasets"
+    except Exception:  # noqa: BLE001 - ImportError, or a datasets too new for the pyarrow there
+        import sys
+        import types
+
+        for name, attrs in {"datasets": {}, "datasets.arrow_dataset": {"Dataset": type("Dataset", (), {})},
+                            "datasets.iterable_dataset": {"IterableDataset": type("IterableDataset", (), {})},
+                            "datasets.load": {"load_dataset": None}}.items():
+            mod = types.ModuleType(name)
+            mod.__dict__.update(attrs)
+            sys.modules[name] = mod
+        return "stub"
+
+
+def word_tokenizer(vocab_size: int):
+    """Word ``t<i>`` is token ``i`` for i >= 3; ``<pad>``, ``<bos>``, ``<eos>`` are 0, 1, 2 (special
+    tokens are matched anywhere in the text, so their names must not be prefixes of words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<pad>")
+    fast.init_kwargs["name_or_path"] = "word-ids"  # in memory only: TransformerLens must not reload it
+    fast.init_kwargs["add_bos_token"] = True
+    return fast
+
+
+def random_pairs(n: int, seq: int, vocab: int, seed: int = 0):
+    """n pairs of ``seq`` tokens (BOS + seq-1 random words) that differ in the token at position 2."""
+    from lens_bias.pairs import ContrastivePair, PairSet
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (n, seq - 1), generator=g)
+    swap = torch.randint(3, vocab, (n,), generator=g)
+    swap = torch.where(swap == ids[:, 1], 3 + (swap - 2) % (vocab - 3), swap)
+    out = []
+    for i in range(n):
+        b = ids[i].tolist()
+        w = list(b)
+        w[1] = int(swap[i])
+        out.append(ContrastivePair(id=f"r{i}", domain="general", template="random",
+                                   black=" ".join(f"t{x}" for x in b), white=" ".join(f"t{x}" for x in w)))
+    return PairSet(out)
+
+
+def build_models(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
+    """The plain HF model with random weights, and a twin that shares its weight tensors (the one
+    the bridge wraps: TransformerLens rewires the modules of the model it is given)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=False, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, architectures=["LlamaForCausalLM"])
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            plain = LlamaForCausalLM(cfg)
+        with torch.device("meta"):
+            twin = LlamaForCausalLM(copy.deepcopy(cfg))
+    finally:
+        torch.set_default_dtype(prev)
+    twin.load_state_dict(plain.state_dict(), assign=True, strict=True)
+    for name, buf in plain.named_buffers():  # non-persistent buffers (rotary inv_freq)
+        mod, _, leaf = name.rpartition(".")
+        twin.get_submodule(mod).register_buffer(leaf, buf.clone(), persistent=False)
+    return plain.eval(), twin.eval()
+
+
+def lean_attribute(bridge, pairs, estimator: str = "ablate", batch_size: int = 64, streamed: bool = False) -> dict:
+    """Prototype of the attribution pass with the changes recommended in docs/performance.md
+    (``--breakdown`` only; zero ablation, JS metric, overall scores):
+
+    * ``patch`` runs the White prompts without gradients and only the Black prompts with them
+      (dm/da_B does not depend on the White run's graph): one no-grad forward + one forward and
+      backward, the shape of the floor;
+    * contributions are reduced with ``(a * g).sum(..., dtype=float32)`` (no mask product when a
+      batch has no padding) and summed on the device: no host synchronisation per hook;
+    * ``streamed`` (ablate): each contribution is taken in a gradient hook on its activation while
+      the backward runs, and only the earliest activation is a ``grad`` input, so the 2 x n_layers
+      gradient tensors are never all held at once.
+    """
+    from lens_bias.attribution import _capture_hooks, _upcast, aligned_suffix, pair_metric
+    from lens_bias.batching import check_finite, chunks
+    from lens_bias.components import KINDS, attached, shape_of
+    from lens_bias.metrics import pair_batch, tokenizer_of
+
+    tok = tokenizer_of(bridge)
+    L = bridge.cfg.n_layers
+    dev = next(bridge.original_model.parameters()).device
+    acc = {k: torch.zeros(shape_of(bridge, k), dtype=torch.float64, device=dev) for k in KINDS}
+
+    for sl in chunks(len(pairs), batch_size):
+        chunk = pairs.pairs[sl]
+        n = len(chunk)
+        batch = pair_batch(bridge, chunk)
+        lengths = batch.lengths.tolist()
+        full = all(x == batch.ids.shape[1] for x in lengths)
+        mask = None if full else batch.mask
+        store: dict = {}
+        if estimator == "ablate" and streamed:
+            keep, where = torch.unique(batch.last, return_inverse=True)
+            mview = None if mask is None else mask.view(*mask.shape, 1)
+
+            def contrib(kind, layer, a, mview=mview):
+                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
+
+                def hook(grad):
+                    prod = a * grad
+                    if mview is not None:
+                        prod = prod * (mview if a.ndim == 3 else mview[..., None]).to(a.dtype)
+                    acc[kind][layer] += prod.sum(dims, dtype=torch.float32)
+                return hook
+
+            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+                logits = bridge(batch.ids, logits_to_keep=keep)
+                last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
+                check_finite(last)
+                m = pair_metric("js", last, chunk, tok)
+                handles = [t.register_hook(contrib(k, lay, t.detach())) for (k, lay), t in store.items()]
+                first = store[("heads", 0)]
+                try:
+                    torch.autograd.grad(m.sum(), [first])
+                finally:
+                    for h in handles:
+                        h.remove()
+        elif estimator == "ablate":
+            keep, where = torch.unique(batch.last, return_inverse=True)
+            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+                logits = bridge(batch.ids, logits_to_keep=keep)
+                last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
+                check_finite(last)
+                m = pair_metric("js", last, chunk, tok)
+                keys = list(store)
+                grads = torch.autograd.grad(m.sum(), [store[k] for k in keys], allow_unused=True)
+            for (kind, layer), g in zip(keys, grads, strict=True):
+                if g is None:
+                    continue
+                a = store[(kind, layer)].detach()
+                prod = a * g if mask is None else a * g * mask.view(*mask.shape, *([1] * (a.ndim - 2))).to(a.dtype)
+                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
+                acc[kind][layer] += prod.sum(dims, dtype=torch.float32)  # -(0 - a) . g
+        else:
+            ids_b, ids_w = batch.ids[:n], batch.ids[n:]
+            kb, wb = torch.unique(batch.last[:n], return_inverse=True)
+            kw, ww = torch.unique(batch.last[n:], return_inverse=True)
+            store_w: dict = {}
+            with attached(bridge, _capture_hooks(KINDS, L, store_w)), torch.no_grad():
+                lw = bridge(ids_w, logits_to_keep=kw)
+                last_w = _upcast(lw[torch.arange(n, device=lw.device), ww])
+            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+                lb = bridge(ids_b, logits_to_keep=kb)
+                last_b = _upcast(lb[torch.arange(n, device=lb.device), wb])
+                check_finite(last_b)
+                m = pair_metric("js", torch.cat([last_b, last_w]), chunk, tok)
+                keys = list(store)
+                grads = torch.autograd.grad(m.sum(), [store[k] for k in keys], allow_unused=True)
+            patch, src = (None, None) if full else aligned_suffix(batch, n)
+            for (kind, layer), g in zip(keys, grads, strict=True):
+                if g is None:
+                    continue
+                a_b, a_w = store[(kind, layer)].detach(), store_w[(kind, layer)]
+                if patch is not None:
+                    extra = [1] * (a_b.ndim - 2)
+                    a_w = torch.gather(a_w, 1, src.view(n, -1, *extra).expand_as(a_b))
+                    g = g * patch.view(*patch.shape, *extra).to(g.dtype)
+                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
+                acc[kind][layer] -= ((a_w - a_b) * g).sum(dims, dtype=torch.float32)
+    return {k: (v / len(pairs)).float().cpu() for k, v in acc.items()}
+
+
+def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmup: int) -> dict:
+    """Where the time of ``attribute`` goes: the bridge's own forward/backward against the plain
+    model's, with and without the activation hooks, and the prototype in :func:`lean_attribute`."""
+    from lens_bias.attribution import _capture_hooks, attribute
+    from lens_bias.components import KINDS, attached
+
+    ids = batch.ids
+    L = bridge.cfg.n_layers
+
+    def bridge_fwd():
+        with torch.no_grad():
+            bridge(ids, logits_to_keep=1)
+
+    def bridge_fwdbwd_embed():
+        store = {}
+        with attached(bridge, [("hook_embed", lambda t, hook: store.setdefault("e", t))]), torch.enable_grad():
+            out = bridge(ids, logits_to_keep=1)
+            torch.autograd.grad(out.float().logsumexp(-1).sum(), store["e"])
+
+    def bridge_fwdbwd_hooks():
+        store = {}
+        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+            out = bridge(ids, logits_to_keep=1)
+            torch.autograd.grad(out.float().logsumexp(-1).sum(), list(store.values()))
+
+    def plain_eager_fwdbwd():
+        impl = plain.config._attn_implementation
+        plain.config._attn_implementation = "eager"
+        try:
+            x = plain.get_input_embeddings()(ids).detach().requires_grad_(True)
+            out = plain(inputs_embeds=x, logits_to_keep=1).logits
+            torch.autograd.grad(out.float().logsumexp(-1).sum(), x)
+        finally:
+            plain.config._attn_implementation = impl
+
+    def plain_fwdbwd():
+        x = plain.get_input_embeddings()(ids).detach().requires_grad_(True)
+        out = plain(inputs_embeds=x, logits_to_keep=1).logits
+        torch.autograd.grad(out.float().logsumexp(-1).sum(), x)
+
+    def fwd_rows(model, rows):
+        def f():
+            with torch.no_grad():
+                model(ids[:rows], logits_to_keep=1) if model is bridge else model(input_ids=ids[:rows], logits_to_keep=1)
+        return f
+
+    def bridge_fwd_hooks_white():
+        store = {}
+        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.no_grad():
+            bridge(ids[n:], logits_to_keep=1)
+
+    def bridge_fwdbwd_hooks_black():
+        store = {}
+        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+            out = bridge(ids[:n], logits_to_keep=1)
+            torch.autograd.grad(out.float().logsumexp(-1).sum(), list(store.values()))
+
+    systems = {
+        "plain_fwd_2rows": fwd_rows(plain, 2),
+        "bridge_fwd_2rows": fwd_rows(bridge, 2),
+        "plain_fwd_n": fwd_rows(plain, n),
+        "bridge_fwd_n": fwd_rows(bridge, n),
+        "bridge_fwd_hooks_white_n": bridge_fwd_hooks_white,
+        "bridge_fwdbwd_hooks_black_n": bridge_fwdbwd_hooks_black,
+        "plain_fwdbwd_both": plain_fwdbwd,
+        "plain_eager_fwdbwd_both": plain_eager_fwdbwd,
+        "bridge_fwd_both": bridge_fwd,
+        "bridge_fwdbwd_embed_both": bridge_fwdbwd_embed,
+        "bridge_fwdbwd_hooks_both": bridge_fwdbwd_hooks,
+        "lean_ablate": lambda: lean_attribute(bridge, pairs, "ablate", n),
+        "lean_ablate_streamed": lambda: lean_attribute(bridge, pairs, "ablate", n, streamed=True),
+        "lean_patch": lambda: lean_attribute(bridge, pairs, "patch", n),
+        "ours_ablate": lambda: attribute(bridge, pairs, components=KINDS, batch_size=n, progress=False),
+    }
+    names = list(systems)
+    for _ in range(warmup):
+        for k in names:
+            timed(systems[k], dev)
+    times = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            times[k].append(timed(systems[k], dev))
+    out = {"median_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items()}}
+    # the prototype computes the library's numbers
+    ref = {e: attribute(bridge, pairs, estimator=e, components=KINDS, batch_size=n, progress=False) for e in
+           ("ablate", "patch")}
+    agree = {}
+    for e, st in (("ablate", False), ("ablate", True), ("patch", False)):
+        lean = lean_attribute(bridge, pairs, e, n, streamed=st)
+        for k in KINDS:
+            r, x = ref[e].get(k).double(), lean[k].double()
+            agree[f"{e}{'_streamed' if st else ''}_{k}"] = round(float((x - r).norm() / r.norm().clamp_min(1e-30)), 6)
+    out["lean_vs_library_rel_error"] = agree
+    if dev.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        per_op = {}
+        peaks = {}
+        for k in ("ours_ablate", "lean_ablate", "lean_ablate_streamed", "lean_patch"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            systems[k]()
+            torch.cuda.synchronize()
+            peaks[k] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_gpu_mib"] = peaks
+        print(f"  breakdown peak GPU MiB: {peaks}")
+        for k in ("plain_fwdbwd_both", "bridge_fwdbwd_embed_both", "ours_ablate", "lean_ablate_streamed"):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                systems[k]()
+                sync(dev)
+            ev = prof.key_averages()
+            per_op[k] = {e.key: round(e.self_device_time_total / 1e3, 2) for e in ev
+                         if e.key.startswith("aten::") and e.self_device_time_total > 0}
+            per_op[k]["_total_device_ms"] = round(sum(e.self_device_time_total for e in ev) / 1e3, 1)
+            per_op[k]["_total_cpu_ms"] = round(sum(e.self_cpu_time_total for e in ev) / 1e3, 1)
+            per_op[k]["_calls"] = sum(e.count for e in ev if e.key.startswith("aten::"))
+        out["per_op_device_ms"] = per_op
+        ops = sorted({o for d in per_op.values() for o in d if not o.startswith("_")},
+                     key=lambda o: -max(d.get(o, 0) for d in per_op.values()))[:16]
+        print(f"{'op (device ms)':<32}" + "".join(f"{k[:22]:>24}" for k in per_op))
+        for o in ["_total_device_ms", "_total_cpu_ms", "_calls", *ops]:
+            print(f"{o[:32]:<32}" + "".join(f"{per_op[k].get(o, 0):>24}" for k in per_op))
+    for k, v in out["median_ms"].items():
+        print(f"  breakdown {k:<34} {v:9.1f} ms")
+    print(f"  prototype vs library (relative error): {agree}")
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--mem-pairs", default="64,1024")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--tiny", action="store_true", help="2-layer model (smoke test)")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of one ablate attribution")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time the bridge's passes and the prototype of the recommended attribution changes")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    dtype = getattr(torch, args.dtype)
+    dev = args.device
+    cuda = dev.startswith("cuda")
+    datasets_mode = _import_transformer_lens()
+
+    from lens_bias.attribution import attribute, baseline_scores
+    from lens_bias.metrics import pair_batch
+    from lens_bias.models import wrap
+
+    shape = TINY_SHAPE if args.tiny else LLAMA3_8B_SHAPE
+    t0 = time.perf_counter()
+    plain, twin = build_models(shape, dev, dtype)
+    weights_mib = torch.cuda.memory_allocated() / 2**20 if cuda else None
+    tok = word_tokenizer(shape["vocab_size"])
+    bridge = wrap(twin, tok, name="llama3-8b-shaped-random" if not args.tiny else "tiny-shaped-random", device=dev)
+    build_s = time.perf_counter() - t0
+    after_wrap_mib = torch.cuda.memory_allocated() / 2**20 if cuda else None
+    assert type(plain.model.layers[0].mlp).__name__ == "LlamaMLP", "the plain model must stay unwrapped"
+    shared = all(
+        p.data_ptr() == q.data_ptr()
+        for p, q in zip(plain.parameters(), bridge.original_model.parameters(), strict=True)
+    )
+
+    n = args.pairs
+    pairs = random_pairs(n, args.seq, shape["vocab_size"])
+    batch = pair_batch(bridge, pairs.pairs)  # [2n, seq]: the n Black rows, then the n White rows
+    assert tuple(batch.ids.shape) == (2 * n, args.seq) and bool((batch.lengths == args.seq).all())
+    black, white = batch.ids[:n], batch.ids[n:]
+    emb = plain.get_input_embeddings()
+
+    def fwd(ids):
+        with torch.no_grad():
+            plain(input_ids=ids, logits_to_keep=1)
+
+    def fwd_bwd(ids):
+        x = emb(ids).detach().requires_grad_(True)
+        logits = plain(inputs_embeds=x, logits_to_keep=1).logits
+        torch.autograd.grad(logits.float().logsumexp(-1).sum(), x)
+
+    systems = {
+        "floor_fwd_white": lambda: fwd(white),
+        "floor_fwdbwd_black": lambda: fwd_bwd(black),
+        "floor_fwdbwd_both": lambda: fwd_bwd(batch.ids),
+        "floor_fwd_both": lambda: fwd(batch.ids),
+        "ours_ablate": lambda: attribute(bridge, pairs, components=("neurons", "heads"), batch_size=n,
+                                         progress=False),
+        "ours_patch": lambda: attribute(bridge, pairs, estimator="patch", components=("neurons", "heads"),
+                                        batch_size=n, progress=False),
+        "ours_scan": lambda: baseline_scores(bridge, pairs, "actdiff", batch_size=n),
+    }
+    names = list(systems)
+    for _ in range(args.warmup):
+        for k in names:
+            timed(systems[k], dev)
+    times = {k: [] for k in names}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for k in order:
+            times[k].append(timed(systems[k], dev))
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    floor = med["floor_fwd_white"] + med["floor_fwdbwd_black"]
+    ratios = {
+        "ablate_vs_floor": med["ours_ablate"] / floor,
+        "patch_vs_floor": med["ours_patch"] / floor,
+        "ablate_vs_its_floor": med["ours_ablate"] / med["floor_fwdbwd_both"],
+        "scan_vs_fwd_both": med["ours_scan"] / med["floor_fwd_both"],
+    }
+
+    mem = {}
+    for m in [int(x) for x in args.mem_pairs.split(",")]:
+        ps = random_pairs(m, args.seq, shape["vocab_size"], seed=1)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        attribute(bridge, ps, components=("neurons", "heads"), batch_size=n, progress=False)
+        sync(dev)
+        secs = time.perf_counter() - t
+        mem[m] = {"seconds": round(secs, 3), "pairs_per_s": round(m / secs, 1)}
+        if cuda:
+            mem[m]["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    lo, hi = min(mem), max(mem)
+    mem_ratio = mem[hi]["peak_gpu_mib"] / mem[lo]["peak_gpu_mib"] if cuda else None
+
+    extra = breakdown(bridge, plain, batch, pairs, n, dev, args.repeats, args.warmup) if args.breakdown else None
+
+    prof_rows = []
+    if args.profile:  # last, and never fatal: the numbers above are the result
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=acts) as prof:
+                systems["ours_ablate"]()
+                sync(dev)
+            key = "self_device_time_total" if cuda else "self_cpu_time_total"
+            events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+            print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+            prof_rows = [{"name": e.key[:80], "calls": e.count,
+                          "self_device_ms": round(getattr(e, "self_device_time_total", 0) / 1e3, 3),
+                          "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3)} for e in events[:25]]
+        except Exception as e:  # noqa: BLE001
+            prof_rows = [{"error": repr(e)}]
+
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"\n{'tiny' if args.tiny else 'Llama-3-8B-shaped'} {args.dtype} on {device_name}: {n} pairs x {args.seq} "
+          f"tokens, median of {args.repeats} (ms)")
+    labels = {
+        "floor_fwd_white": "floor: no-grad fwd, n White rows",
+        "floor_fwdbwd_black": "floor: fwd+bwd to embeddings, n Black",
+        "floor_fwdbwd_both": "fwd+bwd to embeddings, all 2n rows",
+        "floor_fwd_both": "no-grad fwd, all 2n rows",
+        "ours_ablate": "lens_bias attribute (ablate)",
+        "ours_patch": "lens_bias attribute (patch)",
+        "ours_scan": "lens_bias actdiff scan (fwd only)",
+    }
+    for k in names:
+        print(f"  {labels[k]:<40} {med[k]:9.1f}")
+    print(f"  {'floor = fwd(n) + fwd+bwd(n)':<40} {floor:9.1f}")
+    for k, v in ratios.items():
+        print(f"  {k:<40} {v:9.2f}x")
+    for m, row in mem.items():
+        print(f"  memory {m:>5} pairs: " + (f"peak GPU {row['peak_gpu_mib']:.0f} MiB, " if cuda else "")
+              + f"{row['pairs_per_s']} pairs/s")
+    if cuda:
+        print(f"  peak GPU ratio {hi}/{lo} pairs: {mem_ratio:.3f}  (weights {weights_mib:.0f} MiB)")
+    from importlib.metadata import version
+
+    record = {
+        "benchmark": "bench_gpu", "device": device_name, "shape": "tiny" if args.tiny else "llama3-8b",
+        "dtype": args.dtype, "pairs": n, "seq": args.seq, "repeats": args.repeats, "warmup": args.warmup,
+        "torch": torch.__version__, "transformers": version("transformers"),
+        "transformer_lens": version("transformer-lens"), "datasets_import": datasets_mode,
+        "build_seconds": round(build_s, 1), "weights_mib": weights_mib, "after_wrap_mib": after_wrap_mib,
+        "bridge_shares_weights": shared,
+        "median_ms": {k: round(v, 2) for k, v in med.items()},
+        "ms": {k: [round(x * 1e3, 2) for x in v] for k, v in times.items()},
+        "floor_ms": round(floor, 2), "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "goal_ratio": 1.3, "goal_met": ratios["ablate_vs_floor"] <= 1.3,
+        "memory": {str(k): v for k, v in mem.items()}, "peak_gpu_ratio": mem_ratio,
+        "memory_goal_met": (mem_ratio <= 1.10) if mem_ratio is not None else None,
+        "profile_top": prof_rows, "breakdown": extra,
+    }
+    line = json.dumps(record)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
