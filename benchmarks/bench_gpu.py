@@ -38,6 +38,8 @@ import torch
 
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=1024)
+CHECK_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=4, vocab_size=2048)
 LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, vocab_size=128256)
 
@@ -121,111 +123,9 @@ def build_models(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
     return plain.eval(), twin.eval()
 
 
-def lean_attribute(bridge, pairs, estimator: str = "ablate", batch_size: int = 64, streamed: bool = False) -> dict:
-    """Prototype of the attribution pass with the changes recommended in docs/performance.md
-    (``--breakdown`` only; zero ablation, JS metric, overall scores):
-
-    * ``patch`` runs the White prompts without gradients and only the Black prompts with them
-      (dm/da_B does not depend on the White run's graph): one no-grad forward + one forward and
-      backward, the shape of the floor;
-    * contributions are reduced with ``(a * g).sum(..., dtype=float32)`` (no mask product when a
-      batch has no padding) and summed on the device: no host synchronisation per hook;
-    * ``streamed`` (ablate): each contribution is taken in a gradient hook on its activation while
-      the backward runs, and only the earliest activation is a ``grad`` input, so the 2 x n_layers
-      gradient tensors are never all held at once.
-    """
-    from lens_bias.attribution import _capture_hooks, _upcast, aligned_suffix, pair_metric
-    from lens_bias.batching import check_finite, chunks
-    from lens_bias.components import KINDS, attached, shape_of
-    from lens_bias.metrics import pair_batch, tokenizer_of
-
-    tok = tokenizer_of(bridge)
-    L = bridge.cfg.n_layers
-    dev = next(bridge.original_model.parameters()).device
-    acc = {k: torch.zeros(shape_of(bridge, k), dtype=torch.float64, device=dev) for k in KINDS}
-
-    for sl in chunks(len(pairs), batch_size):
-        chunk = pairs.pairs[sl]
-        n = len(chunk)
-        batch = pair_batch(bridge, chunk)
-        lengths = batch.lengths.tolist()
-        full = all(x == batch.ids.shape[1] for x in lengths)
-        mask = None if full else batch.mask
-        store: dict = {}
-        if estimator == "ablate" and streamed:
-            keep, where = torch.unique(batch.last, return_inverse=True)
-            mview = None if mask is None else mask.view(*mask.shape, 1)
-
-            def contrib(kind, layer, a, mview=mview):
-                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
-
-                def hook(grad):
-                    prod = a * grad
-                    if mview is not None:
-                        prod = prod * (mview if a.ndim == 3 else mview[..., None]).to(a.dtype)
-                    acc[kind][layer] += prod.sum(dims, dtype=torch.float32)
-                return hook
-
-            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
-                logits = bridge(batch.ids, logits_to_keep=keep)
-                last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
-                check_finite(last)
-                m = pair_metric("js", last, chunk, tok)
-                handles = [t.register_hook(contrib(k, lay, t.detach())) for (k, lay), t in store.items()]
-                first = store[("heads", 0)]
-                try:
-                    torch.autograd.grad(m.sum(), [first])
-                finally:
-                    for h in handles:
-                        h.remove()
-        elif estimator == "ablate":
-            keep, where = torch.unique(batch.last, return_inverse=True)
-            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
-                logits = bridge(batch.ids, logits_to_keep=keep)
-                last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
-                check_finite(last)
-                m = pair_metric("js", last, chunk, tok)
-                keys = list(store)
-                grads = torch.autograd.grad(m.sum(), [store[k] for k in keys], allow_unused=True)
-            for (kind, layer), g in zip(keys, grads, strict=True):
-                if g is None:
-                    continue
-                a = store[(kind, layer)].detach()
-                prod = a * g if mask is None else a * g * mask.view(*mask.shape, *([1] * (a.ndim - 2))).to(a.dtype)
-                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
-                acc[kind][layer] += prod.sum(dims, dtype=torch.float32)  # -(0 - a) . g
-        else:
-            ids_b, ids_w = batch.ids[:n], batch.ids[n:]
-            kb, wb = torch.unique(batch.last[:n], return_inverse=True)
-            kw, ww = torch.unique(batch.last[n:], return_inverse=True)
-            store_w: dict = {}
-            with attached(bridge, _capture_hooks(KINDS, L, store_w)), torch.no_grad():
-                lw = bridge(ids_w, logits_to_keep=kw)
-                last_w = _upcast(lw[torch.arange(n, device=lw.device), ww])
-            with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
-                lb = bridge(ids_b, logits_to_keep=kb)
-                last_b = _upcast(lb[torch.arange(n, device=lb.device), wb])
-                check_finite(last_b)
-                m = pair_metric("js", torch.cat([last_b, last_w]), chunk, tok)
-                keys = list(store)
-                grads = torch.autograd.grad(m.sum(), [store[k] for k in keys], allow_unused=True)
-            patch, src = (None, None) if full else aligned_suffix(batch, n)
-            for (kind, layer), g in zip(keys, grads, strict=True):
-                if g is None:
-                    continue
-                a_b, a_w = store[(kind, layer)].detach(), store_w[(kind, layer)]
-                if patch is not None:
-                    extra = [1] * (a_b.ndim - 2)
-                    a_w = torch.gather(a_w, 1, src.view(n, -1, *extra).expand_as(a_b))
-                    g = g * patch.view(*patch.shape, *extra).to(g.dtype)
-                dims = (0, 1) if kind == "neurons" else (0, 1, 3)
-                acc[kind][layer] -= ((a_w - a_b) * g).sum(dims, dtype=torch.float32)
-    return {k: (v / len(pairs)).float().cpu() for k, v in acc.items()}
-
-
 def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmup: int) -> dict:
     """Where the time of ``attribute`` goes: the bridge's own forward/backward against the plain
-    model's, with and without the activation hooks, and the prototype in :func:`lean_attribute`."""
+    model's, with and without the activation hooks."""
     from lens_bias.attribution import _capture_hooks, attribute
     from lens_bias.components import KINDS, attached
 
@@ -292,10 +192,9 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
         "bridge_fwd_both": bridge_fwd,
         "bridge_fwdbwd_embed_both": bridge_fwdbwd_embed,
         "bridge_fwdbwd_hooks_both": bridge_fwdbwd_hooks,
-        "lean_ablate": lambda: lean_attribute(bridge, pairs, "ablate", n),
-        "lean_ablate_streamed": lambda: lean_attribute(bridge, pairs, "ablate", n, streamed=True),
-        "lean_patch": lambda: lean_attribute(bridge, pairs, "patch", n),
         "ours_ablate": lambda: attribute(bridge, pairs, components=KINDS, batch_size=n, progress=False),
+        "ours_patch": lambda: attribute(bridge, pairs, estimator="patch", components=KINDS, batch_size=n,
+                                        progress=False),
     }
     names = list(systems)
     for _ in range(warmup):
@@ -306,22 +205,12 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
         for k in names[r % len(names):] + names[: r % len(names)]:
             times[k].append(timed(systems[k], dev))
     out = {"median_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items()}}
-    # the prototype computes the library's numbers
-    ref = {e: attribute(bridge, pairs, estimator=e, components=KINDS, batch_size=n, progress=False) for e in
-           ("ablate", "patch")}
-    agree = {}
-    for e, st in (("ablate", False), ("ablate", True), ("patch", False)):
-        lean = lean_attribute(bridge, pairs, e, n, streamed=st)
-        for k in KINDS:
-            r, x = ref[e].get(k).double(), lean[k].double()
-            agree[f"{e}{'_streamed' if st else ''}_{k}"] = round(float((x - r).norm() / r.norm().clamp_min(1e-30)), 6)
-    out["lean_vs_library_rel_error"] = agree
     if dev.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 
         per_op = {}
         peaks = {}
-        for k in ("ours_ablate", "lean_ablate", "lean_ablate_streamed", "lean_patch"):
+        for k in ("ours_ablate", "ours_patch"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             systems[k]()
@@ -329,7 +218,7 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
             peaks[k] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["peak_gpu_mib"] = peaks
         print(f"  breakdown peak GPU MiB: {peaks}")
-        for k in ("plain_fwdbwd_both", "bridge_fwdbwd_embed_both", "ours_ablate", "lean_ablate_streamed"):
+        for k in ("plain_fwdbwd_both", "bridge_fwdbwd_embed_both", "ours_ablate", "ours_patch"):
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 systems[k]()
                 sync(dev)
@@ -347,8 +236,40 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
             print(f"{o[:32]:<32}" + "".join(f"{per_op[k].get(o, 0):>24}" for k in per_op))
     for k, v in out["median_ms"].items():
         print(f"  breakdown {k:<34} {v:9.1f} ms")
-    print(f"  prototype vs library (relative error): {agree}")
     return out
+
+
+def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 32) -> dict:
+    """Correctness on the benchmark's device: the same small random Llama (``CHECK_SHAPE``) scored in
+    ``dtype`` on ``dev`` and in float32 on the CPU, both estimators; relative error
+    ||ours - ref|| / ||ref|| per kind (goal <= 1e-2 in bf16), and how well the rankings agree
+    (Spearman, overlap of the top 1 %)."""
+    from lens_bias.attribution import attribute
+    from lens_bias.components import KINDS
+    from lens_bias.models import wrap
+
+    plain, twin = build_models(CHECK_SHAPE, "cpu", torch.float32, seed=3)
+    low = copy.deepcopy(plain).to(device=dev, dtype=dtype)
+    tok = word_tokenizer(CHECK_SHAPE["vocab_size"])
+    ref_bridge = wrap(twin, tok, name="check-float32-cpu", device="cpu")
+    low_bridge = wrap(low, tok, name=f"check-{dtype}-{dev}", device=dev)
+    from scipy.stats import spearmanr
+
+    pairs = random_pairs(n, seq, CHECK_SHAPE["vocab_size"], seed=2)
+    out, ranks = {}, {}
+    for est in ("ablate", "patch"):
+        ref = attribute(ref_bridge, pairs, estimator=est, batch_size=n, progress=False)
+        got = attribute(low_bridge, pairs, estimator=est, batch_size=n, progress=False)
+        for k in KINDS:
+            r, x = ref.get(k).double(), got.get(k).double().cpu()
+            out[f"{est}_{k}"] = round(float((x - r).norm() / r.norm().clamp_min(1e-30)), 5)
+            top = max(5, r.numel() // 100)  # what pruning uses: the top 1 % (at least 5 units)
+            a, b = set(torch.topk(r.flatten(), top).indices.tolist()), set(torch.topk(x.flatten(), top).indices.tolist())
+            ranks[f"{est}_{k}"] = {"spearman": round(float(spearmanr(r.flatten(), x.flatten()).statistic), 5),
+                                   "top1pct_overlap": round(len(a & b) / top, 3)}
+    print(f"  scores in {dtype} on {dev} vs float32 on the CPU (relative error): {out}")
+    print(f"  ranking agreement: {ranks}")
+    return out, ranks
 
 
 def sync(device: str) -> None:
@@ -376,14 +297,21 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="2-layer model (smoke test)")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one ablate attribution")
     ap.add_argument("--breakdown", action="store_true",
-                    help="time the bridge's passes and the prototype of the recommended attribution changes")
+                    help="time the bridge's own passes against the plain model's")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--check-only", action="store_true",
+                    help="only the correctness check, in --dtype and in float32 on the device, then exit")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     dtype = getattr(torch, args.dtype)
     dev = args.device
     cuda = dev.startswith("cuda")
     datasets_mode = _import_transformer_lens()
+
+    if args.check_only:
+        res = {str(d): check_against_float32(dev, d) for d in dict.fromkeys([dtype, torch.float32])}
+        print(json.dumps({"benchmark": "bench_gpu --check-only", "device": dev, "check": res}))
+        return
 
     from lens_bias.attribution import attribute, baseline_scores
     from lens_bias.metrics import pair_batch
@@ -464,6 +392,7 @@ def main() -> None:
     lo, hi = min(mem), max(mem)
     mem_ratio = mem[hi]["peak_gpu_mib"] / mem[lo]["peak_gpu_mib"] if cuda else None
 
+    check, check_ranks = check_against_float32(dev, dtype)
     extra = breakdown(bridge, plain, batch, pairs, n, dev, args.repeats, args.warmup) if args.breakdown else None
 
     prof_rows = []
@@ -522,6 +451,8 @@ def main() -> None:
         "memory": {str(k): v for k, v in mem.items()}, "peak_gpu_ratio": mem_ratio,
         "memory_goal_met": (mem_ratio <= 1.10) if mem_ratio is not None else None,
         "profile_top": prof_rows, "breakdown": extra,
+        "check_vs_float32_cpu": check, "check_goal_met": max(check.values()) <= 1e-2,
+        "check_ranking": check_ranks,
     }
     line = json.dumps(record)
     if args.out:

@@ -38,7 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import Batch, check_finite, chunks, encode, model_device
+from .batching import Batch, check_finite, chunks, context_length, encode, model_device, tokenize
 from .components import KINDS, Component, attached, hook_name, shape_of
 from .errors import LensBiasError, NumericsError
 from .masks import PruningMask
@@ -173,8 +173,9 @@ def _score_dtype(bridge) -> torch.dtype:
 
 def aligned_suffix(batch: Batch, n: int) -> tuple[Bool[Tensor, "n pos"], Int[Tensor, "n pos"]]:
     """For each pair (row i = Black, row n+i = White): which Black positions are patched and the
-    matching White position. Equal lengths: every position. Unequal: the common token suffix
-    (the prompts aligned at their end)."""
+    matching White position. Equal lengths: every position from the first differing token on (the
+    positions before it are identical in both runs, so patching them changes nothing). Unequal
+    lengths: the common token suffix (the prompts aligned at their end)."""
     ids, lengths = batch.ids.cpu(), batch.lengths.cpu()
     width = ids.shape[1]
     patch = torch.zeros(n, width, dtype=torch.bool)
@@ -183,7 +184,8 @@ def aligned_suffix(batch: Batch, n: int) -> tuple[Bool[Tensor, "n pos"], Int[Ten
         lb, lw = int(lengths[i]), int(lengths[n + i])
         b, w = ids[i, :lb], ids[n + i, :lw]
         if lb == lw:
-            c = lb
+            diff = (b != w).nonzero()
+            c = lb - int(diff[0]) if len(diff) else 0
         else:
             c = 0
             while c < min(lb, lw) and b[lb - 1 - c] == w[lw - 1 - c]:
@@ -204,11 +206,6 @@ def _capture_hooks(kinds: Sequence[str], n_layers: int, store: dict):
         return fn
 
     return [(hook_name(k, L), make(k, L)) for k in kinds for L in range(n_layers)]
-
-
-def _reduce(kind: str, x: Tensor) -> Tensor:
-    """Sum a [rows, pos, d_mlp] or [rows, pos, head, d_head] tensor to [d_mlp] / [head]."""
-    return x.sum(dim=(0, 1)) if kind == "neurons" else x.sum(dim=(0, 1, 3))
 
 
 def _ref(kind: str, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
@@ -239,44 +236,83 @@ def _gate_hooks(n_layers: int, state: dict):
     return [(f"blocks.{L}.{h}", make(L)) for L in range(n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
 
 
-def _contributions(kind, layer, a, g, batch, n, estimator, ablation, means, patch=None, src=None) -> Tensor:
-    """Sum over the batch of one layer's first-order estimate, per component (sign: reduction)."""
+def _expand(x: Tensor, like: Tensor) -> Tensor:
+    """A [rows, pos] mask as ``like``'s dtype on ``like``'s device (a layer of a model split over
+    devices), broadcastable to ``like`` ([rows, pos, ...])."""
+    return x.to(like.device, like.dtype).view(*x.shape, *([1] * (like.ndim - 2)))
+
+
+def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=None, src=None,
+                   a_white=None) -> Tensor:
+    """Sum over the batch of one layer's first-order estimate, per component (sign: reduction),
+    reduced in float32 (float64 for a float64 model) and left on the layer's device.
+
+    ``ablate``: ``a``/``g`` are both runs' activations and gradients, ``mask`` the padding mask (or
+    None when the batch has no padding). ``patch``: ``a``/``g`` are the Black run's, ``a_white``
+    the White run's activations, ``patch``/``src`` from :func:`aligned_suffix`.
+    """
+    dims = (0, 1) if kind == "neurons" else (0, 1, 3)
+    acc = torch.promote_types(a.dtype, torch.float32)
     if g is None:
-        g = torch.zeros_like(a)
+        return torch.zeros(a.shape[2], dtype=acc, device=a.device)
     if estimator == "ablate":
-        mask = batch.mask
-        m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.ndim - 2)))
-        delta = (_ref(kind, layer, ablation, means, a) - a) * m
-        c = _reduce(kind, delta * g)
+        delta = -a if ablation == "zero" else _ref(kind, layer, ablation, means, a) - a
+        prod = delta * g if mask is None else delta * g * _expand(mask, a)
     else:
-        a_b, g_b = a[:n], g[:n]
-        idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a_b)
-        a_w = torch.gather(a[n:], 1, idx)
-        pm = patch.to(a.dtype).view(*patch.shape, *([1] * (a.ndim - 2)))
-        c = _reduce(kind, (a_w - a_b) * pm * g_b)
-    return (-c).double().cpu()
+        idx = src.to(a.device).view(*src.shape, *([1] * (a.ndim - 2))).expand_as(a)
+        prod = (torch.gather(a_white, 1, idx) - a) * g * _expand(patch, a)
+    return -prod.sum(dims, dtype=acc)
+
+
+def _keep(lengths: Sequence[int], device) -> tuple[Tensor, Tensor]:
+    """``logits_to_keep`` positions (the distinct last positions) and each row's index into them,
+    from lengths already on the host (no device synchronisation)."""
+    keep = sorted({x - 1 for x in lengths})
+    where = [keep.index(x - 1) for x in lengths]
+    return torch.tensor(keep, device=device), torch.tensor(where, device=device)
+
+
+def _last_logits_of(bridge, ids: Tensor, lengths: Sequence[int]) -> Tensor:
+    keep, where = _keep(lengths, ids.device)
+    logits = bridge(ids, logits_to_keep=keep)
+    return _upcast(logits[torch.arange(len(lengths), device=logits.device), where])
 
 
 def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer,
                graddrop: bool = False) -> tuple[dict, Tensor]:
     """One forward + backward on a batch of pairs; returns per-layer contributions (summed over
-    the batch) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)`` with ``graddrop``, one
-    backward per dropped layer -- and the per-pair metric values."""
+    the batch, on the model's device) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)`` with
+    ``graddrop``, one backward per dropped layer -- and the per-pair metric values.
+
+    ``ablate`` runs both prompts of every pair with gradients. ``patch`` needs only the Black
+    run's gradients: the White prompts run first without a graph (their activations are captured),
+    then the Black prompts with one -- the shape of the floor, one plain forward plus one forward
+    and backward.
+    """
     n_layers = bridge.cfg.n_layers
     batch = pair_batch(bridge, chunk)
     n = len(chunk)
+    lengths = batch.lengths.tolist()
+    width = batch.ids.shape[1]
     store: dict = {}
     state = {"drop": None}
     hooks = _capture_hooks(kinds, n_layers, store) + (_gate_hooks(n_layers, state) if graddrop else [])
     drops = list(range(n_layers)) if graddrop else [None]
-    patch = src = None
+    contrib = {}
     if estimator == "patch":
         patch, src = aligned_suffix(batch, n)
-    contrib = {}
+        white: dict = {}
+        with attached(bridge, _capture_hooks(kinds, n_layers, white)), torch.no_grad():
+            last_w = _last_logits_of(bridge, batch.ids[n:], lengths[n:])
+        rows, mask = slice(0, n), None
+    else:
+        patch = src = white = last_w = None
+        rows = slice(0, 2 * n)
+        mask = None if all(x == width for x in lengths) else batch.mask
     with attached(bridge, hooks), torch.enable_grad():
-        keep, where = torch.unique(batch.last, return_inverse=True)
-        logits = bridge(batch.ids, logits_to_keep=keep)
-        last = _upcast(logits[torch.arange(2 * n, device=logits.device), where])
+        last = _last_logits_of(bridge, batch.ids[rows], lengths[rows])
+        if last_w is not None:
+            last = torch.cat([last, last_w])
         check_finite(last, "logits during attribution")
         per_pair = pair_metric(target, last, chunk, tokenizer)
         keys = list(store)
@@ -285,9 +321,22 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
             grads = torch.autograd.grad(per_pair.sum(), [store[k] for k in keys], allow_unused=True,
                                         retain_graph=i < len(drops) - 1)
             for key, g in zip(keys, grads, strict=True):
-                c = _contributions(*key, store[key].detach(), g, batch, n, estimator, ablation, means, patch, src)
+                c = _contributions(*key, store[key].detach(), g, mask, estimator, ablation, means, patch, src,
+                                   None if white is None else white[key])
                 contrib[key if drop is None else (drop, *key)] = c
-    return contrib, per_pair.detach().cpu()
+    return contrib, per_pair.detach()
+
+
+def _length_batches(tokenizer, pairs: PairSet, batch_size: int, bridge) -> list[list[int]]:
+    """Pair indices in batches of similar token length (less padding than consecutive chunks),
+    capped at ``batch_size`` pairs; the order of pairs never changes a score beyond float
+    summation order."""
+    from .capture import pair_batches
+
+    widths = [max(len(b), len(w)) for b, w in zip(
+        tokenize(tokenizer, [p.black for p in pairs.pairs], max_len=context_length(bridge)),
+        tokenize(tokenizer, [p.white for p in pairs.pairs], max_len=context_length(bridge)), strict=True)]
+    return pair_batches(widths, batch_size, model_device(bridge), max_tokens=None)
 
 
 def attribute(
@@ -335,11 +384,15 @@ def attribute(
         means = mean_activations(bridge, neutral_text())
     tok = tokenizer_of(bridge)
     n_layers = bridge.cfg.n_layers
+    device = model_device(bridge)
+    acc = torch.float32 if device.type == "mps" else torch.float64  # running sums stay on the device
     lead = (n_layers,) if graddrop else ()
-    sums = {d: {k: torch.zeros(*lead, *shape_of(bridge, k), dtype=torch.float64) for k in kinds} for d in pairs.domains}
+    sums = {d: {k: torch.zeros(*lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
+            for d in pairs.domains}
     counts = {d: 0 for d in pairs.domains}
-    metric_sum = {d: 0.0 for d in pairs.domains}
-    jobs = [(d, sub.pairs[sl]) for d, sub in pairs.by_domain().items() for sl in chunks(len(sub), batch_size)]
+    metric_sum = {d: torch.zeros((), dtype=acc, device=device) for d in pairs.domains}
+    jobs = [(d, [sub.pairs[i] for i in idx]) for d, sub in pairs.by_domain().items()
+            for idx in _length_batches(tok, sub, batch_size, bridge)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
     for d, chunk in it:
@@ -347,12 +400,14 @@ def attribute(
         for key, c in contrib.items():
             if graddrop:
                 drop, kind, layer = key
-                sums[d][kind][drop, layer] += c
+                sums[d][kind][drop, layer] += c.to(device)
             else:
                 kind, layer = key
-                sums[d][kind][layer] += c
+                sums[d][kind][layer] += c.to(device)  # a no-op unless the model is split over devices
         counts[d] += len(chunk)
-        metric_sum[d] += float(per_pair.sum())
+        metric_sum[d] += per_pair.sum().to(device)
+    sums = {d: {k: v.cpu().double() for k, v in ks.items()} for d, ks in sums.items()}
+    metric_sum = {d: float(v) for d, v in metric_sum.items()}
     total = sum(counts.values())
     dt = _score_dtype(bridge)
 
@@ -421,7 +476,7 @@ def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means:
             a = store[key].detach()
             if g is None:
                 continue
-            mm = m.to(a.dtype).view(*m.shape, *([1] * (a.ndim - 2)))
+            mm = m.to(a.device, a.dtype).view(*m.shape, *([1] * (a.ndim - 2)))
             per_pos = (_ref(kind, layer, ablation, means, a) - a) * mm * g
             if kind == "heads":
                 per_pos = per_pos.sum(-1)  # [b, p, head]
