@@ -60,7 +60,7 @@ def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progres
 
     def make(kind, layer):
         def fn(act, hook):
-            m = state["mask"].to(act.dtype)
+            m = state["mask"].to(act.device, act.dtype)
             s = torch.einsum("bp,bp...->...", m, act).double().cpu()
             sums[kind][layer] += s
         return fn
@@ -122,16 +122,17 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
         def fn(act, hook):
             last = gather_last(act, state["lengths"]).double()
             n = last.shape[0] // 2
-            acc["neuron_absdiff"][layer] += (last[:n] - last[n:]).abs().sum(0)
-            acc["neuron_sq_black"][layer] += (last[:n] ** 2).sum(0)
-            acc["neuron_sq_white"][layer] += (last[n:] ** 2).sum(0)
+            # .to(device): a no-op unless the model is split over devices
+            acc["neuron_absdiff"][layer] += (last[:n] - last[n:]).abs().sum(0).to(device)
+            acc["neuron_sq_black"][layer] += (last[:n] ** 2).sum(0).to(device)
+            acc["neuron_sq_white"][layer] += (last[n:] ** 2).sum(0).to(device)
         return fn
 
     def head_fn(layer):
         def fn(z, hook):
             last = gather_last(z, state["lengths"]).double()
             n = last.shape[0] // 2
-            acc["head_absdiff"][layer] += (last[:n] - last[n:]).norm(dim=-1).sum(0)
+            acc["head_absdiff"][layer] += (last[:n] - last[n:]).norm(dim=-1).sum(0).to(device)
         return fn
 
     hooks = [(neuron_hook(i), neuron_fn(i)) for i in range(L)] + [(head_hook(i), head_fn(i)) for i in range(L)]

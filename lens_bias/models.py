@@ -307,7 +307,7 @@ def tiny_random_hf(seed: int = 0, n_layers: int = 2, d_model: int = 64, d_mlp: i
     return model, tokenizer
 
 
-def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool):
+def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name).expanduser()
@@ -334,6 +334,8 @@ def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool):
     kw: dict = {}
     if hub:
         kw["local_files_only"] = _hub_source(name)
+    if device_map is not None:  # loaded straight onto the devices, never whole on the CPU
+        kw["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kw)
@@ -448,9 +450,11 @@ def _hub_source(name: str) -> bool:
     raise ModelLoadError(_offline_message(name))
 
 
-def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+            device_map: str | dict | None = None):
     """Load a plain Hugging Face ``(model, tokenizer)`` pair from any supported source (the same
-    names as :func:`load_model`), without wrapping it.
+    names as :func:`load_model`), without wrapping it. ``device_map`` (a Hub id or a local folder
+    only) is handed to ``from_pretrained``, which loads the weights straight onto those devices.
 
     Examples:
         >>> model, tok = load_hf("tiny-random")
@@ -462,7 +466,7 @@ def load_hf(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, trust
         return model.to(dtype), tokenizer
     if name in ZOO:
         return _load_zoo_hf(ZOO[name], dtype)
-    return _load_hub_or_folder(name, dtype, trust_remote_code)
+    return _load_hub_or_folder(name, dtype, trust_remote_code, device_map)
 
 
 def _check_layout(model) -> None:
@@ -504,12 +508,121 @@ def _check_supported(bridge) -> None:
         )
 
 
-def wrap(model, tokenizer, name: str = "model", device: str | torch.device | None = None):
+def _layer_list(model) -> tuple[str, torch.nn.ModuleList] | None:
+    """The decoder layers (the first ModuleList whose items all have an ``.mlp``) and their name."""
+    from torch import nn
+
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)
+                 and all(hasattr(x, "mlp") for x in m)), None)
+
+
+def split_device_map(model, devices=None) -> dict[str, str]:
+    """A device map that splits ``model``'s decoder layers over ``devices`` (default: every visible
+    GPU) for :func:`wrap` / :func:`load_model` (``device_map=``).
+
+    The layers go in contiguous runs of about equal weight bytes; the modules outside them (the
+    embeddings, the final norm, the unembedding, the rotary tables) go to the first device, which
+    is where batches enter. The model may be on the meta device (to build it directly onto its
+    devices, layer by layer).
+
+    Examples:
+        >>> model, _ = tiny_random_hf(n_layers=4, d_model=64, d_mlp=1024)
+        >>> split_device_map(model, ["cuda:0", "cuda:1"])  # doctest: +NORMALIZE_WHITESPACE
+        {'model.layers.0': 'cuda:0', 'model.layers.1': 'cuda:0', 'model.layers.2': 'cuda:1',
+         'model.layers.3': 'cuda:1', 'lm_head': 'cuda:0', 'model.embed_tokens': 'cuda:0',
+         'model.norm': 'cuda:0', 'model.rotary_emb': 'cuda:0'}
+    """
+    if devices is None:
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    devices = [str(torch.device(d)) for d in devices]
+    if not devices:
+        raise ModelLoadError("split_device_map needs at least one device (no GPU is visible)")
+    found = _layer_list(model)
+    if found is None:
+        raise ModelLoadError(f"{type(model).__name__} has no list of decoder layers to split")
+    name, layers = found
+
+    def size(m) -> int:
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+
+    out: dict[str, str] = {}
+    others: list[str] = []  # the siblings of the layer list and of each of its ancestors
+    parts = name.split(".")
+    for depth in range(len(parts)):
+        parent = ".".join(parts[:depth])
+        mod = model.get_submodule(parent) if parent else model
+        for child, _ in mod.named_children():
+            if child != parts[depth]:
+                others.append(f"{parent}.{child}" if parent else child)
+    used = sum(size(model.get_submodule(o)) for o in others)
+    target = (used + size(layers)) / len(devices)
+    for i, layer in enumerate(layers):
+        s = size(layer)
+        out[f"{name}.{i}"] = devices[min(len(devices) - 1, int((used + s / 2) / target))]
+        used += s
+    for o in others:
+        out[o] = devices[0]
+    return out
+
+
+def _dispatch(model, device_map):
+    """Spread ``model`` over devices with accelerate: ``device_map`` is a dict (module name ->
+    device, as Hugging Face takes it), a list of devices or ``"auto"`` (all visible GPUs), the last
+    two through :func:`split_device_map`."""
+    from accelerate import dispatch_model
+
+    if isinstance(device_map, str):
+        if device_map != "auto":
+            raise ModelLoadError(f"device_map must be a dict, a list of devices or 'auto', got {device_map!r}")
+        device_map = split_device_map(model)
+    elif not isinstance(device_map, dict):
+        device_map = split_device_map(model, list(device_map))
+    emb = model.get_input_embeddings()
+    emb_name = next(n for n, m in model.named_modules() if m is emb)
+    owner = max((k for k in device_map if k == "" or emb_name == k or emb_name.startswith(k + ".")),
+                key=len, default=None)
+    if owner is None:
+        raise ModelLoadError(f"device_map does not place the input embedding ({emb_name})")
+    # main_device: where inputs enter and outputs return (accelerate would pick any of the devices)
+    dispatch_model(model, device_map, main_device=device_map[owner], force_hooks=True)
+    return model
+
+
+def _final_hidden_to_input_device(model) -> None:
+    """On a model split over devices, move the decoder's last hidden states back to the device of
+    the input embedding, where the inputs (``logits_to_keep`` positions included) are: the HF head
+    indexes the hidden states with them, and a CUDA tensor cannot be indexed from another GPU."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model or getattr(base, "_lens_bias_routed", False):
+        return
+    dev = next(model.get_input_embeddings().parameters()).device
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor):
+            return output.to(dev)
+        h = getattr(output, "last_hidden_state", None)
+        if isinstance(h, torch.Tensor):
+            output.last_hidden_state = h.to(dev)
+        elif isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (output[0].to(dev), *output[1:])
+        return output
+
+    base.register_forward_hook(hook)
+    base._lens_bias_routed = True
+
+
+def wrap(model, tokenizer, name: str = "model", device: str | torch.device | None = None, device_map=None):
     """Wrap an already-loaded HF causal LM and its tokenizer in a TransformerBridge (no Hub call).
 
     The bridge keeps the raw HF weights (no LayerNorm folding), records ``name`` as
     ``bridge.lens_bias_name`` and the tokenizer as ``bridge.lens_bias_tokenizer``. Raises
     :class:`~lens_bias.errors.ModelLoadError` for an architecture lens_bias cannot prune.
+
+    ``device_map`` splits the model over several devices (accelerate's ``dispatch_model``) instead
+    of moving it to ``device``: a dict (module name -> device), a list of devices, or ``"auto"``
+    (all visible GPUs; see :func:`split_device_map`). A model that is already dispatched
+    (``from_pretrained(..., device_map=...)``) is wrapped as it is, with ``device=None``. Batches
+    go to the input embedding's device; per-layer results are gathered there.
 
     Examples:
         >>> model, tok = tiny_random_hf()
@@ -519,14 +632,20 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if device is not None and device_map is not None:
+        raise ModelLoadError("give device (one device) or device_map (several), not both")
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]
     _check_layout(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = next(model.parameters()).dtype
+    if device_map is not None:
+        model = _dispatch(model, device_map)
     if device is not None:
         model = model.to(device)
+    if getattr(model, "hf_device_map", None):
+        _final_hidden_to_input_device(model)
     model.eval()
     try:
         bridge = TransformerBridge.boot_transformers(
@@ -558,8 +677,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    device_map: str | dict | list | None = None,
 ):
     """Load ``name`` (zoo name, ``tiny-random``, .gguf file, local folder or Hub id) as a TransformerBridge.
+
+    ``device_map`` splits a model too large for one GPU over several: ``"auto"`` (every visible
+    GPU), a list of devices or a Hugging Face device map. A Hub id or a local folder is loaded
+    straight onto its devices by ``from_pretrained``; other sources are loaded, then split by
+    :func:`wrap`.
 
     Examples:
         >>> bridge = load_model("tiny-random")
@@ -568,5 +693,13 @@ def load_model(
 
     The HF model is ``bridge.original_model``; the tokenizer is ``bridge.lens_bias_tokenizer``.
     """
+    if device_map is not None:
+        if device is not None:
+            raise ModelLoadError("give device (one device) or device_map (several), not both")
+        # a Hub id or a folder: from_pretrained places the weights (and leaves them where it put them)
+        via_hf = name != TINY and name not in ZOO and not name.endswith(".gguf") and not isinstance(device_map, list)
+        model, tokenizer = load_hf(name, dtype=dtype, trust_remote_code=trust_remote_code,
+                                   device_map=device_map if via_hf else None)
+        return wrap(model, tokenizer, name=name, device_map=None if via_hf else device_map)
     model, tokenizer = load_hf(name, dtype=dtype, trust_remote_code=trust_remote_code)
     return wrap(model, tokenizer, name=name, device=device or default_device())

@@ -178,3 +178,42 @@ def test_validate_on_a_given_sample(tiny64, few):
     assert v["heads"]["components"] == [[0, 1], [1, 2], [1, 0]]
     exact = exact_effects(tiny64, few, comps, progress=False)
     assert torch.allclose(torch.tensor(v["heads"]["exact"], dtype=torch.float64), exact)
+
+
+def test_split_device_map_is_contiguous_and_balanced():
+    """Layers in contiguous runs, every weight placed, and the devices' weight bytes within one
+    layer of each other."""
+    from lens_bias.models import split_device_map, tiny_random_hf
+
+    model, _ = tiny_random_hf(n_layers=8, d_mlp=1024)
+    devs = ["cuda:0", "cuda:1", "cuda:2"]
+    dm = split_device_map(model, devs)
+    order = [devs.index(dm[f"model.layers.{i}"]) for i in range(8)]
+    assert order == sorted(order) and set(order) == {0, 1, 2}
+    for name, _ in model.named_parameters():
+        assert any(name.startswith(k + ".") for k in dm), name
+    size = {d: 0 for d in devs}
+    for k, d in dm.items():
+        size[d] += sum(p.numel() * p.element_size() for p in model.get_submodule(k).parameters())
+    layer = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    assert max(size.values()) - min(size.values()) <= layer
+
+
+def test_dispatched_model_gives_the_same_scores(few):
+    """A model dispatched by accelerate (wrap(device_map=...): hooks on every module, the final
+    hidden states routed back to the input device) scores exactly as the same weights on one
+    device. Both "devices" are the CPU here; benchmarks/bench_multigpu.py checks two GPUs."""
+    from lens_bias.capture import last_token_activations
+    from lens_bias.models import tiny_random_hf, wrap
+
+    one = wrap(*tiny_random_hf(n_layers=4), device="cpu")
+    model, tok = tiny_random_hf(n_layers=4)
+    split = wrap(model, tok, device_map={f"model.layers.{i}": "cpu" for i in range(4)}
+                 | {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    assert model.hf_device_map and hasattr(model.model.layers[0], "_hf_hook") and model.model._lens_bias_routed
+    for est in ("ablate", "patch"):
+        a = attribute(one, few, estimator=est, progress=False)
+        b = attribute(split, few, estimator=est, progress=False)
+        assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)
+    sa, sb = last_token_activations(one, few), last_token_activations(split, few)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
