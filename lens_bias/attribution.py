@@ -647,9 +647,14 @@ def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int
     top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
     ``components`` per kind (to compare two scorers on the same sample).
 
-    Returns ``{kind: {"spearman", "pearson", "spearman_abs", "pearson_abs", "n", "components",
-    "predicted", "exact"}}``; the ``_abs`` pair correlates magnitudes (|predicted| vs |exact|), which
-    is what GradDrop scores are compared on (their main correlation is with |exact| too).
+    Returns ``{kind: {"spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
+    "spearman_random", "sign_agreement", "n", "components", "predicted", "exact"}}``; the ``_abs``
+    pair correlates magnitudes (|predicted| vs |exact|), which is what GradDrop scores are compared
+    on (their main correlation is with |exact| too). ``spearman_top`` / ``spearman_random`` split
+    the sample into its top-k and its random part (None for a given ``components`` sample): a first-
+    order estimate is usually close to exact on small effects and loses rank order among the large
+    ones. ``sign_agreement`` is the fraction of components whose predicted and exact change have
+    the same sign.
     """
     st = scores.settings
     metric = st.get("metric") if st.get("metric") in TARGETS else "js"
@@ -665,10 +670,18 @@ def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int
         else:
             true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size, progress)
         magnitude = bool(st.get("graddrop"))  # GradDrop scores are magnitudes: compare with |exact|
-        sp, pe = _correlations(pred, true.abs() if magnitude else true)
+        ref = true.abs() if magnitude else true
+        sp, pe = _correlations(pred, ref)
         sp_abs, pe_abs = _correlations(pred.abs(), true.abs())
+        # where the estimate fails: among the top-k (large effects, where first order is weakest)
+        # or among the random units (small effects); None for a given sample
+        n_top = None if components and kind in components else min(k, scores.get(kind).numel())
+        top_sp, rand_sp = (None, None) if n_top is None else \
+            (_correlations(pred[:n_top], ref[:n_top])[0], _correlations(pred[n_top:], ref[n_top:])[0])
         out[kind] = {
             "spearman": sp, "pearson": pe, "spearman_abs": sp_abs, "pearson_abs": pe_abs,
+            "spearman_top": top_sp, "spearman_random": rand_sp,
+            "sign_agreement": float((torch.sign(pred) == torch.sign(ref)).double().mean()) if len(pred) else float("nan"),
             "compared_with": "|exact|" if magnitude else "exact",
             "n": len(comps), "k": k, "n_random": n_random,
             "components": [[c.layer, c.index] for c in comps],

@@ -265,8 +265,9 @@ def validate(
         "model": model, "scores": str(scores), "estimator": s.settings.get("estimator"),
         "metric": s.settings.get("metric"), "ablation": s.settings.get("ablation"), "n_pairs": len(ps),
         "graddrop": bool(s.settings.get("graddrop")),
-        **{kind: {x: r[x] for x in ("spearman", "pearson", "spearman_abs", "pearson_abs", "compared_with", "n", "k",
-                                    "n_random")} for kind, r in res.items()},
+        **{kind: {x: r[x] for x in ("spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
+                                    "spearman_random", "sign_agreement", "compared_with", "n", "k", "n_random")}
+           for kind, r in res.items()},
         "seconds": round(time.time() - t0, 1),
     }
     if out is not None:
@@ -274,9 +275,10 @@ def validate(
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(_table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"]]
-                       for kind, r in res.items()],
-                      ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|"]))
+    typer.echo(_table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
+                        r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()],
+                      ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
+                       "Spearman top-k", "Spearman random", "same sign"]))
 
 
 @app.command()

@@ -1,3 +1,6 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +106,15 @@ def test_validate_on_tiny(tiny):
     v = validate(tiny, ps, s, k=20, n_random=10, progress=False)
     assert v["neurons"]["n"] == 30 and v["heads"]["n"] == 8
     assert v["neurons"]["spearman"] > 0.5
+    # the sample's two parts, and the sign agreement, recomputed from the detail
+    from scipy.stats import spearmanr
+
+    r = v["neurons"]
+    pred, exact = np.array(r["predicted"]), np.array(r["exact"])
+    assert r["spearman_top"] == pytest.approx(spearmanr(pred[:20], exact[:20]).statistic)
+    assert r["spearman_random"] == pytest.approx(spearmanr(pred[20:], exact[20:]).statistic)
+    assert r["sign_agreement"] == pytest.approx(np.mean(np.sign(pred) == np.sign(exact)))
+    assert math.isnan(v["heads"]["spearman_random"])  # 8 heads: all of them are in the top-k
 
 
 @pytest.mark.parametrize("scorer", ["actdiff", "wanda", "random"])
