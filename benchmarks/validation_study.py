@@ -27,8 +27,9 @@ from lens_bias.attribution import attribute, validate
 from lens_bias.components import Component
 
 
-def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> list[Component]:
-    """Top-k by |score| of each scorer, plus random others (seeded), without repeats."""
+def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> tuple[list[Component], int]:
+    """Top-k by |score| of each scorer, plus random others (seeded), without repeats; and how many
+    of them are random (the last ones)."""
     shape = scores[0].get(kind).shape
     chosen: list[int] = []
     for s in scores:
@@ -36,14 +37,26 @@ def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> 
             if i not in chosen:
                 chosen.append(i)
     rest = sorted(set(range(shape[0] * shape[1])) - set(chosen))
-    chosen += random.Random(seed).sample(rest, min(n_random, len(rest)))
-    return [Component(kind, i // shape[1], i % shape[1]) for i in chosen]
+    rand = random.Random(seed).sample(rest, min(n_random, len(rest)))
+    return [Component(kind, i // shape[1], i % shape[1]) for i in chosen + rand], len(rand)
 
 
 def summary(res: dict) -> dict:
     return {kind: {x: round(r[x], 3) if isinstance(r[x], float) else r[x]
-                   for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs")}
+                   for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs",
+                             "spearman_top", "spearman_random", "sign_agreement") if x in r}
             for kind, r in res.items()}
+
+
+def split_parts(r: dict, pred: torch.Tensor, true: torch.Tensor, n_random: int) -> None:
+    """Add the top part's and the random part's Spearman to ``r`` (a shared sample ends with its
+    ``n_random`` random components) and the sign agreement."""
+    from lens_bias.attribution import _correlations
+
+    cut = len(pred) - n_random
+    r["spearman_top"] = _correlations(pred[:cut], true[:cut])[0]
+    r["spearman_random"] = _correlations(pred[cut:], true[cut:])[0] if n_random else float("nan")
+    r["sign_agreement"] = float((torch.sign(pred) == torch.sign(true)).double().mean())
 
 
 def main() -> None:
@@ -72,7 +85,8 @@ def main() -> None:
         t = time.time()
         gd = attribute(bridge, train, graddrop=True, progress=True)
         times["atp_graddrop"] = time.time() - t
-        sample = {kind: shared_sample(kind, [plain, gd], args.k, args.n_random, args.seed) for kind in kinds}
+        drawn = {kind: shared_sample(kind, [plain, gd], args.k, args.n_random, args.seed) for kind in kinds}
+        sample = {kind: comps for kind, (comps, _) in drawn.items()}
         t = time.time()
         r_plain = validate(bridge, train, plain, components=sample)
         times["exact_zero"] = time.time() - t
@@ -86,6 +100,9 @@ def main() -> None:
             sp, pe = _correlations(pred, true.abs())
             r_gd[kind] = {"n": len(pred), "compared_with": "|exact|", "spearman": sp, "pearson": pe,
                           "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist()}
+            n_rand = drawn[kind][1]
+            split_parts(r_gd[kind], pred, true.abs(), n_rand)
+            split_parts(r_plain[kind], torch.tensor(r_plain[kind]["predicted"]), true, n_rand)
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
 
@@ -106,11 +123,12 @@ def main() -> None:
         rows.append(("patch (AtP)", summary(r)))
 
     print(f"\n{args.model}, {len(train)} train pairs, top-{args.k} + {args.n_random} random per kind")
-    print(f"{'setting':30s} {'kind':8s} {'n':>4s} {'vs':8s} {'Spearman':>9s} {'Pearson':>8s} {'Sp |.|':>7s} {'Pe |.|':>7s}")
+    print(f"{'setting':30s} {'kind':8s} {'n':>4s} {'vs':8s} {'Spearman':>9s} {'Pearson':>8s} {'Sp |.|':>7s} {'Pe |.|':>7s} {'Sp top':>7s} {'Sp rand':>7s} {'sign':>7s}")
     for name, res in rows:
         for kind, r in res.items():
             print(f"{name:30s} {kind:8s} {r['n']:4d} {r['compared_with']:8s} {r['spearman']:9.3f} {r['pearson']:8.3f} "
-                  f"{r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f}")
+                  f"{r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f} {r['spearman_top']:7.3f} "
+                  f"{r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}")
     result = {"model": args.model, "n_pairs": len(train), "k": args.k, "n_random": args.n_random,
               "results": {name: res for name, res in rows}, "seconds": {k: round(v, 1) for k, v in times.items()}}
     print(json.dumps(result))
