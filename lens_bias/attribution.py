@@ -243,24 +243,27 @@ def _expand(x: Tensor, like: Tensor) -> Tensor:
 
 
 def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=None, src=None,
-                   a_white=None) -> Tensor:
-    """Sum over the batch of one layer's first-order estimate, per component (sign: reduction),
-    reduced in float32 (float64 for a float64 model) and left on the layer's device.
+                   a_white=None) -> Float[Tensor, "pairs units"]:
+    """One layer's first-order estimate per pair and component (sign: reduction), summed over
+    positions (and the Black and White rows of a pair), reduced in float32 (float64 for a float64
+    model) and left on the layer's device.
 
-    ``ablate``: ``a``/``g`` are both runs' activations and gradients, ``mask`` the padding mask (or
-    None when the batch has no padding). ``patch``: ``a``/``g`` are the Black run's, ``a_white``
-    the White run's activations, ``patch``/``src`` from :func:`aligned_suffix`.
+    ``ablate``: ``a``/``g`` are both runs' activations and gradients (Black rows, then White), ``mask``
+    the padding mask (or None when the batch has no padding). ``patch``: ``a``/``g`` are the Black
+    run's, ``a_white`` the White run's activations, ``patch``/``src`` from :func:`aligned_suffix`.
     """
-    dims = (0, 1) if kind == "neurons" else (0, 1, 3)
+    dims = (1,) if kind == "neurons" else (1, 3)
     acc = torch.promote_types(a.dtype, torch.float32)
+    n = a.shape[0] // 2 if estimator == "ablate" else a.shape[0]
     if g is None:
-        return torch.zeros(a.shape[2], dtype=acc, device=a.device)
+        return torch.zeros(n, a.shape[2], dtype=acc, device=a.device)
     if estimator == "ablate":
         delta = -a if ablation == "zero" else _ref(kind, layer, ablation, means, a) - a
         prod = delta * g if mask is None else delta * g * _expand(mask, a)
-    else:
-        idx = src.to(a.device).view(*src.shape, *([1] * (a.ndim - 2))).expand_as(a)
-        prod = (torch.gather(a_white, 1, idx) - a) * g * _expand(patch, a)
+        rows = prod.sum(dims, dtype=acc)
+        return -(rows[:n] + rows[n:])
+    idx = src.to(a.device).view(*src.shape, *([1] * (a.ndim - 2))).expand_as(a)
+    prod = (torch.gather(a_white, 1, idx) - a) * g * _expand(patch, a)
     return -prod.sum(dims, dtype=acc)
 
 
@@ -280,9 +283,9 @@ def _last_logits_of(bridge, ids: Tensor, lengths: Sequence[int]) -> Tensor:
 
 def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer,
                graddrop: bool = False) -> tuple[dict, Tensor]:
-    """One forward + backward on a batch of pairs; returns per-layer contributions (summed over
-    the batch, on the model's device) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)`` with
-    ``graddrop``, one backward per dropped layer -- and the per-pair metric values.
+    """One forward + backward on a batch of pairs; returns per-layer contributions per pair
+    ([pairs, units], on the layer's device) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)``
+    with ``graddrop``, one backward per dropped layer -- and the per-pair metric values.
 
     ``ablate`` runs both prompts of every pair with gradients. ``patch`` needs only the Black
     run's gradients: the White prompts run first without a graph (their activations are captured),
@@ -329,8 +332,10 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
 
 def _length_batches(tokenizer, pairs: PairSet, batch_size: int, bridge) -> list[list[int]]:
     """Pair indices in batches of similar token length (less padding than consecutive chunks),
-    capped at ``batch_size`` pairs; the order of pairs never changes a score beyond float
-    summation order."""
+    capped at ``batch_size`` pairs. Batches mix domains (contributions are kept per pair until
+    they are added to their domain's sums), so every batch but the last of a length is full and
+    memory is set by ``batch_size`` and the longest prompts, not by how the pairs split into
+    domains. The order of pairs never changes a score beyond float summation order."""
     from .capture import pair_batches
 
     widths = [max(len(b), len(w)) for b, w in zip(
@@ -357,8 +362,8 @@ def attribute(
     per layer: about ``n_layers`` times the cost).
 
     ``ablation="mean"`` needs ``means`` from :func:`lens_bias.capture.mean_activations` (computed on
-    the bundled neutral text when omitted). Batches never mix domains, so per-domain scores come
-    from the same passes.
+    the bundled neutral text when omitted). Per-domain scores come from the same passes: batches
+    mix domains, and each pair's contribution goes to its own domain's sums.
 
     Examples:
         >>> from lens_bias import load_model, build_pairs
@@ -386,28 +391,31 @@ def attribute(
     n_layers = bridge.cfg.n_layers
     device = model_device(bridge)
     acc = torch.float32 if device.type == "mps" else torch.float64  # running sums stay on the device
+    domains = pairs.domains
+    which = {d: i for i, d in enumerate(domains)}
     lead = (n_layers,) if graddrop else ()
-    sums = {d: {k: torch.zeros(*lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
-            for d in pairs.domains}
-    counts = {d: 0 for d in pairs.domains}
-    metric_sum = {d: torch.zeros((), dtype=acc, device=device) for d in pairs.domains}
-    jobs = [(d, [sub.pairs[i] for i in idx]) for d, sub in pairs.by_domain().items()
-            for idx in _length_batches(tok, sub, batch_size, bridge)]
+    # running sums per domain: [domains, (dropped layer,) layer, units], on the device
+    sums = {k: torch.zeros(len(domains), *lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
+    metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
+    jobs = [[pairs.pairs[i] for i in idx] for idx in _length_batches(tok, pairs, batch_size, bridge)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
-    for d, chunk in it:
+    for chunk in it:
         contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop)
+        dom = torch.tensor([which[p.domain] for p in chunk], device=device)
         for key, c in contrib.items():
+            # .to(device): a no-op unless the model is split over devices
             if graddrop:
                 drop, kind, layer = key
-                sums[d][kind][drop, layer] += c.to(device)
+                sums[kind][:, drop, layer].index_add_(0, dom, c.to(device, acc))
             else:
                 kind, layer = key
-                sums[d][kind][layer] += c.to(device)  # a no-op unless the model is split over devices
-        counts[d] += len(chunk)
-        metric_sum[d] += per_pair.sum().to(device)
-    sums = {d: {k: v.cpu().double() for k, v in ks.items()} for d, ks in sums.items()}
-    metric_sum = {d: float(v) for d, v in metric_sum.items()}
+                sums[kind][:, layer].index_add_(0, dom, c.to(device, acc))
+        metric_sum.index_add_(0, dom, per_pair.to(device, acc))
+    counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
+    host = {k: v.cpu().double() for k, v in sums.items()}
+    sums = {d: {k: host[k][which[d]] for k in kinds} for d in domains}
+    metric_sum = dict(zip(domains, metric_sum.cpu().tolist(), strict=True))
     total = sum(counts.values())
     dt = _score_dtype(bridge)
 

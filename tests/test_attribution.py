@@ -85,6 +85,19 @@ def test_padding_does_not_change_scores(tiny64):
     assert torch.allclose(batched.heads, mean_heads, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("estimator", ["ablate", "patch"])
+def test_batches_mix_domains_but_each_pair_counts_for_its_own(tiny, estimator):
+    """Batches are cut by length across domains; each domain's scores still equal attributing
+    that domain alone, and the metric before too."""
+    ps = build_pairs(domains=["finance", "hiring", "policing"]).sample(5)
+    mixed = attribute(tiny, ps, estimator=estimator, batch_size=4, progress=False)
+    for d, sub in ps.by_domain().items():
+        alone = attribute(tiny, sub, estimator=estimator, batch_size=4, progress=False)
+        for k in ("neurons", "heads"):
+            torch.testing.assert_close(mixed.by_domain[d][k], alone.get(k), atol=1e-6, rtol=1e-4)
+        assert mixed.settings["metric_before_by_domain"][d] == pytest.approx(alone.settings["metric_before"], rel=1e-5)
+
+
 def test_scores_are_deterministic_and_round_trip(tiny, tmp_path):
     ps = build_pairs(domains=["finance", "hiring"]).sample(3)
     a = attribute(tiny, ps, progress=False)
@@ -175,7 +188,8 @@ def test_graddrop_drops_exactly_one_layer(tiny64, few):
     ps = PairSet(list(chunk))
     s = attribute(tiny64, ps, graddrop=True, progress=False)
     for kind in ("neurons", "heads"):
-        want = torch.stack([torch.stack([dropped[(drop, kind, layer)] for layer in range(L)])
+        # per-pair estimates [pairs, units]: summed over the 2 pairs, then the AtP* mean of |.|
+        want = torch.stack([torch.stack([dropped[(drop, kind, layer)].sum(0) for layer in range(L)])
                             for drop in range(L)]).div(2).abs().sum(0) / (L - 1)
         assert torch.allclose(s.get(kind), want.to(s.get(kind).dtype), atol=1e-12)
         assert (s.get(kind) >= 0).all()
