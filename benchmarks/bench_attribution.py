@@ -107,11 +107,12 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     """Matrix-product work per system in GFLOP (2 x params x tokens; attention scores, norms and
     the like are left out), from the batches each one actually runs: optiPfair one prompt at a
     time with logits at every position; the scan and the attribution padded batches
-    (:func:`lens_bias.capture.pair_batches` for the scan, contiguous per-domain chunks of 16 for
-    ``attribute``) with logits only at the last positions. The backward for activation gradients
+    (:func:`lens_bias.capture.pair_batches` per domain for the scan, ``attribute``'s own
+    length-sorted batches of 16 across domains) with logits only at the last positions. The backward for activation gradients
     costs about what the forward does, so attribution counts its passes twice. Equal FLOP/s would
     make the ratio of these numbers the ratio of the speeds."""
-    from lens_bias.batching import chunks, context_length, tokenize
+    from lens_bias.attribution import _length_batches
+    from lens_bias.batching import context_length, tokenize
     from lens_bias.capture import pair_batches
     from lens_bias.metrics import tokenizer_of
 
@@ -135,11 +136,13 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
         widths = [max(len(rows[i]), len(rows[n + i])) for i in range(n)]
         for b in pair_batches(widths, 32, device):
             out["scan"] += 2 * (2 * len(b) * max(widths[i] for i in b)) * body + 2 * (2 * len(b)) * unembed
-        for sl in chunks(n, 16):
-            idx = list(range(n))[sl]
-            lengths = [len(rows[i]) for i in idx] + [len(rows[n + i]) for i in idx]
-            rows_n, width, kept = len(lengths), max(lengths), len(set(lengths))
-            out["attribution"] += 2 * (2 * rows_n * width * body + 2 * rows_n * kept * unembed)
+    # attribute's own batches: length-sorted across domains, 16 pairs
+    n = len(pairs)
+    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+    for idx in _length_batches(tok, pairs, 16, bridge):
+        lengths = [len(rows[i]) for i in idx] + [len(rows[n + i]) for i in idx]
+        rows_n, width, kept = len(lengths), max(lengths), len(set(lengths))
+        out["attribution"] += 2 * (2 * rows_n * width * body + 2 * rows_n * kept * unembed)
     return {k: v / 1e9 for k, v in out.items()}
 
 
@@ -205,6 +208,16 @@ def memory_child(system: str, n: int, args) -> dict:
     }
     if cuda:
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if system == "attribution":  # what sets the peak: the largest padded batch (rows x width)
+        from lens_bias.attribution import _length_batches
+        from lens_bias.batching import context_length, tokenize
+        from lens_bias.metrics import tokenizer_of
+
+        tok = tokenizer_of(bridge)
+        rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+        width = [max(len(rows[i]), len(rows[n + i])) for i in range(n)]
+        out["largest_batch_tokens"] = max(2 * len(b) * max(width[i] for i in b)
+                                          for b in _length_batches(tok, pairs, 16, bridge))
     return out
 
 
@@ -223,6 +236,7 @@ def measure_memory(args, systems) -> list[dict]:
             row = json.loads(lines[-1])
             print(f"  memory {system:<12} {n:>5} pairs: peak RSS {row['peak_rss_mib']:8.0f} MiB"
                   + (f", peak GPU {row['peak_gpu_mib']:8.0f} MiB" if "peak_gpu_mib" in row else "")
+                  + (f", largest batch {row['largest_batch_tokens']} tokens" if "largest_batch_tokens" in row else "")
                   + f"  ({row['seconds']:.0f} s)", flush=True)
             rows.append(row)
     return rows
