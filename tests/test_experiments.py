@@ -120,3 +120,22 @@ def test_cli_generalize_writes_json_and_html(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
     assert [p.name for p in tmp_path.iterdir()] == ["gen"]
+
+
+def test_curve_evaluates_each_distinct_mask_once(tiny, ev, monkeypatch):
+    """0.1 %, 0.5 % and 1 % of the tiny model's 8 heads all round to one head: one evaluation,
+    three identical records (budget apart). Every distinct selection is evaluated once."""
+    from lens_bias.attribution import attribute
+
+    scores = attribute(tiny, build_pairs().sample(2), progress=False)
+    calls = []
+    real = ex.evaluate
+    monkeypatch.setattr(ex, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = ex.pruning_curve(tiny, ev, {"ablate": scores}, budgets=("0.1%", "0.5%", "1%", "20%"),
+                            random_control=False, progress=False)
+    heads = [r for r in rows if r["kind"] == "heads"]
+    assert [r["n_units"] for r in heads] == [1, 1, 1, 2]
+    distinct = {(r["kind"], r["n_units"]) for r in rows}  # same scores, same count: same units
+    assert len(calls) == len(distinct) < len(rows)
+    first = {k: v for k, v in heads[0].items() if k != "budget"}
+    assert all({k: v for k, v in r.items() if k != "budget"} == first for r in heads[1:3])
