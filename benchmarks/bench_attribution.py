@@ -103,15 +103,26 @@ def runners(bridge, peer, pairs: PairSet, systems=SYSTEMS) -> dict:
     return out
 
 
+def attribution_batches(bridge, pairs: PairSet) -> tuple[list[list[int]], list]:
+    """``attribute``'s batches of pair indices (its default 16 pairs) and the token rows of all
+    prompts (the Black prompts, then the White ones)."""
+    from lens_bias.attribution import _length_batches
+    from lens_bias.batching import context_length, tokenize
+    from lens_bias.metrics import tokenizer_of
+
+    tok = tokenizer_of(bridge)
+    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+    return _length_batches(tok, pairs, 16, bridge), rows
+
+
 def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     """Matrix-product work per system in GFLOP (2 x params x tokens; attention scores, norms and
     the like are left out), from the batches each one actually runs: optiPfair one prompt at a
     time with logits at every position; the scan and the attribution padded batches
     (:func:`lens_bias.capture.pair_batches` per domain for the scan, ``attribute``'s own
-    length-sorted batches of 16 across domains) with logits only at the last positions. The backward for activation gradients
-    costs about what the forward does, so attribution counts its passes twice. Equal FLOP/s would
-    make the ratio of these numbers the ratio of the speeds."""
-    from lens_bias.attribution import _length_batches
+    length-sorted batches of 16 across domains) with logits only at the last positions. The
+    backward for activation gradients costs about what the forward does, so attribution counts its
+    passes twice. Equal FLOP/s would make the ratio of these numbers the ratio of the speeds."""
     from lens_bias.batching import context_length, tokenize
     from lens_bias.capture import pair_batches
     from lens_bias.metrics import tokenizer_of
@@ -138,8 +149,8 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
             out["scan"] += 2 * (2 * len(b) * max(widths[i] for i in b)) * body + 2 * (2 * len(b)) * unembed
     # attribute's own batches: length-sorted across domains, 16 pairs
     n = len(pairs)
-    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
-    for idx in _length_batches(tok, pairs, 16, bridge):
+    batches, rows = attribution_batches(bridge, pairs)
+    for idx in batches:
         lengths = [len(rows[i]) for i in idx] + [len(rows[n + i]) for i in idx]
         rows_n, width, kept = len(lengths), max(lengths), len(set(lengths))
         out["attribution"] += 2 * (2 * rows_n * width * body + 2 * rows_n * kept * unembed)
@@ -209,15 +220,9 @@ def memory_child(system: str, n: int, args) -> dict:
     if cuda:
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if system == "attribution":  # what sets the peak: the largest padded batch (rows x width)
-        from lens_bias.attribution import _length_batches
-        from lens_bias.batching import context_length, tokenize
-        from lens_bias.metrics import tokenizer_of
-
-        tok = tokenizer_of(bridge)
-        rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
-        width = [max(len(rows[i]), len(rows[n + i])) for i in range(n)]
-        out["largest_batch_tokens"] = max(2 * len(b) * max(width[i] for i in b)
-                                          for b in _length_batches(tok, pairs, 16, bridge))
+        batches, rows = attribution_batches(bridge, pairs)
+        out["largest_batch_tokens"] = max(2 * len(b) * max(max(len(rows[i]), len(rows[n + i])) for i in b)
+                                          for b in batches)
     return out
 
 

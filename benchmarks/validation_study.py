@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lens_bias import build_pairs, load_model
-from lens_bias.attribution import attribute, validate
+from lens_bias.attribution import attribute, sample_parts, validate
 from lens_bias.components import Component
 
 
@@ -46,17 +46,6 @@ def summary(res: dict) -> dict:
                    for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs",
                              "spearman_top", "spearman_random", "sign_agreement") if x in r}
             for kind, r in res.items()}
-
-
-def split_parts(r: dict, pred: torch.Tensor, true: torch.Tensor, n_random: int) -> None:
-    """Add the top part's and the random part's Spearman to ``r`` (a shared sample ends with its
-    ``n_random`` random components) and the sign agreement."""
-    from lens_bias.attribution import _correlations
-
-    cut = len(pred) - n_random
-    r["spearman_top"] = _correlations(pred[:cut], true[:cut])[0]
-    r["spearman_random"] = _correlations(pred[cut:], true[cut:])[0] if n_random else float("nan")
-    r["sign_agreement"] = float((torch.sign(pred) == torch.sign(true)).double().mean())
 
 
 def main() -> None:
@@ -100,9 +89,9 @@ def main() -> None:
             sp, pe = _correlations(pred, true.abs())
             r_gd[kind] = {"n": len(pred), "compared_with": "|exact|", "spearman": sp, "pearson": pe,
                           "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist()}
-            n_rand = drawn[kind][1]
-            split_parts(r_gd[kind], pred, true.abs(), n_rand)
-            split_parts(r_plain[kind], torch.tensor(r_plain[kind]["predicted"]), true, n_rand)
+            n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
+            r_gd[kind].update(sample_parts(pred, true.abs(), n_top))
+            r_plain[kind].update(sample_parts(torch.tensor(r_plain[kind]["predicted"]), true, n_top))
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
 

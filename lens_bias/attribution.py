@@ -648,6 +648,16 @@ def _correlations(pred: Tensor, true: Tensor) -> tuple[float, float]:
             float(pearsonr(pred.numpy(), true.numpy()).statistic))
 
 
+def sample_parts(pred: Float[Tensor, " n"], ref: Float[Tensor, " n"], n_top: int | None) -> dict:
+    """Where an estimate fails on a sample made of ``n_top`` top units followed by random ones:
+    the Spearman of each part (None for both when the split is unknown; NaN for a part of two
+    units or fewer) and the fraction of units whose prediction and reference have the same sign."""
+    top_sp, rand_sp = (None, None) if n_top is None else \
+        (_correlations(pred[:n_top], ref[:n_top])[0], _correlations(pred[n_top:], ref[n_top:])[0])
+    same = float((torch.sign(pred) == torch.sign(ref)).double().mean()) if len(pred) else float("nan")
+    return {"spearman_top": top_sp, "spearman_random": rand_sp, "sign_agreement": same}
+
+
 def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
              kinds: Sequence[str] = KINDS, batch_size: int = 32, progress: bool = True,
              components: dict[str, Sequence[Component]] | None = None) -> dict:
@@ -682,14 +692,11 @@ def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int
         sp, pe = _correlations(pred, ref)
         sp_abs, pe_abs = _correlations(pred.abs(), true.abs())
         # where the estimate fails: among the top-k (large effects, where first order is weakest)
-        # or among the random units (small effects); None for a given sample
+        # or among the random units (small effects); the split is unknown for a given sample
         n_top = None if components and kind in components else min(k, scores.get(kind).numel())
-        top_sp, rand_sp = (None, None) if n_top is None else \
-            (_correlations(pred[:n_top], ref[:n_top])[0], _correlations(pred[n_top:], ref[n_top:])[0])
         out[kind] = {
             "spearman": sp, "pearson": pe, "spearman_abs": sp_abs, "pearson_abs": pe_abs,
-            "spearman_top": top_sp, "spearman_random": rand_sp,
-            "sign_agreement": float((torch.sign(pred) == torch.sign(ref)).double().mean()) if len(pred) else float("nan"),
+            **sample_parts(pred, ref, n_top),
             "compared_with": "|exact|" if magnitude else "exact",
             "n": len(comps), "k": k, "n_random": n_random,
             "components": [[c.layer, c.index] for c in comps],
