@@ -16,7 +16,15 @@ from .attribution import Scores
 from .components import params_per_unit
 from .errors import LensBiasError
 from .masks import PruningMask, budget_count, n_params, random_mask, select
-from .metrics import crows_rate, kl_from_reference, lambada_accuracy, measure, perplexity
+from .metrics import (
+    ReferenceLogprobs,
+    crows_rate,
+    kl_from_reference,
+    lambada_accuracy,
+    measure,
+    perplexity,
+    reference_logprobs,
+)
 from .pairs import PairSet
 
 
@@ -31,6 +39,14 @@ class EvalSet:
     lambada: list[str] = field(default_factory=list)
     crows: list = field(default_factory=list)
     ppl_tokens: int = 4096
+    _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
+
+    def kl_reference(self, bridge, batch_size: int = 16) -> ReferenceLogprobs:
+        """The unpruned model's log-probs on the neutral text, computed on first use and again only
+        when the texts or the weights change (every evaluation then needs one KL pass, not two)."""
+        if self._kl_ref is None or not self._kl_ref.matches(bridge, self.neutral, batch_size):
+            self._kl_ref = reference_logprobs(bridge, self.neutral, batch_size)
+        return self._kl_ref
 
 
 def evaluate(bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
@@ -58,7 +74,8 @@ def evaluate(bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "
         if crows and ev.crows:
             out["crows_rate"] = crows_rate(bridge, ev.crows, progress=False)["rate"]
     if ev.neutral:
-        out["kl_neutral"] = 0.0 if mask is None or mask.is_empty() else kl_from_reference(bridge, ev.neutral, ctx)
+        out["kl_neutral"] = 0.0 if mask is None or mask.is_empty() else \
+            kl_from_reference(bridge, ev.neutral, ctx, reference=ev.kl_reference(bridge))
     return out
 
 

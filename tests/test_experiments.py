@@ -139,3 +139,26 @@ def test_curve_evaluates_each_distinct_mask_once(tiny, ev, monkeypatch):
     assert len(calls) == len(distinct) < len(rows)
     first = {k: v for k, v in heads[0].items() if k != "budget"}
     assert all({k: v for k, v in r.items() if k != "budget"} == first for r in heads[1:3])
+
+
+def test_evalset_reuses_the_kl_reference_until_the_weights_change(tiny, ev):
+    """evaluate() computes the unpruned model's neutral-text log-probs once per EvalSet; its KL
+    equals the two-pass KL; an in-place weight change makes it compute them again."""
+    import torch
+
+    from lens_bias.ablation import ablate
+    from lens_bias.masks import random_mask
+    from lens_bias.metrics import kl_from_reference
+
+    e = ex.EvalSet(pairs=ev.pairs, neutral=ev.neutral)
+    mask = random_mask(tiny, 15, "neurons", seed=2)
+    first = ex.evaluate(tiny, e, mask, lambada=False)["kl_neutral"]
+    ref = e._kl_ref
+    assert ref is not None
+    assert ex.evaluate(tiny, e, mask, lambada=False)["kl_neutral"] == first
+    assert e._kl_ref is ref  # reused
+    assert first == pytest.approx(kl_from_reference(tiny, ev.neutral, lambda: ablate(tiny, mask)), rel=1e-6)
+    with torch.no_grad():
+        next(tiny.parameters()).mul_(1.0)
+    ex.evaluate(tiny, e, mask, lambada=False)
+    assert e._kl_ref is not ref  # recomputed after the in-place change

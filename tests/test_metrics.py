@@ -101,3 +101,90 @@ def test_crows_shared_token_score():
 def test_crows_scorings_run(tiny, scoring):
     r = crows_rate(tiny, load_crows_pairs(CROWS)[:6], scoring=scoring, progress=False)
     assert r["scoring"] == scoring and 0 <= r["rate"] <= 100
+
+
+def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(tiny):
+    """The cached reference gives the same KL as recomputing it, per token against a hand loop,
+    and is refused once the weights change in place."""
+    from lens_bias.ablation import ablate
+    from lens_bias.errors import LensBiasError
+    from lens_bias.masks import random_mask
+    from lens_bias.metrics import kl_from_reference, reference_logprobs
+
+    texts = neutral_text()[:5]
+    mask = random_mask(tiny, 20, "neurons", seed=1)
+    ref = reference_logprobs(tiny, texts, batch_size=2)
+    cached = kl_from_reference(tiny, texts, lambda: ablate(tiny, mask), batch_size=2, reference=ref)
+    plain = kl_from_reference(tiny, texts, lambda: ablate(tiny, mask), batch_size=2)
+    from lens_bias.batching import encode
+
+    total, n = 0.0, 0
+    for t in texts:  # one text at a time, no padding
+        ids = encode(tiny.lens_bias_tokenizer, [t]).ids
+        with torch.inference_mode():
+            p = tiny(ids).double().log_softmax(-1)[0]
+            with ablate(tiny, mask):
+                q = tiny(ids).double().log_softmax(-1)[0]
+        total += float((p.exp() * (p - q)).sum())
+        n += ids.shape[1]
+    assert cached == pytest.approx(plain, rel=1e-6)
+    assert cached == pytest.approx(total / n, rel=1e-4)
+    assert cached > 0
+    with pytest.raises(LensBiasError, match="batch size"):
+        kl_from_reference(tiny, texts, None, batch_size=4, reference=ref)
+    w = next(tiny.parameters())
+    with torch.no_grad():
+        w.mul_(1.0)  # an in-place change (even a no-op one) makes the reference stale
+    with pytest.raises(LensBiasError, match="weights changed"):
+        kl_from_reference(tiny, texts, None, batch_size=2, reference=ref)
+
+
+@pytest.mark.parametrize("n", [1, 300, 2048, 4096])
+def test_leading_tokens_equal_the_full_tokenization_cut(tiny, n):
+    """perplexity() tokenizes only the lines it needs; the tokens are those of the whole text, cut."""
+    from lens_bias.metrics import leading_tokens, load_wikitext
+    from lens_bias.pairs import shared_data_file
+
+    path = shared_data_file("wikitext2_test.txt")
+    texts = load_wikitext(path)[:3000] if path else neutral_text() * 20
+    tok = tiny.lens_bias_tokenizer
+    full = tok("\n".join(texts), add_special_tokens=False)["input_ids"]
+    assert leading_tokens(tok, texts, n) == full[:n]
+
+
+def test_check_finite_fast_path_still_catches_nan_inf_and_not_overflowing_sums():
+    from lens_bias.batching import check_finite
+    from lens_bias.errors import NumericsError
+
+    check_finite(torch.full((4, 10), 3e38))  # the sum overflows, every value is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(3, 7)
+        x[1, 2] = bad
+        with pytest.raises(NumericsError):
+            check_finite(x)
+    x = torch.randn(3, 7)
+    x[0, 0], x[2, 2] = float("inf"), -float("inf")  # sum NaN
+    with pytest.raises(NumericsError, match="0 NaN and 2 inf"):
+        check_finite(x)
+
+
+def test_lambada_accuracy_matches_one_passage_at_a_time_with_full_logits(smol):
+    """Batched, length-sorted LAMBADA scoring with the unembedding at the needed positions only
+    gives the same verdict per passage as a plain full-logit loop (SmolLM2, real passages, so that
+    some are right and some wrong). The passages are the bundled neutral sentences, so the test
+    does not need a LAMBADA file."""
+    from lens_bias.batching import encode
+    from lens_bias.metrics import lambada_accuracy
+
+    texts = [t.rstrip(".") for t in neutral_text()[:40]]
+    tok = smol.lens_bias_tokenizer
+    hits = []
+    for t in texts:
+        head, _, last = t.rpartition(" ")
+        tg = tok(" " + last, add_special_tokens=False)["input_ids"]
+        ids = encode(tok, [head]).ids[0].tolist() + tg
+        with torch.inference_mode():
+            pred = smol(torch.tensor([ids])).argmax(-1)[0].tolist()
+        hits.append(pred[len(ids) - len(tg) - 1: len(ids) - 1] == tg)
+    assert 0 < sum(hits) < len(texts)
+    assert lambada_accuracy(smol, texts, batch_size=5, progress=False) == pytest.approx(sum(hits) / len(texts))
