@@ -332,16 +332,19 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
 
 def _length_batches(tokenizer, pairs: PairSet, batch_size: int, bridge) -> list[list[int]]:
     """Pair indices in batches of similar token length (less padding than consecutive chunks),
-    capped at ``batch_size`` pairs. Batches mix domains (contributions are kept per pair until
-    they are added to their domain's sums), so every batch but the last of a length is full and
-    memory is set by ``batch_size`` and the longest prompts, not by how the pairs split into
-    domains. The order of pairs never changes a score beyond float summation order."""
+    capped at ``batch_size`` pairs and, on the CPU, at :data:`~lens_bias.batching.BATCH_MAX_TOKENS`
+    padded tokens (both prompts of a pair count). Batches mix domains (contributions are kept per
+    pair until they are added to their domain's sums), so every batch but the last of a length is
+    full. The token cap makes the peak memory (autograd keeps about 2 MiB per padded token for
+    SmolLM2) the same for a few pairs and for thousands: without it, 64 mixed-length pairs never
+    build a batch as large as 1024 pairs do. The order of pairs never changes a score beyond float
+    summation order."""
     from .capture import pair_batches
 
     widths = [max(len(b), len(w)) for b, w in zip(
         tokenize(tokenizer, [p.black for p in pairs.pairs], max_len=context_length(bridge)),
         tokenize(tokenizer, [p.white for p in pairs.pairs], max_len=context_length(bridge)), strict=True)]
-    return pair_batches(widths, batch_size, model_device(bridge), max_tokens=None)
+    return pair_batches(widths, batch_size, model_device(bridge))
 
 
 def attribute(
