@@ -1,0 +1,97 @@
+"""Where one evaluation of a pruning goes: the inner loop of every pruning curve and experiment.
+
+`experiments.evaluate` measures a (simulated) pruning on the held-out pairs, WikiText-2 perplexity
+and KL from the unpruned model on neutral text. This script times one evaluation of a random
+0.5 % neuron mask the way `lens-bias experiment curve` runs it (its 36 held-out pairs, 2,048
+WikiText tokens), part by part, as medians of ``--repeats`` after a warm-up, and the KL both ways:
+with the unpruned model's log-probs kept (`EvalSet.kl_reference`, what `evaluate` does) and
+recomputed (two passes). It also counts each part's tokens and the share of the forward's matrix
+work that is the unembedding (vocabulary x d_model per token with full logits).
+
+    python benchmarks/bench_evaluate.py [--model gemma3-270m] [--threads 2] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lens_bias import build_pairs, load_model
+from lens_bias.ablation import ablate
+from lens_bias.experiments import evaluate, standard_evalset
+from lens_bias.masks import random_mask
+from lens_bias.metrics import kl_from_reference, leading_tokens, measure, perplexity, tokenizer_of
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--per-domain", type=int, default=24)
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bridge = load_model(args.model, device="cpu")
+    _, held = build_pairs().sample(args.per_domain, seed=0).split(by="template", held_out=0.25, seed=0)
+    ev = standard_evalset(held, ppl_tokens=args.ppl_tokens)
+    mask = random_mask(bridge, "0.5%", "neurons", seed=0)
+
+    def ctx():
+        return ablate(bridge, mask)
+
+    def pairs():
+        with ctx():
+            measure(bridge, ev.pairs, progress=False)
+
+    def ppl():
+        with ctx():
+            perplexity(bridge, ev.wikitext, max_tokens=ev.ppl_tokens, progress=False)
+
+    parts = {
+        "held-out pairs": pairs,
+        "perplexity": ppl,
+        "KL, reference kept": lambda: kl_from_reference(bridge, ev.neutral, ctx, reference=ev.kl_reference(bridge)),
+        "KL, two passes": lambda: kl_from_reference(bridge, ev.neutral, ctx),
+        "evaluate (all of it)": lambda: evaluate(bridge, ev, mask, lambada=False),
+    }
+    times = {name: median_time(fn, args.repeats) for name, fn in parts.items()}
+    tok = tokenizer_of(bridge)
+    cfg = bridge.cfg
+    body = sum(p.numel() for n, p in bridge.original_model.named_parameters() if "embed" not in n)
+    unembed = cfg.d_vocab * cfg.d_model
+    record = {
+        "model": args.model, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+        "tokens": {"held-out prompts": 2 * len(ev.pairs),
+                   "perplexity": len(leading_tokens(tok, ev.wikitext, ev.ppl_tokens)),
+                   "neutral (KL)": sum(len(tok(t)["input_ids"]) for t in ev.neutral)},
+        "unembedding_share_of_full_logit_forward": round(unembed / (unembed + body), 3),
+        "kl_speedup": round(times["KL, two passes"] / times["KL, reference kept"], 2),
+    }
+    for name, t in times.items():
+        print(f"{name:<24} {t:7.2f} s")
+    print(f"tokens: {record['tokens']}; the unembedding is {100 * record['unembedding_share_of_full_logit_forward']:.0f} % "
+          f"of a full-logit forward's matrix work; keeping the KL reference: {record['kl_speedup']}x")
+    if args.json:
+        print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
