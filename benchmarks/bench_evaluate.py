@@ -74,14 +74,15 @@ def main() -> None:
     times = {name: median_time(fn, args.repeats) for name, fn in parts.items()}
     tok = tokenizer_of(bridge)
     cfg = bridge.cfg
-    body = sum(p.numel() for n, p in bridge.original_model.named_parameters() if "embed" not in n)
+    body = sum(p.numel() for n, p in bridge.original_model.named_parameters()
+               if "embed" not in n and "lm_head" not in n)
     unembed = cfg.d_vocab * cfg.d_model
     record = {
         "model": args.model, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "tokens": {"held-out prompts": 2 * len(ev.pairs),
                    "perplexity": len(leading_tokens(tok, ev.wikitext, ev.ppl_tokens)),
-                   "neutral (KL)": sum(len(tok(t)["input_ids"]) for t in ev.neutral)},
+                   "neutral (KL)": sum(x.shape[0] for x in ev.kl_reference(bridge).logprobs)},
         "unembedding_share_of_full_logit_forward": round(unembed / (unembed + body), 3),
         "kl_speedup": round(times["KL, two passes"] / times["KL, reference kept"], 2),
     }

@@ -74,8 +74,11 @@ def evaluate(bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "
         if crows and ev.crows:
             out["crows_rate"] = crows_rate(bridge, ev.crows, progress=False)["rate"]
     if ev.neutral:
-        out["kl_neutral"] = 0.0 if mask is None or mask.is_empty() else \
-            kl_from_reference(bridge, ev.neutral, ctx, reference=ev.kl_reference(bridge))
+        if mask is None or mask.is_empty():
+            out["kl_neutral"] = 0.0
+        else:
+            ref = ev.kl_reference(bridge)
+            out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size, reference=ref)
     return out
 
 

@@ -107,6 +107,7 @@ def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(t
     """The cached reference gives the same KL as recomputing it, per token against a hand loop,
     and is refused once the weights change in place."""
     from lens_bias.ablation import ablate
+    from lens_bias.batching import encode
     from lens_bias.errors import LensBiasError
     from lens_bias.masks import random_mask
     from lens_bias.metrics import kl_from_reference, reference_logprobs
@@ -116,8 +117,6 @@ def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(t
     ref = reference_logprobs(tiny, texts, batch_size=2)
     cached = kl_from_reference(tiny, texts, lambda: ablate(tiny, mask), batch_size=2, reference=ref)
     plain = kl_from_reference(tiny, texts, lambda: ablate(tiny, mask), batch_size=2)
-    from lens_bias.batching import encode
-
     total, n = 0.0, 0
     for t in texts:  # one text at a time, no padding
         ids = encode(tiny.lens_bias_tokenizer, [t]).ids
