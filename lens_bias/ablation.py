@@ -4,6 +4,7 @@
 (``blocks.L.mlp.hook_post``) and every pruned head's output (``blocks.L.attn.hook_z``) by zero or
 by its mean over neutral text, at every position. The hooks are removed on exit, also when the
 block raises. Zero ablation is exactly what :mod:`lens_bias.materialize` writes into the weights.
+The hook functions are :func:`lens_bias.interventions.zero` and :func:`lens_bias.interventions.mean`.
 """
 
 from __future__ import annotations
@@ -11,36 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-from jaxtyping import Bool, Float
-from torch import Tensor
-
-from .components import attached, head_hook, neuron_hook
+from . import interventions
+from .bridge import KINDS, Bridge
+from .components import hook_name
 from .errors import MaskError
+from .interventions import attached
 from .masks import PruningMask
 
 MODES = ("zero", "mean")
 
 
-def _neuron_fn(keep: Bool[Tensor, " d_mlp"], ref: Float[Tensor, " d_mlp"] | None):
-    def fn(act, hook):
-        k = keep.to(act.device)
-        if ref is None:
-            return act * k.to(act.dtype)
-        return torch.where(k, act, ref.to(act.device, act.dtype))
-    return fn
-
-
-def _head_fn(keep: Bool[Tensor, " n_heads"], ref: Float[Tensor, "n_heads d_head"] | None):
-    def fn(z, hook):
-        k = keep.to(z.device)[:, None]
-        if ref is None:
-            return z * k.to(z.dtype)
-        return torch.where(k, z, ref.to(z.device, z.dtype))
-    return fn
-
-
-def ablation_hooks(bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> list:
+def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> list:
     """The ``(hook name, function)`` list that removes ``mask``'s pruned units: one hook per layer
     that has pruned neurons (on ``blocks.L.mlp.hook_post`` [batch, pos, d_mlp]) or pruned heads
     (on ``blocks.L.attn.hook_z`` [batch, pos, n_heads, d_head]). ``mode="mean"`` needs ``means``
@@ -62,19 +44,18 @@ def ablation_hooks(bridge, mask: PruningMask, mode: str = "zero", means: dict | 
     mask.check(bridge)
     hooks = []
     for layer in range(bridge.cfg.n_layers):
-        kn = mask.neurons[layer]
-        if not kn.all():
-            ref = None if mode == "zero" else means["neurons"][layer]
-            hooks.append((neuron_hook(layer), _neuron_fn(kn, ref)))
-        kh = mask.heads[layer]
-        if not kh.all():
-            ref = None if mode == "zero" else means["heads"][layer]
-            hooks.append((head_hook(layer), _head_fn(kh, ref)))
+        for kind in KINDS:
+            keep = mask.tensor(kind)[layer]
+            if keep.all():
+                continue
+            fn = interventions.zero(kind, keep) if mode == "zero" else \
+                interventions.mean(kind, keep, means[kind][layer])
+            hooks.append((hook_name(kind, layer), fn))
     return hooks
 
 
 @contextmanager
-def ablate(bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> Iterator[None]:
+def ablate(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> Iterator[None]:
     """Context manager: inside it, ``bridge`` runs as if ``mask``'s units were pruned.
 
     ``mode="zero"`` sets the pruned activations to 0 (what :mod:`lens_bias.materialize` writes into
@@ -82,6 +63,7 @@ def ablate(bridge, mask: PruningMask, mode: str = "zero", means: dict | None = N
     :func:`lens_bias.capture.mean_activations`). Exactly these hooks are removed on exit.
 
     Examples:
+        >>> import torch
         >>> from lens_bias import load_model
         >>> from lens_bias.masks import PruningMask
         >>> b = load_model("tiny-random")

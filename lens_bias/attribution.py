@@ -18,19 +18,16 @@ exact softmax when a head's *queries or keys* are patched) does not apply to len
 nodes: a head is scored at ``hook_z``, after its own softmax, so its attention pattern is not on
 the linearised path.
 
-:func:`exact_effects` is the slow reference (one ablated forward per component) and
-:func:`validate` correlates the two. Baseline scorers share the :class:`Scores` interface:
-``actdiff`` (optiPfair-style mean |a_B - a_W|), ``wanda`` (|W| times the activation-norm
-difference, Ma et al.) and ``random``.
+:func:`capability_cost` estimates, the same way, what removing each unit costs language modelling.
+Every scorer returns a :class:`~lens_bias.scores.Scores`. The baseline scorers and the one entry
+point for all of them (:func:`lens_bias.baselines.score`) are in :mod:`lens_bias.baselines`; the
+slow exact reference (one ablated forward per component) and :func:`lens_bias.validation.validate`,
+which correlates the two, in :mod:`lens_bias.validation`.
 """
 
 from __future__ import annotations
 
-import json
-import random as _random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,89 +35,17 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import Batch, check_finite, chunks, context_length, encode, model_device, tokenize
-from .components import KINDS, Component, attached, hook_name, shape_of
+from .batching import Batch, check_finite, chunks, encode, last_logits, pair_batch, tokenize_pairs
+from .bridge import KINDS, Bridge, Kind, model_device, score_dtype, shape_of, tokenizer_of
+from .components import hook_name
 from .errors import LensBiasError, NumericsError
-from .masks import PruningMask
-from .metrics import js_divergence, last_logits, logit_gap, pair_batch, tokenizer_of, word_tokens
+from .interventions import attached, collect
+from .metrics import js_divergence, logit_gap, word_tokens
 from .pairs import ContrastivePair, PairSet
+from .scores import Scores
 
 ESTIMATORS = ("ablate", "patch")
-BASELINES = ("actdiff", "wanda", "random")
-SCORERS = ESTIMATORS + BASELINES
 TARGETS = ("js", "logit_gap")
-SCORES_VERSION = 1
-
-
-# ---------------------------------------------------------------- the score container
-
-
-@dataclass
-class Scores:
-    """Per-component scores: ``neurons`` [n_layers, d_mlp], ``heads`` [n_layers, n_heads], the same
-    per domain in ``by_domain``, and the settings that produced them. Higher = prune first."""
-
-    neurons: Float[Tensor, "n_layers d_mlp"] | None
-    heads: Float[Tensor, "n_layers n_heads"] | None
-    by_domain: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-
-    def get(self, kind: str) -> Tensor | None:
-        return self.neurons if kind == "neurons" else self.heads
-
-    def for_domain(self, domain: str) -> Scores:
-        if domain not in self.by_domain:
-            raise LensBiasError(f"no scores for domain {domain!r}; have {sorted(self.by_domain)}")
-        d = self.by_domain[domain]
-        return Scores(d.get("neurons"), d.get("heads"), {}, {**self.settings, "domains": [domain]})
-
-    def top(self, kind: str = "neurons", k: int = 20) -> list[tuple[int, int, float]]:
-        """The ``k`` highest-scoring (layer, index, score)."""
-        s = self.get(kind)
-        if s is None:
-            return []
-        vals, idx = torch.topk(s.flatten(), min(k, s.numel()))
-        cols = s.shape[1]
-        return [(int(i) // cols, int(i) % cols, float(v)) for v, i in zip(vals, idx, strict=True)]
-
-    def save(self, path: str | Path) -> Path:
-        """Write a safetensors file (settings as JSON in its header)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {}
-        for k in KINDS:
-            if self.get(k) is not None:
-                tensors[k] = self.get(k).float().contiguous().cpu()
-        for d, ts in self.by_domain.items():
-            for k, t in ts.items():
-                tensors[f"domain/{d}/{k}"] = t.float().contiguous().cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp), metadata={"lens_bias_scores": json.dumps({"version": SCORES_VERSION, **self.settings})})
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Scores:
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise LensBiasError(f"scores file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("lens_bias_scores", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
-            raise LensBiasError(f"{path}: not a lens_bias scores file ({e})") from e
-        by_domain: dict[str, dict[str, Tensor]] = {}
-        for k, t in tensors.items():
-            if k.startswith("domain/"):
-                _, d, kind = k.split("/")
-                by_domain.setdefault(d, {})[kind] = t
-        meta.pop("version", None)
-        return cls(tensors.get("neurons"), tensors.get("heads"), by_domain, meta)
 
 
 # ---------------------------------------------------------------- differentiable pair metrics
@@ -163,11 +88,6 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _score_dtype(bridge) -> torch.dtype:
-    """Scores are float32 (accumulated in float64) unless the model itself runs in float64."""
-    return torch.float64 if next(bridge.original_model.parameters()).dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------- alignment for the patch estimator
 
 
@@ -198,17 +118,12 @@ def aligned_suffix(batch: Batch, n: int) -> tuple[Bool[Tensor, "n pos"], Int[Ten
 # ---------------------------------------------------------------- gradient passes
 
 
-def _capture_hooks(kinds: Sequence[str], n_layers: int, store: dict):
-    def make(kind, layer):
-        def fn(act, hook):
-            store[(kind, layer)] = act
-            return act
-        return fn
-
-    return [(hook_name(k, L), make(k, L)) for k in kinds for L in range(n_layers)]
+def _capture_hooks(kinds: Sequence[Kind], n_layers: int, store: dict) -> list:
+    """Hooks that store every layer's activations of ``kinds`` in ``store[(kind, layer)]``."""
+    return [(hook_name(k, L), collect(store, k, L)) for k in kinds for L in range(n_layers)]
 
 
-def _ref(kind: str, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
+def _ref(kind: Kind, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
     if ablation == "zero":
         return torch.zeros((), dtype=like.dtype, device=like.device)
     return means[kind][layer].to(like.device, like.dtype)
@@ -267,22 +182,8 @@ def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=No
     return -prod.sum(dims, dtype=acc)
 
 
-def _keep(lengths: Sequence[int], device) -> tuple[Tensor, Tensor]:
-    """``logits_to_keep`` positions (the distinct last positions) and each row's index into them,
-    from lengths already on the host (no device synchronisation)."""
-    keep = sorted({x - 1 for x in lengths})
-    where = [keep.index(x - 1) for x in lengths]
-    return torch.tensor(keep, device=device), torch.tensor(where, device=device)
-
-
-def _last_logits_of(bridge, ids: Tensor, lengths: Sequence[int]) -> Tensor:
-    keep, where = _keep(lengths, ids.device)
-    logits = bridge(ids, logits_to_keep=keep)
-    return _upcast(logits[torch.arange(len(lengths), device=logits.device), where])
-
-
-def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokenizer,
-               graddrop: bool = False) -> tuple[dict, Tensor]:
+def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds, tokenizer,
+               graddrop: bool = False, batch: Batch | None = None) -> tuple[dict, Tensor]:
     """One forward + backward on a batch of pairs; returns per-layer contributions per pair
     ([pairs, units], on the layer's device) keyed ``(kind, layer)`` -- or ``(drop, kind, layer)``
     with ``graddrop``, one backward per dropped layer -- and the per-pair metric values.
@@ -290,10 +191,11 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
     ``ablate`` runs both prompts of every pair with gradients. ``patch`` needs only the Black
     run's gradients: the White prompts run first without a graph (their activations are captured),
     then the Black prompts with one -- the shape of the floor, one plain forward plus one forward
-    and backward.
+    and backward. ``batch``: ``chunk``'s batch, padded from ids already tokenized (default:
+    :func:`~lens_bias.batching.pair_batch`).
     """
     n_layers = bridge.cfg.n_layers
-    batch = pair_batch(bridge, chunk)
+    batch = pair_batch(bridge, chunk) if batch is None else batch
     n = len(chunk)
     lengths = batch.lengths.tolist()
     width = batch.ids.shape[1]
@@ -306,14 +208,14 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
         patch, src = aligned_suffix(batch, n)
         white: dict = {}
         with attached(bridge, _capture_hooks(kinds, n_layers, white)), torch.no_grad():
-            last_w = _last_logits_of(bridge, batch.ids[n:], lengths[n:])
+            last_w = _upcast(last_logits(bridge, batch.ids[n:], lengths[n:]))
         rows, mask = slice(0, n), None
     else:
         patch = src = white = last_w = None
         rows = slice(0, 2 * n)
         mask = None if all(x == width for x in lengths) else batch.mask
     with attached(bridge, hooks), torch.enable_grad():
-        last = _last_logits_of(bridge, batch.ids[rows], lengths[rows])
+        last = _upcast(last_logits(bridge, batch.ids[rows], lengths[rows]))
         if last_w is not None:
             last = torch.cat([last, last_w])
         check_finite(last, "logits during attribution")
@@ -330,25 +232,8 @@ def _pair_pass(bridge, chunk, target, estimator, ablation, means, kinds, tokeniz
     return contrib, per_pair.detach()
 
 
-def _length_batches(tokenizer, pairs: PairSet, batch_size: int, bridge) -> list[list[int]]:
-    """Pair indices in batches of similar token length (less padding than consecutive chunks),
-    capped at ``batch_size`` pairs and, on the CPU, at :data:`~lens_bias.batching.BATCH_MAX_TOKENS`
-    padded tokens (both prompts of a pair count). Batches mix domains (contributions are kept per
-    pair until they are added to their domain's sums), so every batch but the last of a length is
-    full. The token cap makes the peak memory (autograd keeps about 2 MiB per padded token for
-    SmolLM2) the same for a few pairs and for thousands: without it, 64 mixed-length pairs never
-    build a batch as large as 1024 pairs do. The order of pairs never changes a score beyond float
-    summation order."""
-    from .capture import pair_batches
-
-    widths = [max(len(b), len(w)) for b, w in zip(
-        tokenize(tokenizer, [p.black for p in pairs.pairs], max_len=context_length(bridge)),
-        tokenize(tokenizer, [p.white for p in pairs.pairs], max_len=context_length(bridge)), strict=True)]
-    return pair_batches(widths, batch_size, model_device(bridge))
-
-
 def attribute(
-    bridge,
+    bridge: Bridge,
     pairs: PairSet,
     metric: str | Callable = "js",
     estimator: str = "ablate",
@@ -375,6 +260,27 @@ def attribute(
         >>> tuple(s.neurons.shape), tuple(s.heads.shape)
         ((2, 128), (2, 4))
     """
+    kinds, pairs, means = _attribution_inputs(bridge, pairs, metric, estimator, ablation, components, means)
+    sums, metric_sum = _running_sums(bridge, pairs, metric, estimator, ablation, means, kinds, batch_size,
+                                     graddrop, progress)
+    counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
+    overall, by_domain = _finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
+    metric_sum = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
+    total = sum(counts.values())
+    settings = {
+        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation, "graddrop": graddrop,
+        "model": getattr(bridge, "lens_bias_name", "?"), "n_pairs": total, "domains": pairs.domains,
+        "metric_before": sum(metric_sum.values()) / total,
+        "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
+    }
+    return Scores(overall.get("neurons", None) if "neurons" in kinds else None,
+                  overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
+
+
+def _attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str,
+                        components: Sequence[str], means: dict | None) -> tuple[list[Kind], PairSet, dict | None]:
+    """:func:`attribute`'s checked inputs: the kinds to score, the pairs the metric can use, and
+    the mean activations (computed on neutral text for mean ablation when not given)."""
     if estimator not in ESTIMATORS:
         raise LensBiasError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if ablation not in ("zero", "mean"):
@@ -390,6 +296,13 @@ def attribute(
         from .pairs import neutral_text
 
         means = mean_activations(bridge, neutral_text())
+    return kinds, pairs, means
+
+
+def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
+                  kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool) -> tuple[dict, Tensor]:
+    """Every batch's contributions added to its pairs' domains: per kind ``[domains, (dropped
+    layer,) layer, units]``, and the metric ``[domains]``, both on the model's device."""
     tok = tokenizer_of(bridge)
     n_layers = bridge.cfg.n_layers
     device = model_device(bridge)
@@ -400,11 +313,14 @@ def attribute(
     # running sums per domain: [domains, (dropped layer,) layer, units], on the device
     sums = {k: torch.zeros(len(domains), *lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
     metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
-    jobs = [[pairs.pairs[i] for i in idx] for idx in _length_batches(tok, pairs, batch_size, bridge)]
+    # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
+    tokens = tokenize_pairs(bridge, pairs)
+    jobs = [(idx, [pairs.pairs[i] for i in idx]) for idx in tokens.batches(batch_size, device)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
-    for chunk in it:
-        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop)
+    for idx, chunk in it:
+        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop,
+                                       tokens.batch(idx, device))
         dom = torch.tensor([which[p.domain] for p in chunk], device=device)
         for key, c in contrib.items():
             # .to(device): a no-op unless the model is split over devices
@@ -415,12 +331,19 @@ def attribute(
                 kind, layer = key
                 sums[kind][:, layer].index_add_(0, dom, c.to(device, acc))
         metric_sum.index_add_(0, dom, per_pair.to(device, acc))
-    counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
+    return sums, metric_sum
+
+
+def _finish_scores(bridge: Bridge, sums: dict, domains: list[str], kinds: list[Kind], counts: dict[str, int],
+                   graddrop: bool) -> tuple[dict, dict]:
+    """The overall and per-domain scores from the running sums: means over pairs (for GradDrop,
+    AtP*'s mean over dropped layers of |estimate|), in :func:`lens_bias.bridge.score_dtype`."""
+    n_layers = bridge.cfg.n_layers
+    which = {d: i for i, d in enumerate(domains)}
     host = {k: v.cpu().double() for k, v in sums.items()}
     sums = {d: {k: host[k][which[d]] for k in kinds} for d in domains}
-    metric_sum = dict(zip(domains, metric_sum.cpu().tolist(), strict=True))
     total = sum(counts.values())
-    dt = _score_dtype(bridge)
+    dt = score_dtype(bridge)
 
     def finish(x: Tensor, count: int) -> Tensor:
         x = x / count
@@ -433,20 +356,13 @@ def attribute(
     for k, v in overall.items():
         if not torch.isfinite(v).all():
             raise NumericsError(f"non-finite attribution scores for {k}; run the model in float32")
-    settings = {
-        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation, "graddrop": graddrop,
-        "model": getattr(bridge, "lens_bias_name", "?"), "n_pairs": total, "domains": pairs.domains,
-        "metric_before": sum(metric_sum.values()) / total,
-        "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
-    }
-    return Scores(overall.get("neurons", None) if "neurons" in kinds else None,
-                  overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
+    return overall, by_domain
 
 
 COST_ESTIMATORS = ("fisher", "first_order")
 
 
-def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means: dict | None = None,
+def capability_cost(bridge: Bridge, texts: Sequence[str], ablation: str = "mean", means: dict | None = None,
                     estimator: str = "fisher", batch_size: int = 8, progress: bool = False) -> Scores:
     """Estimated language-modelling damage of ablating each neuron / head on ``texts``.
     Higher = more load-bearing (keep it).
@@ -494,215 +410,6 @@ def capability_cost(bridge, texts: Sequence[str], ablation: str = "mean", means:
             per_pos = per_pos.double()
             c = (per_pos ** 2).sum(dim=(0, 1)) if estimator == "fisher" else per_pos.sum(dim=(0, 1))
             sums[kind][layer] += c.cpu()
-    out = {k: (v / max(n_tok, 1)).to(_score_dtype(bridge)) for k, v in sums.items()}
+    out = {k: (v / max(n_tok, 1)).to(score_dtype(bridge)) for k, v in sums.items()}
     return Scores(out["neurons"], out["heads"], {}, {"scorer": "capability_cost", "estimator": estimator,
                                                        "ablation": ablation, "n_tokens": n_tok})
-
-
-# ---------------------------------------------------------------- baselines
-
-
-def baseline_scores(bridge, pairs: PairSet, scorer: str, batch_size: int = 32, seed: int = 0) -> Scores:
-    """``actdiff``: mean |a_B - a_W| at the last token (optiPfair-style); ``wanda``: |W_out| column
-    norm times the difference of activation norms between Black and White prompts (Ma et al.);
-    ``random``: seeded uniform scores."""
-    from .capture import last_token_activations
-
-    settings = {"scorer": scorer, "estimator": scorer, "metric": "-", "model": getattr(bridge, "lens_bias_name", "?"),
-                "n_pairs": len(pairs), "domains": pairs.domains}
-    if scorer == "random":
-        g = torch.Generator().manual_seed(seed)
-        return Scores(torch.rand(shape_of(bridge, "neurons"), generator=g),
-                      torch.rand(shape_of(bridge, "heads"), generator=g), {}, {**settings, "seed": seed})
-    if scorer not in BASELINES:
-        raise LensBiasError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-
-    def one(ps: PairSet) -> dict[str, Tensor]:
-        s = last_token_activations(bridge, ps, batch_size)
-        if scorer == "actdiff":
-            return {"neurons": s["neuron_absdiff"], "heads": s["head_absdiff"]}
-        w_norm = torch.stack([_down_proj(bridge, L).weight.detach().abs().sum(0).float().cpu()
-                              for L in range(bridge.cfg.n_layers)])
-        xn = (s["neuron_sq_black"].sqrt() - s["neuron_sq_white"].sqrt()).abs()
-        o_norm = torch.stack([_o_proj_head_norms(bridge, L) for L in range(bridge.cfg.n_layers)])
-        return {"neurons": w_norm * xn, "heads": o_norm * s["head_absdiff"]}
-
-    by_domain = {d: one(sub) for d, sub in pairs.by_domain().items()}
-    total = len(pairs)
-    overall = {k: sum(by_domain[d][k] * len(pairs.filter(domains=[d])) for d in by_domain) / total for k in KINDS}
-    return Scores(overall["neurons"], overall["heads"], by_domain, settings)
-
-
-def _layers(bridge):
-    return bridge.original_model.model.layers
-
-
-def _down_proj(bridge, layer: int):
-    mlp = _layers(bridge)[layer].mlp
-    return getattr(mlp, "down_proj", None) or mlp.out
-
-
-def _o_proj_head_norms(bridge, layer: int) -> Tensor:
-    attn = _layers(bridge)[layer].self_attn
-    o = getattr(attn, "o_proj", None) or attn.o
-    w = o.weight.detach().abs().float().cpu()
-    return w.view(w.shape[0], bridge.cfg.n_heads, bridge.cfg.d_head).sum(dim=(0, 2))
-
-
-def score(bridge, pairs: PairSet, scorer: str = "ablate", **kwargs) -> Scores:
-    """One entry point for every scorer: attribution estimators and baselines."""
-    if scorer in ESTIMATORS:
-        return attribute(bridge, pairs, estimator=scorer, **kwargs)
-    keep = {k: v for k, v in kwargs.items() if k in ("batch_size", "seed")}
-    return baseline_scores(bridge, pairs, scorer, **keep)
-
-
-# ---------------------------------------------------------------- exact reference and validation
-
-
-def metric_value(bridge, pairs: PairSet, metric="js", batch_size: int = 32) -> float:
-    """m = mean over pairs of the target metric, with whatever hooks are attached now."""
-    pairs = _directional_only(pairs, metric)
-    tok = tokenizer_of(bridge)
-    total = 0.0
-    for sl in chunks(len(pairs), batch_size):
-        chunk = pairs.pairs[sl]
-        with torch.inference_mode():
-            last = _upcast(last_logits(bridge, pair_batch(bridge, chunk)))
-            check_finite(last)
-            total += float(pair_metric(metric, last, chunk, tok).sum())
-    return total / len(pairs)
-
-
-def exact_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
-                  ablation: str = "zero", means: dict | None = None, batch_size: int = 32,
-                  progress: bool = True) -> Float[Tensor, " n"]:
-    """The slow reference: ablate each component alone and measure the exact reduction of m."""
-    from .ablation import ablate
-
-    if ablation == "mean" and means is None:
-        from .capture import mean_activations
-        from .pairs import neutral_text
-
-        means = mean_activations(bridge, neutral_text())
-    base = metric_value(bridge, pairs, metric, batch_size)
-    out = []
-    it = tqdm(components, desc="exact ablation", leave=False) if progress else components
-    for c in it:
-        mask = PruningMask.keep_all(bridge)
-        mask.tensor(c.kind)[c.layer, c.index] = False
-        with ablate(bridge, mask, ablation, means):
-            out.append(base - metric_value(bridge, pairs, metric, batch_size))
-    return torch.tensor(out, dtype=torch.float64)
-
-
-def exact_patch_effects(bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
-                        batch_size: int = 16, progress: bool = True) -> Float[Tensor, " n"]:
-    """Exact activation patching: for each component, the White run's activation is patched into
-    the Black run on the aligned suffix; returns the exact reduction of m."""
-    tok = tokenizer_of(bridge)
-    pairs = _directional_only(pairs, metric)
-
-    def run(comp: Component | None) -> float:
-        total = 0.0
-        for sl in chunks(len(pairs), batch_size):
-            chunk = pairs.pairs[sl]
-            batch = pair_batch(bridge, chunk)
-            n = len(chunk)
-            hooks = []
-            if comp is not None:
-                patch, src = aligned_suffix(batch, n)
-
-                def fn(act, hook, comp=comp, patch=patch, src=src, n=n):
-                    a = act.clone()
-                    idx = src.view(n, -1, *([1] * (a.ndim - 2))).expand_as(a[:n])
-                    a_w = torch.gather(act[n:], 1, idx)
-                    sel = (slice(None), slice(None), comp.index)
-                    pm = patch if a.ndim == 3 else patch[..., None]
-                    a[:n][sel] = torch.where(pm, a_w[sel], a[:n][sel])
-                    return a
-                hooks = [(hook_name(comp.kind, comp.layer), fn)]
-            with attached(bridge, hooks), torch.inference_mode():
-                last = _upcast(last_logits(bridge, batch))
-            total += float(pair_metric(metric, last, chunk, tok).sum())
-        return total / len(pairs)
-
-    base = run(None)
-    it = tqdm(components, desc="exact patching", leave=False) if progress else components
-    return torch.tensor([base - run(c) for c in it], dtype=torch.float64)
-
-
-def _sample_components(scores: Scores, kind: str, k: int, n_random: int, seed: int) -> list[Component]:
-    s = scores.get(kind)
-    cols = s.shape[1]
-    top = torch.topk(s.abs().flatten(), min(k, s.numel())).indices.tolist()
-    rest = sorted(set(range(s.numel())) - set(top))
-    rng = _random.Random(seed)
-    rand = rng.sample(rest, min(n_random, len(rest)))
-    return [Component(kind, i // cols, i % cols) for i in top + rand]
-
-
-def _correlations(pred: Tensor, true: Tensor) -> tuple[float, float]:
-    from scipy.stats import pearsonr, spearmanr
-
-    if len(pred) <= 2 or float(pred.std()) == 0 or float(true.std()) == 0:
-        return float("nan"), float("nan")
-    return (float(spearmanr(pred.numpy(), true.numpy()).statistic),
-            float(pearsonr(pred.numpy(), true.numpy()).statistic))
-
-
-def sample_parts(pred: Float[Tensor, " n"], ref: Float[Tensor, " n"], n_top: int | None) -> dict:
-    """Where an estimate fails on a sample made of ``n_top`` top units followed by random ones:
-    the Spearman of each part (None for both when the split is unknown; NaN for a part of two
-    units or fewer) and the fraction of units whose prediction and reference have the same sign."""
-    top_sp, rand_sp = (None, None) if n_top is None else \
-        (_correlations(pred[:n_top], ref[:n_top])[0], _correlations(pred[n_top:], ref[n_top:])[0])
-    same = float((torch.sign(pred) == torch.sign(ref)).double().mean()) if len(pred) else float("nan")
-    return {"spearman_top": top_sp, "spearman_random": rand_sp, "sign_agreement": same}
-
-
-def validate(bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
-             kinds: Sequence[str] = KINDS, batch_size: int = 32, progress: bool = True,
-             components: dict[str, Sequence[Component]] | None = None) -> dict:
-    """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
-    top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
-    ``components`` per kind (to compare two scorers on the same sample).
-
-    Returns ``{kind: {"spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
-    "spearman_random", "sign_agreement", "n", "components", "predicted", "exact"}}``; the ``_abs``
-    pair correlates magnitudes (|predicted| vs |exact|), which is what GradDrop scores are compared
-    on (their main correlation is with |exact| too). ``spearman_top`` / ``spearman_random`` split
-    the sample into its top-k and its random part (None for a given ``components`` sample): a first-
-    order estimate is usually close to exact on small effects and loses rank order among the large
-    ones. ``sign_agreement`` is the fraction of components whose predicted and exact change have
-    the same sign.
-    """
-    st = scores.settings
-    metric = st.get("metric") if st.get("metric") in TARGETS else "js"
-    out = {}
-    for kind in kinds:
-        if scores.get(kind) is None:
-            continue
-        comps = list(components[kind]) if components and kind in components else \
-            _sample_components(scores, kind, k, n_random, seed)
-        pred = torch.tensor([float(scores.get(kind)[c.layer, c.index]) for c in comps])
-        if st.get("estimator") == "patch":
-            true = exact_patch_effects(bridge, pairs, comps, metric, batch_size, progress)
-        else:
-            true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size, progress)
-        magnitude = bool(st.get("graddrop"))  # GradDrop scores are magnitudes: compare with |exact|
-        ref = true.abs() if magnitude else true
-        sp, pe = _correlations(pred, ref)
-        sp_abs, pe_abs = _correlations(pred.abs(), true.abs())
-        # where the estimate fails: among the top-k (large effects, where first order is weakest)
-        # or among the random units (small effects); the split is unknown for a given sample
-        n_top = None if components and kind in components else min(k, scores.get(kind).numel())
-        out[kind] = {
-            "spearman": sp, "pearson": pe, "spearman_abs": sp_abs, "pearson_abs": pe_abs,
-            **sample_parts(pred, ref, n_top),
-            "compared_with": "|exact|" if magnitude else "exact",
-            "n": len(comps), "k": k, "n_random": n_random,
-            "components": [[c.layer, c.index] for c in comps],
-            "predicted": pred.tolist(), "exact": true.tolist(),
-        }
-    return out

@@ -1,4 +1,11 @@
-"""Tokenize prompts into right-padded batches and read the logits at each prompt's last token.
+"""Tokenize once; run pairs in length-bucketed batches; read the logits at each prompt's last token.
+
+Every stage that runs the model on contrastive pairs (:func:`lens_bias.metrics.measure`,
+attribution, the activation scan of :mod:`lens_bias.capture`) goes through this module: the
+pairs are tokenized once (:func:`tokenize_pairs`), their indices are cut into batches of similar
+length (:meth:`PairTokens.batches`, :meth:`PairTokens.sorted_chunks`), each batch is padded from
+the ids already computed (:meth:`PairTokens.batch`), and :func:`last_logits` runs the model with
+the unembedding only at each row's last real token.
 
 Right padding keeps every real token at its natural position and, with a causal model, real
 tokens never attend to padding; so a prompt's logits do not depend on what it is batched with and
@@ -8,14 +15,18 @@ statistic with :attr:`Batch.mask`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from .bridge import Bridge, context_length, model_device, tokenizer_of
 from .errors import NumericsError, PairsError
+from .pairs import ContrastivePair
 
 
 @dataclass
@@ -46,35 +57,6 @@ class Batch:
     def to(self, device) -> Batch:
         """The same batch on ``device``."""
         return Batch(self.ids.to(device), self.lengths.to(device))
-
-
-def context_length(bridge) -> int:
-    """The longest prompt (in tokens) the model takes: ``max_position_embeddings`` of its HF config.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> context_length(load_model("tiny-random", device="cpu"))
-        256
-    """
-    cfg = bridge.original_model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or bridge.cfg.n_ctx)
-
-
-def token_ids(tokenizer, text: str, prepend_bos: bool = True) -> list[int]:
-    """Token ids of ``text`` without the tokenizer's own special tokens, BOS first when the
-    tokenizer has one and ``prepend_bos``.
-
-    Examples:
-        >>> from lens_bias.models import tiny_random_hf
-        >>> _, tok = tiny_random_hf()
-        >>> ids = token_ids(tok, "A Black man")
-        >>> ids[0] == tok.bos_token_id, token_ids(tok, "A Black man", prepend_bos=False) == ids[1:]
-        (True, True)
-    """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if prepend_bos and tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
 
 
 def tokenize(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None) -> list[list[int]]:
@@ -143,6 +125,16 @@ DEFAULT_OVERHEAD_TOKENS = 2048
 BATCH_MAX_TOKENS = {"cpu": 512}
 
 
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Item indices sorted by length, ties by index: the order of every length-bucketed batch.
+
+    Examples:
+        >>> length_order([5, 3, 5, 1])
+        [3, 1, 0, 2]
+    """
+    return sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+
+
 def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float | None = None,
                    device=None, max_tokens: int | None = -1) -> list[list[int]]:
     """Group item indices into batches of at most ``max_size`` items and at most ``max_tokens``
@@ -171,7 +163,7 @@ def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float 
         overhead = BATCH_OVERHEAD_TOKENS.get(kind, DEFAULT_OVERHEAD_TOKENS)
     if max_tokens == -1:
         max_tokens = BATCH_MAX_TOKENS.get(kind)
-    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    order = length_order(lengths)
     sl = [lengths[i] for i in order]
     best = [0.0] + [float("inf")] * n  # best[i]: cost of the first i sorted items
     cut = [0] * (n + 1)
@@ -189,6 +181,217 @@ def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float 
         out.append(order[cut[i]: i])
         i = cut[i]
     return out[::-1]
+
+
+def pair_batches(widths: Sequence[int], batch_size: int, device, max_tokens: int | None = -1) -> list[list[int]]:
+    """Pair indices in length-sorted batches (:func:`length_batches`) for a pair scan: ``widths[i]``
+    is the longer prompt of pair ``i``, and a pair is two rows, so the token cap (``-1``: the
+    device's :data:`BATCH_MAX_TOKENS`; ``None``: no cap) counts both.
+
+    The cap makes the peak memory of a pass (autograd keeps about 2 MiB per padded token for
+    SmolLM2) the same for a few pairs and for thousands: without it, 64 mixed-length pairs never
+    build a batch as large as 1024 pairs do.
+
+    Examples:
+        >>> pair_batches([5, 30, 6, 29], 2, "cpu")
+        [[0, 2], [3, 1]]
+    """
+    cap = BATCH_MAX_TOKENS.get(torch.device(device).type) if max_tokens == -1 else max_tokens
+    return length_batches(widths, batch_size, device=device, max_tokens=None if cap is None else max(1, cap // 2))
+
+
+# ---------------------------------------------------------------- pairs, tokenized once
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """The token ids of every pair's two prompts, tokenized once (BOS first when the tokenizer has
+    one): ``black[i]`` and ``white[i]`` belong to pair ``i``; ``pad`` fills the padding.
+
+    Built by :func:`tokenize_pairs`. :meth:`batches` and :meth:`sorted_chunks` cut the pair indices
+    into batches; :meth:`batch` pads one batch from the ids already here.
+
+    Examples:
+        >>> t = PairTokens(black=[[1, 5, 6], [1, 7]], white=[[1, 8], [1, 9, 9, 9]], pad=0)
+        >>> t.widths
+        [3, 4]
+        >>> t.batch([1, 0]).ids.tolist()
+        [[1, 7, 0, 0], [1, 5, 6, 0], [1, 9, 9, 9], [1, 8, 0, 0]]
+    """
+
+    black: list[list[int]]
+    white: list[list[int]]
+    pad: int = 0
+
+    def __len__(self) -> int:
+        return len(self.black)
+
+    @property
+    def widths(self) -> list[int]:
+        """The longer prompt of each pair, in tokens (BOS included)."""
+        return [max(len(b), len(w)) for b, w in zip(self.black, self.white, strict=True)]
+
+    def batch(self, idx: Iterable[int], device=None) -> Batch:
+        """One right-padded batch of 2n rows: the Black prompts of the n pairs ``idx``, then their
+        White prompts, in that order (``ids`` [2n, longest of those rows], ``lengths`` [2n])."""
+        idx = list(idx)
+        batch = pad_rows([self.black[i] for i in idx] + [self.white[i] for i in idx], self.pad)
+        return batch.to(device) if device is not None else batch
+
+    def batches(self, batch_size: int, device, max_tokens: int | None = -1) -> list[list[int]]:
+        """Pair indices cut by :func:`pair_batches`: at most ``batch_size`` pairs and ``max_tokens``
+        padded tokens a batch, with little padding (attribution and the activation scan)."""
+        return pair_batches(self.widths, batch_size, device, max_tokens)
+
+    def sorted_chunks(self, batch_size: int) -> list[list[int]]:
+        """Pair indices in :func:`length_order` of their widths, cut into consecutive runs of
+        ``batch_size`` pairs (:func:`lens_bias.metrics.measure`).
+
+        Examples:
+            >>> PairTokens([[1, 2, 3], [1], [1, 2]], [[1], [1], [1]]).sorted_chunks(2)
+            [[1, 2], [0]]
+        """
+        order = length_order(self.widths)
+        return [order[sl] for sl in chunks(len(order), batch_size)]
+
+
+def tokenize_pairs(bridge: Bridge, pairs: Iterable[ContrastivePair]) -> PairTokens:
+    """Tokenize both prompts of every pair once with the bridge's tokenizer; refuses prompts longer
+    than the model's context (:func:`lens_bias.bridge.context_length`).
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> t = tokenize_pairs(b, build_pairs(["hiring"])[:3])
+        >>> len(t), t.black[0][0] == b.lens_bias_tokenizer.bos_token_id
+        (3, True)
+    """
+    pairs = list(pairs)
+    tok = tokenizer_of(bridge)
+    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+    return PairTokens(rows[: len(pairs)], rows[len(pairs):], pad_id(tok))
+
+
+def pair_batch(bridge: Bridge, pairs: Sequence[ContrastivePair]) -> Batch:
+    """One right-padded batch of 2n rows: the n Black prompts, then the n White prompts, on the
+    model's device (``ids`` [2n, pos], ``lengths`` [2n]).
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> batch = pair_batch(b, build_pairs(["hiring"])[:3].pairs)
+        >>> batch.ids.shape[0], batch.lengths.shape
+        (6, torch.Size([6]))
+    """
+    return tokenize_pairs(bridge, pairs).batch(range(len(pairs)), model_device(bridge))
+
+
+def token_report(pairs: Iterable[ContrastivePair], tokenizer) -> dict:
+    """Token counts per pair (names often split into several tokens) and a summary.
+
+    Returns ``{"pairs": [{id, black_tokens, white_tokens, diff}], "equal": n, "unequal": n,
+    "max_diff": k}``.
+
+    Examples:
+        >>> from lens_bias import build_pairs
+        >>> from lens_bias.models import tiny_random_hf
+        >>> _, tok = tiny_random_hf()
+        >>> r = token_report(build_pairs(["finance"])[:4], tok)
+        >>> r["equal"] + r["unequal"], sorted(r["pairs"][0])
+        (4, ['black_tokens', 'diff', 'id', 'white_tokens'])
+    """
+    rows = []
+    for p in pairs:
+        nb = len(tokenizer(p.black, add_special_tokens=False)["input_ids"])
+        nw = len(tokenizer(p.white, add_special_tokens=False)["input_ids"])
+        rows.append({"id": p.id, "black_tokens": nb, "white_tokens": nw, "diff": nb - nw})
+    eq = sum(r["diff"] == 0 for r in rows)
+    return {
+        "pairs": rows,
+        "equal": eq,
+        "unequal": len(rows) - eq,
+        "max_diff": max((abs(r["diff"]) for r in rows), default=0),
+    }
+
+
+# ---------------------------------------------------------------- logits at chosen positions
+
+
+def logits_at(bridge: Bridge, ids: Int[Tensor, "batch pos"], keep: Sequence[int]) -> Float[Tensor, "batch kept vocab"]:
+    """The model's logits at the positions ``keep`` only (sorted, distinct), [batch, len(keep),
+    vocab]: the unembedding runs at no other position (``logits_to_keep``).
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> ids = pair_batch(b, build_pairs(["hiring"])[:1].pairs).ids
+        >>> tuple(logits_at(b, ids, [1, 2]).shape) == (2, 2, b.cfg.d_vocab)
+        True
+    """
+    return bridge(ids, logits_to_keep=torch.tensor(list(keep), dtype=torch.long, device=ids.device))
+
+
+def last_logits(bridge: Bridge, ids: Int[Tensor, "batch pos"], lengths: Sequence[int] | Int[Tensor, " batch"],
+                ) -> Float[Tensor, "batch vocab"]:
+    """Logits at each row's last real token (row ``i`` has ``lengths[i]`` tokens), [batch, vocab],
+    in the model's dtype; the unembedding runs only at the distinct last positions.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> batch = pair_batch(b, build_pairs(["hiring"])[:3].pairs)
+        >>> tuple(last_logits(b, batch.ids, batch.lengths).shape) == (6, b.cfg.d_vocab)
+        True
+    """
+    lengths = lengths.tolist() if isinstance(lengths, Tensor) else list(lengths)
+    keep = sorted({n - 1 for n in lengths})
+    col = {p: j for j, p in enumerate(keep)}
+    logits = logits_at(bridge, ids, keep)
+    where = torch.tensor([col[n - 1] for n in lengths], dtype=torch.long, device=logits.device)
+    return logits[torch.arange(len(lengths), device=logits.device), where]
+
+
+def last_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
+    """Log-probabilities (float32) at each row's last real token, [batch, vocab]; raises
+    :class:`~lens_bias.errors.NumericsError` on NaN or inf.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> lp = last_logprobs(b, pair_batch(b, build_pairs(["hiring"])[:2].pairs)).detach()
+        >>> round(float(lp.exp().sum(-1)[0]), 4)
+        1.0
+    """
+    last = last_logits(bridge, batch.ids, batch.lengths).float()
+    check_finite(last)
+    return F.log_softmax(last, dim=-1)
+
+
+def iter_pair_logprobs(bridge: Bridge, pairs: Iterable[ContrastivePair], batch_size: int = 32,
+                       desc: str | None = None) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """Yield (pair indices, logp_black, logp_white) at the last token, batch by batch, without
+    gradients. Pairs are visited in order of token length (:meth:`PairTokens.sorted_chunks`, less
+    padding); ``logp_black`` and ``logp_white`` are [n_batch, vocab], row i belonging to pair
+    ``indices[i]``. ``desc``: show a progress bar with this label.
+
+    Examples:
+        >>> from lens_bias import build_pairs, load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> for idx, lb, lw in iter_pair_logprobs(b, build_pairs(["hiring"])[:4], batch_size=2):
+        ...     print(len(idx), tuple(lb.shape) == tuple(lw.shape))
+        2 True
+        2 True
+    """
+    tokens = tokenize_pairs(bridge, pairs)
+    device = model_device(bridge)
+    batches = tokens.sorted_chunks(batch_size)
+    for idx in tqdm(batches, desc=desc, leave=False) if desc else batches:
+        with torch.inference_mode():
+            logp = last_logprobs(bridge, tokens.batch(idx, device))
+        yield idx, logp[: len(idx)], logp[len(idx):]
+
+
+# ---------------------------------------------------------------- reading results
 
 
 def gather_last(x: Float[Tensor, "batch pos *rest"], lengths: Int[Tensor, " batch"]) -> Float[Tensor, " batch *rest"]:
@@ -229,13 +432,3 @@ def check_finite(logits: Tensor, where: str = "logits") -> None:
                     "weights and the inputs.")
         raise NumericsError(f"non-finite values (NaN/inf) in {where}: {what}.{hint}")
 
-
-def model_device(bridge) -> torch.device:
-    """The device of the model's parameters (where batches must go).
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> model_device(load_model("tiny-random", device="cpu"))
-        device(type='cpu')
-    """
-    return next(bridge.original_model.parameters()).device

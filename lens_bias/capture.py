@@ -2,7 +2,7 @@
 
 Statistics are running sums over batches (memory does not grow with the number of prompts) and
 padded positions never enter them (:attr:`lens_bias.batching.Batch.mask`). The pair scan
-tokenizes every prompt once and batches pairs by length (:func:`lens_bias.batching.length_batches`),
+tokenizes every prompt once and batches pairs by length (:meth:`lens_bias.batching.PairTokens.batches`),
 so its batches carry little padding.
 """
 
@@ -15,19 +15,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import (
-    BATCH_MAX_TOKENS,
-    chunks,
-    context_length,
-    encode,
-    gather_last,
-    length_batches,
-    model_device,
-    pad_id,
-    pad_rows,
-    tokenize,
-)
-from .components import attached, head_hook, neuron_hook
+from .batching import chunks, encode, gather_last, tokenize_pairs
+from .bridge import Bridge, context_length, model_device, tokenizer_of
+from .components import head_hook, neuron_hook
+from .interventions import attached
 from .pairs import PairSet
 
 
@@ -35,7 +26,7 @@ def _progress(it, desc, progress):
     return tqdm(list(it), desc=desc, leave=False) if progress else it
 
 
-def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
+def mean_activations(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
     """Mean activation of every neuron [n_layers, d_mlp] and head output [n_layers, n_heads, d_head]
     over all (unpadded) tokens of ``texts``: the reference values of mean ablation.
 
@@ -50,7 +41,7 @@ def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progres
         ((2, 128), (2, 4, 16))
     """
     cfg = bridge.cfg
-    tok = bridge.lens_bias_tokenizer
+    tok = tokenizer_of(bridge)
     sums = {
         "neurons": torch.zeros(cfg.n_layers, cfg.d_mlp, dtype=torch.float64),
         "heads": torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head, dtype=torch.float64),
@@ -77,15 +68,7 @@ def mean_activations(bridge, texts: Sequence[str], batch_size: int = 16, progres
     return {k: (v / max(count, 1)).float() for k, v in sums.items()}
 
 
-def pair_batches(widths: Sequence[int], batch_size: int, device, max_tokens: int | None = -1) -> list[list[int]]:
-    """Pair indices in length-sorted batches (:func:`lens_bias.batching.length_batches`) for a pair
-    scan: ``widths[i]`` is the longer prompt of pair ``i``, and a pair is two rows, so the token
-    cap (``-1``: the device's default) counts both."""
-    cap = BATCH_MAX_TOKENS.get(torch.device(device).type) if max_tokens == -1 else max_tokens
-    return length_batches(widths, batch_size, device=device, max_tokens=None if cap is None else max(1, cap // 2))
-
-
-def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progress: bool = False,
+def last_token_activations(bridge: Bridge, pairs: PairSet, batch_size: int = 32, progress: bool = False,
                            max_tokens: int | None = -1):
     """Streamed sums over pairs, at each prompt's last token: |a_B - a_W| per neuron and per head
     (L2 over d_head), and the squared norms of a_B and a_W per neuron (for Wanda-style scores).
@@ -104,8 +87,6 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
         >>> {k: tuple(v.shape) for k, v in s.items()}["head_absdiff"]
         (2, 4)
     """
-    from .metrics import tokenizer_of
-
     cfg = bridge.cfg
     L = cfg.n_layers
     device = model_device(bridge)
@@ -136,23 +117,18 @@ def last_token_activations(bridge, pairs: PairSet, batch_size: int = 32, progres
         return fn
 
     hooks = [(neuron_hook(i), neuron_fn(i)) for i in range(L)] + [(head_hook(i), head_fn(i)) for i in range(L)]
-    tok = tokenizer_of(bridge)
-    n_pairs = len(pairs)
-    # row i is pair i's Black prompt, row n_pairs + i its White prompt; a batch holds the Black rows
-    # of some pairs, then the White rows of the same pairs (as metrics.pair_batch does)
-    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
-    widths = [max(len(rows[i]), len(rows[n_pairs + i])) for i in range(n_pairs)]
-    batches = pair_batches(widths, batch_size, device, max_tokens)
+    tokens = tokenize_pairs(bridge, pairs)
+    # a batch holds the Black rows of some pairs, then the White rows of the same pairs
     with attached(bridge, hooks), torch.inference_mode():
-        for idx in _progress(batches, "activations", progress):
-            batch = pad_rows([rows[i] for i in idx] + [rows[n_pairs + i] for i in idx], pad_id(tok)).to(device)
+        for idx in _progress(tokens.batches(batch_size, device, max_tokens), "activations", progress):
+            batch = tokens.batch(idx, device)
             state["lengths"] = batch.lengths
             bridge(batch.ids, logits_to_keep=1)
     n = max(len(pairs), 1)
     return {k: (v / n).float().cpu() for k, v in acc.items()}
 
 
-def activation_diff(bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
+def activation_diff(bridge: Bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
     """optiPfair-style activation difference: mean |a_B - a_W| at the last token, per layer, for MLP
     neurons and for head outputs (the measure that grows with depth in Fairness Pruning).
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .cli_common import ModelOpt, PairsOpt, QuietOpt, comma_list, domain_list, fail, interruptible, table
+from .cli_experiment import app as experiment_app
 from .errors import LensBiasError
 
 app = typer.Typer(
@@ -19,57 +19,16 @@ app = typer.Typer(
     help="Find, remove and verify the neurons and attention heads that drive Black/White bias.",
 )
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
-PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
 DomainOpt = Annotated[list[str] | None, typer.Option("--domain", "-d", help="bundled domain(s); repeat or comma-separate")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def _interruptible(out: Path):
-    """For commands that write a folder: SIGTERM (a CI timeout, ``kill``) is handled like Ctrl-C,
-    so that the half-written temporary folder is removed; either ends with exit code 130 and a
-    one-line message instead of a traceback."""
-    import signal
-    import threading
-
-    old = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.secho(f"interrupted: nothing was written; {out} is as it was before", fg=typer.colors.RED, err=True)
-        raise typer.Exit(130) from None
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-def _domains(domain: list[str] | None) -> list[str] | None:
-    if not domain:
-        return None
-    return [d.strip() for item in domain for d in item.split(",") if d.strip()]
-
-
 def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0):
-    from .pairs import build_pairs, load_jsonl
+    """The pairs of ``--pairs`` (all of them) or the bundled ones (``--per-domain`` per domain)."""
+    from .pairs import load_pairs
 
-    if pairs is not None:
-        ps = load_jsonl(pairs)
-        doms = _domains(domain)
-        return ps.filter(domains=doms) if doms else ps
-    return build_pairs(domains=_domains(domain)).sample(per_domain, seed=seed)
+    return load_pairs(pairs, domain_list(domain), per_domain, seed)
 
 
 def _load(model: str, trust_remote_code: bool = False, device: str | None = None):
@@ -78,32 +37,16 @@ def _load(model: str, trust_remote_code: bool = False, device: str | None = None
     return load_model(model, device=device, trust_remote_code=trust_remote_code)
 
 
-def _table(rows: list[list], header: list[str]) -> str:
-    cells = [[str(h) for h in header]] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
 @app.command()
 def models(json_out: JsonOpt = False) -> None:
     """List the model zoo: what is installed and cached, and how to install the rest."""
-    from .models import cache_dir, zoo_status
+    from .zoo import cache_dir, zoo_status
 
     rows = zoo_status()
     if json_out:
         typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
-    typer.echo(_table(
+    typer.echo(table(
         [[r["name"] + (" (default)" if r["default"] else ""), "yes" if r["installed"] else "no",
           "yes" if r["cached"] else "no", r["install"] if not r["installed"] else "", r["description"]]
          for r in rows],
@@ -128,9 +71,9 @@ def measure(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Print bias metrics per domain (mean JS, logit gap) and optionally the CrowS-Pairs rate."""
-    from .metrics import crows_rate
+    from .capability import crows_rate
+    from .corpora import default_crows_path, load_crows_pairs
     from .metrics import measure as measure_pairs
-    from .pairs import default_crows_path, load_crows_pairs
 
     try:
         t0 = time.time()
@@ -152,14 +95,14 @@ def measure(
                                   "file": str(path)}
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     if json_out:
         typer.echo(json.dumps(out, indent=2))
         return
     doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"]
     rows = [[d, out[d]["n_pairs"], out[d]["js"], out[d]["logit_gap"], out[d].get("numeric_smd")] for d in doms]
     rows.append(["all", out["n_pairs"], out["all"]["js"], out["all"]["logit_gap"], None])
-    typer.echo(_table(rows, ["domain", "pairs", "mean JS (nats)", "logit gap (W-B)", "numeric SMD"]))
+    typer.echo(table(rows, ["domain", "pairs", "mean JS (nats)", "logit gap (W-B)", "numeric SMD"]))
     if "multi_token_words" in out:
         typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
     if crows:
@@ -171,9 +114,11 @@ def _split(ps, split: str, seed: int):
     """The bundled pairs' train or held-out part (split by template), or all of them."""
     if split == "all":
         return ps
+    from .experiments import template_split
+
     if split not in ("train", "held-out"):
         raise LensBiasError(f"--split must be train, held-out or all; got {split!r}")
-    train, test = ps.split(by="template", held_out=0.25, seed=seed)
+    train, test = template_split(ps, held_out=0.25, seed=seed, check=False)
     return train if split == "train" else test
 
 
@@ -199,7 +144,7 @@ def scan(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Score every neuron and head (attribution patching or a baseline) and save the scores."""
-    from .attribution import score
+    from .baselines import score
 
     try:
         t0 = time.time()
@@ -215,7 +160,7 @@ def scan(
                            "pairs": str(pairs) if pairs else "bundled", "seconds": round(time.time() - t0, 1)})
         s.save(out)
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     typer.echo(f"scored {len(ps)} pairs ({', '.join(ps.domains)}) with {scorer} in {time.time() - t0:.0f} s -> {out}")
     for kind in ("neurons", "heads"):
         top = s.top(kind, 5)
@@ -242,8 +187,8 @@ def validate(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind."""
-    from .attribution import Scores
-    from .attribution import validate as run_validate
+    from .scores import Scores
+    from .validation import validate as run_validate
 
     try:
         t0 = time.time()
@@ -260,7 +205,7 @@ def validate(
         res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed,
                            kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     summary = {
         "model": model, "scores": str(scores), "estimator": s.settings.get("estimator"),
         "metric": s.settings.get("metric"), "ablation": s.settings.get("ablation"), "n_pairs": len(ps),
@@ -275,7 +220,7 @@ def validate(
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(_table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
+    typer.echo(table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
                         r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()],
                       ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
                        "Spearman top-k", "Spearman random", "same sign"]))
@@ -307,24 +252,16 @@ def run(
 ) -> None:
     """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
     write a run folder (metrics.json, report.html, mask files, the pruned model)."""
-    from .masks import parse_budget
     from .pipeline import RunConfig
     from .pipeline import run as run_job
 
-    curve_budgets = [b.strip() for b in budgets.split(",") if b.strip()]
+    curve_budgets = comma_list(budgets)
     try:  # refuse bad options before minutes of work, not at the pruning stage
-        for b in [budget, *curve_budgets]:
-            parse_budget(b)
-        if not curve_budgets:
-            raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
-        if not max_cost_quantile > 0:
-            raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
-        if steps < 1:
-            raise LensBiasError(f"--steps must be at least 1, got {steps}")
+        _check_run_options(budget, curve_budgets, max_cost_quantile, steps)
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     cfg = RunConfig(
-        model=model, pairs=str(pairs) if pairs else None, domains=_domains([domains]) if domains else None,
+        model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
         per_domain=per_domain, budget=budget, kind=kind, metric=metric,
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
         budgets=curve_budgets,
@@ -333,10 +270,29 @@ def run(
         trust_remote_code=trust_remote_code, progress=not quiet,
     )
     try:
-        with _interruptible(out):
+        with interruptible(out):
             m = run_job(cfg, out, overwrite=overwrite)
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
+    _print_run(m, out)
+
+
+def _check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
+    """Refuse bad ``run`` options (budgets, capability quantile, steps) with a message naming the option."""
+    from .selection import parse_budget
+
+    for b in [budget, *curve_budgets]:
+        parse_budget(b)
+    if not curve_budgets:
+        raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
+    if not max_cost_quantile > 0:
+        raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
+    if steps < 1:
+        raise LensBiasError(f"--steps must be at least 1, got {steps}")
+
+
+def _print_run(m: dict, out: Path) -> None:
+    """The summary of a run: before / after table, what was pruned, validation and export checks."""
     b, a, ch = m["before"]["held_out"], m["after"]["held_out"], m["change"]
     rows = [
         ["held-out mean JS", b["js"], a["js"], ch["js_pct"], "%"],
@@ -347,7 +303,7 @@ def run(
         ["random mask: JS", b["js"], m["random_same_budget"]["js"], ch["random_js_pct"], "%"],
     ]
     typer.echo("")
-    typer.echo(_table(rows, ["measure", "before", "after", "change", "unit"]))
+    typer.echo(table(rows, ["measure", "before", "after", "change", "unit"]))
     p = m["pruned"]
     v = m["validation"]
     typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
@@ -371,17 +327,18 @@ def prune(
     trust_remote_code: TrustOpt = False,
 ) -> None:
     """Select the top components from scores and write the mask files and the pruned HF model."""
-    from .attribution import Scores, capability_cost
-    from .masks import select
-    from .materialize import export_hf
+    from .atomic import atomic_out, prepare_out
+    from .attribution import capability_cost
+    from .export import export_hf
     from .pairs import neutral_text
-    from .pipeline import atomic_out, prepare_out
+    from .scores import Scores
+    from .selection import select
 
     try:
         if out.exists() and not overwrite:
             prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
-        with _interruptible(out):
+        with interruptible(out):
             bridge = _load(model, trust_remote_code)
             cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
             mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
@@ -390,7 +347,7 @@ def prune(
                 mask.save(tmp)
                 export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     c = mask.counts()
     typer.echo(f"pruned {c['neurons']} neurons and {c['heads']} heads ({mode}); wrote {out}/mask.safetensors, "
                f"{out}/mask.json and {out}/model/")
@@ -411,8 +368,9 @@ def export(
     optiPfair fairness scores."""
     from safetensors.torch import save_file
 
+    from .export import export_hf
+    from .interop import optipfair_scores, torch_pruning_indices
     from .masks import PruningMask
-    from .materialize import export_hf, optipfair_scores, torch_pruning_indices
 
     try:
         if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
@@ -435,7 +393,7 @@ def export(
             tensors = _torch_prune_masks(m, model, trust_remote_code)
             save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
         else:
-            from .attribution import Scores
+            from .scores import Scores
 
             s = Scores.load(scores).neurons if scores else (~m.neurons).float()
             fs = optipfair_scores(s.float())
@@ -443,13 +401,14 @@ def export(
                       metadata={"format": "optiPfair fairness_scores {layer: Tensor[d_mlp]} (lens_bias)",
                                 "n_pruned_per_layer": json.dumps(m.per_layer("neurons"))})
     except LensBiasError as e:
-        _fail(e)
+        fail(e)
     typer.echo(f"wrote {out} ({format})")
 
 
 def _torch_prune_masks(m, model: str, trust_remote_code: bool) -> dict:
     """``<module>.weight_mask`` tensors, as ``torch.nn.utils.prune.custom_from_mask`` takes them."""
-    from .materialize import clean_hf_model, to_torch_prune
+    from .interop import to_torch_prune
+    from .materialize import clean_hf_model
 
     bridge = _load(model, trust_remote_code)
     m.check(bridge)
@@ -460,18 +419,4 @@ def _torch_prune_masks(m, model: str, trust_remote_code: bool) -> dict:
             if bname == "weight_mask"}
 
 
-def _add_experiments() -> None:
-    from .cli_experiment import app as experiment_app
-
-    app.add_typer(experiment_app, name="experiment")
-
-
-_add_experiments()
-
-
-def main() -> None:  # pragma: no cover
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+app.add_typer(experiment_app, name="experiment")

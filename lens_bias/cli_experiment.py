@@ -7,75 +7,49 @@ with ``result.json`` and ``report.html`` (written to a temporary folder and rena
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .cli_common import ModelOpt, PairsOpt, QuietOpt, comma_list, domain_list, fail, fmt1, fmt2, table
 from .errors import LensBiasError
 
 app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
                                               "(curve), cross-domain transfer (generalize), overlap between domains.")
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
-PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
 DomainsOpt = Annotated[str | None, typer.Option("--domains", help="domains, comma-separated (default: all)")]
 PerDomainOpt = Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder (result.json, report.html)")]
 CostOpt = Annotated[float, typer.Option(help="capability filter: keep units above this Fisher-cost quantile "
                                              "(1 = off)")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
 
 
 def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, seed: int):
-    from .experiments import standard_evalset
+    """The model, the train pairs and the held-out evaluation set of an experiment (JSONL pairs
+    are sampled ``per_domain`` too)."""
+    from .experiments import standard_evalset, template_split
     from .models import load_model
-    from .pairs import build_pairs, load_jsonl
+    from .pairs import load_pairs
 
-    doms = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-    ps = load_jsonl(pairs) if pairs else build_pairs(domains=doms)
-    if pairs and doms:
-        ps = ps.filter(domains=doms)
-    if per_domain:
-        ps = ps.sample(per_domain, seed=seed)
-    train, held = ps.split(by="template", held_out=0.25, seed=seed)
-    if not len(train) or not len(held):
-        raise LensBiasError(f"the template split left {len(train)} train and {len(held)} held-out pairs; "
-                            "every domain needs at least two templates")
+    ps = load_pairs(pairs, domain_list([domains]) if domains else None, per_domain, seed, sample_file=True)
+    train, held = template_split(ps, held_out=0.25, seed=seed)
     return load_model(model), train, standard_evalset(held, ppl_tokens=2048)
 
 
 def _write(out: Path, overwrite: bool, result: dict, report) -> None:
-    from .pipeline import finish_out, prepare_out
+    """Write ``result.json`` and ``report.html`` into ``out``, atomically (:func:`atomic_out`)."""
+    from .atomic import atomic_out
 
-    tmp = prepare_out(out, overwrite)
-    try:
+    with atomic_out(out, overwrite) as tmp:
         (tmp / "result.json").write_text(json.dumps(result, indent=1, default=float))
         (tmp / "report.html").write_text(report.html(), encoding="utf-8")
-        finish_out(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _quantile(q: float) -> float | None:
     return None if q >= 1 else q
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x)
-
-
-def _fmt2(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
 
 
 @app.command()
@@ -103,8 +77,8 @@ def curve(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
-        res = compare_scorers(bridge, train, ev, scorers=_list(scorers), kinds=_list(kinds), budgets=_list(budgets),
-                              max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
+        res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
+                              budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
         res.update(model=model, seconds=round(time.time() - t0, 1))
         rep = Report(f"lens_bias experiment: scorers and kinds on {model}")
         rep.text(_curve_reading(res), "note")
@@ -115,17 +89,11 @@ def curve(
                                      "ppl change %", "KL neutral"])
         _write(out, overwrite, res, rep)
     except LensBiasError as e:
-        _fail(e)
-    from .cli import _table
-
-    typer.echo(_table(_curve_rows(res), ["scorer", "kind", "budget", "units", "%params", "JS", "JS red. %",
+        fail(e)
+    typer.echo(table(_curve_rows(res), ["scorer", "kind", "budget", "units", "%params", "JS", "JS red. %",
                                          "ppl %", "KL"]))
     typer.echo(_curve_reading(res))
     typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
-
-
-def _list(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
 
 
 def _curve_rows(res: dict) -> list[list]:
@@ -179,10 +147,8 @@ def generalize(
         rep.figure(viz.overlap_heatmap(ov))
         _write(out, overwrite, res, rep)
     except LensBiasError as e:
-        _fail(e)
-    from .cli import _table
-
-    typer.echo(_table(_gen_rows(gm), ["learned on", *gm["test_domains"], "ppl"]))
+        fail(e)
+    typer.echo(table(_gen_rows(gm), ["learned on", *gm["test_domains"], "ppl"]))
     typer.echo(_gen_reading(res))
     typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
 
@@ -194,10 +160,10 @@ def _gen_rows(gm: dict) -> list[list]:
 
 def _gen_reading(res: dict) -> str:
     return (f"JS reduction (%) on held-out templates, {res['kind']} at {res['budget']}: in-domain mean "
-            f"{_fmt(res['in_domain_mean_pct'])}, cross-domain mean {_fmt(res['cross_domain_mean_pct'])}, "
-            f"pruning learned on all domains {_fmt(res['all_row_mean_pct'])}; mean Jaccard overlap between "
-            f"domains' pruned sets {_fmt2(res['overlap']['mean_offdiag_jaccard'])}. "
-            f"Perplexity before {_fmt(res['wikitext_ppl_before'])}.")
+            f"{fmt1(res['in_domain_mean_pct'])}, cross-domain mean {fmt1(res['cross_domain_mean_pct'])}, "
+            f"pruning learned on all domains {fmt1(res['all_row_mean_pct'])}; mean Jaccard overlap between "
+            f"domains' pruned sets {fmt2(res['overlap']['mean_offdiag_jaccard'])}. "
+            f"Perplexity before {fmt1(res['wikitext_ppl_before'])}.")
 
 
 @app.command("overlap")
@@ -232,10 +198,8 @@ def overlap_cmd(
         rep.figure(viz.overlap_heatmap(ov, f"Overlap of the {kind} pruned per domain ({budget}, {scorer})"))
         _write(out, overwrite, res, rep)
     except LensBiasError as e:
-        _fail(e)
-    from .cli import _table
-
+        fail(e)
     names = ov["names"]
-    typer.echo(_table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
+    typer.echo(table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
                       ["Jaccard", *names]))
-    typer.echo(f"mean overlap between domains: {_fmt2(ov['mean_offdiag_jaccard'])}; wrote {out}/")
+    typer.echo(f"mean overlap between domains: {fmt2(ov['mean_offdiag_jaccard'])}; wrote {out}/")

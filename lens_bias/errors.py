@@ -46,7 +46,7 @@ class MaskError(LensBiasError):
     """A pruning mask is malformed or does not fit the model.
 
     Examples:
-        >>> from lens_bias.masks import parse_budget
+        >>> from lens_bias.selection import parse_budget
         >>> parse_budget("150%")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

@@ -8,24 +8,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .ablation import ablate
-from .attribution import Scores
-from .components import params_per_unit
-from .errors import LensBiasError
-from .masks import PruningMask, budget_count, n_params, random_mask, select
-from .metrics import (
+from .bridge import Bridge, Kind, n_params, params_per_unit
+from .capability import (
     ReferenceLogprobs,
     crows_rate,
     kl_from_reference,
     lambada_accuracy,
-    measure,
     perplexity,
     reference_logprobs,
 )
+from .errors import LensBiasError, PairsError
+from .masks import PruningMask
+from .metrics import measure
 from .pairs import PairSet
+from .scores import Scores
+from .selection import budget_count, random_mask, select
 
 
 @dataclass
@@ -41,7 +43,7 @@ class EvalSet:
     ppl_tokens: int = 4096
     _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
 
-    def kl_reference(self, bridge, batch_size: int = 16) -> ReferenceLogprobs:
+    def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
         """The unpruned model's log-probs on the neutral text, computed on first use and again only
         when the texts or the weights change (every evaluation then needs one KL pass, not two)."""
         if self._kl_ref is None or not self._kl_ref.matches(bridge, self.neutral, batch_size):
@@ -49,7 +51,7 @@ class EvalSet:
         return self._kl_ref
 
 
-def evaluate(bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
+def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
              crows: bool = False, lambada: bool = True, batch_size: int = 32) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs), with
@@ -82,16 +84,17 @@ def evaluate(bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "
     return out
 
 
-def pruned_params(bridge, mask: PruningMask) -> int:
+def pruned_params(bridge: Bridge, mask: PruningMask) -> int:
+    """Parameters removed by ``mask``: its neurons and heads times the parameters of one unit."""
     c = mask.counts()
     return c["neurons"] * params_per_unit(bridge, "neurons") + c["heads"] * params_per_unit(bridge, "heads")
 
 
 def pruning_curve(
-    bridge,
+    bridge: Bridge,
     ev: EvalSet,
     scorers: dict[str, Scores],
-    kinds: Sequence[str] = ("neurons", "heads"),
+    kinds: Sequence[Kind] = ("neurons", "heads"),
     budgets: Sequence[str] = ("0.1%", "0.25%", "0.5%", "1%", "2%"),
     mode: str = "zero",
     means: dict | None = None,
@@ -134,18 +137,46 @@ PARAM_BUDGETS = ("0.1%params", "0.2%params", "0.5%params", "1%params")
 COMPARED_SCORERS = ("ablate", "patch", "actdiff", "wanda", "random")
 
 
-def standard_evalset(held: PairSet, wikitext: str | None = None, lambada: str | None = None,
-                     crows: str | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
+def template_split(pairs: PairSet, held_out: float = 0.25, seed: int = 0,
+                   check: bool = True) -> tuple[PairSet, PairSet]:
+    """(train, held-out) split by template (:meth:`PairSet.split`), as every command, experiment
+    and run makes it. With ``check``, a split that leaves either side empty is refused.
+
+    Examples:
+        >>> from lens_bias.pairs import build_pairs
+        >>> train, held = template_split(build_pairs(["finance"]).sample(8))
+        >>> len(train) > 0 and len(held) > 0, set(train.templates) & set(held.templates)
+        (True, set())
+    """
+    train, held = pairs.split(by="template", held_out=held_out, seed=seed)
+    if check and (not len(train) or not len(held)):
+        raise PairsError(f"the template split left {len(train)} train and {len(held)} held-out pairs; "
+                         "every domain needs at least two templates")
+    return train, held
+
+
+def capability_files(wikitext: str | Path | None = None, lambada: str | Path | None = None,
+                     crows: str | Path | None = None) -> dict:
+    """``{"wikitext", "lambada", "crows"}``: the given files or, when not given, the ones in
+    ``../shared/data`` if present (``None`` when neither)."""
+    from .corpora import shared_data_file
+
+    return {"wikitext": wikitext or shared_data_file("wikitext2_test.txt"),
+            "lambada": lambada or shared_data_file("lambada_openai_test.jsonl"),
+            "crows": crows or shared_data_file("crows_pairs_anonymized.csv")}
+
+
+def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada: str | Path | None = None,
+                     crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
                      neutral_every: int = 3) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
-    when not given, from ``../shared/data`` if present."""
-    from .metrics import load_lambada, load_wikitext
-    from .pairs import load_crows_pairs, neutral_text, shared_data_file
+    when not given, from ``../shared/data`` if present (:func:`capability_files`)."""
+    from .corpora import load_crows_pairs, load_lambada, load_wikitext
+    from .pairs import neutral_text
 
-    wt = wikitext or shared_data_file("wikitext2_test.txt")
-    la = lambada or shared_data_file("lambada_openai_test.jsonl")
-    cr = crows or shared_data_file("crows_pairs_anonymized.csv")
+    files = capability_files(wikitext, lambada, crows)
+    wt, la, cr = files["wikitext"], files["lambada"], files["crows"]
     return EvalSet(
         pairs=held,
         neutral=neutral_text()[::neutral_every],
@@ -164,11 +195,11 @@ def _reduction(before: float | None, after: float | None) -> float | None:
 
 
 def compare_scorers(
-    bridge,
+    bridge: Bridge,
     train: PairSet,
     ev: EvalSet,
     scorers: Sequence[str] = COMPARED_SCORERS,
-    kinds: Sequence[str] = ("neurons", "heads"),
+    kinds: Sequence[Kind] = ("neurons", "heads"),
     budgets: Sequence[str] = PARAM_BUDGETS,
     max_cost_quantile: float | None = 0.5,
     metric: str = "js",
@@ -185,7 +216,8 @@ def compare_scorers(
     Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
     and the capability change next to the raw measures.
     """
-    from .attribution import capability_cost, score
+    from .attribution import capability_cost
+    from .baselines import score
     from .pairs import neutral_text
 
     before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size)
@@ -227,13 +259,13 @@ def winners(rows: Sequence[dict]) -> dict:
 
 
 def generalization_matrix(
-    bridge,
+    bridge: Bridge,
     train: PairSet,
     ev: EvalSet,
     train_domains: Sequence[str] | None = None,
     test_domains: Sequence[str] | None = None,
     budget: str = "0.5%",
-    kind: str = "neurons",
+    kind: Kind = "neurons",
     scorer: str = "ablate",
     include_all: bool = True,
     max_cost_quantile: float | None = 0.5,
@@ -291,14 +323,15 @@ def generalization_matrix(
     }
 
 
-def domain_masks(bridge, train: PairSet, domains: Sequence[str] | None = None, budget: str = "0.5%",
-                 kind: str = "neurons", scorer: str = "ablate", include_all: bool = True,
+def domain_masks(bridge: Bridge, train: PairSet, domains: Sequence[str] | None = None, budget: str = "0.5%",
+                 kind: Kind = "neurons", scorer: str = "ablate", include_all: bool = True,
                  neutral: Sequence[str] = (), max_cost_quantile: float | None = 0.5, metric: str = "js",
                  batch_size: int = 16, progress: bool = True) -> dict[str, PruningMask]:
     """One pruning mask per train domain (and ``"all"``), from a single scoring pass (scores are
     kept per domain), with the capability filter computed on ``neutral`` (the bundled neutral
     text when empty)."""
-    from .attribution import capability_cost, score
+    from .attribution import capability_cost
+    from .baselines import score
     from .pairs import neutral_text
 
     domains = list(domains or train.domains)

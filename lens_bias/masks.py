@@ -1,17 +1,18 @@
 """Pruning masks: which neurons and heads to keep.
 
 A :class:`PruningMask` holds boolean *keep* tensors ``neurons`` [n_layers, d_mlp] and ``heads``
-[n_layers, n_heads] (True = keep) and metadata. On disk (DESIGN section 6, a contract):
-``mask.safetensors`` (the tensors, metadata as JSON in the header) and ``mask.json`` (readable:
-metadata plus the pruned (layer, index) pairs). Only safetensors and JSON are ever read.
+[n_layers, n_heads] (True = keep) and metadata. On disk (a stable format, see the File formats
+page of the docs): ``mask.safetensors`` (the tensors, metadata as JSON in the header) and
+``mask.json`` (readable: metadata plus the pruned (layer, index) pairs). Only safetensors and JSON
+are ever read.
+
+Choosing which units to prune (budgets, :func:`lens_bias.selection.select`) is in
+:mod:`lens_bias.selection`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from .components import params_per_unit, shape_of
+from .bridge import Bridge, Kind, check_kind, model_meta, shape_of
 from .errors import MaskError
 
 MASK_VERSION = 1
@@ -30,7 +31,8 @@ class PruningMask:
     """Keep-masks for MLP neurons and attention heads, plus metadata (model, shapes, scorer...).
 
     ``neurons`` [n_layers, d_mlp] and ``heads`` [n_layers, n_heads] are boolean, True = keep.
-    Build one with :func:`select` (from scores), :func:`random_mask` or :meth:`keep_all`; simulate
+    Build one with :func:`lens_bias.selection.select` (from scores),
+    :func:`lens_bias.selection.random_mask` or :meth:`keep_all`; simulate
     it with :func:`lens_bias.ablation.ablate`; write it into weights with
     :func:`lens_bias.materialize.materialize`.
 
@@ -53,7 +55,7 @@ class PruningMask:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def keep_all(cls, bridge, **meta) -> PruningMask:
+    def keep_all(cls, bridge: Bridge, **meta) -> PruningMask:
         """A mask that prunes nothing, shaped for ``bridge``, with its model metadata (and ``meta``)."""
         return cls(
             torch.ones(shape_of(bridge, "neurons"), dtype=torch.bool),
@@ -61,11 +63,12 @@ class PruningMask:
             {**model_meta(bridge), **meta},
         )
 
-    def tensor(self, kind: str) -> Tensor:
-        """The keep-tensor of ``kind`` (``"neurons"`` or ``"heads"``); edits to it change the mask."""
-        return self.neurons if kind == "neurons" else self.heads
+    def tensor(self, kind: Kind) -> Tensor:
+        """The keep-tensor of ``kind`` (``"neurons"`` or ``"heads"``; a ``ValueError`` otherwise);
+        edits to it change the mask."""
+        return self.neurons if check_kind(kind) == "neurons" else self.heads
 
-    def pruned(self, kind: str) -> list[tuple[int, int]]:
+    def pruned(self, kind: Kind) -> list[tuple[int, int]]:
         """(layer, index) of every removed unit of ``kind``."""
         return [tuple(x) for x in (~self.tensor(kind)).nonzero().tolist()]
 
@@ -73,7 +76,7 @@ class PruningMask:
         """Number of pruned units per kind: ``{"neurons": n, "heads": n}``."""
         return {"neurons": int((~self.neurons).sum()), "heads": int((~self.heads).sum())}
 
-    def per_layer(self, kind: str) -> list[int]:
+    def per_layer(self, kind: Kind) -> list[int]:
         """Number of pruned units of ``kind`` in each layer (n_layers values)."""
         return (~self.tensor(kind)).sum(-1).tolist()
 
@@ -93,7 +96,7 @@ class PruningMask:
         """
         return PruningMask(self.neurons & other.neurons, self.heads & other.heads, dict(self.meta))
 
-    def check(self, bridge) -> None:
+    def check(self, bridge: Bridge) -> None:
         """Refuse a mask whose shapes or architecture differ from ``bridge``'s, naming both
         (raises :class:`~lens_bias.errors.MaskError`).
 
@@ -145,7 +148,7 @@ class PruningMask:
         return st, js
 
     @classmethod
-    def load(cls, path: str | Path, bridge=None) -> PruningMask:
+    def load(cls, path: str | Path, bridge: Bridge | None = None) -> PruningMask:
         """Read a mask: ``mask.safetensors`` (a file or the folder holding it) or the readable
         ``mask.json`` written next to it; with ``bridge``, check it fits.
 
@@ -155,6 +158,7 @@ class PruningMask:
         Examples:
             >>> import tempfile
             >>> from lens_bias import load_model
+            >>> from lens_bias.selection import random_mask
             >>> b = load_model("tiny-random", device="cpu")
             >>> m = random_mask(b, 3, "neurons")
             >>> st, js = m.save(tempfile.mkdtemp())
@@ -280,222 +284,3 @@ def _read_json(path: Path) -> PruningMask:
     meta = {k: v for k, v in data.items() if k not in ("version", "shapes", "counts", "pruned")}
     return PruningMask(keep["neurons"], keep["heads"], meta)
 
-
-def model_meta(bridge) -> dict:
-    """The metadata a mask records about its model: name, architecture and shapes.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> model_meta(b)
-        {'model': 'tiny-random', 'architecture': 'LlamaForCausalLM', 'n_layers': 2, 'd_mlp': 128, 'n_heads': 4}
-    """
-    hf = bridge.original_model.config
-    return {
-        "model": getattr(bridge, "lens_bias_name", getattr(hf, "_name_or_path", "?")),
-        "architecture": (getattr(hf, "architectures", None) or [type(bridge.original_model).__name__])[0],
-        "n_layers": bridge.cfg.n_layers,
-        "d_mlp": bridge.cfg.d_mlp,
-        "n_heads": bridge.cfg.n_heads,
-    }
-
-
-def n_params(bridge) -> int:
-    """Number of parameters of the wrapped HF model (what ``%params`` budgets are relative to).
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> n_params(b) > 0
-        True
-    """
-    return sum(p.numel() for p in bridge.original_model.parameters())
-
-
-# ---------------------------------------------------------------- budgets and selection
-
-def parse_budget(budget: str | float | int) -> tuple[str, float]:
-    """``"0.5%"`` -> fraction of the kind's units; ``"0.13%params"`` / ``"0.13%p"`` -> fraction of
-    model parameters; an int ``230`` -> a count; a float below 1 -> a fraction of units.
-
-    Returns ``(kind, value)`` with kind ``"count"``, ``"fraction"`` or ``"params"``.
-
-    Examples:
-        >>> parse_budget("0.5%"), parse_budget("0.13%params"), parse_budget(230)
-        (('fraction', 0.005), ('params', 0.0013), ('count', 230.0))
-    """
-    if isinstance(budget, bool):
-        raise MaskError(f"invalid budget {budget!r}")
-    if isinstance(budget, int):
-        kind, value = "count", float(budget)
-    elif isinstance(budget, float):
-        kind, value = ("fraction", budget) if budget < 1 else ("count", budget)
-    else:
-        s = str(budget).strip().lower().replace("params", "p").replace("param", "p")
-        m = re.match(r"^\s*(-?[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(%p|%|p)?\s*$", s)
-        if not m:
-            raise MaskError(
-                f"invalid budget {budget!r}: use a count (230), a percentage of units (0.5%) or of model "
-                "parameters (0.13%params)"
-            )
-        value = float(m.group(1))
-        unit = m.group(2) or ""
-        if unit == "%p":
-            kind, value = "params", value / 100
-        elif unit == "%":
-            kind, value = "fraction", value / 100
-        elif value < 1 and "." in m.group(1):
-            kind = "fraction"
-        else:
-            kind = "count"
-    if not math.isfinite(value) or value <= 0:
-        raise MaskError(f"budget must be positive, got {budget!r} (a budget of 0 prunes nothing)")
-    if kind in ("fraction", "params") and value > 1:
-        raise MaskError(f"budget {budget!r} is over 100 %")
-    if kind == "count" and value != int(value):
-        raise MaskError(f"a count budget must be a whole number, got {budget!r}")
-    return kind, value
-
-
-def budget_count(bridge, kind: str, budget: str | float | int) -> int:
-    """How many units of ``kind`` a budget means on this model (at least 1).
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> budget_count(b, "neurons", "2%"), budget_count(b, "neurons", 7)  # 2 x 128 neurons
-        (5, 7)
-    """
-    bkind, value = parse_budget(budget)
-    total = math.prod(shape_of(bridge, kind))
-    if bkind == "count":
-        n = int(value)
-    elif bkind == "fraction":
-        n = round(value * total)
-    else:
-        n = round(value * n_params(bridge) / params_per_unit(bridge, kind))
-    if n > total:
-        raise MaskError(f"budget {budget!r} asks for {n} {kind}, the model has only {total}")
-    if n < 1:
-        warnings.warn(f"budget {budget!r} is less than one {kind[:-1]} on this model ({total} {kind}); "
-                      f"pruning 1 {kind[:-1]}", UserWarning, stacklevel=2)
-        return 1
-    return n
-
-
-def select(
-    scores,
-    budget: str | float | int,
-    kind: str = "neurons",
-    per_layer: str = "global",
-    layers: list[int] | None = None,
-    bridge=None,
-    cost=None,
-    max_cost_quantile: float | None = None,
-) -> PruningMask:
-    """Prune the top-scoring units (highest score = largest estimated bias reduction).
-
-    * ``budget``: a count, a fraction of the kind's units (``"0.5%"``) or of model parameters
-      (``"0.13%params"``); with ``kind="both"`` the budget applies to each kind separately.
-    * ``per_layer="global"`` ranks all layers together; ``"uniform"`` takes the same count from
-      every (allowed) layer, which structural pruning needs.
-    * ``layers``: restrict pruning to these layers.
-    * ``cost`` (a :class:`Scores` from :func:`lens_bias.attribution.capability_cost`) and
-      ``max_cost_quantile``: capability-aware selection; units whose first-order capability cost
-      is above that quantile (per kind) are never pruned.
-
-    Refuses a selection that would remove every unit of a layer.
-
-    Examples:
-        >>> from lens_bias import build_pairs, load_model
-        >>> from lens_bias.attribution import attribute
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> scores = attribute(b, build_pairs(["hiring"]).sample(4), progress=False)
-        >>> mask = select(scores, "2%", kind="neurons", bridge=b)
-        >>> mask.counts()
-        {'neurons': 5, 'heads': 0}
-        >>> select(scores, 2, kind="neurons", per_layer="uniform", bridge=b).per_layer("neurons")
-        [1, 1]
-    """
-    from .attribution import Scores
-
-    if not isinstance(scores, Scores):
-        raise MaskError("select needs a Scores object (from attribute / a baseline scorer)")
-    if per_layer not in ("global", "uniform"):
-        raise MaskError(f"per_layer must be 'global' or 'uniform', got {per_layer!r}")
-    kinds = ["neurons", "heads"] if kind == "both" else [kind]
-    if bridge is None:
-        raise MaskError("select needs the bridge (for shapes and parameter counts)")
-    mask = PruningMask.keep_all(bridge, scorer=scores.settings.get("estimator"),
-                                metric=scores.settings.get("metric"), domains=scores.settings.get("domains"),
-                                budget=str(budget), kind=kind, per_layer=per_layer,
-                                max_cost_quantile=max_cost_quantile)
-    for k in kinds:
-        s = scores.get(k)
-        if s is None:
-            raise MaskError(f"the scores have no {k}; scan with components including {k!r}")
-        s = s.detach().float().clone()
-        n = budget_count(bridge, k, budget)
-        allowed = torch.ones_like(s, dtype=torch.bool)
-        if layers is not None:
-            bad = [x for x in layers if not 0 <= x < s.shape[0]]
-            if bad:
-                raise MaskError(f"layers {bad} out of range 0..{s.shape[0] - 1}")
-            allowed[:] = False
-            allowed[layers] = True
-        if cost is not None and max_cost_quantile is not None and cost.get(k) is not None:
-            if not 0 < max_cost_quantile <= 1:
-                raise MaskError(f"max_cost_quantile must be in (0, 1], got {max_cost_quantile}")
-            c = cost.get(k).float()
-            allowed &= c <= torch.quantile(c.flatten(), max_cost_quantile)
-        s[~allowed] = -float("inf")
-        keep = torch.ones_like(s, dtype=torch.bool)
-        if per_layer == "global":
-            if n > int(allowed.sum()):
-                raise MaskError(f"budget of {n} {k} is larger than the {int(allowed.sum())} allowed units")
-            idx = torch.topk(s.flatten(), n).indices
-            keep.view(-1)[idx] = False
-        else:
-            rows = layers if layers is not None else list(range(s.shape[0]))
-            per = max(1, n // len(rows))
-            for r in rows:
-                n_ok = int(allowed[r].sum())
-                if per >= s.shape[1]:
-                    keep[r] = False  # the whole layer: refused just below
-                elif per > n_ok:
-                    raise MaskError(f"per_layer='uniform' takes {per} {k} from layer {r}, which has only {n_ok} "
-                                    f"allowed (of {s.shape[1]}; the capability filter excludes the rest); "
-                                    "lower the budget or raise max_cost_quantile")
-                else:
-                    keep[r, torch.topk(s[r], per).indices] = False
-        full = (~keep).all(-1)
-        if full.any():
-            fix = (f"lower the budget (uniform takes {per} per layer, a layer has {s.shape[1]})"
-                   if per_layer == "uniform" else "lower the budget or use per_layer='uniform'")
-            raise MaskError(
-                f"the budget would remove every {k[:-1]} of layer(s) {full.nonzero().flatten().tolist()}; {fix}"
-            )
-        if k == "neurons":
-            mask.neurons = keep
-        else:
-            mask.heads = keep
-    return mask
-
-
-def random_mask(bridge, budget, kind: str = "neurons", seed: int = 0) -> PruningMask:
-    """A mask removing the same number of units chosen uniformly at random (a control), seeded.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> random_mask(b, "2%", "neurons", seed=0).counts()
-        {'neurons': 5, 'heads': 0}
-    """
-    gen = torch.Generator().manual_seed(seed)
-    mask = PruningMask.keep_all(bridge, scorer="random", budget=str(budget), kind=kind, seed=seed)
-    for k in (["neurons", "heads"] if kind == "both" else [kind]):
-        n = budget_count(bridge, k, budget)
-        t = mask.tensor(k)
-        idx = torch.randperm(t.numel(), generator=gen)[:n]
-        t.view(-1)[idx] = False
-    return mask

@@ -2,18 +2,17 @@
 
 A :class:`ContrastivePair` is two prompts that differ only in a group phrase ("A Black man" /
 "A White man") or a first name ("Lakisha" / "Emily"). Pairs are built from the bundled,
-domain-labelled templates (``lens_bias/data/templates.json``), read from a JSONL file in the
-DESIGN format, and split by template and by name so that held-out means unseen wording.
+domain-labelled templates (``lens_bias/data/templates.json``), read from a JSONL file (the pairs
+format of ``docs/formats.md``), and split by template and by name so that held-out means unseen
+wording.
 
-CrowS-Pairs is read by :func:`load_crows_pairs` and is for evaluation only.
+CrowS-Pairs, an evaluation corpus, is read by :func:`lens_bias.corpora.load_crows_pairs`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -123,14 +122,8 @@ class PairSet:
         """
         ds = set(domains) if domains is not None else None
         ts = set(templates) if templates is not None else None
-        out = [
-            p
-            for p in self.pairs
-            if (ds is None or p.domain in ds)
-            and (ts is None or p.template in ts)
-            and (directional is None or bool(p.pos and p.neg) == directional)
-        ]
-        return PairSet(out)
+        return PairSet([p for p in self.pairs if (ds is None or p.domain in ds) and (ts is None or p.template in ts)
+                        and (directional is None or bool(p.pos and p.neg) == directional)])
 
     def sample(self, per_domain: int, seed: int = 0) -> PairSet:
         """At most ``per_domain`` pairs from each domain, drawn round-robin over its templates (so
@@ -247,16 +240,6 @@ def load_names() -> dict:
     return json.loads((DATA / "names.json").read_text(encoding="utf-8"))
 
 
-def bundled_domains() -> dict[str, str]:
-    """The bundled domains and their descriptions.
-
-    Examples:
-        >>> sorted(bundled_domains())
-        ['commerce', 'education', 'finance', 'general', 'hiring', 'policing']
-    """
-    return dict(load_templates()["domains"])
-
-
 def bundled_text_corpus() -> list[str]:
     """All bundled text (templates filled with every subject, plus the neutral text): what the
     ``tiny-random`` tokenizer is trained on.
@@ -322,19 +305,12 @@ def _build(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastiveP
             tg = t.get("gender")
             if tg and gender not in (tg,):
                 continue
-            out.append(
-                ContrastivePair(
-                    id=f"{t['id']}:{sid}",
-                    domain=t["domain"],
-                    template=t["id"],
-                    black=_fill(t["text"], b),
-                    white=_fill(t["text"], w),
-                    pos=tuple(t.get("pos", ())),
-                    neg=tuple(t.get("neg", ())),
-                    numeric=bool(t.get("numeric", False)),
-                    subject=sid,
-                )
-            )
+            out.append(ContrastivePair(
+                id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
+                black=_fill(t["text"], b), white=_fill(t["text"], w),
+                pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
+                numeric=bool(t.get("numeric", False)), subject=sid,
+            ))
     return tuple(out)
 
 
@@ -396,20 +372,15 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
         if isinstance(obj.get(k), str):
             _check_text(obj[k], where, k)
     return ContrastivePair(
-        id=str(obj.get("id", where)),
-        domain=str(obj.get("domain", "custom")),
-        template=str(obj.get("template", obj.get("id", where))),
-        black=obj["black"],
-        white=obj["white"],
-        pos=words["pos"],
-        neg=words["neg"],
-        numeric=bool(obj.get("numeric", False)),
+        id=str(obj.get("id", where)), domain=str(obj.get("domain", "custom")),
+        template=str(obj.get("template", obj.get("id", where))), black=obj["black"], white=obj["white"],
+        pos=words["pos"], neg=words["neg"], numeric=bool(obj.get("numeric", False)),
         subject=str(obj.get("subject", "")),
     )
 
 
 def load_jsonl(path: str | Path) -> PairSet:
-    """Read pairs from a JSONL file (one object a line; DESIGN section 3).
+    """Read pairs from a JSONL file (one object a line; the pairs format of ``docs/formats.md``).
 
     Raises :class:`PairsError` naming the file and line of the first malformed entry.
 
@@ -454,145 +425,23 @@ def load_jsonl(path: str | Path) -> PairSet:
     return PairSet(pairs)
 
 
-# ---------------------------------------------------------------- CrowS-Pairs (evaluation only)
+# ---------------------------------------------------------------- the pairs a command works on
 
 
-@dataclass(frozen=True)
-class CrowsPair:
-    """A CrowS-Pairs row: ``stereo`` is the sentence that expresses the stereotype.
-
-    Examples:
-        >>> CrowsPair("0", "Black people are lazy.", "White people are lazy.", "stereo").stereo
-        'Black people are lazy.'
-    """
-
-    id: str
-    stereo: str
-    anti: str
-    direction: str  # "stereo" or "antistereo"
-
-
-_BLACK = re.compile(r"\b(black|african[- ]?american)s?\b", re.I)
-_WHITE = re.compile(r"\b(white|caucasian|european[- ]?american)s?\b", re.I)
-CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
-
-
-def shared_data_file(name: str) -> Path | None:
-    """``../shared/data/<name>`` next to the project checkout (or the working directory), if present.
+def load_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None, per_domain: int = 0,
+               seed: int = 0, sample_file: bool = False) -> PairSet:
+    """The pairs a command or run works on. Without ``path``: the bundled templates of ``domains``
+    (all when ``None``), at most ``per_domain`` pairs per domain (seeded, ``0`` = all; see
+    :meth:`PairSet.sample`). With ``path``: the pairs of that JSONL file, restricted to ``domains``
+    when given, and sampled per domain too only when ``sample_file`` is set.
 
     Examples:
-        >>> shared_data_file("no-such-file.txt") is None
-        True
+        >>> load_pairs(domains=["finance", "hiring"], per_domain=4, seed=0)
+        PairSet(8 pairs: finance=4, hiring=4)
     """
-    here = Path(__file__).resolve().parent.parent
-    cands = [here.parent / "shared" / "data" / name, Path.cwd().parent / "shared" / "data" / name]
-    return next((c for c in cands if c.is_file()), None)
-
-
-def default_crows_path() -> Path | None:
-    """``$LENS_BIAS_CROWS``, else ``../shared/data/crows_pairs_anonymized.csv``, if present (else None).
-
-    Examples:
-        >>> p = default_crows_path()
-        >>> p is None or p.name.endswith(".csv")
-        True
-    """
-    import os
-
-    env = os.environ.get("LENS_BIAS_CROWS")
-    if env and Path(env).is_file():
-        return Path(env)
-    return shared_data_file("crows_pairs_anonymized.csv")
-
-
-CROWS_SUBSETS = ("black", "black-white", "race-color", "all")
-
-
-def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]:
-    """Read CrowS-Pairs (Nangia et al. 2020).
-
-    ``subset``:
-      * ``black`` (default, 282 pairs): race-color rows where either sentence names a Black group
-        ("black", "African American"); most contrast it with White, 30 with another group;
-      * ``black-white`` (252 pairs): only rows where one sentence names Black and the other White;
-      * ``race-color`` (516) or ``all`` (1,508).
-
-    The stereotypical sentence is ``sent_more`` for "stereo" rows and ``sent_less`` for "antistereo".
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> f = pathlib.Path(tempfile.mkdtemp()) / "crows.csv"
-        >>> _ = f.write_text("sent_more,sent_less,stereo_antistereo,bias_type\\n"
-        ...                  "Black men are violent.,White men are violent.,stereo,race-color\\n")
-        >>> [c.stereo for c in load_crows_pairs(f)]
-        ['Black men are violent.']
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PairsError(f"CrowS-Pairs file not found: {path}")
-    if subset not in CROWS_SUBSETS:
-        raise PairsError(f"subset must be one of {', '.join(CROWS_SUBSETS)}; got {subset!r}")
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a spreadsheet's byte-order mark is not a column name
-        with f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            missing = [c for c in CROWS_COLUMNS if c not in cols]
-            if missing:
-                raise PairsError(
-                    f"{path}: not a CrowS-Pairs file: missing column(s) {missing} (found {cols[:8]}); "
-                    "use crows_pairs_anonymized.csv from the CrowS-Pairs repository"
-                )
-            rows = list(reader)
-    except UnicodeDecodeError as e:
-        raise PairsError(f"{path}: not valid UTF-8 ({e.reason})") from e
-    except csv.Error as e:
-        raise PairsError(f"{path}: malformed CSV ({e})") from e
-    except OSError as e:
-        raise PairsError(f"cannot read CrowS-Pairs file {path}: {e.strerror or e}") from e
-    out = []
-    for i, r in enumerate(rows):
-        more, less, direction, bias = (r.get(c) for c in CROWS_COLUMNS)
-        if not isinstance(more, str) or not isinstance(less, str) or direction not in ("stereo", "antistereo"):
-            raise PairsError(f"{path}: row {i + 2} is malformed (need sent_more, sent_less, stereo_antistereo)")
-        if subset != "all" and bias != "race-color":
-            continue
-        if subset == "black" and not (_BLACK.search(more) or _BLACK.search(less)):
-            continue
-        if subset == "black-white":
-            contrast = (_BLACK.search(more) and _WHITE.search(less)) or (_WHITE.search(more) and _BLACK.search(less))
-            if not contrast:
-                continue
-        stereo, anti = (more, less) if direction == "stereo" else (less, more)
-        out.append(CrowsPair(id=str(r.get("") or i), stereo=stereo, anti=anti, direction=direction))
-    return out
-
-
-# ---------------------------------------------------------------- tokenization report
-
-
-def token_report(pairs: PairSet, tokenizer) -> dict:
-    """Token counts per pair (names often split into several tokens) and a summary.
-
-    Returns ``{"pairs": [{id, black_tokens, white_tokens, diff}], "equal": n, "unequal": n,
-    "max_diff": k}``.
-
-    Examples:
-        >>> from lens_bias.models import tiny_random_hf
-        >>> _, tok = tiny_random_hf()
-        >>> r = token_report(build_pairs(["finance"])[:4], tok)
-        >>> r["equal"] + r["unequal"], sorted(r["pairs"][0])
-        (4, ['black_tokens', 'diff', 'id', 'white_tokens'])
-    """
-    rows = []
-    for p in pairs:
-        nb = len(tokenizer(p.black, add_special_tokens=False)["input_ids"])
-        nw = len(tokenizer(p.white, add_special_tokens=False)["input_ids"])
-        rows.append({"id": p.id, "black_tokens": nb, "white_tokens": nw, "diff": nb - nw})
-    eq = sum(r["diff"] == 0 for r in rows)
-    return {
-        "pairs": rows,
-        "equal": eq,
-        "unequal": len(rows) - eq,
-        "max_diff": max((abs(r["diff"]) for r in rows), default=0),
-    }
+    if not path:
+        return build_pairs(domains=domains).sample(per_domain, seed=seed)
+    ps = load_jsonl(path)
+    if domains:
+        ps = ps.filter(domains=domains)
+    return ps.sample(per_domain, seed=seed) if sample_file else ps

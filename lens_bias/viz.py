@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .attribution import Scores
+from .bridge import Kind
+from .scores import Scores
 
 
 def neuron_scores_by_layer(scores: Scores, top_per_layer: int = 15, title: str | None = None) -> go.Figure:
@@ -51,7 +52,7 @@ def head_heatmap(scores: Scores, title: str | None = None) -> go.Figure:
     return fig
 
 
-def validation_scatter(result: dict, kind: str = "neurons") -> go.Figure:
+def validation_scatter(result: dict, kind: Kind = "neurons") -> go.Figure:
     """Predicted (attribution) vs exact metric reduction, with the correlations in the title."""
     r = result[kind]
     comps = r["components"]

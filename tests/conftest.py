@@ -8,15 +8,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 with install_import_hook("lens_bias", "beartype.beartype"):
     # every module is imported under the hook so that its annotations are checked at run time
-    import lens_bias  # noqa: F401
-    import lens_bias.ablation  # noqa: F401
-    import lens_bias.attribution  # noqa: F401
-    import lens_bias.capture  # noqa: F401
-    import lens_bias.experiments  # noqa: F401
-    import lens_bias.masks  # noqa: F401
-    import lens_bias.materialize  # noqa: F401
-    import lens_bias.pipeline  # noqa: F401
-    import lens_bias.viz  # noqa: F401
+    # (doctests of lens_bias/ run in the same session and so are checked too)
+    import importlib
+    import pkgutil
+
+    import lens_bias
+
+    for _mod in pkgutil.iter_modules(lens_bias.__path__):
+        importlib.import_module(f"lens_bias.{_mod.name}")
 
 from pathlib import Path  # noqa: E402
 

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from lens_bias import build_pairs, load_model
 from lens_bias import experiments as ex
+from lens_bias.bridge import params_per_unit
 from lens_bias.cli import app
-from lens_bias.components import params_per_unit
 from lens_bias.errors import LensBiasError
 
 
@@ -86,7 +86,7 @@ def test_generalization_refuses_shared_templates(tiny, split):
 def test_domain_scores_come_from_their_own_pairs(tiny, split):
     """A domain's mask is selected from that domain's scores alone."""
     from lens_bias.attribution import attribute
-    from lens_bias.masks import select
+    from lens_bias.selection import select
 
     train = split[0]
     masks = ex.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None, progress=False)
@@ -147,8 +147,8 @@ def test_evalset_reuses_the_kl_reference_until_the_weights_change(tiny, ev):
     import torch
 
     from lens_bias.ablation import ablate
-    from lens_bias.masks import random_mask
-    from lens_bias.metrics import kl_from_reference
+    from lens_bias.capability import kl_from_reference
+    from lens_bias.selection import random_mask
 
     e = ex.EvalSet(pairs=ev.pairs, neutral=ev.neutral)
     mask = random_mask(tiny, 15, "neurons", seed=2)
@@ -162,3 +162,13 @@ def test_evalset_reuses_the_kl_reference_until_the_weights_change(tiny, ev):
         next(tiny.parameters()).mul_(1.0)
     ex.evaluate(tiny, e, mask, lambada=False)
     assert e._kl_ref is not ref  # recomputed after the in-place change
+
+
+def test_template_split_needs_two_templates_per_domain():
+    from lens_bias.pairs import PairSet
+
+    one_template = PairSet([p for p in build_pairs(["finance"]) if p.template == build_pairs(["finance"])[0].template])
+    with pytest.raises(LensBiasError, match="every domain needs at least two templates"):
+        ex.template_split(one_template)
+    train, held = ex.template_split(one_template, check=False)
+    assert len(train) == len(one_template) and len(held) == 0

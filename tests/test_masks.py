@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 
 from lens_bias import MaskError, build_pairs
 from lens_bias.ablation import ablate
-from lens_bias.attribution import Scores, attribute
-from lens_bias.masks import PruningMask, budget_count, parse_budget, random_mask, select
+from lens_bias.attribution import attribute
+from lens_bias.masks import PruningMask
+from lens_bias.scores import Scores
+from lens_bias.selection import budget_count, parse_budget, random_mask, select
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ def test_mean_ablation_uses_means(tiny):
     def rec(t, hook):
         seen["v"] = t[..., 3].clone()
 
-    from lens_bias.components import attached
+    from lens_bias.interventions import attached
 
     with torch.no_grad(), ablate(tiny, mask, "mean", means), attached(tiny, [("blocks.0.mlp.hook_post", rec)]):
         tiny(torch.tensor([[1, 5, 6, 7]]))

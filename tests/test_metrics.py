@@ -5,7 +5,8 @@ import torch
 from conftest import CROWS
 
 from lens_bias import build_pairs, crows_rate, js_divergence, load_crows_pairs, logit_gap, measure
-from lens_bias.metrics import parse_number, perplexity, standardized_mean_difference
+from lens_bias.capability import perplexity
+from lens_bias.metrics import parse_number, standardized_mean_difference
 from lens_bias.pairs import PairSet, neutral_text
 
 
@@ -87,7 +88,7 @@ def test_perplexity_tiny_is_finite(tiny):
 
 
 def test_crows_shared_token_score():
-    from lens_bias.metrics import _shared_score
+    from lens_bias.capability import _shared_score
 
     lp = torch.tensor([-1.0, -2.0, -3.0, -4.0])
     # tokens 10, 11 shared at the start, 13 at the end; 12 vs 99 differ
@@ -108,9 +109,9 @@ def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(t
     and is refused once the weights change in place."""
     from lens_bias.ablation import ablate
     from lens_bias.batching import encode
+    from lens_bias.capability import kl_from_reference, reference_logprobs
     from lens_bias.errors import LensBiasError
-    from lens_bias.masks import random_mask
-    from lens_bias.metrics import kl_from_reference, reference_logprobs
+    from lens_bias.selection import random_mask
 
     texts = neutral_text()[:5]
     mask = random_mask(tiny, 20, "neurons", seed=1)
@@ -141,8 +142,8 @@ def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(t
 @pytest.mark.parametrize("n", [1, 300, 2048, 4096])
 def test_leading_tokens_equal_the_full_tokenization_cut(tiny, n):
     """perplexity() tokenizes only the lines it needs; the tokens are those of the whole text, cut."""
-    from lens_bias.metrics import leading_tokens, load_wikitext
-    from lens_bias.pairs import shared_data_file
+    from lens_bias.capability import leading_tokens
+    from lens_bias.corpora import load_wikitext, shared_data_file
 
     path = shared_data_file("wikitext2_test.txt")
     texts = load_wikitext(path)[:3000] if path else neutral_text() * 20
@@ -173,7 +174,7 @@ def test_lambada_accuracy_matches_one_passage_at_a_time_with_full_logits(smol):
     some are right and some wrong). The passages are the bundled neutral sentences, so the test
     does not need a LAMBADA file."""
     from lens_bias.batching import encode
-    from lens_bias.metrics import lambada_accuracy
+    from lens_bias.capability import lambada_accuracy
 
     texts = [t.rstrip(".") for t in neutral_text()[:40]]
     tok = smol.lens_bias_tokenizer

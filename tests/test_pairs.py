@@ -142,7 +142,7 @@ def test_crows_wrong_columns(tmp_path):
 
 
 def test_token_report(tiny):
-    from lens_bias.metrics import tokenizer_of
+    from lens_bias.bridge import tokenizer_of
 
     ps = PairSet(build_pairs(subjects="names").pairs[:10])
     rep = token_report(ps, tokenizer_of(tiny))

@@ -57,7 +57,7 @@ def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("lens_bias.materialize.export_hf", boom)
+    monkeypatch.setattr("lens_bias.export.export_hf", boom)
     out = tmp_path / "r"
     with pytest.raises(RuntimeError, match="disk full"):
         run(small_config(), out)
@@ -107,3 +107,14 @@ def test_iterative_selection_in_a_run(tmp_path):
     assert mask.counts() == {"neurons": m["pruned"]["neurons"], "heads": m["pruned"]["heads"]}
     assert m["pruned"]["neurons"] == round(0.03 * 2 * 128) and m["pruned"]["heads"] == 1
     assert m["export"]["max_abs_logit_diff"] <= 1e-5
+
+
+def test_single_template_pairs_are_refused_before_the_model_loads(tmp_path):
+    from lens_bias import build_pairs
+    from lens_bias.pairs import PairSet
+
+    ps = build_pairs(["finance"])
+    PairSet([p for p in ps if p.template == ps[0].template]).to_jsonl(tmp_path / "p.jsonl")
+    with pytest.raises(RunError, match=r"at least two templates \(give more templates or use the bundled set\)"):
+        run(small_config(pairs=str(tmp_path / "p.jsonl"), model="no-such-model"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

