@@ -7,17 +7,27 @@
   ``lens-bias`` command, read from the Typer app itself (names, defaults, help). A marker for an
   unknown command fails the build; a command without a marker gets a generated section at the end
   of the page, so a new command is never missing from the reference.
+* ``docs/api.md``: the docstrings cross-reference with Sphinx roles (``:func:`select```,
+  ``:class:`~lens_bias.scores.Scores```), which mkdocstrings leaves as text. Each role becomes a
+  link to the object's entry on the page (resolved like Sphinx: the full dotted name, or relative
+  to the object whose docstring it is in and its parents; ``~`` shows only the last part), or plain
+  code when the object is not documented there.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
+log = logging.getLogger("mkdocs.hooks.api_refs")
 MARKER = re.compile(r"<!--\s*cli:\s*([a-z][a-z -]*?)\s*-->")
+ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|exc|obj):<code>(~?)([\w.]+)</code>")
+ANCHOR = re.compile(r'id="(lens_bias(?:\.\w+)*)"')
 
 # options declared without help text in lens_bias.cli
 FALLBACK_HELP = {
@@ -103,3 +113,69 @@ def on_page_markdown(markdown, page, config, files):
             help_ = (cmds[n].help or "").strip()
             markdown += f"\n### `lens-bias {n}`\n\n{help_}\n\n{_table(cmds[n])}\n"
     return markdown
+
+
+@functools.cache
+def _imports(module: str) -> dict[str, str]:
+    """``{name: "lens_bias.x.name"}`` for every ``from .x import name`` in ``module``'s source."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "lens_bias"
+    path = root / ("__init__.py" if module == "lens_bias" else f"{module.rpartition('.')[2]}.py")
+    if not path.is_file():
+        return {}
+    out = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            out.update({a.asname or a.name: f"lens_bias.{node.module}.{a.name}" for a in node.names})
+    return out
+
+
+def _resolve(name: str, context: str, ids: set[str]) -> str | None:
+    """The page anchor of ``name`` as seen from the object ``context`` (Sphinx's lookup order)."""
+    scope = context
+    while scope:
+        if f"{scope}.{name}" in ids:
+            return f"{scope}.{name}"
+        scope = scope.rpartition(".")[0]
+    for full in (name, f"lens_bias.{name}"):
+        if full in ids:
+            return full
+    # a name imported into a module (``MaskError`` in materialize, ``lens_bias.load_model``): its
+    # documented home, read from the module's imports (nothing is imported)
+    module = ".".join(context.split(".")[:2])
+    head, _, rest = name.partition(".")
+    if head == "lens_bias":
+        module, (head, _, rest) = "lens_bias", rest.partition(".")
+        if f"lens_bias.{head}" in ids:  # a module: lens_bias.x.y
+            module, (head, _, rest) = f"lens_bias.{head}", rest.partition(".")
+    home = _imports(module).get(head)
+    if home:
+        full = f"{home}.{rest}" if rest else home
+        if full in ids:
+            return full
+    return None
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri != "api.md":
+        return html
+    anchors = [(m.start(), m.group(1)) for m in ANCHOR.finditer(html)]
+    ids = {a for _, a in anchors}
+    out, last, i = [], 0, 0
+    context = ""
+    for m in ROLE.finditer(html):
+        while i < len(anchors) and anchors[i][0] < m.start():
+            context = anchors[i][1]
+            i += 1
+        short, name = m.group(1), m.group(2)
+        shown = name.rpartition(".")[2] if short else name
+        target = _resolve(name, context, ids)
+        code = f"<code>{shown}</code>"
+        if target is None:
+            log.debug("api.md: %s (in %s) is not documented on the page; shown as code", name, context)
+        out.append(html[last:m.start()])
+        out.append(f'<a href="#{target}">{code}</a>' if target else code)
+        last = m.end()
+    out.append(html[last:])
+    return "".join(out)
