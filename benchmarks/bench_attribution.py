@@ -38,9 +38,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit, interleaved, proc_status_kib, timed, versions
 
 from lens_bias import build_pairs, load_hf, load_model
-from lens_bias.attribution import attribute, baseline_scores
+from lens_bias.attribution import attribute
+from lens_bias.baselines import baseline_scores
 from lens_bias.pairs import PairSet
 
 SYSTEMS = ("scan", "attribution", "optipfair")
@@ -106,26 +108,22 @@ def runners(bridge, peer, pairs: PairSet, systems=SYSTEMS) -> dict:
 def attribution_batches(bridge, pairs: PairSet) -> tuple[list[list[int]], list]:
     """``attribute``'s batches of pair indices (its default 16 pairs) and the token rows of all
     prompts (the Black prompts, then the White ones)."""
-    from lens_bias.attribution import _length_batches
-    from lens_bias.batching import context_length, tokenize
-    from lens_bias.metrics import tokenizer_of
+    from lens_bias.batching import tokenize_pairs
+    from lens_bias.bridge import model_device
 
-    tok = tokenizer_of(bridge)
-    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
-    return _length_batches(tok, pairs, 16, bridge), rows
+    tokens = tokenize_pairs(bridge, pairs)
+    return tokens.batches(16, model_device(bridge)), tokens.black + tokens.white
 
 
 def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     """Matrix-product work per system in GFLOP (2 x params x tokens; attention scores, norms and
     the like are left out), from the batches each one actually runs: optiPfair one prompt at a
     time with logits at every position; the scan and the attribution padded batches
-    (:func:`lens_bias.capture.pair_batches` per domain for the scan, ``attribute``'s own
+    (:meth:`lens_bias.batching.PairTokens.batches` per domain for the scan, ``attribute``'s own
     length-sorted batches of 16 across domains) with logits only at the last positions. The
     backward for activation gradients costs about what the forward does, so attribution counts its
     passes twice. Equal FLOP/s would make the ratio of these numbers the ratio of the speeds."""
-    from lens_bias.batching import context_length, tokenize
-    from lens_bias.capture import pair_batches
-    from lens_bias.metrics import tokenizer_of
+    from lens_bias.batching import tokenize_pairs
 
     model = bridge.original_model
     emb = model.get_input_embeddings().weight
@@ -135,17 +133,15 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     tied = head.data_ptr() == emb.data_ptr()
     body = total - vocab * d - (0 if tied else head.numel())  # parameters every token goes through
     unembed = vocab * d
-    tok = tokenizer_of(bridge)
     out = {"optipfair": 0.0, "scan": 0.0, "attribution": 0.0}
     for p in pairs:
         for text in (p.black, p.white):
             t = len(peer_tokenizer(text)["input_ids"])
             out["optipfair"] += 2 * t * (body + unembed)
     for _, sub in pairs.by_domain().items():
-        n = len(sub)
-        rows = tokenize(tok, [p.black for p in sub] + [p.white for p in sub], max_len=context_length(bridge))
-        widths = [max(len(rows[i]), len(rows[n + i])) for i in range(n)]
-        for b in pair_batches(widths, 32, device):
+        tokens = tokenize_pairs(bridge, sub)
+        widths = tokens.widths
+        for b in tokens.batches(32, device):
             out["scan"] += 2 * (2 * len(b) * max(widths[i] for i in b)) * body + 2 * (2 * len(b)) * unembed
     # attribute's own batches: length-sorted across domains, 16 pairs
     n = len(pairs)
@@ -157,30 +153,7 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     return {k: v / 1e9 for k, v in out.items()}
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
 # ---------------------------------------------------------------- memory (one subprocess per point)
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _reset_peak_rss() -> bool:
@@ -206,7 +179,7 @@ def memory_child(system: str, n: int, args) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss_loaded = _status_kb("VmRSS")
+    rss_loaded = proc_status_kib().get("VmRSS")
     reset = _reset_peak_rss()
     t0 = time.perf_counter()
     run()
@@ -214,7 +187,7 @@ def memory_child(system: str, n: int, args) -> dict:
     out = {
         "system": system, "pairs": n, "seconds": secs,
         "rss_after_load_mib": (rss_loaded or 0) / 1024,
-        "peak_rss_mib": (_status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024,
+        "peak_rss_mib": (proc_status_kib()["VmHWM"] if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024,
         "peak_rss_source": "VmHWM after clear_refs (peak during the run)" if reset else "ru_maxrss (includes loading)",
     }
     if cuda:
@@ -294,7 +267,7 @@ def main() -> None:
 
     if args.memory_child:
         system, n = args.memory_child.split(":")
-        print(json.dumps(memory_child(system, int(n), args)))
+        emit(memory_child(system, int(n), args))
         return
 
     if args.threads:
@@ -319,11 +292,7 @@ def main() -> None:
         record.update({"memory": mem, "memory_runs": rows,
                        "memory_goal_met": {s: m["peak_rss_ratio"] <= 1.10 for s, m in mem.items()}})
     if args.json:
-        from importlib.metadata import version
-
-        record.update({"torch": torch.__version__, "transformers": version("transformers"),
-                       "transformer_lens": version("transformer-lens"), "optipfair": version("optipfair")})
-        print(json.dumps(record))
+        emit({**record, **versions("optipfair")})
 
 
 NAMES = {"scan": "lens_bias scan (actdiff, fwd only)", "attribution": "lens_bias attribution (fwd+bwd)",
@@ -339,16 +308,14 @@ def timing(args) -> dict:
         raise SystemExit("the bridge and the optiPfair copy do not hold the same weights")
     run = runners(bridge, peer, pairs)
     warm = runners(bridge, peer, pairs[: min(args.warmup_pairs, len(pairs))])
-    for s in SYSTEMS:
+    for s in SYSTEMS:  # one warm-up round on fewer pairs
         timed(warm[s], args.device)
 
-    times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-    for r in range(args.repeats):
-        order = SYSTEMS[r % 3:] + SYSTEMS[: r % 3]
-        for s in order:
-            times[s].append(timed(run[s], args.device))
+    def report(r: int, times: dict) -> None:
         print(f"  repeat {r + 1}/{args.repeats}: " + "  ".join(f"{s} {times[s][-1]:.1f}s" for s in SYSTEMS),
               flush=True)
+
+    times = interleaved(run, args.device, args.repeats, after_round=report)
 
     n = len(pairs)
     work = work_estimate(bridge, peer[1], pairs, args.device)

@@ -14,27 +14,18 @@ work that is the unembedding (vocabulary x d_model per token with full logits).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import torch
+from common import emit, median_seconds
 
-from lens_bias import build_pairs, load_model
+from lens_bias import load_model
 from lens_bias.ablation import ablate
-from lens_bias.experiments import evaluate, standard_evalset
-from lens_bias.masks import random_mask
-from lens_bias.metrics import kl_from_reference, leading_tokens, measure, perplexity, tokenizer_of
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from lens_bias.bridge import tokenizer_of
+from lens_bias.capability import kl_from_reference, leading_tokens, perplexity
+from lens_bias.experiments import evaluate, standard_evalset, template_split
+from lens_bias.metrics import measure
+from lens_bias.pairs import load_pairs
+from lens_bias.selection import random_mask
 
 
 def main() -> None:
@@ -49,7 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bridge = load_model(args.model, device="cpu")
-    _, held = build_pairs().sample(args.per_domain, seed=0).split(by="template", held_out=0.25, seed=0)
+    _, held = template_split(load_pairs(per_domain=args.per_domain))
     ev = standard_evalset(held, ppl_tokens=args.ppl_tokens)
     mask = random_mask(bridge, "0.5%", "neurons", seed=0)
 
@@ -71,7 +62,7 @@ def main() -> None:
         "KL, two passes": lambda: kl_from_reference(bridge, ev.neutral, ctx),
         "evaluate (all of it)": lambda: evaluate(bridge, ev, mask, lambada=False),
     }
-    times = {name: median_time(fn, args.repeats) for name, fn in parts.items()}
+    times = {name: median_seconds(fn, args.repeats) for name, fn in parts.items()}
     tok = tokenizer_of(bridge)
     cfg = bridge.cfg
     body = sum(p.numel() for n, p in bridge.original_model.named_parameters()
@@ -91,7 +82,7 @@ def main() -> None:
     print(f"tokens: {record['tokens']}; the unembedding is {100 * record['unembedding_share_of_full_logit_forward']:.0f} % "
           f"of a full-logit forward's matrix work; keeping the KL reference: {record['kl_speedup']}x")
     if args.json:
-        print(json.dumps(record))
+        emit(record)
 
 
 if __name__ == "__main__":

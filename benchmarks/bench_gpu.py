@@ -29,105 +29,47 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import statistics
 import time
 
 import torch
+from common import (
+    LLAMA3_8B_SHAPE,
+    build_models,
+    emit,
+    import_transformer_lens,
+    interleaved,
+    median_ms,
+    peak_mib,
+    random_pairs,
+    rel_error,
+    rounded_ms,
+    sync,
+    versions,
+    word_tokenizer,
+)
 
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=1024)
 CHECK_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                    num_key_value_heads=4, vocab_size=2048)
-LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256)
 
 
-def _import_transformer_lens():
-    """TransformerLens imports ``datasets`` at import time for its dataset helpers (unused here).
-    Where ``datasets`` cannot be imported, empty stand-ins let it import; recorded in the output."""
-    try:
-        import datasets  # noqa: F401
+def capture_hooks(kinds, n_layers: int, store: dict) -> list:
+    """The hooks ``attribute`` attaches: every layer's activations of ``kinds`` kept in
+    ``store[(kind, layer)]``, gradients flowing to them."""
+    from lens_bias.components import hook_name
+    from lens_bias.interventions import collect
 
-        return "datasets"
-    except Exception:  # noqa: BLE001 - ImportError, or a datasets too new for the pyarrow there
-        import sys
-        import types
-
-        for name, attrs in {"datasets": {}, "datasets.arrow_dataset": {"Dataset": type("Dataset", (), {})},
-                            "datasets.iterable_dataset": {"IterableDataset": type("IterableDataset", (), {})},
-                            "datasets.load": {"load_dataset": None}}.items():
-            mod = types.ModuleType(name)
-            mod.__dict__.update(attrs)
-            sys.modules[name] = mod
-        return "stub"
-
-
-def word_tokenizer(vocab_size: int):
-    """Word ``t<i>`` is token ``i`` for i >= 3; ``<pad>``, ``<bos>``, ``<eos>`` are 0, 1, 2 (special
-    tokens are matched anywhere in the text, so their names must not be prefixes of words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<pad>")
-    fast.init_kwargs["name_or_path"] = "word-ids"  # in memory only: TransformerLens must not reload it
-    fast.init_kwargs["add_bos_token"] = True
-    return fast
-
-
-def random_pairs(n: int, seq: int, vocab: int, seed: int = 0):
-    """n pairs of ``seq`` tokens (BOS + seq-1 random words) that differ in the token at position 2."""
-    from lens_bias.pairs import ContrastivePair, PairSet
-
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (n, seq - 1), generator=g)
-    swap = torch.randint(3, vocab, (n,), generator=g)
-    swap = torch.where(swap == ids[:, 1], 3 + (swap - 2) % (vocab - 3), swap)
-    out = []
-    for i in range(n):
-        b = ids[i].tolist()
-        w = list(b)
-        w[1] = int(swap[i])
-        out.append(ContrastivePair(id=f"r{i}", domain="general", template="random",
-                                   black=" ".join(f"t{x}" for x in b), white=" ".join(f"t{x}" for x in w)))
-    return PairSet(out)
-
-
-def build_models(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
-    """The plain HF model with random weights, and a twin that shares its weight tensors (the one
-    the bridge wraps: TransformerLens rewires the modules of the model it is given)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=False, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=0, architectures=["LlamaForCausalLM"])
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            plain = LlamaForCausalLM(cfg)
-        with torch.device("meta"):
-            twin = LlamaForCausalLM(copy.deepcopy(cfg))
-    finally:
-        torch.set_default_dtype(prev)
-    twin.load_state_dict(plain.state_dict(), assign=True, strict=True)
-    for name, buf in plain.named_buffers():  # non-persistent buffers (rotary inv_freq)
-        mod, _, leaf = name.rpartition(".")
-        twin.get_submodule(mod).register_buffer(leaf, buf.clone(), persistent=False)
-    return plain.eval(), twin.eval()
+    return [(hook_name(k, layer), collect(store, k, layer)) for k in kinds for layer in range(n_layers)]
 
 
 def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmup: int) -> dict:
     """Where the time of ``attribute`` goes: the bridge's own forward/backward against the plain
     model's, with and without the activation hooks."""
-    from lens_bias.attribution import _capture_hooks, attribute
-    from lens_bias.components import KINDS, attached
+    from lens_bias.attribution import attribute
+    from lens_bias.bridge import KINDS
+    from lens_bias.interventions import attached
 
     ids = batch.ids
     L = bridge.cfg.n_layers
@@ -144,7 +86,7 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
 
     def bridge_fwdbwd_hooks():
         store = {}
-        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+        with attached(bridge, capture_hooks(KINDS, L, store)), torch.enable_grad():
             out = bridge(ids, logits_to_keep=1)
             torch.autograd.grad(out.float().logsumexp(-1).sum(), list(store.values()))
 
@@ -171,12 +113,12 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
 
     def bridge_fwd_hooks_white():
         store = {}
-        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.no_grad():
+        with attached(bridge, capture_hooks(KINDS, L, store)), torch.no_grad():
             bridge(ids[n:], logits_to_keep=1)
 
     def bridge_fwdbwd_hooks_black():
         store = {}
-        with attached(bridge, _capture_hooks(KINDS, L, store)), torch.enable_grad():
+        with attached(bridge, capture_hooks(KINDS, L, store)), torch.enable_grad():
             out = bridge(ids[:n], logits_to_keep=1)
             torch.autograd.grad(out.float().logsumexp(-1).sum(), list(store.values()))
 
@@ -196,26 +138,12 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
         "ours_patch": lambda: attribute(bridge, pairs, estimator="patch", components=KINDS, batch_size=n,
                                         progress=False),
     }
-    names = list(systems)
-    for _ in range(warmup):
-        for k in names:
-            timed(systems[k], dev)
-    times = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            times[k].append(timed(systems[k], dev))
-    out = {"median_ms": {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items()}}
+    out = {"median_ms": median_ms(interleaved(systems, dev, repeats, warmup))}
     if dev.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 
         per_op = {}
-        peaks = {}
-        for k in ("ours_ablate", "ours_patch"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            systems[k]()
-            torch.cuda.synchronize()
-            peaks[k] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        peaks = {k: peak_mib(systems[k], dev)[dev] for k in ("ours_ablate", "ours_patch")}
         out["peak_gpu_mib"] = peaks
         print(f"  breakdown peak GPU MiB: {peaks}")
         for k in ("plain_fwdbwd_both", "bridge_fwdbwd_embed_both", "ours_ablate", "ours_patch"):
@@ -251,7 +179,7 @@ def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 
     (``vs_float32_weights``): that is what a user comparing a bf16 checkpoint with its float32
     original would see."""
     from lens_bias.attribution import attribute
-    from lens_bias.components import KINDS
+    from lens_bias.bridge import KINDS
     from lens_bias.models import wrap
 
     plain, twin = build_models(CHECK_SHAPE, "cpu", torch.float32, seed=3)
@@ -272,7 +200,7 @@ def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 
             ref = attribute(ref_bridge, pairs, estimator=est, batch_size=n, progress=False)
             for k in KINDS:
                 r, x = ref.get(k).double(), got.get(k).double().cpu()
-                err = round(float((x - r).norm() / r.norm().clamp_min(1e-30)), 5)
+                err = round(rel_error(r, x), 5)
                 if which != "same_weights":
                     extra[f"{est}_{k}"] = err
                     continue
@@ -312,21 +240,7 @@ def plain_precision_floor(ref, low, n: int, seq: int, dev: str) -> dict:
         return logits.detach().double().cpu(), emb.grad.double().cpu()
 
     (l_ref, g_ref), (l_low, g_low) = run(ref, "cpu"), run(low, dev)
-    rel = lambda x, r: round(float((x - r).norm() / r.norm()), 5)  # noqa: E731
-    return {"logits": rel(l_low, l_ref), "grad_embeddings": rel(g_low, g_ref)}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
+    return {"logits": round(rel_error(l_ref, l_low), 5), "grad_embeddings": round(rel_error(g_ref, g_low), 5)}
 
 
 def main() -> None:
@@ -350,15 +264,16 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     dev = args.device
     cuda = dev.startswith("cuda")
-    datasets_mode = _import_transformer_lens()
+    datasets_mode = import_transformer_lens()
 
     if args.check_only:
         res = {str(d): check_against_float32(dev, d) for d in dict.fromkeys([dtype, torch.float32])}
-        print(json.dumps({"benchmark": "bench_gpu --check-only", "device": dev, "check": res}))
+        emit({"benchmark": "bench_gpu --check-only", "device": dev, "check": res})
         return
 
-    from lens_bias.attribution import attribute, baseline_scores
-    from lens_bias.metrics import pair_batch
+    from lens_bias.attribution import attribute
+    from lens_bias.baselines import baseline_scores
+    from lens_bias.batching import pair_batch
     from lens_bias.models import wrap
 
     shape = TINY_SHAPE if args.tiny else LLAMA3_8B_SHAPE
@@ -402,16 +317,8 @@ def main() -> None:
                                         batch_size=n, progress=False),
         "ours_scan": lambda: baseline_scores(bridge, pairs, "actdiff", batch_size=n),
     }
-    names = list(systems)
-    for _ in range(args.warmup):
-        for k in names:
-            timed(systems[k], dev)
-    times = {k: [] for k in names}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for k in order:
-            times[k].append(timed(systems[k], dev))
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    times = interleaved(systems, dev, args.repeats, args.warmup)
+    med = median_ms(times, ndigits=None)
     floor = med["floor_fwd_white"] + med["floor_fwdbwd_black"]
     ratios = {
         "ablate_vs_floor": med["ours_ablate"] / floor,
@@ -423,16 +330,13 @@ def main() -> None:
     mem = {}
     for m in [int(x) for x in args.mem_pairs.split(",")]:
         ps = random_pairs(m, args.seq, shape["vocab_size"], seed=1)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        attribute(bridge, ps, components=("neurons", "heads"), batch_size=n, progress=False)
-        sync(dev)
+        peak = peak_mib(lambda ps=ps: attribute(bridge, ps, components=("neurons", "heads"), batch_size=n,
+                                                progress=False), dev)
         secs = time.perf_counter() - t
         mem[m] = {"seconds": round(secs, 3), "pairs_per_s": round(m / secs, 1)}
         if cuda:
-            mem[m]["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            mem[m]["peak_gpu_mib"] = peak[dev]
     lo, hi = min(mem), max(mem)
     mem_ratio = mem[hi]["peak_gpu_mib"] / mem[lo]["peak_gpu_mib"] if cuda else None
 
@@ -469,7 +373,7 @@ def main() -> None:
         "ours_patch": "lens_bias attribute (patch)",
         "ours_scan": "lens_bias actdiff scan (fwd only)",
     }
-    for k in names:
+    for k in systems:
         print(f"  {labels[k]:<40} {med[k]:9.1f}")
     print(f"  {'floor = fwd(n) + fwd+bwd(n)':<40} {floor:9.1f}")
     for k, v in ratios.items():
@@ -479,17 +383,14 @@ def main() -> None:
               + f"{row['pairs_per_s']} pairs/s")
     if cuda:
         print(f"  peak GPU ratio {hi}/{lo} pairs: {mem_ratio:.3f}  (weights {weights_mib:.0f} MiB)")
-    from importlib.metadata import version
-
     record = {
         "benchmark": "bench_gpu", "device": device_name, "shape": "tiny" if args.tiny else "llama3-8b",
         "dtype": args.dtype, "pairs": n, "seq": args.seq, "repeats": args.repeats, "warmup": args.warmup,
-        "torch": torch.__version__, "transformers": version("transformers"),
-        "transformer_lens": version("transformer-lens"), "datasets_import": datasets_mode,
+        **versions(), "datasets_import": datasets_mode,
         "build_seconds": round(build_s, 1), "weights_mib": weights_mib, "after_wrap_mib": after_wrap_mib,
         "bridge_shares_weights": shared,
         "median_ms": {k: round(v, 2) for k, v in med.items()},
-        "ms": {k: [round(x * 1e3, 2) for x in v] for k, v in times.items()},
+        "ms": rounded_ms(times),
         "floor_ms": round(floor, 2), "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "goal_ratio": 1.3, "goal_met": ratios["ablate_vs_floor"] <= 1.3,
         "memory": {str(k): v for k, v in mem.items()}, "peak_gpu_ratio": mem_ratio,
@@ -498,11 +399,7 @@ def main() -> None:
         "check_vs_float32_cpu": check, "check_goal_met": max(check.values()) <= 1e-2,
         "check_ranking": check_ranks,
     }
-    line = json.dumps(record)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
-    print(line)
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

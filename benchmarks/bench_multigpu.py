@@ -26,34 +26,31 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import statistics
 import time
 
 import torch
-from bench_gpu import (
+from common import (
     LLAMA3_8B_SHAPE,
-    _import_transformer_lens,
+    LLAMA_70B_SHAPE,
     build_models,
+    emit,
+    import_transformer_lens,
+    interleaved_ms,
+    new_llama,
+    peak_mib,
     random_pairs,
-    timed,
+    rel_error,
+    sync,
+    versions,
     word_tokenizer,
 )
 
-LLAMA_70B_SHAPE = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                       num_key_value_heads=8, vocab_size=128256)
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=512)  # --tiny: a CPU run of the script (devices cpu,cpu)
 SMALL_SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
                    num_key_value_heads=4, vocab_size=4096)
 KINDS = ("neurons", "heads")
-
-
-def sync_all(devices) -> None:
-    for d in devices:
-        if d.startswith("cuda"):
-            torch.cuda.synchronize(d)
 
 
 def _owner(name: str, device_map: dict) -> str:
@@ -67,18 +64,9 @@ def split_copy(plain, devices, hf_layout: bool = False):
     part on ``plain``'s own device shares its tensors; nothing is written to them). ``hf_layout``:
     the final norm and the unembedding on the last device, as Hugging Face's ``device_map="auto"``
     places them."""
-    from transformers import LlamaForCausalLM
+    from lens_bias.devices import split_device_map
 
-    from lens_bias.models import split_device_map
-
-    dtype = next(plain.parameters()).dtype
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(plain.config)
-    finally:
-        torch.set_default_dtype(prev)
+    model = new_llama(plain.config, "meta", next(plain.parameters()).dtype)
     dm = split_device_map(model, devices)
     if hf_layout:
         dm["model.norm"] = dm["lm_head"] = devices[-1]
@@ -92,7 +80,7 @@ def split_copy(plain, devices, hf_layout: bool = False):
 def build_split_random(shape: dict, devices, dtype: torch.dtype, seed: int = 0):
     """A random-weight Llama of ``shape`` built on the meta device, then materialised module by
     module on the device ``split_device_map`` gives it: normal(0, 0.02) matrices, unit norms."""
-    from lens_bias.models import split_device_map
+    from lens_bias.devices import split_device_map
 
     skeleton, _ = build_models(shape, "meta", dtype)  # the same config as bench_gpu's models; no memory
     dm = split_device_map(skeleton, devices)
@@ -116,39 +104,6 @@ def build_split_random(shape: dict, devices, dtype: torch.dtype, seed: int = 0):
 
 def _allocated(devices) -> dict:
     return {d: round(torch.cuda.memory_allocated(d) / 2**20, 1) for d in dict.fromkeys(devices) if d.startswith("cuda")}
-
-
-def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return float((b - a).norm() / a.norm().clamp_min(1e-30))
-
-
-def peaks(devices, fn) -> dict:
-    """Peak GPU memory (MiB) of each device while ``fn`` runs."""
-    cuda = [d for d in dict.fromkeys(devices) if d.startswith("cuda")]
-    sync_all(devices)
-    for d in cuda:
-        torch.cuda.reset_peak_memory_stats(d)
-    fn()
-    sync_all(devices)
-    return {d: round(torch.cuda.max_memory_allocated(d) / 2**20, 1) for d in cuda}
-
-
-def interleaved(systems: dict, devices, repeats: int, warmup: int) -> tuple[dict, dict]:
-    names = list(systems)
-
-    def run(k):
-        return timed(lambda: (systems[k](), sync_all(devices)), devices[0])
-
-    for _ in range(warmup):
-        for k in names:
-            run(k)
-    times = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            times[k].append(run(k))
-    return {k: round(statistics.median(v) * 1e3, 2) for k, v in times.items()}, \
-        {k: [round(x * 1e3, 2) for x in v] for k, v in times.items()}
 
 
 def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup: int) -> dict:
@@ -182,8 +137,8 @@ def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warm
         "one_patch": lambda b=one: run(b, "patch"),
         "split_patch": lambda b=split: run(b, "patch"),
     }
-    med, all_ms = interleaved(systems, devices, repeats, warmup)
-    mem = {k: peaks(devices, systems[k]) for k in systems}
+    med, all_ms = interleaved_ms(systems, devices, repeats, warmup)
+    mem = {k: peak_mib(systems[k], devices) for k in systems}
     out = {"shape": shape, "layers_per_device": layers, "build_seconds": round(build_s, 1),
            "n_devices_seen_by_transformer_lens": getattr(split.cfg, "n_devices", None),
            "rel_error": err, "bit_identical": equal, "max_abs_diff": mx, "median_ms": med, "ms": all_ms,
@@ -198,7 +153,9 @@ def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warm
 def other_paths(one, split, plain, tok, pairs, devices, ref: dict, n: int) -> dict:
     """The other entry points on the split model, and the layout of Hugging Face's
     ``device_map="auto"`` (final norm and unembedding on the last GPU), against one GPU."""
-    from lens_bias.attribution import attribute, baseline_scores, capability_cost
+    from lens_bias.attribution import attribute, capability_cost
+    from lens_bias.baselines import baseline_scores
+    from lens_bias.devices import final_hidden_to_input_device
     from lens_bias.models import wrap
 
     def same(a, b) -> bool:
@@ -211,7 +168,8 @@ def other_paths(one, split, plain, tok, pairs, devices, ref: dict, n: int) -> di
         out[f"hf_layout_{est}"] = same(ref[est], attribute(hf, pairs, estimator=est, batch_size=n, progress=False))
     # without lens_bias's hook that returns the last hidden states to the first GPU
     hooks = model.model._forward_hooks
-    mine = [k for k, f in hooks.items() if "_final_hidden_to_input_device" in getattr(f, "__qualname__", "")]
+    ours = final_hidden_to_input_device.__qualname__ + "."
+    mine = [k for k, f in hooks.items() if getattr(f, "__qualname__", "").startswith(ours)]
     assert len(mine) == 1, "lens_bias's hook on the decoder is missing"
     saved = {k: hooks.pop(k) for k in mine}
     try:
@@ -236,7 +194,7 @@ def part_big(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup
 
     t0 = time.perf_counter()
     model, dm = build_split_random(shape, devices, dtype)
-    sync_all(devices)
+    sync(devices)
     built_s = time.perf_counter() - t0
     weights = _allocated(devices)
     n_params = sum(p.numel() for p in model.parameters())
@@ -254,8 +212,8 @@ def part_big(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup
             systems = {est: (lambda est=est, bs=batch: attribute(bridge, pairs, estimator=est, components=KINDS,
                                                                  batch_size=bs, progress=False))
                        for est in ("ablate", "patch")}
-            mem = {k: peaks(devices, f) for k, f in systems.items()}
-            med, all_ms = interleaved(systems, devices, repeats, warmup)
+            mem = {k: peak_mib(f, devices) for k, f in systems.items()}
+            med, all_ms = interleaved_ms(systems, devices, repeats, warmup)
             break
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -288,23 +246,19 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     devices = [str(torch.device(d)) for d in args.devices.split(",")]
     dtype = getattr(torch, args.dtype)
-    datasets_mode = _import_transformer_lens()
-    from importlib.metadata import version
-
+    datasets_mode = import_transformer_lens()
     record = {"benchmark": "bench_multigpu", "devices": devices,
               "device_names": [torch.cuda.get_device_name(d) if d.startswith("cuda") else d for d in devices],
               "peer_access": torch.cuda.can_device_access_peer(torch.device(devices[0]).index or 0,
                                                                torch.device(devices[1]).index)
               if len(devices) == 2 and all(d.startswith("cuda") for d in devices) else None,
               "dtype": args.dtype, "pairs": args.pairs, "seq": args.seq, "repeats": args.repeats,
-              "warmup": args.warmup, "small": args.small, "torch": torch.__version__,
-              "transformers": version("transformers"), "transformer_lens": version("transformer-lens"),
-              "accelerate": version("accelerate"), "datasets_import": datasets_mode}
+              "warmup": args.warmup, "small": args.small, **versions("accelerate"), "datasets_import": datasets_mode}
     size = "tiny" if args.tiny else "small" if args.small else None
     record["size"] = size or "full"
-    common = (devices, dtype, args.pairs, args.seq, args.repeats, args.warmup)
+    part_args = (devices, dtype, args.pairs, args.seq, args.repeats, args.warmup)
     if args.part in ("check", "both"):
-        c = part_check(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA3_8B_SHAPE, *common)
+        c = part_check(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA3_8B_SHAPE, *part_args)
         record["check"] = c
         print(f"\ncheck ({size or 'Llama-3-8B'} shape, {args.dtype}): one GPU ({devices[0]}) "
               f"against split over {devices} (layers {c['layers_per_device']}), {args.pairs} pairs x {args.seq} tokens")
@@ -318,7 +272,7 @@ def main() -> None:
         for k, v in c["other_paths_bit_identical"].items():
             print(f"  same as one GPU: {k:<24} {v}")
     if args.part in ("big", "both"):
-        b = part_big(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA_70B_SHAPE, *common)
+        b = part_big(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA_70B_SHAPE, *part_args)
         record["big"] = b
         print(f"\nbig ({size or 'Llama-70B'} shape, {b['weights_gib']} GiB of weights, "
               f"{args.dtype}) split over {devices} (layers {b['layers_per_device']}; weights MiB {b['weights_mib']}; "
@@ -326,11 +280,7 @@ def main() -> None:
               f"tokens, batches of {b['batch_size']}, median of {args.repeats}")
         for k, v in b["median_ms"].items():
             print(f"  attribute ({k:<6}) {v:10.1f} ms  {b['pairs_per_s'][k]:7.2f} pairs/s  peak MiB {b['peak_mib'][k]}")
-    line = json.dumps(record)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
-    print(line)
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

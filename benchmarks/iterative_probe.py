@@ -10,13 +10,14 @@ Held-out mean JS, |logit gap| and WikiText-2 perplexity with ablation hooks. Tab
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-from lens_bias import build_pairs, load_model
+from common import emit
+
+from lens_bias import load_model
 from lens_bias.attribution import attribute, capability_cost
-from lens_bias.experiments import evaluate, standard_evalset
-from lens_bias.pairs import neutral_text
+from lens_bias.experiments import evaluate, standard_evalset, template_split
+from lens_bias.pairs import load_pairs, neutral_text
 from lens_bias.selection import select_iterative
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     bridge = load_model(args.model)
-    train, held = build_pairs().sample(args.per_domain).split(by="template", held_out=0.25, seed=0)
+    train, held = template_split(load_pairs(per_domain=args.per_domain))
     ev = standard_evalset(held, ppl_tokens=2048)
     ev.lambada, ev.crows = [], []
     base = evaluate(bridge, ev, None)
@@ -57,8 +58,8 @@ def main() -> None:
         print(f"{r['budget']:7} {r['steps']:5d} {r['js']:9.5f} {pct(base['js'], r['js']):+7.1f}% "
               f"{pct(base['abs_logit_gap'], r['abs_logit_gap']):+11.1f}% {r['ppl'] or float('nan'):7.2f} "
               f"{pct(base.get('wikitext_ppl'), r['ppl']):+7.1f}%")
-    print(json.dumps({"model": args.model, "before": {k: base.get(k) for k in ("js", "abs_logit_gap", "wikitext_ppl")},
-                      "rows": rows, "seconds": round(time.time() - t0)}))
+    emit({"model": args.model, "before": {k: base.get(k) for k in ("js", "abs_logit_gap", "wikitext_ppl")},
+          "rows": rows, "seconds": round(time.time() - t0)})
 
 
 if __name__ == "__main__":

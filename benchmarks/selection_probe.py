@@ -10,16 +10,17 @@ mean JS and WikiText-2 perplexity with ablation hooks. Prints a table and one JS
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-from lens_bias import build_pairs, load_model
+from common import emit
+
+from lens_bias import load_model
 from lens_bias.attribution import attribute, capability_cost
 from lens_bias.capture import mean_activations
-from lens_bias.experiments import EvalSet, evaluate
-from lens_bias.masks import random_mask, select
-from lens_bias.metrics import load_wikitext
-from lens_bias.pairs import neutral_text, shared_data_file
+from lens_bias.corpora import load_wikitext, shared_data_file
+from lens_bias.experiments import EvalSet, evaluate, template_split
+from lens_bias.pairs import load_pairs, neutral_text
+from lens_bias.selection import random_mask, select
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     bridge = load_model(args.model)
-    train, held = build_pairs().sample(args.per_domain).split(by="template", held_out=0.25, seed=0)
+    train, held = template_split(load_pairs(per_domain=args.per_domain))
     wt = shared_data_file("wikitext2_test.txt")
     ev = EvalSet(held, wikitext=load_wikitext(wt) if wt else [], ppl_tokens=2048)
     neutral = neutral_text()
@@ -60,7 +61,7 @@ def main() -> None:
         dp = 100 * (r["ppl"] - base["wikitext_ppl"]) / base["wikitext_ppl"] if r["ppl"] else float("nan")
         print(f"{r['mode']:6} {r['filter']:12} {r['q'] if r['q'] is not None else '-':>5} {r['js']:12.5f} "
               f"{dj:+7.1f}% {r['ppl'] or float('nan'):8.2f} {dp:+7.1f}%")
-    print(json.dumps({"model": args.model, "budget": args.budget, "rows": rows, "seconds": round(time.time() - t0)}))
+    emit({"model": args.model, "budget": args.budget, "rows": rows, "seconds": round(time.time() - t0)})
 
 
 if __name__ == "__main__":

@@ -21,15 +21,20 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit
 
-from lens_bias import build_pairs, load_model
-from lens_bias.attribution import attribute, sample_parts, validate
+from lens_bias import load_model
+from lens_bias.attribution import attribute
 from lens_bias.components import Component
+from lens_bias.experiments import template_split
+from lens_bias.pairs import load_pairs
+from lens_bias.validation import correlations, sample_parts, validate
 
 
 def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> tuple[list[Component], int]:
     """Top-k by |score| of each scorer, plus random others (seeded), without repeats; and how many
-    of them are random (the last ones)."""
+    of them are random (the last ones). ``validate`` draws such a sample for one scorer; this one
+    is shared by several, so their exact effects are computed once."""
     shape = scores[0].get(kind).shape
     chosen: list[int] = []
     for s in scores:
@@ -61,8 +66,9 @@ def main() -> None:
     args = ap.parse_args()
 
     bridge = load_model(args.model)
-    ps = build_pairs(domains=args.domains.split(",") if args.domains else None).sample(args.per_domain, seed=args.seed)
-    train, _ = ps.split(by="template", held_out=0.25, seed=args.seed)
+    ps = load_pairs(domains=args.domains.split(",") if args.domains else None, per_domain=args.per_domain,
+                    seed=args.seed)
+    train, _ = template_split(ps, seed=args.seed)
     kinds = ("neurons", "heads")
     rows, detail, times = [], {}, {}
     todo = args.only.split(",")
@@ -82,11 +88,9 @@ def main() -> None:
         # the exact effects are the same: score GradDrop on them without re-running
         r_gd = {}
         for kind in kinds:
-            from lens_bias.attribution import _correlations
-
             pred = torch.tensor([float(gd.get(kind)[c.layer, c.index]) for c in sample[kind]])
             true = torch.tensor(r_plain[kind]["exact"])
-            sp, pe = _correlations(pred, true.abs())
+            sp, pe = correlations(pred, true.abs())
             r_gd[kind] = {"n": len(pred), "compared_with": "|exact|", "spearman": sp, "pearson": pe,
                           "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist()}
             n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
@@ -95,21 +99,17 @@ def main() -> None:
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
 
-    if "mean" in todo:
+    studies = (("mean", "ablate_mean", "ablate mean (AtP)", {"ablation": "mean"}),
+               ("patch", "patch", "patch (AtP)", {"estimator": "patch"}))
+    for study, key, label, settings in studies:
+        if study not in todo:
+            continue
         t = time.time()
-        s = attribute(bridge, train, ablation="mean", progress=True)
+        s = attribute(bridge, train, progress=True, **settings)
         r = validate(bridge, train, s, k=args.k, n_random=args.n_random, seed=args.seed)
-        times["ablate_mean_total"] = time.time() - t
-        detail["ablate_mean"] = r
-        rows.append(("ablate mean (AtP)", summary(r)))
-
-    if "patch" in todo:
-        t = time.time()
-        s = attribute(bridge, train, estimator="patch", progress=True)
-        r = validate(bridge, train, s, k=args.k, n_random=args.n_random, seed=args.seed)
-        times["patch_total"] = time.time() - t
-        detail["patch"] = r
-        rows.append(("patch (AtP)", summary(r)))
+        times[f"{key}_total"] = time.time() - t
+        detail[key] = r
+        rows.append((label, summary(r)))
 
     print(f"\n{args.model}, {len(train)} train pairs, top-{args.k} + {args.n_random} random per kind")
     print(f"{'setting':30s} {'kind':8s} {'n':>4s} {'vs':8s} {'Spearman':>9s} {'Pearson':>8s} {'Sp |.|':>7s} {'Pe |.|':>7s} {'Sp top':>7s} {'Sp rand':>7s} {'sign':>7s}")
@@ -120,7 +120,7 @@ def main() -> None:
                   f"{r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}")
     result = {"model": args.model, "n_pairs": len(train), "k": args.k, "n_random": args.n_random,
               "results": {name: res for name, res in rows}, "seconds": {k: round(v, 1) for k, v in times.items()}}
-    print(json.dumps(result))
+    emit(result)
     if args.out:
         args.out.write_text(json.dumps({**result, "detail": detail}))
 
