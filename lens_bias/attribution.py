@@ -36,7 +36,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .batching import Batch, check_finite, chunks, encode, last_logits, pair_batch, tokenize_pairs
-from .bridge import KINDS, Bridge, Kind, model_device, score_dtype, shape_of, tokenizer_of
+from .bridge import (
+    KINDS,
+    Bridge,
+    Kind,
+    model_device,
+    model_dtype,
+    n_params,
+    score_dtype,
+    shape_of,
+    tokenizer_of,
+)
 from .components import hook_name
 from .errors import LensBiasError, NumericsError
 from .interventions import attached, collect
@@ -299,6 +309,29 @@ def _attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, 
     return kinds, pairs, means
 
 
+# On an accelerator, the activations kept for the backward pass may take this share of the weights'
+# memory (activation_token_cap); measured on a Llama-3-8B shape in bf16: ~9 MB per padded token.
+ACTIVATION_SHARE = 0.15
+
+
+def activation_token_cap(bridge: Bridge) -> int | None:
+    """The most padded tokens in one attribution batch: None on a CPU (:data:`lens_bias.batching.BATCH_MAX_TOKENS`
+    applies there), else the count whose saved activations (about ``n_layers x (4 d_mlp + 8 d_model)``
+    values a token, in the model's dtype) fit in :data:`ACTIVATION_SHARE` of the weights' bytes, at
+    least 64.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> activation_token_cap(load_model("tiny-random", device="cpu")) is None
+        True
+    """
+    if model_device(bridge).type == "cpu":
+        return None
+    cfg, elem = bridge.cfg, model_dtype(bridge).itemsize
+    per_token = cfg.n_layers * (4 * cfg.d_mlp + 8 * cfg.d_model) * elem
+    return max(64, int(ACTIVATION_SHARE * n_params(bridge) * elem / per_token))
+
+
 def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
                   kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool) -> tuple[dict, Tensor]:
     """Every batch's contributions added to its pairs' domains: per kind ``[domains, (dropped
@@ -315,7 +348,8 @@ def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablati
     metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
     # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
     tokens = tokenize_pairs(bridge, pairs)
-    jobs = [(idx, [pairs.pairs[i] for i in idx]) for idx in tokens.batches(batch_size, device)]
+    cap = activation_token_cap(bridge)  # None on a CPU: the CPU default cap applies
+    jobs = [(idx, [pairs.pairs[i] for i in idx]) for idx in tokens.batches(batch_size, device, -1 if cap is None else cap)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
     for idx, chunk in it:

@@ -1,8 +1,9 @@
 """Capability metrics: what pruning may cost the model besides its bias.
 
-* CrowS-Pairs stereotype-preference rate (:func:`crows_rate`), from sentence log-likelihoods;
-* perplexity on WikiText-2 or any text (:func:`perplexity`);
-* LAMBADA last-word accuracy (:func:`lambada_accuracy`);
+* CrowS-Pairs stereotype rate (:func:`crows_scores`, :func:`crows_rate`): the % of rows whose
+  ``sent_more`` has the higher sentence log-likelihood, every token scored given BOS;
+* perplexity on WikiText-2 or any text (:func:`perplexity`, per window :func:`perplexity_windows`);
+* LAMBADA last-word accuracy (:func:`lambada_accuracy`, per passage :func:`lambada_correct`);
 * KL divergence from the unmodified model on neutral text (:func:`kl_from_reference`), with the
   reference's log-probabilities cached once (:func:`reference_logprobs`).
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -24,8 +26,9 @@ from tqdm.auto import tqdm
 
 from .batching import Batch, check_finite, chunks, encode, logits_at, pad_rows
 from .bridge import Bridge, context_length, model_device, tokenizer_of, weights_version
-from .corpora import CrowsPair
+from .corpora import CrowsPair, in_subset
 from .errors import LensBiasError, PairsError
+from .stats import bootstrap_ci
 
 # ---------------------------------------------------------------- sentence log-likelihoods
 
@@ -50,52 +53,134 @@ def token_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch pos_min
     return lp * batch.mask[:, 1:]
 
 
-CROWS_SCORING = ("sum", "mean", "shared")
+def prefix_token(tokenizer) -> int:
+    """The token a whole sentence is conditioned on: BOS, else EOS (what lm-evaluation-harness puts
+    before a continuation with an empty context).
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> tok = load_model("tiny-random", device="cpu").lens_bias_tokenizer
+        >>> prefix_token(tok) == tok.bos_token_id
+        True
+    """
+    pre = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if pre is None:
+        raise LensBiasError("the tokenizer has neither a BOS nor an EOS token to condition a sentence on")
+    return pre
 
 
-def per_token_logprobs(bridge: Bridge, texts: Sequence[str], batch_size: int = 16) -> list[tuple[list[int], Tensor]]:
-    """For each text: its token ids (after BOS) and log P of each of them given its prefix (a
-    tensor of the same length).
+def sentence_logliks(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> list[float]:
+    """Each text's log-likelihood: the sum over every one of its tokens (tokenized without special
+    tokens) of log P(token | prefix token, earlier tokens), the prefix being :func:`prefix_token`.
 
     Examples:
         >>> from lens_bias import load_model
         >>> b = load_model("tiny-random", device="cpu")
-        >>> [(ids, lp)] = per_token_logprobs(b, ["A short text."])
-        >>> len(ids) == len(lp)
+        >>> [ll] = sentence_logliks(b, ["A short text."])
+        >>> ll < 0
         True
     """
     tok = tokenizer_of(bridge)
-    device = model_device(bridge)
-    out = []
-    for sl in chunks(len(texts), batch_size):
-        batch = encode(tok, texts[sl], max_len=context_length(bridge), device=device)
+    pre = prefix_token(tok)
+    rows = [[pre, *ids] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    for r, t in zip(rows, texts, strict=True):
+        if len(r) < 2 or len(r) > context_length(bridge):
+            raise PairsError(f"a sentence of {len(r) - 1} tokens cannot be scored: {t[:80]!r}")
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # less padding
+    out = [0.0] * len(rows)
+    it = list(chunks(len(rows), batch_size))
+    for sl in tqdm(it, desc="crows-pairs", leave=False) if progress else it:
+        idx = order[sl]
+        batch = pad_rows([rows[i] for i in idx]).to(model_device(bridge))
         with torch.inference_mode():
-            lp = token_logprobs(bridge, batch).cpu()
-        for i, n in enumerate(batch.lengths.tolist()):
-            out.append((batch.ids[i, 1:n].tolist(), lp[i, : n - 1]))
+            ll = token_logprobs(bridge, batch).double().sum(-1).tolist()
+        for i, v in zip(idx, ll, strict=True):
+            out[i] = v
     return out
 
 
-def _shared_score(ids: list[int], lp: Tensor, other: list[int]) -> float:
-    """Sum of log-probs over the tokens this sentence shares with ``other``: the common prefix and
-    the common suffix (the unmodified tokens, as in CrowS-Pairs' own metric)."""
-    pre = 0
-    while pre < min(len(ids), len(other)) and ids[pre] == other[pre]:
-        pre += 1
-    suf = 0
-    while suf < min(len(ids), len(other)) - pre and ids[-1 - suf] == other[-1 - suf]:
-        suf += 1
-    return float(lp[:pre].sum() + (lp[len(ids) - suf:].sum() if suf else 0.0))
+@dataclass
+class CrowsScores:
+    """Per CrowS-Pairs row: the log-likelihoods of ``sent_more`` and ``sent_less``. A row is
+    stereotyped when ``sent_more`` is the likelier (:attr:`stereotyped`), for ``stereo`` and
+    ``antistereo`` rows alike, as in the dataset's own metric and lm-evaluation-harness.
+
+    Examples:
+        >>> from lens_bias.corpora import CrowsPair
+        >>> rows = [CrowsPair("0", "Black men are X.", "White men are X.", "stereo"),
+        ...         CrowsPair("1", "White men are Y.", "Black men are Y.", "antistereo")]
+        >>> s = CrowsScores(rows, [-10.0, -9.0], [-12.0, -8.0])
+        >>> s.diff.tolist(), s.stereotyped.tolist()
+        ([2.0, -1.0], [True, False])
+    """
+
+    pairs: list[CrowsPair]
+    ll_more: list[float]
+    ll_less: list[float]
+
+    @property
+    def diff(self) -> np.ndarray:
+        """log P(sent_more) - log P(sent_less) per row, in nats (positive = stereotyped)."""
+        return np.asarray(self.ll_more, dtype=np.float64) - np.asarray(self.ll_less, dtype=np.float64)
+
+    @property
+    def stereotyped(self) -> np.ndarray:
+        """Per row: ``sent_more`` has the higher log-likelihood (a tie is not stereotyped)."""
+        return self.diff > 0
+
+    def index(self, subset: str) -> list[int]:
+        """The rows of ``subset`` (:func:`lens_bias.corpora.in_subset`)."""
+        return [i for i, p in enumerate(self.pairs) if in_subset(p, subset)]
+
+    def summary(self, subsets: Sequence[str] = ("black", "race-color"), n_boot: int = 2000, seed: int = 0) -> dict:
+        """Per subset with rows: ``n_pairs``, the stereotype ``rate`` (%, 50 = no preference) and
+        the mean log-likelihood difference ``mean_diff`` (nats), each with its 95 % bootstrap
+        interval over the rows, and ``mean_abs_diff`` (lm-evaluation-harness's ``likelihood_diff``)."""
+        out = {}
+        for name in subsets:
+            idx = self.index(name)
+            if idx:
+                out[name] = _crows_summary(self.diff[idx], n_boot, seed)
+        return out
 
 
-def crows_rate(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16, scoring: str = "sum",
-               progress: bool = True) -> dict:
-    """CrowS-Pairs stereotype-preference rate: % of pairs whose stereotypical sentence scores higher
-    (50 % = no preference). ``scoring``: ``sum`` (sentence log-likelihood, the default), ``mean``
-    (per-token mean) or ``shared`` (log-likelihood of the tokens both sentences share, the causal
-    analogue of CrowS-Pairs' pseudo-likelihood of unmodified tokens).
+def _crows_summary(diff: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    rate = 100.0 * (diff > 0)
+    return {"n_pairs": len(diff), "rate": float(rate.mean()), "rate_ci": bootstrap_ci(rate, n_boot=n_boot, seed=seed),
+            "mean_diff": float(diff.mean()), "mean_diff_ci": bootstrap_ci(diff, n_boot=n_boot, seed=seed),
+            "mean_abs_diff": float(np.abs(diff).mean())}
 
-    Returns ``{"rate": percent, "n_pairs": n, "scoring": scoring}``.
+
+def crows_scores(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> CrowsScores:
+    """Score every row's two sentences (:func:`sentence_logliks`) into a :class:`CrowsScores`.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.corpora import CrowsPair
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> s = crows_scores(b, [CrowsPair("1", "Black people are poor.", "White people are poor.", "stereo")],
+        ...                  progress=False)
+        >>> len(s.diff), s.summary()["black"]["n_pairs"]
+        (1, 1)
+    """
+    n = len(crows)
+    ll = sentence_logliks(bridge, [c.more for c in crows] + [c.less for c in crows], batch_size, progress)
+    return CrowsScores(list(crows), ll[:n], ll[n:])
+
+
+def crows_summary(bridge: Bridge, crows: Sequence[CrowsPair], subsets: Sequence[str] = ("black", "race-color", "black-white"),
+                  batch_size: int = 16, progress: bool = True) -> dict:
+    """What ``lens-bias measure --crows`` reports: how the rows are scored and, per subset with rows,
+    :meth:`CrowsScores.summary` (rate and mean log-likelihood difference with their intervals)."""
+    cs = crows_scores(bridge, crows, batch_size, progress)
+    return {"scoring": "stereotyped = sent_more likelier than sent_less (every row); a sentence's log-likelihood "
+                       "sums every token given BOS, as lm-evaluation-harness crows_pairs", **cs.summary(subsets)}
+
+
+def crows_rate(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> dict:
+    """CrowS-Pairs stereotype rate of the given rows: the % whose ``sent_more`` has the higher
+    log-likelihood (50 % = no preference), with ``n_pairs``, its 95 % interval ``rate_ci`` and the
+    mean log-likelihood difference ``mean_diff`` (nats) with ``mean_diff_ci``.
 
     Examples:
         >>> from lens_bias import load_model
@@ -105,27 +190,9 @@ def crows_rate(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16,
         >>> crows_rate(b, pairs, progress=False)["rate"] in (0.0, 100.0)
         True
     """
-    if scoring not in CROWS_SCORING:
-        raise PairsError(f"CrowS-Pairs scoring must be one of {CROWS_SCORING}, got {scoring!r}")
-    n = len(crows)
-    texts = [c.stereo for c in crows] + [c.anti for c in crows]
-    toks: list[tuple[list[int], Tensor]] = []
-    it = chunks(len(texts), batch_size * 4)
-    if progress:
-        it = tqdm(list(it), desc="crows-pairs", leave=False)
-    for sl in it:
-        toks += per_token_logprobs(bridge, texts[sl], batch_size)
-    prefer = []
-    for i in range(n):
-        (a_ids, a), (b_ids, b) = toks[i], toks[n + i]
-        if scoring == "sum":
-            sa, sb = float(a.sum()), float(b.sum())
-        elif scoring == "mean":
-            sa, sb = float(a.mean()), float(b.mean())
-        else:
-            sa, sb = _shared_score(a_ids, a, b_ids), _shared_score(b_ids, b, a_ids)
-        prefer.append(sa > sb)
-    return {"rate": 100.0 * sum(prefer) / n if n else None, "n_pairs": n, "scoring": scoring}
+    if not crows:
+        raise PairsError("no CrowS-Pairs rows to score")
+    return _crows_summary(crows_scores(bridge, crows, batch_size, progress).diff)
 
 
 # ---------------------------------------------------------------- capability
@@ -151,6 +218,37 @@ def leading_tokens(tokenizer, texts: Sequence[str], n: int, margin: int = 64) ->
         lines *= 2
 
 
+def perplexity_windows(bridge: Bridge, texts: Sequence[str], max_tokens: int = 20_000, window: int = 256,
+                       batch_size: int = 8, progress: bool = True) -> list[tuple[float, int]]:
+    """(summed NLL, tokens scored) of each window of :func:`perplexity`, so that its uncertainty can
+    be resampled by window.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.pairs import neutral_text
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> w = perplexity_windows(b, neutral_text(), max_tokens=300, window=256, progress=False)
+        >>> [n for _, n in w]
+        [256, 44]
+    """
+    tok = tokenizer_of(bridge)
+    ids = leading_tokens(tok, texts, max_tokens)
+    device = model_device(bridge)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    rows = [bos + ids[i: i + window] for i in range(0, len(ids), window)]
+    rows = [r for r in rows if len(r) > 1 + len(bos) - 1]
+    out: list[tuple[float, int]] = []
+    it = chunks(len(rows), batch_size)
+    if progress:
+        it = tqdm(list(it), desc="perplexity", leave=False)
+    for sl in it:
+        batch = pad_rows(rows[sl]).to(device)
+        with torch.inference_mode():
+            lp = token_logprobs(bridge, batch)
+        out += list(zip((-lp.double().sum(-1)).tolist(), batch.mask[:, 1:].sum(-1).tolist(), strict=True))
+    return out
+
+
 def perplexity(bridge: Bridge, texts: Sequence[str], max_tokens: int = 20_000, window: int = 256,
                batch_size: int = 8, progress: bool = True) -> float:
     """Perplexity over the concatenated texts (first ``max_tokens`` tokens), in non-overlapping
@@ -163,23 +261,8 @@ def perplexity(bridge: Bridge, texts: Sequence[str], max_tokens: int = 20_000, w
         >>> perplexity(b, neutral_text(), max_tokens=256, progress=False) > 1
         True
     """
-    tok = tokenizer_of(bridge)
-    ids = leading_tokens(tok, texts, max_tokens)
-    device = model_device(bridge)
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    rows = [bos + ids[i: i + window] for i in range(0, len(ids), window)]
-    rows = [r for r in rows if len(r) > 1 + len(bos) - 1]
-    total, count = 0.0, 0
-    it = chunks(len(rows), batch_size)
-    if progress:
-        it = tqdm(list(it), desc="perplexity", leave=False)
-    for sl in it:
-        batch = pad_rows(rows[sl]).to(device)
-        with torch.inference_mode():
-            lp = token_logprobs(bridge, batch)
-        total += float(-lp.sum())
-        count += int(batch.mask[:, 1:].sum())
-    return math.exp(total / max(count, 1))
+    w = perplexity_windows(bridge, texts, max_tokens, window, batch_size, progress)
+    return math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
 
 
 def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> float:
@@ -192,6 +275,13 @@ def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
         >>> 0.0 <= lambada_accuracy(b, ["The bank decided to approve the loan"], progress=False) <= 1.0
         True
     """
+    ok = lambada_correct(bridge, texts, batch_size, progress)
+    return sum(ok) / max(len(ok), 1)
+
+
+def lambada_correct(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> list[bool]:
+    """Per passage: whether greedy decoding predicts every token of its last word (what
+    :func:`lambada_accuracy` averages)."""
     tok = tokenizer_of(bridge)
     device = model_device(bridge)
     rows, targets = [], []
@@ -200,7 +290,7 @@ def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
         targets.append(tok(" " + last, add_special_tokens=False)["input_ids"])
         rows.append(encode(tok, [head]).ids[0].tolist() + targets[-1])
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # less padding
-    correct = 0
+    correct = [False] * len(texts)
     it = chunks(len(texts), batch_size)
     if progress:
         it = tqdm(list(it), desc="lambada", leave=False)
@@ -213,8 +303,8 @@ def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
             pred = logits_at(bridge, pad_rows([rows[i] for i in idx]).ids.to(device), keep).argmax(-1).cpu()
         for b, i in enumerate(idx):
             start = len(rows[i]) - len(targets[i])
-            correct += int([int(pred[b, col[p]]) for p in range(start - 1, len(rows[i]) - 1)] == targets[i])
-    return correct / max(len(texts), 1)
+            correct[i] = [int(pred[b, col[p]]) for p in range(start - 1, len(rows[i]) - 1)] == targets[i]
+    return correct
 
 
 @dataclass

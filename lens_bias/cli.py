@@ -9,9 +9,23 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import ModelOpt, PairsOpt, QuietOpt, comma_list, domain_list, fail, interruptible, table
+from .cli_common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    PairsOpt,
+    QuietOpt,
+    check_run_options,
+    comma_list,
+    domain_list,
+    fail,
+    interruptible,
+    load_options,
+    table,
+)
 from .cli_experiment import app as experiment_app
-from .errors import LensBiasError
+from .errors import ExportCheckError, LensBiasError
 
 app = typer.Typer(
     add_completion=False,
@@ -31,10 +45,11 @@ def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: 
     return load_pairs(pairs, domain_list(domain), per_domain, seed)
 
 
-def _load(model: str, trust_remote_code: bool = False, device: str | None = None):
+def _load(model: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
+          device_map: str | None = None):
     from .models import load_model
 
-    return load_model(model, device=device, trust_remote_code=trust_remote_code)
+    return load_model(model, trust_remote_code=trust_remote_code, **load_options(dtype, device, device_map))
 
 
 @app.command()
@@ -61,17 +76,19 @@ def measure(
     pairs: PairsOpt = None,
     domain: DomainOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
-    crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs Black stereotype rate")] = False,
+    crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
-    crows_scoring: Annotated[str, typer.Option(help="CrowS-Pairs scoring: sum, mean or shared tokens")] = "sum",
     numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
-    """Print bias metrics per domain (mean JS, logit gap) and optionally the CrowS-Pairs rate."""
-    from .capability import crows_rate
+    """Print mean JS and logit gap per domain with 95 % intervals; optionally the CrowS-Pairs rates."""
+    from .capability import crows_summary
     from .corpora import default_crows_path, load_crows_pairs
     from .metrics import measure as measure_pairs
 
@@ -85,29 +102,37 @@ def measure(
                     "no CrowS-Pairs file found: pass --crows-file PATH (crows_pairs_anonymized.csv) "
                     "or set LENS_BIAS_CROWS"
                 )
-            crows_pairs = load_crows_pairs(path)
-        bridge = _load(model, trust_remote_code)
+            crows_pairs = load_crows_pairs(path, subset="race-color")
+        bridge = _load(model, trust_remote_code, dtype, device, device_map)
         t_load = time.time() - t0
         res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
-        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary()}
+        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
         if crows:
-            out["crows_pairs"] = {**crows_rate(bridge, crows_pairs, scoring=crows_scoring, progress=not quiet),
-                                  "file": str(path)}
+            out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
         fail(e)
     if json_out:
         typer.echo(json.dumps(out, indent=2))
         return
-    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"]
-    rows = [[d, out[d]["n_pairs"], out[d]["js"], out[d]["logit_gap"], out[d].get("numeric_smd")] for d in doms]
-    rows.append(["all", out["n_pairs"], out["all"]["js"], out["all"]["logit_gap"], None])
-    typer.echo(table(rows, ["domain", "pairs", "mean JS (nats)", "logit gap (W-B)", "numeric SMD"]))
+    _print_measure(out)
+
+
+def _print_measure(out: dict) -> None:
+    """The table of ``measure``: each mean with its 95 % interval, then the CrowS-Pairs rates."""
+    from .cli_common import fmt
+    from .stats import fmt_ci
+
+    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"] + ["all"]
+    typer.echo(table([[d, out[d].get("n_pairs", out["n_pairs"]), fmt(out[d]["js"]) + fmt_ci(out[d]["js_ci"]),
+                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")] for d in doms],
+                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]", "numeric SMD"]))
     if "multi_token_words" in out:
         typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
-    if crows:
-        c = out["crows_pairs"]
-        typer.echo(f"CrowS-Pairs (Black, {c['n_pairs']} pairs): stereotype preference {c['rate']:.1f} % (50 % = none)")
+    for name, c in out.get("crows_pairs", {}).items():
+        if isinstance(c, dict):
+            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %{fmt_ci(c['rate_ci'])}"
+                       f" (50 % = none); mean log-lik. difference {c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
 
 
 def _split(ps, split: str, seed: int):
@@ -142,6 +167,9 @@ def scan(
     out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Score every neuron and head (attribution patching or a baseline) and save the scores."""
     from .baselines import score
@@ -149,7 +177,7 @@ def scan(
     try:
         t0 = time.time()
         ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
-        bridge = _load(model, trust_remote_code)
+        bridge = _load(model, trust_remote_code, dtype, device, device_map)
         kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
             "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
             "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
@@ -185,6 +213,9 @@ def validate(
     quiet: QuietOpt = False,
     out: Annotated[Path | None, typer.Option(help="also write the full result (JSON)")] = None,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind."""
     from .scores import Scores
@@ -201,7 +232,7 @@ def validate(
         if pairs is None and st.get("pairs", "bundled") != "bundled":
             pairs = Path(st["pairs"])
         ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
-        bridge = _load(model, trust_remote_code)
+        bridge = _load(model, trust_remote_code, dtype, device, device_map)
         res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed,
                            kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
     except LensBiasError as e:
@@ -249,6 +280,9 @@ def run(
     batch_size: int = 16,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
     write a run folder (metrics.json, report.html, mask files, the pruned model)."""
@@ -257,7 +291,7 @@ def run(
 
     curve_budgets = comma_list(budgets)
     try:  # refuse bad options before minutes of work, not at the pruning stage
-        _check_run_options(budget, curve_budgets, max_cost_quantile, steps)
+        check_run_options(budget, curve_budgets, max_cost_quantile, steps)
     except LensBiasError as e:
         fail(e)
     cfg = RunConfig(
@@ -267,49 +301,33 @@ def run(
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, progress=not quiet,
+        trust_remote_code=trust_remote_code, progress=not quiet, **load_options(dtype, device, device_map),
     )
     try:
         with interruptible(out):
             m = run_job(cfg, out, overwrite=overwrite)
+    except ExportCheckError as e:  # measured and written, but the pruned model failed its check
+        _print_run(e.metrics, out)
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from None
     except LensBiasError as e:
         fail(e)
     _print_run(m, out)
 
 
-def _check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
-    """Refuse bad ``run`` options (budgets, capability quantile, steps) with a message naming the option."""
-    from .selection import parse_budget
-
-    for b in [budget, *curve_budgets]:
-        parse_budget(b)
-    if not curve_budgets:
-        raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
-    if not max_cost_quantile > 0:
-        raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
-    if steps < 1:
-        raise LensBiasError(f"--steps must be at least 1, got {steps}")
-
-
 def _print_run(m: dict, out: Path) -> None:
     """The summary of a run: before / after table, what was pruned, validation and export checks."""
-    b, a, ch = m["before"]["held_out"], m["after"]["held_out"], m["change"]
-    rows = [
-        ["held-out mean JS", b["js"], a["js"], ch["js_pct"], "%"],
-        ["held-out |logit gap|", b.get("abs_logit_gap"), a.get("abs_logit_gap"), ch["abs_logit_gap_pct"], "%"],
-        ["CrowS-Pairs rate", b.get("crows_rate"), a.get("crows_rate"), ch["crows_points"], "points"],
-        ["WikiText-2 ppl", b.get("wikitext_ppl"), a.get("wikitext_ppl"), ch["wikitext_ppl_pct"], "%"],
-        ["LAMBADA acc", b.get("lambada_acc"), a.get("lambada_acc"), ch["lambada_points"], "points"],
-        ["random mask: JS", b["js"], m["random_same_budget"]["js"], ch["random_js_pct"], "%"],
-    ]
+    from .changes import summary_rows
+
     typer.echo("")
-    typer.echo(table(rows, ["measure", "before", "after", "change", "unit"]))
+    typer.echo(table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
     p = m["pruned"]
     v = m["validation"]
     typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
                f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
-    typer.echo(f"export matches simulation: max |logit diff| {m['export']['max_abs_logit_diff']:.1e}")
-    typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json, model/)")
+    typer.echo(m["export"]["summary"])
+    model = ", model/" if m["export"]["ok"] else "; NO model/: the export check failed"
+    typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json{model})")
 
 
 @app.command()
@@ -325,6 +343,9 @@ def prune(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Select the top components from scores and write the mask files and the pruned HF model."""
     from .atomic import atomic_out, prepare_out
@@ -339,7 +360,7 @@ def prune(
             prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
         with interruptible(out):
-            bridge = _load(model, trust_remote_code)
+            bridge = _load(model, trust_remote_code, dtype, device, device_map)
             cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
             mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
                           max_cost_quantile=max_cost_quantile if cost is not None else None)
@@ -363,6 +384,9 @@ def export(
     mode: Annotated[str, typer.Option(help="hf: zero or structural")] = "zero",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Export a mask: an HF model folder, torch.nn.utils.prune masks, torch-pruning index lists or
     optiPfair fairness scores."""
@@ -379,18 +403,18 @@ def export(
         if format != "hf" and out.exists() and not overwrite:
             raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
         if format == "hf":
-            bridge = _load(model, trust_remote_code)
+            bridge = _load(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)
             export_hf(bridge, m, out, mode=mode, overwrite=overwrite)
         elif format == "torch-pruning":
             d_head = m.meta.get("d_head")
             idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None
             if idx is None:
-                bridge = _load(model, trust_remote_code)
+                bridge = _load(model, trust_remote_code, dtype, device, device_map)
                 idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
             out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
         elif format == "torch-prune":
-            tensors = _torch_prune_masks(m, model, trust_remote_code)
+            tensors = _torch_prune_masks(m, model, trust_remote_code, dtype, device, device_map)
             save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
         else:
             from .scores import Scores
@@ -405,12 +429,13 @@ def export(
     typer.echo(f"wrote {out} ({format})")
 
 
-def _torch_prune_masks(m, model: str, trust_remote_code: bool) -> dict:
+def _torch_prune_masks(m, model: str, trust_remote_code: bool, dtype: str, device: str | None,
+                       device_map: str | None) -> dict:
     """``<module>.weight_mask`` tensors, as ``torch.nn.utils.prune.custom_from_mask`` takes them."""
     from .interop import to_torch_prune
     from .materialize import clean_hf_model
 
-    bridge = _load(model, trust_remote_code)
+    bridge = _load(model, trust_remote_code, dtype, device, device_map)
     m.check(bridge)
     hf = clean_hf_model(bridge)
     to_torch_prune(hf, m)

@@ -14,9 +14,31 @@ from typing import Annotated
 
 import typer
 
+from .errors import LensBiasError
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
 PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="auto, float32, bfloat16 or float16 (auto: the checkpoint's own dtype on a GPU, float32 on a CPU)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1... (default: cuda when a GPU is visible)")]
+DeviceMapOpt = Annotated[str | None, typer.Option(
+    "--device-map", help="split the model over devices: auto (every visible GPU) or a list, e.g. cuda:0,cuda:1")]
+
+
+def load_options(dtype: str = "auto", device: str | None = None, device_map: str | None = None) -> dict:
+    """``load_model`` keyword arguments from the ``--dtype``, ``--device`` and ``--device-map``
+    options (a comma-separated device map becomes a list of devices).
+
+    Examples:
+        >>> load_options("bfloat16", None, "cuda:0,cuda:1")
+        {'dtype': 'bfloat16', 'device': None, 'device_map': ['cuda:0', 'cuda:1']}
+        >>> load_options(device_map="auto")["device_map"]
+        'auto'
+    """
+    if device_map is not None and device_map != "auto":
+        device_map = [d.strip() for d in device_map.split(",") if d.strip()]
+    return {"dtype": dtype, "device": device, "device_map": device_map}
 
 
 def fail(e: Exception) -> None:
@@ -105,3 +127,17 @@ def fmt1(x) -> str:
 def fmt2(x) -> str:
     """``None`` as ``-``, numbers with two decimals (overlaps)."""
     return "-" if x is None else f"{x:.2f}"
+
+
+def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
+    """Refuse bad ``run`` options (budgets, capability quantile, steps) with a message naming the option."""
+    from .selection import parse_budget
+
+    for b in [budget, *curve_budgets]:
+        parse_budget(b)
+    if not curve_budgets:
+        raise LensBiasError("--budgets needs at least one budget, e.g. 0.5%,1%")
+    if not max_cost_quantile > 0:
+        raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
+    if steps < 1:
+        raise LensBiasError(f"--steps must be at least 1, got {steps}")

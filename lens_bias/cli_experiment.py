@@ -13,7 +13,21 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import ModelOpt, PairsOpt, QuietOpt, comma_list, domain_list, fail, fmt1, fmt2, table
+from .cli_common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    PairsOpt,
+    QuietOpt,
+    comma_list,
+    domain_list,
+    fail,
+    fmt1,
+    fmt2,
+    load_options,
+    table,
+)
 from .errors import LensBiasError
 
 app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
@@ -27,7 +41,7 @@ CostOpt = Annotated[float, typer.Option(help="capability filter: keep units abov
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
 
 
-def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, seed: int):
+def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, seed: int, load: dict):
     """The model, the train pairs and the held-out evaluation set of an experiment (JSONL pairs
     are sampled ``per_domain`` too)."""
     from .experiments import standard_evalset, template_split
@@ -36,7 +50,7 @@ def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int,
 
     ps = load_pairs(pairs, domain_list([domains]) if domains else None, per_domain, seed, sample_file=True)
     train, held = template_split(ps, held_out=0.25, seed=seed)
-    return load_model(model), train, standard_evalset(held, ppl_tokens=2048)
+    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=2048)
 
 
 def _write(out: Path, overwrite: bool, result: dict, report) -> None:
@@ -68,6 +82,9 @@ def curve(
     out: OutOpt = Path("experiments/curve"),
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters."""
     from . import viz
@@ -76,7 +93,7 @@ def curve(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                               budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
         res.update(model=model, seconds=round(time.time() - t0, 1))
@@ -126,6 +143,9 @@ def generalize(
     out: OutOpt = Path("experiments/generalize"),
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Cross-domain transfer: prune on each domain, measure the bias reduction on every domain's
     held-out templates (Ma et al.'s finance -> commerce question, for all domain pairs)."""
@@ -135,7 +155,7 @@ def generalize(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
         gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                    max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
         ov = overlap(gm["pruned"], bridge.cfg.n_layers)
@@ -180,6 +200,9 @@ def overlap_cmd(
     out: OutOpt = Path("experiments/overlap"),
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Which units each domain's pruning picks: Jaccard overlap between domains, and by layer."""
     from . import viz
@@ -188,7 +211,7 @@ def overlap_cmd(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed)
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
         masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
                              _quantile(max_cost_quantile), progress=not quiet)
         ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)

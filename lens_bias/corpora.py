@@ -23,17 +23,27 @@ from .errors import PairsError
 
 @dataclass(frozen=True)
 class CrowsPair:
-    """A CrowS-Pairs row: ``stereo`` is the sentence that expresses the stereotype.
+    """A CrowS-Pairs row. ``more`` (``sent_more``) is the more stereotypical sentence and ``less``
+    (``sent_less``) the less stereotypical one, for ``stereo`` and ``antistereo`` rows alike: a
+    ``stereo`` row states a stereotype about a disadvantaged group, an ``antistereo`` row violates
+    one about an advantaged group; in both, ``sent_more`` is the one the stereotype favours.
 
     Examples:
-        >>> CrowsPair("0", "Black people are lazy.", "White people are lazy.", "stereo").stereo
-        'Black people are lazy.'
+        >>> c = CrowsPair("0", "Black people are lazy.", "White people are lazy.", "stereo")
+        >>> c.more, c.subsets
+        ('Black people are lazy.', ('race-color', 'black', 'black-white'))
     """
 
     id: str
-    stereo: str
-    anti: str
+    more: str
+    less: str
     direction: str  # "stereo" or "antistereo"
+    bias_type: str = "race-color"
+
+    @property
+    def subsets(self) -> tuple[str, ...]:
+        """The subsets of :data:`CROWS_SUBSETS` this row belongs to, ``all`` left out."""
+        return tuple(s for s in CROWS_SUBSETS[:-1] if in_subset(self, s))
 
 
 _BLACK = re.compile(r"\b(black|african[- ]?american)s?\b", re.I)
@@ -67,26 +77,49 @@ def default_crows_path() -> Path | None:
     return shared_data_file("crows_pairs_anonymized.csv")
 
 
-CROWS_SUBSETS = ("black", "black-white", "race-color", "all")
+CROWS_SUBSETS = ("race-color", "black", "black-white", "all")
+CROWS_HEADLINE = "black"  # the subset lens_bias reports first (282 pairs of the standard file)
+
+
+def in_subset(pair: CrowsPair, subset: str) -> bool:
+    """Whether a row belongs to a subset:
+
+    * ``race-color``: the row's ``bias_type`` is race-color (516 pairs of the standard file);
+    * ``black``: a race-color row where either sentence names a Black group ("black",
+      "African American", plural or not; 282 pairs), the headline subset: 252 of them contrast it
+      with White, 30 with another group or with no group word;
+    * ``black-white``: a race-color row where one sentence names a Black group and the other a
+      White one ("white", "Caucasian", "European American"; 252 pairs);
+    * ``all``: every row (1,508 pairs).
+
+    Examples:
+        >>> c = CrowsPair("1", "The black man was a thief.", "The Asian man was a thief.", "stereo")
+        >>> [in_subset(c, s) for s in ("race-color", "black", "black-white", "all")]
+        [True, True, False, True]
+    """
+    if subset == "all":
+        return True
+    if pair.bias_type != "race-color":
+        return False
+    more, less = pair.more, pair.less
+    if subset == "black":
+        return bool(_BLACK.search(more) or _BLACK.search(less))
+    if subset == "black-white":
+        return bool((_BLACK.search(more) and _WHITE.search(less)) or (_WHITE.search(more) and _BLACK.search(less)))
+    return subset == "race-color"
 
 
 def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]:
-    """Read CrowS-Pairs (Nangia et al. 2020).
-
-    ``subset``:
-      * ``black`` (default, 282 pairs): race-color rows where either sentence names a Black group
-        ("black", "African American"); most contrast it with White, 30 with another group;
-      * ``black-white`` (252 pairs): only rows where one sentence names Black and the other White;
-      * ``race-color`` (516) or ``all`` (1,508).
-
-    The stereotypical sentence is ``sent_more`` for "stereo" rows and ``sent_less`` for "antistereo".
+    """Read CrowS-Pairs (Nangia et al. 2020): the rows of ``subset`` (:func:`in_subset`:
+    ``black``, the default, 282 pairs; ``black-white``, 252; ``race-color``, 516; ``all``, 1,508).
+    Each row keeps ``sent_more`` as :attr:`CrowsPair.more`, whatever its direction.
 
     Examples:
         >>> import tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "crows.csv"
         >>> _ = f.write_text("sent_more,sent_less,stereo_antistereo,bias_type\\n"
         ...                  "Black men are violent.,White men are violent.,stereo,race-color\\n")
-        >>> [c.stereo for c in load_crows_pairs(f)]
+        >>> [c.more for c in load_crows_pairs(f)]
         ['Black men are violent.']
     """
     path = Path(path)
@@ -117,16 +150,10 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
         more, less, direction, bias = (r.get(c) for c in CROWS_COLUMNS)
         if not isinstance(more, str) or not isinstance(less, str) or direction not in ("stereo", "antistereo"):
             raise PairsError(f"{path}: row {i + 2} is malformed (need sent_more, sent_less, stereo_antistereo)")
-        if subset != "all" and bias != "race-color":
-            continue
-        if subset == "black" and not (_BLACK.search(more) or _BLACK.search(less)):
-            continue
-        if subset == "black-white":
-            contrast = (_BLACK.search(more) and _WHITE.search(less)) or (_WHITE.search(more) and _BLACK.search(less))
-            if not contrast:
-                continue
-        stereo, anti = (more, less) if direction == "stereo" else (less, more)
-        out.append(CrowsPair(id=str(r.get("") or i), stereo=stereo, anti=anti, direction=direction))
+        pair = CrowsPair(id=str(r.get("") or i), more=more, less=less, direction=direction,
+                         bias_type=bias if isinstance(bias, str) else "")
+        if in_subset(pair, subset):
+            out.append(pair)
     return out
 
 

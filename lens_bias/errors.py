@@ -77,3 +77,21 @@ class RunError(LensBiasError):
         ...
         lens_bias.errors.RunError: --kind must be neurons, heads or both; got 'layers'
     """
+
+
+class ExportCheckError(RunError):
+    """A run measured everything but its pruned model failed the export check (the materialized
+    weights differ from the simulation by more than rounding allows). The run folder is written all
+    the same, without ``model/``: ``metrics.json`` and ``report.html`` keep what was measured and
+    say that the check failed. ``folder`` is that run folder, ``metrics`` its contents.
+
+    Examples:
+        >>> e = ExportCheckError("differs by 0.3", folder="runs/r", metrics={})
+        >>> isinstance(e, RunError), e.folder
+        (True, 'runs/r')
+    """
+
+    def __init__(self, message: str, folder=None, metrics: dict | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.metrics = metrics or {}

@@ -5,6 +5,7 @@ equal parameters), and cross-domain transfer (:func:`generalization_matrix`, :fu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -15,13 +16,15 @@ from tqdm.auto import tqdm
 from .ablation import ablate
 from .bridge import Bridge, Kind, n_params, params_per_unit
 from .capability import (
+    CrowsScores,
     ReferenceLogprobs,
-    crows_rate,
+    crows_scores,
     kl_from_reference,
-    lambada_accuracy,
-    perplexity,
+    lambada_correct,
+    perplexity_windows,
     reference_logprobs,
 )
+from .changes import js_reduction, matrix_noise, without_items
 from .errors import LensBiasError, PairsError
 from .masks import PruningMask
 from .metrics import measure
@@ -52,35 +55,65 @@ class EvalSet:
 
 
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
-             crows: bool = False, lambada: bool = True, batch_size: int = 32) -> dict:
+             crows: bool = False, lambada: bool = True, batch_size: int = 32, per_item: bool = False) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
-    capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs), with
-    ``mask`` simulated by ablation hooks (``None`` = the unpruned model)."""
+    capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
+    stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
+    difference), with ``mask`` simulated by ablation hooks (``None`` = the unpruned model).
+
+    With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
+    :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
+    without pos/neg words), per CrowS-Pairs row its log-likelihood difference, per WikiText window
+    its (NLL, tokens), per LAMBADA passage whether it was right."""
 
     def ctx():
         return ablate(bridge, mask, mode, means) if mask is not None and not mask.is_empty() else nullcontext()
 
     out: dict = {}
+    items: dict = {}
     with ctx():
         m = measure(bridge, ev.pairs, batch_size=batch_size, progress=False)
         s = m.summary()
-        gaps = [abs(v) for v in m.values["logit_gap"] if v is not None]
+        abs_gap = [None if v is None else abs(v) for v in m.values["logit_gap"]]
+        gaps = [v for v in abs_gap if v is not None]
         out["js"] = s["all"]["js"]
         out["abs_logit_gap"] = sum(gaps) / len(gaps) if gaps else None
         out["by_domain"] = {d: {"js": s[d]["js"], "logit_gap": s[d]["logit_gap"], "n_pairs": s[d]["n_pairs"]}
                             for d in ev.pairs.domains}
+        items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs], js=m.values["js"],
+                     abs_logit_gap=abs_gap)
         if ev.wikitext:
-            out["wikitext_ppl"] = perplexity(bridge, ev.wikitext, max_tokens=ev.ppl_tokens, progress=False)
+            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens, progress=False)
+            w = items["wikitext_windows"]
+            out["wikitext_ppl"] = math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
         if lambada and ev.lambada:
-            out["lambada_acc"] = lambada_accuracy(bridge, ev.lambada, progress=False)
+            items["lambada_correct"] = lambada_correct(bridge, ev.lambada, progress=False)
+            out["lambada_acc"] = sum(items["lambada_correct"]) / len(ev.lambada)
         if crows and ev.crows:
-            out["crows_rate"] = crows_rate(bridge, ev.crows, progress=False)["rate"]
+            cs = crows_scores(bridge, ev.crows, progress=False)
+            items["crows"] = cs
+            out.update(crows_outputs(cs))
     if ev.neutral:
         if mask is None or mask.is_empty():
             out["kl_neutral"] = 0.0
         else:
             ref = ev.kl_reference(bridge)
             out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size, reference=ref)
+    if per_item:
+        out["per_item"] = items
+    return out
+
+
+def crows_outputs(cs: CrowsScores) -> dict:
+    """The CrowS-Pairs numbers of :func:`evaluate`: ``crows_black_rate`` (the 282 race-color rows
+    naming a Black group), ``crows_race_color_rate`` (all 516 race-color rows), their ``_n`` and
+    ``_ci`` and the mean log-likelihood difference of the Black rows, ``crows_black_mean_diff``."""
+    out: dict = {}
+    for name, key in (("black", "crows_black"), ("race-color", "crows_race_color")):
+        sm = cs.summary([name]).get(name)
+        if sm is not None:
+            out.update({f"{key}_rate": sm["rate"], f"{key}_rate_ci": sm["rate_ci"], f"{key}_n": sm["n_pairs"],
+                        f"{key}_mean_diff": sm["mean_diff"], f"{key}_mean_diff_ci": sm["mean_diff_ci"]})
     return out
 
 
@@ -103,9 +136,13 @@ def pruning_curve(
     random_control: bool = True,
     seed: int = 0,
     progress: bool = True,
+    before: dict | None = None,
 ) -> list[dict]:
     """Held-out bias and capability for every scorer x kind x budget (plus a random control), as
-    a list of records (one per point) with the number of removed units and parameters.
+    a list of records (one per point) with the number of removed units and parameters. Given
+    ``before`` (the unpruned model's ``evaluate(..., per_item=True)``), each record also holds its
+    held-out JS reduction with a 95 % interval, p and ``within_noise``
+    (:func:`lens_bias.changes.js_reduction`).
 
     Budgets that select the very same units (on a small model 0.1 % and 0.5 % of heads can both
     round to one head) are evaluated once and the record is repeated under each budget."""
@@ -123,11 +160,12 @@ def pruning_curve(
             mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
         if key not in seen:
-            seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False)
+            seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False, per_item=before is not None)
         res = seen[key]
+        noise = {} if before is None else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()}
         p = pruned_params(bridge, mask)
         rows.append({"scorer": name, "kind": kind, "budget": b, "n_units": budget_count(bridge, kind, b),
-                     "params": p, "params_pct": 100.0 * p / total, **res})
+                     "params": p, "params_pct": 100.0 * p / total, **without_items(res), **noise})
     return rows
 
 
@@ -182,7 +220,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
         neutral=neutral_text()[::neutral_every],
         wikitext=load_wikitext(wt) if wt else [],
         lambada=load_lambada(la, lambada_limit) if la else [],
-        crows=load_crows_pairs(cr) if cr else [],
+        crows=load_crows_pairs(cr, subset="race-color") if cr else [],
         ppl_tokens=ppl_tokens,
     )
 
@@ -214,13 +252,14 @@ def compare_scorers(
     scorer, ``random`` included, so the comparison isolates the bias ranking.
 
     Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
-    and the capability change next to the raw measures.
+    with its 95 % interval ``js_reduction_ci`` (templates resampled), ``js_p`` and
+    ``js_within_noise``, and the capability change, next to the raw measures.
     """
     from .attribution import capability_cost
     from .baselines import score
     from .pairs import neutral_text
 
-    before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size)
+    before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True)
     cost = None
     if max_cost_quantile is not None:
         cost = capability_cost(bridge, ev.neutral or neutral_text(), progress=progress)
@@ -230,7 +269,9 @@ def compare_scorers(
             else {"batch_size": batch_size, "seed": seed}
         scored[name] = score(bridge, train, name, **kw)
     rows = pruning_curve(bridge, ev, scored, kinds=kinds, budgets=budgets, cost=cost,
-                         max_cost_quantile=max_cost_quantile, random_control=False, seed=seed, progress=progress)
+                         max_cost_quantile=max_cost_quantile, random_control=False, seed=seed, progress=progress,
+                         before=before)
+    before = without_items(before)
     for r in rows:
         r["js_reduction_pct"] = _reduction(before["js"], r["js"])
         r["gap_reduction_pct"] = _reduction(before.get("abs_logit_gap"), r.get("abs_logit_gap"))
@@ -280,7 +321,9 @@ def generalization_matrix(
     One scoring pass gives every domain's scores (they are kept per domain). Returns the matrix
     ``reduction_pct[train_domain][test_domain]`` (in %, positive = less bias), the raw JS before
     and after, the in-domain (diagonal) and cross-domain (off-diagonal) means, each mask's pruned
-    units (for :func:`overlap`) and the perplexity per row when WikiText is available.
+    units (for :func:`overlap`) and the perplexity per row when WikiText is available. Every cell
+    has its 95 % interval (``reduction_ci``, the test domain's templates resampled), the
+    permutation ``p`` and ``within_noise`` (:func:`lens_bias.changes.js_reduction`).
     """
     shared = set(train.templates) & set(ev.pairs.templates)
     if shared:
@@ -297,12 +340,13 @@ def generalization_matrix(
                          max_cost_quantile, metric, batch_size, progress)
     rows = list(masks)
     ev_test = EvalSet(ev.pairs.filter(domains=test_domains), ev.neutral, ev.wikitext, [], [], ev.ppl_tokens)
-    before = evaluate(bridge, ev_test, None, lambada=False, batch_size=batch_size)
+    before = evaluate(bridge, ev_test, None, lambada=False, batch_size=batch_size, per_item=True)
     it = tqdm(rows, desc="generalization matrix", leave=False) if progress else rows
-    after, ppl = {}, {}
+    after, ppl, cells = {}, {}, {}
     for t in it:
-        res = evaluate(bridge, ev_test, masks[t], lambada=False, batch_size=batch_size)
+        res = evaluate(bridge, ev_test, masks[t], lambada=False, batch_size=batch_size, per_item=True)
         after[t] = {d: res["by_domain"][d]["js"] for d in test_domains}
+        cells[t] = {d: js_reduction(before, res, d) for d in test_domains}
         ppl[t] = res.get("wikitext_ppl")
     js_before = {d: before["by_domain"][d]["js"] for d in test_domains}
     red = {t: {d: _reduction(js_before[d], after[t][d]) for d in test_domains} for t in rows}
@@ -311,7 +355,7 @@ def generalization_matrix(
     return {
         "train_domains": train_domains, "test_domains": test_domains, "rows": rows,
         "budget": budget, "kind": kind, "scorer": scorer, "max_cost_quantile": max_cost_quantile,
-        "js_before": js_before, "js_after": after, "reduction_pct": red,
+        "js_before": js_before, "js_after": after, "reduction_pct": red, **matrix_noise(cells),
         "in_domain_mean_pct": sum(diag) / len(diag) if diag else None,
         "cross_domain_mean_pct": sum(off) / len(off) if off else None,
         "all_row_mean_pct": (sum(red["all"].values()) / len(test_domains)) if include_all else None,

@@ -1,8 +1,9 @@
 """Export a pruned model as a Hugging Face folder that plain ``transformers`` loads offline.
 
-:func:`export_hf` materializes the mask (:func:`lens_bias.materialize.materialize`), checks the
-result against the simulation (:func:`lens_bias.materialize.verify`) and writes
-``save_pretrained`` output, the tokenizer and the mask atomically (:func:`lens_bias.atomic.atomic_out`).
+:func:`export_hf` materializes the mask and checks the result against the simulation in memory
+(:func:`lens_bias.verification.materialize_checked`), then writes it once (:func:`write_hf`):
+sharded safetensors in the checkpoint's own dtype, the tokenizer and the mask, atomically
+(:func:`lens_bias.atomic.atomic_out`). Nothing is read back.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+from transformers import PreTrainedModel
+
 from .atomic import atomic_out
-from .bridge import Bridge, tokenizer_of
-from .errors import RunError
+from .bridge import Bridge, model_dtype, tokenizer_of
+from .errors import MaskError, RunError
 from .masks import PruningMask
-from .materialize import DEFAULT_TEXTS, STRUCTURAL_ATOL, materialize, verify
+from .materialize import DEFAULT_TEXTS, STRUCTURAL_ATOL, materialize
+from .verification import materialize_checked, why_different
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -31,23 +36,29 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero", overwrite: bool = False,
               check: bool = True, texts: Sequence[str] = DEFAULT_TEXTS,
-              attn_implementation: str | None = "eager") -> Path:
+              attn_implementation: str | None = "eager", dtype: torch.dtype | None = None) -> Path:
     """Write the materialized model as a Hugging Face folder; return its path.
 
-    The folder holds ``config.json``, ``model.safetensors`` (``save_pretrained``), the tokenizer
-    files and, for provenance, the mask in ``lens_bias_mask/`` (``mask.safetensors`` + ``mask.json``).
-    ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline without lens_bias.
-    It is written to a temporary folder next to ``out_dir`` and renamed into place, so a crash never
-    leaves a half-written model. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
-    With ``check`` (default) the model is first compared with the bridge (:func:`~lens_bias.materialize.verify`): within
-    1e-5 for ``mode="zero"``, 1e-4 for ``"structural"`` (shorter matrices sum in another order; the
-    difference is a few 1e-5 on SmolLM2 in float32 and 0 in float64).
+    The folder holds ``config.json``, the weights (``save_pretrained``: sharded safetensors), the
+    tokenizer files and, for provenance, the mask in ``lens_bias_mask/`` (``mask.safetensors`` +
+    ``mask.json``). ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline
+    without lens_bias. It is written to a temporary folder next to ``out_dir`` and renamed into
+    place, so a crash never leaves a half-written model. An existing non-empty ``out_dir`` is
+    refused unless ``overwrite``.
 
-    The weights are exact. By default (``attn_implementation="eager"``) the folder's ``config.json``
-    records the eager attention kernel the bridge runs, so a plain ``from_pretrained`` reproduces the
-    simulation bit for bit. ``attn_implementation=None`` leaves the choice to transformers (usually
-    ``sdpa``: faster, but it rounds differently, max abs logit difference ~3e-5 on SmolLM2 /
-    Gemma-3-270M).
+    With ``check`` (default) the model is compared with the bridge in memory before anything is
+    written (:func:`lens_bias.verification.materialize_checked`: the allowed difference is
+    ``max(atol, 4 x`` the measured rounding between the bridge and a plain HF forward``)``, with
+    ``atol`` 1e-5 for ``mode="zero"`` and 1e-4 for ``"structural"``, whose shorter matrices sum in
+    another order). A failed check raises :class:`~lens_bias.errors.MaskError` and writes nothing.
+
+    ``dtype`` (default: the checkpoint's own dtype, ``bridge.lens_bias_source_dtype``) is the dtype
+    the weights are written in: a bfloat16 checkpoint loaded in float32 is written back in bfloat16,
+    exactly (zeroed weights stay zero, the others round-trip). By default
+    (``attn_implementation="eager"``) ``config.json`` records the eager attention kernel the bridge
+    runs, so a plain ``from_pretrained`` reproduces the simulation bit for bit in float32;
+    ``attn_implementation=None`` leaves the choice to transformers (usually ``sdpa``: faster, but it
+    rounds differently, max abs logit difference ~3e-5 on SmolLM2 / Gemma-3-270M).
 
     Examples:
         >>> from lens_bias import load_model
@@ -61,11 +72,30 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
     """
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_out_dir(out_dir, overwrite)
-    model = materialize(bridge, mask, mode=mode)
     if check:
-        # structural removal changes the order of the float32 sums in down_proj / o_proj: logits
-        # then differ from the hooks by a few 1e-5 on real models (0 in float64), so allow 1e-4
-        verify(bridge, model, mask, texts=texts, atol=STRUCTURAL_ATOL if mode == "structural" else 1e-5)
+        atol = STRUCTURAL_ATOL if mode == "structural" else 1e-5
+        model, v = materialize_checked(bridge, mask, mode=mode, texts=texts, atol=atol)
+        if not v.ok:
+            raise MaskError(f"{v.summary()}. {why_different(bridge, model)} Nothing was written.")
+    else:
+        model = materialize(bridge, mask, mode=mode)
+    return write_hf(bridge, model, mask, out_dir, overwrite, attn_implementation, dtype)
+
+
+def export_dtype(bridge: Bridge, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype an export is written in: ``dtype``, else the checkpoint's own
+    (``bridge.lens_bias_source_dtype``), else the model's."""
+    return dtype or getattr(bridge, "lens_bias_source_dtype", None) or model_dtype(bridge)
+
+
+def write_hf(bridge: Bridge, model: PreTrainedModel, mask: PruningMask, out_dir: str | Path,
+             overwrite: bool = False, attn_implementation: str | None = "eager",
+             dtype: torch.dtype | None = None) -> Path:
+    """Write an already materialized (and checked) ``model`` as a Hugging Face folder, once, in
+    :func:`export_dtype` (the model is cast in place), with the bridge's tokenizer and the mask."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    _prepare_out_dir(out_dir, overwrite)
+    model.to(export_dtype(bridge, dtype))
     if attn_implementation is not None:
         # a config.json key that PreTrainedConfig reads back as the attention implementation
         model.config.attn_implementation = attn_implementation

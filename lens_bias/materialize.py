@@ -10,8 +10,8 @@ same class and config, filled with the bridge's weights. The bridge itself is ne
   (``h*d_head:(h+1)*d_head``). Shapes are unchanged. ``mode="structural"``: pruned neurons are
   removed (``intermediate_size`` shrinks; needs the same count in every layer); heads are zeroed.
   Which rows and columns belong to a unit is read from :mod:`lens_bias.layout`.
-* :func:`verify` -- the check that makes all of this trustworthy: logits of a materialized model
-  equal the bridge's logits under zero ablation (:func:`lens_bias.ablation.ablate`).
+The check that makes all of this trustworthy (logits of a materialized model equal the bridge's
+logits under zero ablation, up to the measured rounding) is :mod:`lens_bias.verification`.
 
 The Hugging Face folder export is :mod:`lens_bias.export`; other libraries' formats
 (``torch.nn.utils.prune``, ``torch-pruning``, optiPfair) are :mod:`lens_bias.interop`.
@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from .ablation import ablate
-from .bridge import Bridge, model_device, tokenizer_of
+from .bridge import Bridge
 from .errors import LensBiasError, MaskError
 from .layout import find_decoder_layers, missing_parts, unit_slices
 from .masks import PruningMask
@@ -74,13 +72,9 @@ def clean_hf_model(bridge: Bridge, device: str | torch.device | None = None) -> 
     dtype = first.dtype
     device = first.device if device is None else torch.device(device)
     config = copy.deepcopy(src.config)
-    with torch.random.fork_rng(devices=[]):  # the throwaway random init must not move the global RNG
-        model = type(src)(config)
-    model = model.to(dtype)
+    model = _blank_model(type(src), config, dtype, device)
 
-    by_name: dict[str, Tensor] = {}
-    for key, value in src.state_dict().items():
-        by_name.setdefault(key.replace(_ORIG, ""), value)
+    by_name = bridge_tensors(bridge)
     target = model.state_dict()
     filled, missing = _fill_from_bridge(by_name, target, type(src).__name__)
     if missing:
@@ -95,6 +89,30 @@ def clean_hf_model(bridge: Bridge, device: str | torch.device | None = None) -> 
     model.load_state_dict(filled, strict=True)
     model.eval()
     return model.to(device)
+
+
+def _blank_model(cls: type, config, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    """A model of ``cls`` built directly on ``device`` in ``dtype`` (its throwaway random init costs
+    a second on a GPU, where an 8B model initialised on the CPU in float32 took a minute and 30 GB of
+    host memory), without moving the global random state."""
+    old = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = cls(config)
+        finally:
+            torch.set_default_dtype(old)
+    return model.to(dtype)
+
+
+def bridge_tensors(bridge: Bridge) -> dict[str, Tensor]:
+    """The bridge's weights by their Hugging Face names (``._original_component`` segments removed;
+    the first of several aliases kept). Views, not copies."""
+    by_name: dict[str, Tensor] = {}
+    for key, value in bridge.original_model.state_dict().items():
+        by_name.setdefault(key.replace(_ORIG, ""), value)
+    return by_name
 
 
 def _fill_from_bridge(by_name: dict[str, Tensor], target: dict[str, Tensor],
@@ -250,7 +268,7 @@ def warn_heads_zeroed(mask: PruningMask, what: str) -> None:
 
 
 def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
-                device: str | torch.device | None = None) -> PreTrainedModel:
+                device: str | torch.device | None = None, model: PreTrainedModel | None = None) -> PreTrainedModel:
     """A new HF model with ``mask``'s pruned units removed from the weights (the bridge is unchanged).
 
     * ``mode="zero"``: pruned neuron ``i`` of layer ``L`` gets ``down_proj.weight[:, i] = 0`` and zero
@@ -262,7 +280,9 @@ def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
       must lose the same number of neurons (``select(..., per_layer="uniform")``). Pruned heads are
       zeroed as in zero mode, not removed (a warning says so).
 
-    ``device`` defaults to the bridge's device.
+    ``device`` defaults to the bridge's device. ``model``, a :func:`clean_hf_model` of this bridge,
+    is pruned in place instead of a new one (:func:`lens_bias.verification.materialize_checked`
+    measures its rounding first).
 
     Examples:
         >>> from lens_bias import load_model
@@ -272,6 +292,7 @@ def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
         >>> small = materialize(b, m, mode="structural")
         >>> small.config.intermediate_size
         120
+        >>> from lens_bias.verification import verify
         >>> verify(b, small, m) <= 1e-5
         True
     """
@@ -288,7 +309,7 @@ def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
         count = _structural_count(mask, d_mlp)
         warn_heads_zeroed(mask, "structural materialize")
 
-    model = clean_hf_model(bridge, device=device)
+    model = clean_hf_model(bridge, device=device) if model is None else model
     _, layers, d_head = check_fits(model, mask)
     if mode == "zero":
         zero_units(layers, mask, d_head)
@@ -338,66 +359,3 @@ def _remove_neurons(layers: nn.ModuleList, mask: PruningMask, d_mlp: int) -> Non
             _keep_channels(lin, dim, keep)
         if hasattr(layer.mlp, "intermediate_size"):
             layer.mlp.intermediate_size = keep.numel()
-
-
-# ---------------------------------------------------------------- verify
-
-
-@torch.no_grad()
-def verify(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] = DEFAULT_TEXTS,
-           atol: float = 1e-5) -> float:
-    """Max abs difference between ``hf_model``'s logits and the bridge's under ``ablate(bridge, mask, "zero")``.
-
-    Each text is tokenized with the bridge's tokenizer and run alone (no padding); logits are
-    compared in fp32 (the 1e-5 default assumes fp32 models). Raises :class:`MaskError` if the
-    difference is above ``atol`` or not finite.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> from lens_bias.selection import random_mask
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> m = random_mask(b, 10, "neurons")
-        >>> verify(b, materialize(b, m), m) <= 1e-5
-        True
-    """
-    if not texts:
-        raise MaskError("verify needs at least one text")
-    tok = tokenizer_of(bridge)
-    b_dev = model_device(bridge)
-    h_dev = next(hf_model.parameters()).device
-    worst = 0.0
-    for text in texts:
-        ids = tok(text, return_tensors="pt").input_ids
-        if ids.shape[1] == 0:
-            raise MaskError(f"text {text!r} tokenizes to nothing; give non-empty texts")
-        with ablate(bridge, mask, "zero"):
-            ref = bridge(ids.to(b_dev), return_type="logits").float().cpu()
-        got = hf_model(input_ids=ids.to(h_dev), use_cache=False).logits.float().cpu()
-        if ref.shape != got.shape:
-            raise MaskError(f"logit shapes differ: bridge {tuple(ref.shape)}, HF model {tuple(got.shape)}")
-        diff = float((ref - got).abs().max())
-        if diff != diff:  # NaN
-            raise MaskError(f"non-finite logits while verifying on {text!r}")
-        worst = max(worst, diff)
-    if worst > atol:
-        raise MaskError(
-            f"the materialized model differs from the bridge under zero ablation by {worst:.3g} "
-            f"(max abs logit difference, allowed {atol:g}). {_why_different(bridge, hf_model)}"
-        )
-    return worst
-
-
-def _why_different(bridge: Bridge, hf_model: nn.Module) -> str:
-    """The likely cause of a failed :func:`verify`: another attention kernel, or another model."""
-    mine = getattr(bridge.original_model.config, "_attn_implementation", None)
-    theirs = getattr(getattr(hf_model, "config", None), "_attn_implementation", None)
-    if mine and theirs and mine != theirs:
-        return (
-            f"The HF model uses {theirs} attention and the bridge {mine}; the kernels round differently "
-            f"(a few 1e-5 on logits of real models). Load it with attn_implementation={mine!r} for an "
-            "exact comparison; if the difference stays, the model does not implement this mask."
-        )
-    return (
-        "The model does not implement this mask: was it built from another mask or model, or modified "
-        "afterwards? Rebuild it with materialize."
-    )

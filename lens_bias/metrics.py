@@ -26,6 +26,7 @@ from torch import Tensor
 from .batching import chunks, encode, gather_last, iter_pair_logprobs
 from .bridge import Bridge, model_device, tokenizer_of
 from .pairs import ContrastivePair, PairSet
+from .stats import bootstrap_ci
 
 # ---------------------------------------------------------------- pure functions
 
@@ -88,7 +89,7 @@ def standardized_mean_difference(white: Sequence[float], black: Sequence[float])
     """Cohen's d of paired values: mean(W - B) / pooled standard deviation (0 when constant).
 
     Examples:
-        >>> round(standardized_mean_difference([110, 120, 130], [100, 110, 120]), 3)
+        >>> round(standardized_mean_difference([110.0, 120.0, 130.0], [100.0, 110.0, 120.0]), 3)
         1.0
     """
     w = torch.tensor(list(white), dtype=torch.float64)
@@ -164,6 +165,7 @@ class PairMetrics:
     values: dict[str, list[float | None]]
     multi_token_words: dict[str, int] = field(default_factory=dict)
     numeric: dict[str, dict] = field(default_factory=dict)
+    templates: list[str] = field(default_factory=list)  # each pair's template: the bootstrap's clusters
 
     def mean(self, metric: str = "js", domain: str | None = None) -> float | None:
         """Mean of ``metric`` over the pairs where it is defined (of ``domain`` only, if given);
@@ -174,20 +176,33 @@ class PairMetrics:
         ]
         return sum(vals) / len(vals) if vals else None
 
-    def summary(self) -> dict:
+    def interval(self, metric: str = "js", domain: str | None = None, seed: int = 0) -> tuple[float, float] | None:
+        """95 % bootstrap interval of :meth:`mean`, resampling templates (each pair its own cluster
+        when the templates are not known); ``None`` where the metric is defined for no pair."""
+        keep = [i for i, (v, d) in enumerate(zip(self.values[metric], self.domains, strict=True))
+                if v is not None and (domain is None or d == domain)]
+        groups = [self.templates[i] for i in keep] if self.templates else None
+        return bootstrap_ci([self.values[metric][i] for i in keep], groups, seed=seed)
+
+    def summary(self, ci: bool = False) -> dict:
         """``{"n_pairs", "all": {metric: mean}, <domain>: {metric: mean, "n_pairs"}, ...}``, plus
         ``numeric_smd`` per domain and ``multi_token_words`` when present (what ``lens-bias measure
-        --json`` prints).
+        --json`` prints); with ``ci``, each mean's 95 % interval as ``<metric>_ci`` (:meth:`interval`).
 
         Examples:
             >>> m = PairMetrics(["a"], ["hiring"], {"js": [0.01], "logit_gap": [None]})
             >>> m.summary()
             {'n_pairs': 1, 'all': {'js': 0.01, 'logit_gap': None}, 'hiring': {'js': 0.01, 'logit_gap': None, 'n_pairs': 1}}
+            >>> m.summary(ci=True)["all"]
+            {'js': 0.01, 'logit_gap': None, 'js_ci': (0.01, 0.01), 'logit_gap_ci': None}
         """
         out: dict = {"n_pairs": len(self.ids), "all": {m: self.mean(m) for m in self.values}}
         for d in sorted(set(self.domains)):
             out[d] = {m: self.mean(m, d) for m in self.values}
             out[d]["n_pairs"] = sum(x == d for x in self.domains)
+        if ci:
+            for d in ["all", *sorted(set(self.domains))]:
+                out[d].update({f"{m}_ci": self.interval(m, None if d == "all" else d) for m in self.values})
         if self.numeric:
             for d, v in self.numeric.items():
                 out.setdefault(d, {})["numeric_smd"] = v["smd"]
@@ -220,7 +235,8 @@ def measure(bridge: Bridge, pairs: PairSet, batch_size: int = 32, numeric: bool 
             vals = logit_gap(lb[has], lw[has], [wt.pos[k] for k in has], [wt.neg[k] for k in has]).tolist()
             for k, v in zip(has, vals, strict=True):
                 gap[idx[k]] = v
-    out = PairMetrics([p.id for p in pairs], [p.domain for p in pairs], {"js": js, "logit_gap": gap}, multi)
+    out = PairMetrics([p.id for p in pairs], [p.domain for p in pairs], {"js": js, "logit_gap": gap}, multi,
+                      templates=[p.template for p in pairs])
     if numeric:
         out.numeric = numeric_disparity(bridge, pairs, batch_size)
     return out

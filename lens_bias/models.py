@@ -18,6 +18,7 @@ device placement and multi-GPU splits are :mod:`lens_bias.devices`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -277,7 +278,7 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
 
     ``device_map`` splits the model over several devices (accelerate's ``dispatch_model``) instead
     of moving it to ``device``: a dict (module name -> device), a list of devices, or ``"auto"``
-    (all visible GPUs; see :func:`split_device_map`). A model that is already dispatched
+    (all visible GPUs; see :func:`lens_bias.devices.split_device_map`). A model that is already dispatched
     (``from_pretrained(..., device_map=...)``) is wrapped as it is, with ``device=None``. Batches
     go to the input embedding's device; per-layer results are gathered there.
 
@@ -316,6 +317,7 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
     _check_supported(bridge)
     bridge.lens_bias_name = name
     bridge.lens_bias_tokenizer = tokenizer
+    bridge.lens_bias_source_dtype = dtype  # load_model replaces it with the checkpoint's own dtype
     return bridge
 
 
@@ -323,7 +325,7 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
     device_map: str | dict | list | None = None,
 ) -> Bridge:
@@ -340,7 +342,19 @@ def load_model(
         (2, 128)
 
     The HF model is ``bridge.original_model``; the tokenizer is ``bridge.lens_bias_tokenizer``.
+
+    ``dtype`` is a torch dtype or a name (``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"``:
+    see :func:`resolve_dtype`). The checkpoint's own dtype is kept as
+    ``bridge.lens_bias_source_dtype``, the dtype an export is written in.
     """
+    source = checkpoint_dtype(name)
+    dtype = resolve_dtype(dtype, source, on_gpu=device_map is not None or _is_gpu(device or default_device()))
+    bridge = _load_wrapped(name, device, dtype, trust_remote_code, device_map)
+    bridge.lens_bias_source_dtype = source
+    return bridge
+
+
+def _load_wrapped(name: str, device, dtype: torch.dtype, trust_remote_code: bool, device_map) -> Bridge:
     if device_map is not None:
         if device is not None:
             raise ModelLoadError("give device (one device) or device_map (several), not both")
@@ -351,3 +365,63 @@ def load_model(
         return wrap(model, tokenizer, name=name, device_map=None if via_hf else device_map)
     model, tokenizer = load_hf(name, dtype=dtype, trust_remote_code=trust_remote_code)
     return wrap(model, tokenizer, name=name, device=device or default_device())
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def _is_gpu(device: str | torch.device) -> bool:
+    return torch.device(device).type != "cpu"
+
+
+def resolve_dtype(dtype: torch.dtype | str, source: torch.dtype, on_gpu: bool) -> torch.dtype:
+    """The dtype a model is loaded in: ``dtype`` itself, or for ``"auto"`` the checkpoint's own
+    dtype (``source``) on a GPU and float32 on a CPU (half precision is slow there, and CPU results
+    stay comparable with float32 references).
+
+    Examples:
+        >>> import torch
+        >>> resolve_dtype("auto", torch.bfloat16, on_gpu=True), resolve_dtype("auto", torch.bfloat16, on_gpu=False)
+        (torch.bfloat16, torch.float32)
+        >>> resolve_dtype("bf16", torch.float32, on_gpu=False)
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ModelLoadError: unknown dtype 'bf16': give auto, float32, bfloat16, float16, float64
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return source if on_gpu else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: give auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def checkpoint_dtype(name: str) -> torch.dtype:
+    """The dtype of ``name``'s weights as stored: ``torch_dtype`` / ``dtype`` of a local folder's
+    ``config.json`` (or of the Hub config in the local HF cache); float32 for the zoo (GGUF
+    dequantized to float32), tiny-random and anything that does not say.
+
+    Examples:
+        >>> checkpoint_dtype("tiny-random")
+        torch.float32
+    """
+    path = Path(name).expanduser()
+    config = path / "config.json" if path.is_dir() else None
+    if config is None and name.count("/") == 1 and not name.startswith((".", "/")):
+        config = _cached_config(name)
+    if config is None or not config.exists():
+        return torch.float32
+    cfg = json.loads(config.read_text())
+    return DTYPES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"), torch.float32)
+
+
+def _cached_config(name: str) -> Path | None:
+    """The ``config.json`` of Hub id ``name`` in the local Hugging Face cache, if it is there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the cache layout cannot hold
+        return None
+    return Path(found) if isinstance(found, str) else None

@@ -23,7 +23,8 @@ from .atomic import atomic_out
 from .attribution import attribute, capability_cost
 from .bridge import Bridge, n_params
 from .capture import activation_diff, mean_activations
-from .errors import PairsError, RunError
+from .changes import crows_rates, run_tests, summary_rows, without_items
+from .errors import ExportCheckError, PairsError, RunError
 from .experiments import (
     EvalSet,
     capability_files,
@@ -81,9 +82,16 @@ class RunConfig:
     batch_size: int = 16
     seed: int = 0
     device: str | None = None
+    dtype: str = "auto"  # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
+    device_map: str | list | None = None  # split the model over devices ("auto" or a list)
     trust_remote_code: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
+
+
+STAGE_LISTENERS: list = []
+"""Callables ``listener(stage_name, event)`` called with ``event`` = ``"start"`` and ``"end"`` around
+every stage of :func:`run` (a benchmark records per-stage GPU memory this way)."""
 
 
 def _stage(name: str, progress: bool, timings: dict):
@@ -92,8 +100,12 @@ def _stage(name: str, progress: bool, timings: dict):
             self.t = time.time()
             if progress:
                 print(f"[lens-bias] {name} ...", flush=True)
+            for listener in STAGE_LISTENERS:
+                listener(name, "start")
 
         def __exit__(self, *exc):
+            for listener in STAGE_LISTENERS:
+                listener(name, "end")
             timings[name] = round(time.time() - self.t, 2)
             return False
 
@@ -116,7 +128,12 @@ def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Run the whole job and write the run folder ``out`` atomically (:func:`atomic_out`);
     returns the metrics dict."""
     with atomic_out(out, overwrite) as tmp:
-        return _run(cfg, tmp)
+        metrics = _run(cfg, tmp)
+    if not metrics["export"]["ok"]:
+        raise ExportCheckError(
+            f"{metrics['export']['summary']}. {metrics['export']['why']} The run folder {out} was written "
+            "without model/: metrics.json and report.html keep what was measured.", folder=out, metrics=metrics)
+    return metrics
 
 
 def _run(cfg: RunConfig, folder: Path) -> dict:
@@ -144,8 +161,8 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
         after, rand = _measure_after(cfg, bridge, ev, mask, means)
         continuations = _continuations(bridge, mask, cfg.ablation, means)
     with _stage("materialize, verify and export", P, timings):
-        max_diff = _export(bridge, mask, folder)
-    res = _Results(before, after, rand, act_diff, scores, validation, curve, mask, continuations, max_diff)
+        export = _export(bridge, mask, folder)
+    res = _Results(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export)
     metrics = _metrics(cfg, inp, res, timings)
     _write(folder, cfg, metrics, res)
     return metrics
@@ -185,7 +202,8 @@ def _load(cfg: RunConfig) -> _Inputs:
         train, held = template_split(pairs, held_out=cfg.held_out, seed=cfg.seed)
     except PairsError as e:
         raise RunError(f"{e} (give more templates or use the bundled set)") from None
-    bridge = load_model(cfg.model, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                        device_map=cfg.device_map)
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
                           lambada_limit=cfg.lambada_limit)
@@ -194,7 +212,7 @@ def _load(cfg: RunConfig) -> _Inputs:
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
     """The unpruned model on the evaluation set, and the mean activation differences per layer."""
-    before = evaluate(bridge, ev, None, crows=True, batch_size=cfg.batch_size)
+    before = evaluate(bridge, ev, None, crows=True, batch_size=cfg.batch_size, per_item=True)
     return before, activation_diff(bridge, ev.pairs)
 
 
@@ -237,9 +255,10 @@ def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, scores: Scores, means
 def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
                    means: dict | None) -> tuple[dict, dict]:
     """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
-    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size)
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size, per_item=True)
     rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
-    rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False, batch_size=cfg.batch_size)
+    rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False, batch_size=cfg.batch_size,
+                    per_item=True)
     return after, rand
 
 
@@ -252,21 +271,24 @@ def _continuations(bridge: Bridge, mask: PruningMask, ablation: str, means: dict
     return [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
 
 
-def _export(bridge: Bridge, mask: PruningMask, folder: Path) -> float:
-    """Write the mask files and the pruned HF model into ``folder``; reload the model and return
-    its max |logit difference| from the simulation."""
-    from transformers import AutoModelForCausalLM
-
-    from .export import export_hf
-    from .materialize import verify
+def _export(bridge: Bridge, mask: PruningMask, folder: Path) -> dict:
+    """Write the mask files; materialize the mask and check it against the simulation in memory;
+    if the check passes, write the pruned HF model once (``folder/model``, the checkpoint's dtype).
+    Returns the check's record for ``metrics.json`` (a failed check writes no model)."""
+    from .export import export_dtype, write_hf
+    from .verification import materialize_checked, why_different
 
     mask.save(folder)
-    export_hf(bridge, mask, folder / "model", mode="zero", overwrite=True, check=True)
-    reloaded = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32,
-                                                    attn_implementation="eager")
-    max_diff = verify(bridge, reloaded, mask)
-    del reloaded
-    return max_diff
+    model, v = materialize_checked(bridge, mask, mode="zero")
+    rec = {"max_abs_logit_diff": v.max_diff, "folder": "model" if v.ok else None, **v.to_dict(),
+           "summary": v.summary()}
+    if v.ok:
+        write_hf(bridge, model, mask, folder / "model", overwrite=True)
+        rec["dtype_written"] = str(export_dtype(bridge))
+    else:
+        rec["why"] = why_different(bridge, model)
+    del model
+    return rec
 
 
 # ---------------------------------------------------------------- metrics.json and report.html
@@ -285,7 +307,7 @@ class _Results:
     curve: list[dict]
     mask: PruningMask
     continuations: list[dict]
-    max_diff: float
+    export: dict  # the export check (lens_bias.verification.Verification.to_dict) and where the model went
 
 
 def _metrics(cfg: RunConfig, inp: _Inputs, r: _Results, timings: dict) -> dict:
@@ -300,10 +322,11 @@ def _metrics(cfg: RunConfig, inp: _Inputs, r: _Results, timings: dict) -> dict:
         "pruned": _pruned(inp.bridge, mask),
         "pairs": {"source": cfg.pairs or "bundled", "train": len(inp.train), "held_out": len(inp.held),
                   "train_templates": inp.train.templates, "held_out_templates": inp.held.templates},
-        "before": {"held_out": r.before, "crows_rate": r.before.get("crows_rate")},
-        "after": {"held_out": r.after, "crows_rate": r.after.get("crows_rate")},
-        "random_same_budget": r.rand,
+        "before": {"held_out": without_items(r.before), **crows_rates(r.before)},
+        "after": {"held_out": without_items(r.after), **crows_rates(r.after)},
+        "random_same_budget": without_items(r.rand),
         "change": _change(r.before, r.after, r.rand),
+        "tests": run_tests(r.before, r.after, r.rand, cfg.seed),
         "capability_files": {k: str(v) if v else None for k, v in files.items()},
         "validation": {k: {x: v[x] for x in ("spearman", "pearson", "n")} for k, v in r.validation.items()},
         "curve": r.curve,
@@ -312,7 +335,7 @@ def _metrics(cfg: RunConfig, inp: _Inputs, r: _Results, timings: dict) -> dict:
                               for k in ("neurons", "heads")},
         "activation_diff_by_layer": {k: v.tolist() for k, v in r.act_diff.items()},
         "continuations": r.continuations,
-        "export": {"max_abs_logit_diff": r.max_diff, "folder": "model"},
+        "export": r.export,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "timings_s": timings,
         "versions": _versions(),
@@ -328,16 +351,19 @@ def _pruned(bridge: Bridge, mask: PruningMask) -> dict:
 
 
 def _change(before: dict, after: dict, rand: dict) -> dict:
-    """Relative changes (%) of the bias and perplexity, and changes in points of the rates."""
+    """Relative changes (%) of the bias and perplexity, and changes in points of the rates (with
+    intervals and tests: :func:`lens_bias.changes.run_tests`)."""
+    points = lambda k: None if before.get(k) is None or after.get(k) is None else after[k] - before[k]  # noqa: E731
     return {
         "js_pct": _pct(before["js"], after["js"]),
         "abs_logit_gap_pct": _pct(before.get("abs_logit_gap"), after.get("abs_logit_gap")),
         "wikitext_ppl_pct": _pct(before.get("wikitext_ppl"), after.get("wikitext_ppl")),
         "lambada_points": (None if before.get("lambada_acc") is None
                            else 100 * (after["lambada_acc"] - before["lambada_acc"])),
-        "crows_points": (None if before.get("crows_rate") is None
-                         else after["crows_rate"] - before["crows_rate"]),
+        "crows_black_points": points("crows_black_rate"),
+        "crows_race_color_points": points("crows_race_color_rate"),
         "random_js_pct": _pct(before["js"], rand["js"]),
+        "random_abs_logit_gap_pct": _pct(before.get("abs_logit_gap"), rand.get("abs_logit_gap")),
     }
 
 
@@ -359,26 +385,21 @@ def _pct(a, b):
 def _fill_report(rep: Report, m: dict, r: _Results) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
-    ch = m["change"]
+    if not m["export"]["ok"]:
+        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the measurements "
+                 "below are those of the simulated pruning.", "warn")
     rep.heading("Summary")
-    rows = [
-        ["held-out mean JS (nats)", before["js"], after["js"], ch["js_pct"], m["random_same_budget"]["js"]],
-        ["held-out mean |logit gap|", before.get("abs_logit_gap"), after.get("abs_logit_gap"), ch["abs_logit_gap_pct"],
-         m["random_same_budget"].get("abs_logit_gap")],
-        ["CrowS-Pairs stereotype rate (%)", before.get("crows_rate"), after.get("crows_rate"), ch["crows_points"], None],
-        ["WikiText-2 perplexity", before.get("wikitext_ppl"), after.get("wikitext_ppl"), ch["wikitext_ppl_pct"],
-         m["random_same_budget"].get("wikitext_ppl")],
-        ["LAMBADA accuracy", before.get("lambada_acc"), after.get("lambada_acc"), ch["lambada_points"], None],
-        ["KL from unpruned, neutral text", 0.0, after.get("kl_neutral"), None, m["random_same_budget"].get("kl_neutral")],
-    ]
-    rep.table(rows, ["measure", "before", "after", "change (% or points)", "random mask, same budget"])
+    rep.table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
+    rep.text("Each change has a 95 % bootstrap interval (held-out pairs resampled by template, CrowS-Pairs rows, "
+             "WikiText windows) and a paired test (sign-flip permutation by template; exact McNemar for the "
+             "CrowS-Pairs rates, whose b / c count the rows that went from stereotyped to not and back). "
+             "'within noise': the interval covers 0 or p >= 0.05, so the change may be luck.", "note")
     p = m["pruned"]
     rep.text(f"Pruned {p['neurons']} neurons and {p['heads']} heads ({p['params']:,} parameters, "
              f"{p['params_pct']:.3f} % of the model), chosen by attribution patching on {m['pairs']['train']} train pairs "
              f"({m['metric']}, {m['ablation']} ablation, capability filter quantile "
              f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
-             "seen in scoring. The exported model matches the simulation: max |logit difference| "
-             f"{m['export']['max_abs_logit_diff']:.2e}.", "note")
+             f"seen in scoring. {m['export']['summary']}.", "note" if m["export"]["ok"] else "warn")
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")

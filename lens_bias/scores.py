@@ -36,10 +36,11 @@ class Scores:
         >>> back = Scores.load(s.save(tempfile.mkdtemp() + "/s.safetensors"))
         >>> torch.equal(back.neurons, s.neurons), back.heads, back.settings
         (True, None, {'scorer': 'test'})
-        >>> s.get("neuron")
-        Traceback (most recent call last):
-        ...
-        ValueError: kind must be 'neurons' or 'heads', got 'neuron'
+        >>> try:  # an unknown kind is refused (a TypeError where beartype checks the Literal first)
+        ...     s.get("neuron")
+        ... except (ValueError, TypeError):
+        ...     print("refused")
+        refused
     """
 
     neurons: Float[Tensor, "n_layers d_mlp"] | None

@@ -76,7 +76,8 @@ def validation_scatter(result: dict, kind: Kind = "neurons") -> go.Figure:
 
 def pruning_curves(rows: Sequence[dict], bias_key: str = "js", capability_key: str = "wikitext_ppl",
                    before: dict | None = None) -> go.Figure:
-    """Held-out bias and capability against the % of parameters removed, one line per scorer/kind."""
+    """Held-out bias and capability against the % of parameters removed, one line per scorer/kind;
+    points whose JS change is within noise (``js_within_noise``) are drawn hollow."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"held-out bias ({bias_key})", f"capability ({capability_key})"))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -93,9 +94,11 @@ def pruning_curves(rows: Sequence[dict], bias_key: str = "js", capability_key: s
                 ys = [before.get(key)] + ys
             if all(y is None for y in ys):
                 continue
+            hollow = ([False] if before else []) + [bool(r.get("js_within_noise")) for r in rs]
             fig.add_trace(go.Scatter(
                 x=x, y=ys, mode="lines+markers", name=f"{scorer} / {kind}", legendgroup=f"{scorer}{kind}",
                 showlegend=col == 1, line={"color": color, "dash": dash},
+                marker={"symbol": ["circle-open" if h else "circle" for h in hollow], "size": 8},
                 hovertemplate=f"{scorer} / {kind}<br>%{{x:.3f}} % params<br>{key} %{{y:.4g}}<extra></extra>",
             ), row=1, col=col)
     fig.update_xaxes(title_text="% of parameters removed")
@@ -129,10 +132,13 @@ def activation_diff_by_layer(diff: dict[str, torch.Tensor]) -> go.Figure:
 
 def generalization_heatmap(gm: dict) -> go.Figure:
     """The cross-domain matrix of :func:`lens_bias.experiments.generalization_matrix`: rows = the
-    domain the pruning was learned on, columns = held-out test domain, cells = JS reduction (%)."""
+    domain the pruning was learned on, columns = held-out test domain, cells = JS reduction (%);
+    a cell within noise (``gm["within_noise"]``) shows its number in parentheses."""
     rows, cols = gm["rows"], gm["test_domains"]
     z = [[gm["reduction_pct"][t][d] for d in cols] for t in rows]
-    text = [[f"{v:.0f}" if v is not None else "-" for v in row] for row in z]
+    noise = gm.get("within_noise", {})
+    text = [["-" if v is None else f"({v:.0f})" if noise.get(t, {}).get(d) else f"{v:.0f}"
+             for d, v in zip(cols, row, strict=True)] for t, row in zip(rows, z, strict=True)]
     fig = go.Figure(go.Heatmap(
         z=z, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale="RdBu", zmid=0,
         colorbar={"title": "JS reduction %"},
@@ -140,6 +146,7 @@ def generalization_heatmap(gm: dict) -> go.Figure:
     ))
     ind, cross = gm.get("in_domain_mean_pct"), gm.get("cross_domain_mean_pct")
     sub = "" if ind is None or cross is None else f": in-domain {ind:.1f} %, cross-domain {cross:.1f} %"
+    sub += "<br>(n): within noise, the 95 % interval covers 0 or p >= 0.05" if noise else ""
     fig.update_layout(
         title=f"Cross-domain transfer ({gm['kind']} at {gm['budget']}, {gm['scorer']}){sub}",
         xaxis_title="tested on (held-out templates)", yaxis_title="pruning learned on", template="plotly_white",

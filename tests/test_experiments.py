@@ -43,6 +43,12 @@ def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
             assert abs(n["params"] - h["params"]) <= slack  # ... parameters do not
     for r in rows:
         assert r["js_reduction_pct"] == pytest.approx(100 * (res["before"]["js"] - r["js"]) / res["before"]["js"])
+        lo, hi = r["js_reduction_ci"]
+        assert lo <= r["js_reduction_pct"] <= hi and 0 < r["js_p"] <= 1
+        assert r["js_within_noise"] == (lo <= 0 <= hi or r["js_p"] >= 0.05)
+        assert "per_item" not in r
+    assert "per_item" not in res["before"]
+    json.dumps(res)  # the result.json of `experiment curve`
     w = res["winners"]
     assert set(w["best_scorer"]) == {"neurons", "heads"}
     assert set(w["neurons_minus_heads_pct_points"]) == {"ablate", "actdiff", "random"}
@@ -69,6 +75,8 @@ def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monke
         for d in gm["test_domains"]:
             b, a = gm["js_before"][d], gm["js_after"][t][d]
             assert red[t][d] == pytest.approx(100 * (b - a) / b)
+            lo, hi = gm["reduction_ci"][t][d]
+            assert lo - 1e-9 <= red[t][d] <= hi + 1e-9 and isinstance(gm["within_noise"][t][d], bool)
     diag = [red[d][d] for d in doms]
     assert gm["in_domain_mean_pct"] == pytest.approx(sum(diag) / len(diag))
     off = [red[t][d] for t in doms for d in doms if d != t]
@@ -117,6 +125,8 @@ def test_cli_generalize_writes_json_and_html(tmp_path):
     assert "in-domain mean" in r.output
     html = (out / "report.html").read_text()
     assert html.count("plotly-graph-div") >= 2
+    # a cell within noise shows its number in parentheses (per domain, 1 held-out template: always)
+    assert all(res["within_noise"]["all"].values()) and "within noise" in html
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
     assert [p.name for p in tmp_path.iterdir()] == ["gen"]
@@ -172,3 +182,16 @@ def test_template_split_needs_two_templates_per_domain():
         ex.template_split(one_template)
     train, held = ex.template_split(one_template, check=False)
     assert len(train) == len(one_template) and len(held) == 0
+
+
+def test_figures_mark_points_and_cells_within_noise():
+    from lens_bias import viz
+
+    rows = [{"scorer": "ablate", "kind": "neurons", "params_pct": x, "js": 0.02, "js_within_noise": w}
+            for x, w in ((0.1, True), (0.5, False))]
+    fig = viz.pruning_curves(rows, "js", "kl_neutral", before={"js": 0.03, "kl_neutral": 0.0})
+    assert list(fig.data[0].marker.symbol) == ["circle", "circle-open", "circle"]
+    gm = {"rows": ["a", "all"], "test_domains": ["a"], "reduction_pct": {"a": {"a": 40.0}, "all": {"a": 12.0}},
+          "within_noise": {"a": {"a": False}, "all": {"a": True}}, "kind": "neurons", "budget": "1%", "scorer": "ablate"}
+    fig = viz.generalization_heatmap(gm)
+    assert [list(r) for r in fig.data[0].text] == [["40"], ["(12)"]] and "within noise" in fig.layout.title.text

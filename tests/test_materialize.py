@@ -13,10 +13,12 @@ from lens_bias.ablation import ablate
 from lens_bias.masks import PruningMask
 from lens_bias.selection import random_mask
 
-with install_import_hook(["lens_bias.materialize", "lens_bias.export", "lens_bias.interop"], "beartype.beartype"):
+with install_import_hook(["lens_bias.materialize", "lens_bias.export", "lens_bias.interop",
+                          "lens_bias.verification"], "beartype.beartype"):
     from lens_bias import export as EX
     from lens_bias import interop as IO
     from lens_bias import materialize as MZ
+    from lens_bias import verification as VF
 
 TEXT = "The nurse told the patient that the test results looked fine."
 ATOL = 1e-5
@@ -97,7 +99,7 @@ def test_zero_materialization_equals_ablation(tiny, which):
     model = MZ.materialize(tiny, mask, mode="zero")
     ids = ids_of(tiny)
     assert maxdiff(hf_logits(model, ids), bridge_logits(tiny, ids, mask)) <= ATOL
-    assert MZ.verify(tiny, model, mask) <= ATOL
+    assert VF.verify(tiny, model, mask) <= ATOL
     # the ablation actually changes the output, so the check has teeth
     assert maxdiff(bridge_logits(tiny, ids, mask), bridge_logits(tiny, ids)) > 1e-3
     # shape-preserving, and exactly the designed weights are zero
@@ -143,7 +145,7 @@ def test_bad_inputs_are_refused(tiny):
         MZ.materialize(tiny, wrong)
     # a model that does not implement the mask fails verification, naming the difference
     with pytest.raises(MaskError, match="differs from the bridge under zero ablation"):
-        MZ.verify(tiny, MZ.clean_hf_model(tiny), mask)
+        VF.verify(tiny, MZ.clean_hf_model(tiny), mask)
 
 
 # ---------------------------------------------------------------- structural mode
@@ -156,7 +158,7 @@ def test_structural_equals_zero(tiny):
     zero = MZ.materialize(tiny, mask, mode="zero")
     ids = ids_of(tiny)
     assert maxdiff(hf_logits(small, ids), hf_logits(zero, ids)) <= ATOL
-    assert MZ.verify(tiny, small, mask) <= ATOL
+    assert VF.verify(tiny, small, mask) <= ATOL
     assert small.config.intermediate_size == tiny.cfg.d_mlp - 16
     mlp = small.model.layers[1].mlp
     assert mlp.gate_proj.weight.shape == (112, tiny.cfg.d_model)
@@ -228,9 +230,9 @@ def test_verify_names_attention_kernel_mismatch(tiny, tmp_path):
     mask = masks_for(tiny, "neurons")
     folder = EX.export_hf(tiny, mask, tmp_path / "export")
     sdpa = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
-    assert MZ.verify(tiny, sdpa, mask) <= ATOL
+    assert VF.verify(tiny, sdpa, mask) <= ATOL
     with pytest.raises(MaskError, match="uses sdpa attention and the bridge eager"):
-        MZ.verify(tiny, sdpa, mask, atol=-1.0)  # force the failure path
+        VF.verify(tiny, sdpa, mask, atol=-1.0)  # force the failure path
 
 
 def test_export_refuses_non_empty_folder(tiny, tmp_path):
@@ -264,7 +266,7 @@ def test_torch_prune_round_trip(tiny):
     ids = ids_of(tiny)
     zero = MZ.materialize(tiny, mask, mode="zero")
     assert maxdiff(hf_logits(model, ids), hf_logits(zero, ids)) <= ATOL
-    assert MZ.verify(tiny, model, mask) <= ATOL
+    assert VF.verify(tiny, model, mask) <= ATOL
     n_modules = 3 * sum(1 for c in mask.per_layer("neurons") if c) + sum(1 for c in mask.per_layer("heads") if c)
     assert IO.undo_torch_prune(model) == n_modules
     after = model.state_dict()
@@ -305,7 +307,7 @@ def test_torch_pruning_equals_structural(tiny):
     assert model.model.layers[0].mlp.down_proj.in_features == 112
     ids = ids_of(tiny)
     assert maxdiff(hf_logits(model, ids), hf_logits(small, ids)) <= ATOL
-    assert MZ.verify(tiny, model, mask) <= ATOL
+    assert VF.verify(tiny, model, mask) <= ATOL
 
 
 def test_torch_pruning_uneven_warns(tiny):
@@ -317,7 +319,7 @@ def test_torch_pruning_uneven_warns(tiny):
         IO.apply_torch_pruning(model, mask)
     assert model.config.intermediate_size == 128
     assert model.model.layers[0].mlp.up_proj.out_features == 125
-    assert MZ.verify(tiny, model, mask) <= ATOL
+    assert VF.verify(tiny, model, mask) <= ATOL
 
 
 def test_missing_torch_pruning_says_how_to_install(monkeypatch, tiny):
@@ -386,7 +388,7 @@ def _real_model_equivalence(bridge, tmp_path):
     ids = ids_of(bridge)
     before = bridge_logits(bridge, ids)
     model = MZ.materialize(bridge, mask, mode="zero")
-    diff = MZ.verify(bridge, model, mask)
+    diff = VF.verify(bridge, model, mask)
     effect = maxdiff(bridge_logits(bridge, ids, mask), before)
     assert diff <= ATOL
     assert effect > 1e-4
@@ -396,15 +398,15 @@ def _real_model_equivalence(bridge, tmp_path):
     del model
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert loaded.config._attn_implementation == "eager"
-    exported = MZ.verify(bridge, loaded, mask)
-    sdpa = MZ.verify(bridge, AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa"), mask,
+    exported = VF.verify(bridge, loaded, mask)
+    sdpa = VF.verify(bridge, AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa"), mask,
                      atol=1e-3)
     print(f"\n{bridge.lens_bias_name}: max abs logit diff vs ablation: materialized {diff:.3g}, "
           f"exported+reloaded {exported:.3g} (sdpa {sdpa:.3g}); ablation effect {effect:.3g}")
     assert exported <= ATOL
     # each kind alone, and structural removal of a uniform neuron mask
     for alone in (random_mask(bridge, 50, "neurons", seed=2), random_mask(bridge, 3, "heads", seed=3)):
-        assert MZ.verify(bridge, MZ.materialize(bridge, alone, mode="zero"), alone) <= ATOL
+        assert VF.verify(bridge, MZ.materialize(bridge, alone, mode="zero"), alone) <= ATOL
     uniform = PruningMask.keep_all(bridge)
     uniform.neurons[:, :4] = False
     structural = MZ.materialize(bridge, uniform, mode="structural")
@@ -431,13 +433,13 @@ def test_materialize_equivalence_gemma(gemma, tmp_path):
 def test_structural_export_checks_at_float32_summation_tolerance(tiny, tmp_path, monkeypatch):
     """Structural matrices sum in another order: the export check allows 1e-4 there, 1e-5 for zero."""
     seen = []
-    real = EX.verify
+    real = EX.materialize_checked
 
     def spy(*a, **k):
         seen.append(k.get("atol"))
         return real(*a, **k)
 
-    monkeypatch.setattr(EX, "verify", spy)
+    monkeypatch.setattr(EX, "materialize_checked", spy)
     EX.export_hf(tiny, uniform_mask(tiny, heads=False), tmp_path / "s", mode="structural")
     EX.export_hf(tiny, uniform_mask(tiny, heads=False), tmp_path / "z", mode="zero")
     assert seen == [MZ.STRUCTURAL_ATOL, 1e-5]

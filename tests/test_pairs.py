@@ -126,12 +126,23 @@ def test_unknown_domain():
 
 @pytest.mark.skipif(not CROWS.exists(), reason="needs ../shared/data/crows_pairs_anonymized.csv")
 def test_crows_subsets():
-    assert len(load_crows_pairs(CROWS)) == 282
+    """The headline subset is the 282 race-color rows naming a Black group (the count SOURCES.md
+    documents); 252 of them contrast Black with White; the race-color category has 516 rows."""
+    black = load_crows_pairs(CROWS)
+    assert len(black) == 282
     bw = load_crows_pairs(CROWS, subset="black-white")
-    assert len(bw) == 252
-    assert len(load_crows_pairs(CROWS, subset="race-color")) == 516
-    # the stereotypical sentence follows the direction column
-    assert all(c.stereo != c.anti for c in bw)
+    assert len(bw) == 252 and {c.id for c in bw} <= {c.id for c in black}
+    rc = load_crows_pairs(CROWS, subset="race-color")
+    assert len(rc) == 516 and sum(c.direction == "antistereo" for c in rc) == 43
+    assert len(load_crows_pairs(CROWS, subset="all")) == 1508
+    assert sum("black" in c.subsets for c in rc) == 282
+    # sent_more is kept as `more` whatever the direction
+    import csv
+
+    with open(CROWS, encoding="utf-8-sig", newline="") as f:
+        first_anti = next(r for r in csv.DictReader(f) if r["stereo_antistereo"] == "antistereo")
+    c = next(c for c in load_crows_pairs(CROWS, subset="all") if c.direction == "antistereo")
+    assert (c.more, c.less) == (first_anti["sent_more"], first_anti["sent_less"])
 
 
 def test_crows_wrong_columns(tmp_path):

@@ -43,6 +43,29 @@ def test_run_writes_the_contract_folder(run_folder):
     html = (out / "report.html").read_text()
     assert html.count('class="plotly-graph-div"') >= 6
     assert "Greedy continuations" in html
+    assert "95 % CI" in html and "within noise" in html
+
+
+def test_every_change_has_an_interval_and_a_test(run_folder):
+    out, m = run_folder
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert "per_item" not in on_disk["before"]["held_out"] and "per_item" not in on_disk["random_same_budget"]
+    tests = on_disk["tests"]
+    for key in ("js", "abs_logit_gap", "wikitext_ppl", "random_js", "random_abs_logit_gap"):
+        t = tests[key]
+        assert {"before", "after", "diff", "diff_ci", "pct", "pct_ci", "p", "test", "n", "within_noise"} <= set(t)
+        assert t["diff_ci"][0] <= t["diff"] <= t["diff_ci"][1] and 0 < t["p"] <= 1
+        assert t["within_noise"] == (t["diff_ci"][0] <= 0 <= t["diff_ci"][1] or t["p"] >= 0.05)
+    assert tests["js"]["before"] == pytest.approx(on_disk["before"]["held_out"]["js"])
+    assert tests["js"]["pct"] == pytest.approx(on_disk["change"]["js_pct"])
+    assert tests["js"]["n"] == on_disk["pairs"]["held_out"] and "by cluster" in tests["js"]["test"]
+    assert tests["wikitext_ppl"]["after"] == pytest.approx(on_disk["after"]["held_out"]["wikitext_ppl"])
+    assert tests["kl_neutral"]["diff_ci"] is None and "no interval" in tests["kl_neutral"]["note"]
+    if "crows_black_rate" in on_disk["before"]:  # the shared CrowS-Pairs file is present
+        for key, n in (("crows_black_rate", 282), ("crows_race_color_rate", 516)):
+            t = tests[key]
+            assert t["test"] == "exact McNemar" and t["n"] == n and t["b"] + t["c"] <= n
+            assert t["diff"] == pytest.approx(on_disk["change"][key.replace("_rate", "_points")])
 
 
 def test_existing_folder_is_refused(run_folder):
@@ -57,7 +80,7 @@ def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("lens_bias.export.export_hf", boom)
+    monkeypatch.setattr("lens_bias.export.write_hf", boom)
     out = tmp_path / "r"
     with pytest.raises(RuntimeError, match="disk full"):
         run(small_config(), out)

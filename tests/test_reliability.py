@@ -216,7 +216,7 @@ def test_crows_extra_columns_are_ignored(tmp_path):
     f.write_text(crows_csv([[0, "race-color", "White people are X.", "Black people are X.", "stereo", "[]", "x"],
                             [1, "gender", "He is X.", "She is X.", "stereo", "[]", "y"]], header), encoding="utf-8")
     got = load_crows_pairs(f)
-    assert [(c.stereo, c.anti) for c in got] == [("Black people are X.", "White people are X.")]
+    assert [(c.more, c.less) for c in got] == [("Black people are X.", "White people are X.")]
 
 
 def test_crows_other_columns_are_refused_listing_them(tmp_path):
@@ -920,7 +920,7 @@ def test_fuzz_crows_rows(header, rows, subset):
             got = load_crows_pairs(f, subset=subset)
         except PairsError:
             return
-    assert all(isinstance(c.stereo, str) and isinstance(c.anti, str) for c in got)
+    assert all(isinstance(c.more, str) and isinstance(c.less, str) for c in got)
 
 
 @FUZZ
