@@ -1,7 +1,9 @@
 """Attribution patching: rank every MLP neuron and attention head by how much it drives the
 Black/White difference, from one forward and one backward pass per batch of pairs.
 
-Target: m = mean over pairs of a pair metric (``js``, or ``logit_gap`` as mean |gap|).
+Target: m = mean over pairs of a pair metric (:mod:`lens_bias.targets`): ``js`` or ``logit_gap`` (as mean
+|gap|) at the prompts' last token, or ``seqgap`` (mean |gap| in summed sentence log-likelihood) on
+sentence pairs.
 A score is the *estimated reduction* of m when the component is removed (higher = prune first):
 
 * ``ablate`` (what pruning does): score = -sum over both runs and all positions of
@@ -50,52 +52,19 @@ from .bridge import (
 from .components import hook_name
 from .errors import LensBiasError, NumericsError
 from .interventions import attached, collect
-from .metrics import js_divergence, logit_gap, word_tokens
-from .pairs import ContrastivePair, PairSet
+from .pairs import PairSet
+from .provenance import provenance
 from .scores import Scores
+from .targets import (
+    directional_only,
+    is_sentence_target,
+    pair_metric,
+    sentence_gap,
+    sentence_tokens,
+    upcast,
+)
 
 ESTIMATORS = ("ablate", "patch")
-TARGETS = ("js", "logit_gap")
-
-
-# ---------------------------------------------------------------- differentiable pair metrics
-
-
-def pair_metric(target, last_logits: Float[Tensor, "rows vocab"], pairs: Sequence[ContrastivePair],
-                tokenizer) -> Float[Tensor, " n"]:
-    """Per-pair metric values (differentiable) from the last-token logits of a pair batch (n Black
-    rows, then n White rows): ``js``; ``logit_gap`` as |gap| (pairs without pos/neg give 0); or a
-    callable ``f(logits_black, logits_white, pairs) -> [n]`` (e.g. for tests)."""
-    n = len(pairs)
-    if callable(target):
-        return target(last_logits[:n], last_logits[n:], pairs)
-    logp = F.log_softmax(last_logits, -1)
-    logp_b, logp_w = logp[:n], logp[n:]
-    if target == "js":
-        return js_divergence(logp_b, logp_w)
-    if target == "logit_gap":
-        wt = word_tokens(tokenizer, pairs)
-        has = [i for i, p in enumerate(pairs) if p.pos and p.neg]
-        out = torch.zeros(len(pairs), dtype=logp_b.dtype, device=logp_b.device)
-        if has:
-            g = logit_gap(logp_b[has], logp_w[has], [wt.pos[i] for i in has], [wt.neg[i] for i in has])
-            out = out.index_put((torch.tensor(has, device=out.device),), g.abs())
-        return out
-    raise LensBiasError(f"metric must be one of {TARGETS}, got {target!r}")
-
-
-def _directional_only(pairs: PairSet, target) -> PairSet:
-    if isinstance(target, str) and target == "logit_gap":
-        sub = pairs.filter(directional=True)
-        if not len(sub):
-            raise LensBiasError("metric 'logit_gap' needs pairs with pos/neg words; none have them")
-        return sub
-    return pairs
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """float32 for half-precision logits; float64 stays float64 (exactness tests)."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 # ---------------------------------------------------------------- alignment for the patch estimator
@@ -205,7 +174,9 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
     :func:`~lens_bias.batching.pair_batch`).
     """
     n_layers = bridge.cfg.n_layers
-    batch = pair_batch(bridge, chunk) if batch is None else batch
+    if batch is None:
+        batch = (sentence_tokens(bridge, chunk).batch(range(len(chunk)), model_device(bridge))
+                 if is_sentence_target(target) else pair_batch(bridge, chunk))
     n = len(chunk)
     lengths = batch.lengths.tolist()
     width = batch.ids.shape[1]
@@ -218,18 +189,23 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
         patch, src = aligned_suffix(batch, n)
         white: dict = {}
         with attached(bridge, _capture_hooks(kinds, n_layers, white)), torch.no_grad():
-            last_w = _upcast(last_logits(bridge, batch.ids[n:], lengths[n:]))
+            last_w = upcast(last_logits(bridge, batch.ids[n:], lengths[n:]))
         rows, mask = slice(0, n), None
     else:
         patch = src = white = last_w = None
         rows = slice(0, 2 * n)
         mask = None if all(x == width for x in lengths) else batch.mask
     with attached(bridge, hooks), torch.enable_grad():
-        last = _upcast(last_logits(bridge, batch.ids[rows], lengths[rows]))
-        if last_w is not None:
-            last = torch.cat([last, last_w])
-        check_finite(last, "logits during attribution")
-        per_pair = pair_metric(target, last, chunk, tokenizer)
+        if is_sentence_target(target):  # the whole sequence: each sentence's summed log-likelihood
+            logits = bridge(batch.ids)
+            check_finite(logits, "logits during attribution")
+            per_pair = sentence_gap(logits, batch).abs()
+        else:
+            last = upcast(last_logits(bridge, batch.ids[rows], lengths[rows]))
+            if last_w is not None:
+                last = torch.cat([last, last_w])
+            check_finite(last, "logits during attribution")
+            per_pair = pair_metric(target, last, chunk, tokenizer)
         keys = list(store)
         for i, drop in enumerate(drops):
             state["drop"] = drop
@@ -279,9 +255,10 @@ def attribute(
     total = sum(counts.values())
     settings = {
         "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation, "graddrop": graddrop,
-        "model": getattr(bridge, "lens_bias_name", "?"), "n_pairs": total, "domains": pairs.domains,
+        **provenance(bridge, pairs),  # pairs_hash, n_pairs, domains, model, model_shape
         "metric_before": sum(metric_sum.values()) / total,
         "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
+        "n_pairs_by_domain": counts,
     }
     return Scores(overall.get("neurons", None) if "neurons" in kinds else None,
                   overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
@@ -295,10 +272,13 @@ def _attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, 
         raise LensBiasError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if ablation not in ("zero", "mean"):
         raise LensBiasError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    if is_sentence_target(metric) and estimator != "ablate":
+        raise LensBiasError(f"metric {metric!r} is attributed with the 'ablate' estimator only (sentence pairs "
+                            f"have no aligned suffix to patch); got {estimator!r}")
     kinds = [k for k in KINDS if k in components]
     if not kinds:
         raise LensBiasError(f"components must include 'neurons' and/or 'heads', got {components}")
-    pairs = _directional_only(pairs, metric)
+    pairs = directional_only(pairs, metric)
     if not len(pairs):
         raise LensBiasError("no pairs to attribute on")
     if ablation == "mean" and means is None and estimator == "ablate":
@@ -347,7 +327,7 @@ def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablati
     sums = {k: torch.zeros(len(domains), *lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
     metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
     # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
-    tokens = tokenize_pairs(bridge, pairs)
+    tokens = sentence_tokens(bridge, pairs.pairs) if is_sentence_target(metric) else tokenize_pairs(bridge, pairs)
     cap = activation_token_cap(bridge)  # None on a CPU: the CPU default cap applies
     jobs = [(idx, [pairs.pairs[i] for i in idx]) for idx in tokens.batches(batch_size, device, -1 if cap is None else cap)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
@@ -425,7 +405,7 @@ def capability_cost(bridge: Bridge, texts: Sequence[str], ablation: str = "mean"
         batch = encode(tok, texts[sl], device=device)
         store: dict = {}
         with attached(bridge, _capture_hooks(KINDS, n_layers, store)), torch.enable_grad():
-            logits = _upcast(bridge(batch.ids))
+            logits = upcast(bridge(batch.ids))
             logp = F.log_softmax(logits[:, :-1], -1).gather(-1, batch.ids[:, 1:, None])[..., 0]
             nll = -(logp * batch.mask[:, 1:]).sum()
             keys = list(store)

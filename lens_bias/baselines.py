@@ -24,6 +24,7 @@ from .bridge import KINDS, Bridge, shape_of
 from .errors import LensBiasError
 from .layout import decoder_layers
 from .pairs import PairSet
+from .provenance import provenance
 from .scores import Scores
 
 BASELINES = ("actdiff", "wanda", "random")
@@ -47,7 +48,8 @@ def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int
     from .capture import last_token_activations
 
     settings = {"scorer": scorer, "estimator": scorer, "metric": "-", "model": getattr(bridge, "lens_bias_name", "?"),
-                "n_pairs": len(pairs), "domains": pairs.domains}
+                **provenance(bridge, pairs),  # pairs_hash, n_pairs, domains, model, model_shape
+                "n_pairs_by_domain": {d: len(sub) for d, sub in pairs.by_domain().items()}}
     if scorer == "random":
         g = torch.Generator().manual_seed(seed)
         return Scores(torch.rand(shape_of(bridge, "neurons"), generator=g),

@@ -45,7 +45,8 @@ def token_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch pos_min
         >>> lp.shape == (2, batch.ids.shape[1] - 1), bool((lp <= 0).all())
         (True, True)
     """
-    logits = bridge(batch.ids).float()
+    logits = bridge(batch.ids)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # float64 stays (exactness tests)
     check_finite(logits)
     logp = F.log_softmax(logits[:, :-1], dim=-1)
     tgt = batch.ids[:, 1:]

@@ -5,7 +5,8 @@
 :class:`lens_bias.stats.Change` record per measure:
 
 * held-out mean JS and mean |logit gap|: paired bootstrap over the pairs resampled by template
-  (a template's pairs share their wording) and the sign-flip permutation test by template;
+  (a template's pairs share their wording) and the sign-flip permutation test by template; the
+  held-out sentence pairs' mean |seqgap| the same way, by sentence template;
 * CrowS-Pairs stereotype rates (``black``, ``race-color``): paired bootstrap over the rows and the
   exact McNemar test (``b`` rows went from stereotyped to not, ``c`` back); the mean
   log-likelihood difference of the ``black`` rows with the permutation test;
@@ -67,6 +68,8 @@ def evaluation_changes(before: dict, after: dict, n_boot: int = 2000, seed: int 
     """
     bi, ai = before["per_item"], after["per_item"]
     out = _pairs_changes(bi, ai, n_boot, seed)
+    if "seqgap" in bi and "seqgap" in ai:
+        out["seqgap"] = paired_change(bi["seqgap"], ai["seqgap"], bi["seqgap_templates"], n_boot=n_boot, seed=seed)
     if "crows" in bi and "crows" in ai:
         out.update(_crows_changes(bi["crows"], ai["crows"], n_boot, seed))
     if "wikitext_windows" in bi and "wikitext_windows" in ai:
@@ -108,7 +111,7 @@ def run_tests(before: dict, after: dict, rand: dict | None = None, seed: int = 0
     out = {k: c.to_dict() for k, c in evaluation_changes(before, after, seed=seed).items()}
     if rand is not None:
         out.update({f"random_{k}": c.to_dict() for k, c in evaluation_changes(before, rand, seed=seed).items()
-                    if k in ("js", "abs_logit_gap", "wikitext_ppl")})
+                    if k in ("js", "abs_logit_gap", "seqgap", "wikitext_ppl")})
     if after.get("kl_neutral") is not None:
         out["kl_neutral"] = {"before": 0.0, "after": after["kl_neutral"], "diff_ci": None, "p": None,
                              "note": "no interval: measured after pruning only (0 before, by definition)"}
@@ -119,6 +122,7 @@ def run_tests(before: dict, after: dict, rand: dict | None = None, seed: int = 0
 SUMMARY_ROWS = (
     ("held-out mean JS (nats)", "js", "pct", "%"),
     ("held-out mean |logit gap|", "abs_logit_gap", "pct", "%"),
+    ("held-out sentence pairs, mean |seqgap| (nats)", "seqgap", "pct", "%"),
     ("CrowS-Pairs rate, Black (%)", "crows_black_rate", "diff", "points"),
     ("CrowS-Pairs rate, race-color (%)", "crows_race_color_rate", "diff", "points"),
     ("CrowS-Pairs log-lik. difference, Black (nats)", "crows_black_mean_diff", "diff", "nats"),
@@ -126,6 +130,7 @@ SUMMARY_ROWS = (
     ("LAMBADA accuracy (%)", "lambada_acc", "diff", "points"),
     ("random mask: held-out mean JS", "random_js", "pct", "%"),
     ("random mask: held-out mean |logit gap|", "random_abs_logit_gap", "pct", "%"),
+    ("random mask: sentence pairs, mean |seqgap|", "random_seqgap", "pct", "%"),
     ("random mask: WikiText-2 perplexity", "random_wikitext_ppl", "pct", "%"),
 )
 

@@ -10,19 +10,27 @@ from typing import Annotated
 import typer
 
 from .cli_common import (
+    AllowOtherPairsOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     PairsOpt,
     QuietOpt,
+    SplitOpt,
     check_run_options,
     comma_list,
     domain_list,
     fail,
     interruptible,
     load_options,
+    pairs_as_scanned,
+    split_part,
     table,
+    torch_prune_masks,
+    validation_summary,
+    validation_table,
+    warn,
 )
 from .cli_experiment import app as experiment_app
 from .errors import ExportCheckError, LensBiasError
@@ -38,11 +46,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object ins
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
 
 
-def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0):
-    """The pairs of ``--pairs`` (all of them) or the bundled ones (``--per-domain`` per domain)."""
-    from .pairs import load_pairs
+def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0, metric: str = "js"):
+    """The pairs of ``--pairs`` (all of them) or the bundled ones (``--per-domain`` per domain; the
+    sentence pairs for ``--metric seqgap``)."""
+    from .splits import load_target_pairs
 
-    return load_pairs(pairs, domain_list(domain), per_domain, seed)
+    return load_target_pairs(pairs, domain_list(domain), per_domain, seed, metric)
 
 
 def _load(model: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
@@ -79,6 +88,7 @@ def measure(
     crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
     numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
+    seqgap: Annotated[bool, typer.Option("--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -109,6 +119,8 @@ def measure(
         out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
         if crows:
             out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
+        if seqgap:
+            out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
         fail(e)
@@ -116,6 +128,15 @@ def measure(
         typer.echo(json.dumps(out, indent=2))
         return
     _print_measure(out)
+
+
+def _measure_seqgap(bridge, domain: list[str] | None, per_domain: int, batch_size: int) -> dict:
+    """``measure --seqgap``: the bundled sentence pairs of the domains, per domain."""
+    from .sentences import load_sentence_pairs, stereotype_signs
+    from .targets import sentence_gaps, seqgap_summary
+
+    sp = load_sentence_pairs(None, domain_list(domain), per_domain)
+    return seqgap_summary(sentence_gaps(bridge, sp, batch_size), sp, stereotype_signs(sp))
 
 
 def _print_measure(out: dict) -> None:
@@ -129,25 +150,16 @@ def _print_measure(out: dict) -> None:
                      ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]", "numeric SMD"]))
     if "multi_token_words" in out:
         typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
+    if "seqgap" in out:
+        typer.echo(table([[d, r["n_pairs"], fmt(r["seqgap"]) + fmt_ci(r["seqgap_ci"]),
+                           fmt(r.get("stereo_gap")) + fmt_ci(r.get("stereo_gap_ci")), r.get("stereo_rate")]
+                          for d, r in out["seqgap"].items()],
+                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]", "gap toward the stereotype [95 % CI]",
+                          "stereotyped likelier (%)"]))
     for name, c in out.get("crows_pairs", {}).items():
         if isinstance(c, dict):
             typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %{fmt_ci(c['rate_ci'])}"
                        f" (50 % = none); mean log-lik. difference {c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
-
-
-def _split(ps, split: str, seed: int):
-    """The bundled pairs' train or held-out part (split by template), or all of them."""
-    if split == "all":
-        return ps
-    from .experiments import template_split
-
-    if split not in ("train", "held-out"):
-        raise LensBiasError(f"--split must be train, held-out or all; got {split!r}")
-    train, test = template_split(ps, held_out=0.25, seed=seed, check=False)
-    return train if split == "train" else test
-
-
-SplitOpt = Annotated[str, typer.Option(help="train / held-out (split by template, seeded) or all")]
 
 
 @app.command()
@@ -157,7 +169,7 @@ def scan(
     domain: DomainOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
     split: SplitOpt = "train",
-    metric: Annotated[str, typer.Option(help="js or logit_gap")] = "js",
+    metric: Annotated[str, typer.Option(help="js, logit_gap or seqgap (bundled sentence pairs)")] = "js",
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
     components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
@@ -176,7 +188,7 @@ def scan(
 
     try:
         t0 = time.time()
-        ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
+        ps = split_part(_pairs(pairs, domain, per_domain, seed, metric), split, seed)
         bridge = _load(model, trust_remote_code, dtype, device, device_map)
         kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
             "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
@@ -184,7 +196,7 @@ def scan(
         if graddrop and scorer not in ("ablate", "patch"):
             raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)
-        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain,
+        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain, "domain_filter": domain_list(domain),
                            "pairs": str(pairs) if pairs else "bundled", "seconds": round(time.time() - t0, 1)})
         s.save(out)
     except LensBiasError as e:
@@ -212,49 +224,41 @@ def validate(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     out: Annotated[Path | None, typer.Option(help="also write the full result (JSON)")] = None,
+    allow_other_pairs: AllowOtherPairsOpt = False,
     trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind."""
+    """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind.
+    Pairs or a model other than those the scores were computed on are refused (--allow-other-pairs
+    compares anyway, and the output says so)."""
+    from .provenance import check_scores_match
     from .scores import Scores
     from .validation import validate as run_validate
 
     try:
         t0 = time.time()
         s = Scores.load(scores)
-        # by default the exact runs use the very pairs the scores were computed on
-        st = s.settings
-        seed = st.get("seed", 0) if seed is None else seed
-        per_domain = st.get("per_domain", 4) if per_domain is None else per_domain
-        split = st.get("split", "train") if split is None else split
-        if pairs is None and st.get("pairs", "bundled") != "bundled":
-            pairs = Path(st["pairs"])
-        ps = _split(_pairs(pairs, domain, per_domain, seed), split, seed)
+        ps, seed = pairs_as_scanned(s.settings, pairs, domain, per_domain, split, seed)
+        check_scores_match(s, ps, None, allow_other_pairs, "validate")  # other pairs: refused before loading
         bridge = _load(model, trust_remote_code, dtype, device, device_map)
-        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed,
+        if warning := check_scores_match(s, ps, bridge, allow_other_pairs, "validate"):
+            warn(warning)
+        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed, allow_other_pairs=allow_other_pairs,
                            kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
     except LensBiasError as e:
         fail(e)
-    summary = {
-        "model": model, "scores": str(scores), "estimator": s.settings.get("estimator"),
-        "metric": s.settings.get("metric"), "ablation": s.settings.get("ablation"), "n_pairs": len(ps),
-        "graddrop": bool(s.settings.get("graddrop")),
-        **{kind: {x: r[x] for x in ("spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
-                                    "spearman_random", "sign_agreement", "compared_with", "n", "k", "n_random")}
-           for kind, r in res.items()},
-        "seconds": round(time.time() - t0, 1),
-    }
+    summary = validation_summary(s, ps, res, warning, model=model, scores=str(scores))
+    summary["seconds"] = round(time.time() - t0, 1)
     if out is not None:
         out.write_text(json.dumps({**summary, "detail": res}, indent=1))
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
-                        r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()],
-                      ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
-                       "Spearman top-k", "Spearman random", "same sign"]))
+    typer.echo(validation_table(res))
+    if warning:
+        typer.echo(f"warning: {warning}")
 
 
 @app.command()
@@ -262,10 +266,12 @@ def run(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
     domains: Annotated[str | None, typer.Option("--domains", help="bundled domains, comma-separated")] = None,
-    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
+    per_domain: Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")] = 24,
+    held_per_domain: Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")] = 26,
     budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
     kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
-    metric: Annotated[str, typer.Option(help="js or logit_gap")] = "js",
+    metric: Annotated[str, typer.Option(help="what attribution reduces: js, logit_gap (prompt pairs) or seqgap "
+                                             "(sentence pairs)")] = "js",
     max_cost_quantile: Annotated[float, typer.Option(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
     steps: Annotated[int, typer.Option(
@@ -296,7 +302,7 @@ def run(
         fail(e)
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
-        per_domain=per_domain, budget=budget, kind=kind, metric=metric,
+        per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
@@ -342,16 +348,22 @@ def prune(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
+    allow_other_model: Annotated[bool, typer.Option(
+        "--allow-other-model", help="prune anyway when the scores name another model of the same shape")] = False,
     trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Select the top components from scores and write the mask files and the pruned HF model."""
+    """Select the top components from scores and write the mask files and the pruned HF model.
+    The scores must come from this model: another shape is refused, another name or architecture
+    too unless --allow-other-model (mask.json then records it). Pairs are not compared: prune
+    evaluates on none, and a run evaluates its pruning on held-out pairs, other than the scan's."""
     from .atomic import atomic_out, prepare_out
     from .attribution import capability_cost
     from .export import export_hf
     from .pairs import neutral_text
+    from .provenance import check_scores_match
     from .scores import Scores
     from .selection import select
 
@@ -361,9 +373,12 @@ def prune(
         s = Scores.load(scores)
         with interruptible(out):
             bridge = _load(model, trust_remote_code, dtype, device, device_map)
+            if warning := check_scores_match(s, None, bridge, allow_other_model, "prune", "--allow-other-model"):
+                warn(warning)
             cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
             mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
                           max_cost_quantile=max_cost_quantile if cost is not None else None)
+            mask.meta.update(scores_pairs_hash=s.settings.get("pairs_hash"), provenance_warning=warning)
             with atomic_out(out, overwrite) as tmp:
                 mask.save(tmp)
                 export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
@@ -371,7 +386,7 @@ def prune(
         fail(e)
     c = mask.counts()
     typer.echo(f"pruned {c['neurons']} neurons and {c['heads']} heads ({mode}); wrote {out}/mask.safetensors, "
-               f"{out}/mask.json and {out}/model/")
+               f"{out}/mask.json and {out}/model/" + (f"\nwarning: {warning}" if warning else ""))
 
 
 @app.command()
@@ -414,7 +429,7 @@ def export(
                 idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
             out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
         elif format == "torch-prune":
-            tensors = _torch_prune_masks(m, model, trust_remote_code, dtype, device, device_map)
+            tensors = torch_prune_masks(m, _load(model, trust_remote_code, dtype, device, device_map))
             save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
         else:
             from .scores import Scores
@@ -427,21 +442,6 @@ def export(
     except LensBiasError as e:
         fail(e)
     typer.echo(f"wrote {out} ({format})")
-
-
-def _torch_prune_masks(m, model: str, trust_remote_code: bool, dtype: str, device: str | None,
-                       device_map: str | None) -> dict:
-    """``<module>.weight_mask`` tensors, as ``torch.nn.utils.prune.custom_from_mask`` takes them."""
-    from .interop import to_torch_prune
-    from .materialize import clean_hf_model
-
-    bridge = _load(model, trust_remote_code, dtype, device, device_map)
-    m.check(bridge)
-    hf = clean_hf_model(bridge)
-    to_torch_prune(hf, m)
-    return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
-            for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
-            if bname == "weight_mask"}
 
 
 app.add_typer(experiment_app, name="experiment")

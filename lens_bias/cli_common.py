@@ -1,6 +1,8 @@
 """What the ``lens-bias`` command (:mod:`lens_bias.cli`) and its ``experiment`` sub-commands
 (:mod:`lens_bias.cli_experiment`) share: the option types, the error exit, the plain-text table
-and number formats, and the Ctrl-C / SIGTERM handling of commands that write a folder.
+and number formats, and the Ctrl-C / SIGTERM handling of commands that write a folder; and helpers of
+single commands kept out of :mod:`lens_bias.cli` to keep it short (the pairs ``scan`` and
+``validate`` work on, ``validate``'s summary and table, ``export``'s torch-prune masks).
 
 Both command modules import this one; neither imports the other's helpers.
 """
@@ -24,6 +26,9 @@ DtypeOpt = Annotated[str, typer.Option(
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1... (default: cuda when a GPU is visible)")]
 DeviceMapOpt = Annotated[str | None, typer.Option(
     "--device-map", help="split the model over devices: auto (every visible GPU) or a list, e.g. cuda:0,cuda:1")]
+SplitOpt = Annotated[str, typer.Option(help="train / held-out (split by template, seeded) or all")]
+AllowOtherPairsOpt = Annotated[bool, typer.Option(
+    "--allow-other-pairs", help="compare anyway when the pairs or the model differ from those the scores were computed on")]
 
 
 def load_options(dtype: str = "auto", device: str | None = None, device_map: str | None = None) -> dict:
@@ -69,6 +74,55 @@ def interruptible(out: Path) -> Iterator[None]:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` in yellow on stderr (stdout stays a table or one JSON object)."""
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def split_part(ps, split: str, seed: int):
+    """The pairs' train or held-out part (split by template, seeded), or all of them (``--split``).
+
+    Examples:
+        >>> from lens_bias import build_pairs
+        >>> ps = build_pairs(["hiring"]).sample(8)
+        >>> train, held = split_part(ps, "train", 0), split_part(ps, "held-out", 0)
+        >>> len(train) + len(held) == len(split_part(ps, "all", 0)) == 8
+        True
+    """
+    if split == "all":
+        return ps
+    from .splits import template_split
+
+    if split not in ("train", "held-out"):
+        raise LensBiasError(f"--split must be train, held-out or all; got {split!r}")
+    train, test = template_split(ps, held_out=0.25, seed=seed, check=False)
+    return train if split == "train" else test
+
+
+def pairs_as_scanned(settings: dict, pairs: Path | None, domain: list[str] | None, per_domain: int | None,
+                     split: str | None, seed: int | None):
+    """The pairs ``validate`` works on, and its seed: each option given, else as the scan recorded it
+    in the scores' settings (pairs file, domains, pairs per domain, split, seed), so that by default
+    the exact runs use the very pairs the scores were computed on.
+
+    Examples:
+        >>> ps, seed = pairs_as_scanned({"per_domain": 4, "split": "all", "domain_filter": ["hiring"]},
+        ...                             None, None, None, None, None)
+        >>> ps, seed
+        (PairSet(4 pairs: hiring=4), 0)
+    """
+    from .splits import load_target_pairs
+
+    seed = settings.get("seed", 0) if seed is None else seed
+    per_domain = settings.get("per_domain", 4) if per_domain is None else per_domain
+    split = settings.get("split", "train") if split is None else split
+    domain = settings.get("domain_filter") if domain is None else domain
+    if pairs is None and settings.get("pairs", "bundled") != "bundled":
+        pairs = Path(settings["pairs"])
+    ps = load_target_pairs(pairs, domain_list(domain), per_domain, seed, settings.get("metric", "js"))
+    return split_part(ps, split, seed), seed
 
 
 def domain_list(domain: list[str] | None) -> list[str] | None:
@@ -127,6 +181,46 @@ def fmt1(x) -> str:
 def fmt2(x) -> str:
     """``None`` as ``-``, numbers with two decimals (overlaps)."""
     return "-" if x is None else f"{x:.2f}"
+
+
+VALIDATION_KEYS = ("spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top", "spearman_random",
+                   "sign_agreement", "compared_with", "n", "k", "n_random")
+
+
+def validation_summary(scores, pairs, res: dict, warning: str | None, /, **head) -> dict:
+    """What ``validate`` prints with ``--json`` and writes with ``--out``: ``head`` (model, scores
+    file), the scores' settings, the fingerprints of the pairs validated on and of those the scores
+    were computed on, the provenance warning (None when they match), and per kind the numbers of
+    :func:`lens_bias.validation.validate` without the per-unit detail."""
+    from .provenance import pairs_fingerprint
+
+    st = scores.settings
+    return {**head, "estimator": st.get("estimator"), "metric": st.get("metric"), "ablation": st.get("ablation"),
+            "n_pairs": len(pairs), "graddrop": bool(st.get("graddrop")), "pairs_hash": pairs_fingerprint(pairs),
+            "scores_pairs_hash": st.get("pairs_hash"), "provenance_warning": warning,
+            **{kind: {x: r[x] for x in VALIDATION_KEYS} for kind, r in res.items()}}
+
+
+def validation_table(res: dict) -> str:
+    """The table of ``validate``: per kind, the correlations of predicted with exact effects."""
+    return table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
+                   r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()],
+                 ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
+                  "Spearman top-k", "Spearman random", "same sign"])
+
+
+def torch_prune_masks(m, bridge) -> dict:
+    """``<module>.weight_mask`` tensors of mask ``m`` on ``bridge``'s model, as
+    ``torch.nn.utils.prune.custom_from_mask`` takes them (``lens-bias export -f torch-prune``)."""
+    from .interop import to_torch_prune
+    from .materialize import clean_hf_model
+
+    m.check(bridge)
+    hf = clean_hf_model(bridge)
+    to_torch_prune(hf, m)
+    return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
+            for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
+            if bname == "weight_mask"}
 
 
 def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:

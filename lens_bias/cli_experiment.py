@@ -1,4 +1,5 @@
-"""``lens-bias experiment curve|generalize|overlap``: the seed studies' three claims on any model.
+"""``lens-bias experiment curve|generalize|overlap|transfer``: the seed studies' three claims on any
+model, and leave-one-domain-out transfer (the unseen use case).
 
 Each command scores on the train templates, evaluates on held-out templates and writes ``OUT/``
 with ``result.json`` and ``report.html`` (written to a temporary folder and renamed at the end).
@@ -31,26 +32,33 @@ from .cli_common import (
 from .errors import LensBiasError
 
 app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
-                                              "(curve), cross-domain transfer (generalize), overlap between domains.")
+                                              "(curve), cross-domain transfer (generalize), overlap between domains, "
+                                              "leave-one-domain-out transfer (transfer).")
 
 DomainsOpt = Annotated[str | None, typer.Option("--domains", help="domains, comma-separated (default: all)")]
-PerDomainOpt = Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")]
+PerDomainOpt = Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")]
+HeldOpt = Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder (result.json, report.html)")]
 CostOpt = Annotated[float, typer.Option(help="capability filter: keep units above this Fisher-cost quantile "
                                              "(1 = off)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
 
 
-def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, seed: int, load: dict):
-    """The model, the train pairs and the held-out evaluation set of an experiment (JSONL pairs
-    are sampled ``per_domain`` too)."""
-    from .experiments import standard_evalset, template_split
+def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, held_per_domain: int, seed: int,
+           load: dict):
+    """The model, the train pairs and the held-out evaluation set of an experiment: bundled pairs
+    split by template, then ``per_domain`` train and ``held_per_domain`` held-out pairs sampled per domain
+    (:func:`lens_bias.splits.split_pairs`; JSONL pairs are sampled ``per_domain`` first, then split);
+    the held-out sentence pairs of the same domains too (``seqgap``)."""
+    from .experiments import standard_evalset
     from .models import load_model
-    from .pairs import load_pairs
+    from .splits import split_pairs, split_sentences
 
-    ps = load_pairs(pairs, domain_list([domains]) if domains else None, per_domain, seed, sample_file=True)
-    train, held = template_split(ps, held_out=0.25, seed=seed)
-    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=2048)
+    doms = domain_list([domains]) if domains else None
+    train, held = split_pairs(pairs, doms, per_domain, held_per_domain, seed=seed, sample_file=True)
+    s_held = split_sentences(held.domains, held_per_domain=held_per_domain, seed=seed)[1]
+    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=2048,
+                                                              sentences=s_held if len(s_held) else None)
 
 
 def _write(out: Path, overwrite: bool, result: dict, report) -> None:
@@ -72,6 +80,7 @@ def curve(
     pairs: PairsOpt = None,
     domains: DomainsOpt = None,
     per_domain: PerDomainOpt = 24,
+    held_per_domain: HeldOpt = 26,
     scorers: Annotated[str, typer.Option(help="comma-separated: ablate, patch, actdiff, wanda, random")] =
     "ablate,patch,actdiff,wanda,random",
     kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
@@ -93,7 +102,8 @@ def curve(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                               budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
         res.update(model=model, seconds=round(time.time() - t0, 1))
@@ -134,7 +144,8 @@ def generalize(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
     domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 36,
+    per_domain: PerDomainOpt = 24,
+    held_per_domain: HeldOpt = 26,
     budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
     kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
@@ -155,7 +166,8 @@ def generalize(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map))
         gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                    max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
         ov = overlap(gm["pruned"], bridge.cfg.n_layers)
@@ -191,7 +203,8 @@ def overlap_cmd(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
     domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 36,
+    per_domain: PerDomainOpt = 24,
+    held_per_domain: HeldOpt = 26,
     budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
     kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
@@ -211,7 +224,8 @@ def overlap_cmd(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, seed, load_options(dtype, device, device_map))
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map))
         masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
                              _quantile(max_cost_quantile), progress=not quiet)
         ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)
@@ -226,3 +240,48 @@ def overlap_cmd(
     typer.echo(table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
                       ["Jaccard", *names]))
     typer.echo(f"mean overlap between domains: {fmt2(ov['mean_offdiag_jaccard'])}; wrote {out}/")
+
+
+@app.command()
+def transfer(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 24,
+    held_per_domain: HeldOpt = 26,
+    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/transfer"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Leave-one-domain-out transfer (the unseen use case): for each domain, prune with the mask
+    learned on all the other domains and measure the bias reduction on its held-out templates,
+    next to the mask learned on all domains; pooled over every domain with a 95 % interval."""
+    from . import viz
+    from .report import Report
+    from .transfer import TRANSFER_HEADER, leave_one_domain_out, transfer_reading, transfer_rows
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map))
+        lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
+                                  max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet, seed=seed)
+        res = {**lo, "model": model, "seconds": round(time.time() - t0, 1)}
+        rep = Report(f"lens_bias experiment: leave-one-domain-out transfer on {model}")
+        rep.text(transfer_reading(res), "note")
+        rep.figure(viz.transfer_bars(res))
+        rep.table(transfer_rows(res), TRANSFER_HEADER)
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        fail(e)
+    typer.echo(table(transfer_rows(res), TRANSFER_HEADER))
+    typer.echo(transfer_reading(res))
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")

@@ -54,6 +54,22 @@ class MaskError(LensBiasError):
     """
 
 
+class ProvenanceError(LensBiasError):
+    """A scores file is used with pairs or a model other than those it was computed on (see
+    :mod:`lens_bias.provenance`); the message names both sides and the option that accepts it.
+
+    Examples:
+        >>> from lens_bias.provenance import check_scores_match
+        >>> from lens_bias.scores import Scores
+        >>> from lens_bias import build_pairs
+        >>> ps = build_pairs(["hiring"]).sample(2)
+        >>> check_scores_match(Scores(None, None, {}, {"pairs_hash": "0" * 16, "n_pairs": 9}), ps)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ProvenanceError: the scores were computed on 9 pairs (hash 0000000000000000, ...) but validate was given 2 other pairs ...
+    """
+
+
 class NumericsError(LensBiasError):
     """Non-finite numbers appeared in logits or scores.
 

@@ -25,12 +25,14 @@ from .capability import (
     reference_logprobs,
 )
 from .changes import js_reduction, matrix_noise, without_items
-from .errors import LensBiasError, PairsError
+from .errors import LensBiasError
 from .masks import PruningMask
 from .metrics import measure
 from .pairs import PairSet
 from .scores import Scores
 from .selection import budget_count, random_mask, select
+from .splits import template_split  # noqa: F401  (re-exported: experiments.template_split)
+from .targets import sentence_gaps
 
 
 @dataclass
@@ -44,6 +46,8 @@ class EvalSet:
     lambada: list[str] = field(default_factory=list)
     crows: list = field(default_factory=list)
     ppl_tokens: int = 4096
+    sentences: PairSet | None = None  # held-out counterfactual sentence pairs (seqgap)
+    sentence_signs: list[int] = field(default_factory=list)  # +1: the Black sentence is the stereotyped one
     _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
 
     def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
@@ -55,16 +59,19 @@ class EvalSet:
 
 
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
-             crows: bool = False, lambada: bool = True, batch_size: int = 32, per_item: bool = False) -> dict:
+             crows: bool = False, lambada: bool = True, batch_size: int = 32, per_item: bool = False,
+             sentences: bool = True) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
-    difference), with ``mask`` simulated by ablation hooks (``None`` = the unpruned model).
+    difference), with ``mask`` simulated by ablation hooks (``None`` = the unpruned model). With
+    ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`).
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
     :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
     without pos/neg words), per CrowS-Pairs row its log-likelihood difference, per WikiText window
-    its (NLL, tokens), per LAMBADA passage whether it was right."""
+    its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
+    (``seqgap``) and template (``seqgap_templates``)."""
 
     def ctx():
         return ablate(bridge, mask, mode, means) if mask is not None and not mask.is_empty() else nullcontext()
@@ -89,6 +96,8 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode:
         if lambada and ev.lambada:
             items["lambada_correct"] = lambada_correct(bridge, ev.lambada, progress=False)
             out["lambada_acc"] = sum(items["lambada_correct"]) / len(ev.lambada)
+        if sentences and ev.sentences is not None and len(ev.sentences):
+            out.update(_seqgap(bridge, ev, items))
         if crows and ev.crows:
             cs = crows_scores(bridge, ev.crows, progress=False)
             items["crows"] = cs
@@ -102,6 +111,17 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode:
     if per_item:
         out["per_item"] = items
     return out
+
+
+def _seqgap(bridge: Bridge, ev: EvalSet, items: dict) -> dict:
+    """The sentence-level measures of :func:`evaluate`: ``seqgap`` (mean |gap| in summed
+    log-likelihood between the held-out sentence pairs' two sentences) and ``seqgap_stereo`` (mean
+    gap in the stereotyped sentence's favour, over the pairs whose direction is known)."""
+    gaps = sentence_gaps(bridge, ev.sentences)
+    items.update(seqgap=[abs(g) for g in gaps], seqgap_templates=[p.template for p in ev.sentences])
+    signed = [s * g for s, g in zip(ev.sentence_signs, gaps, strict=False) if s]
+    return {"seqgap": sum(items["seqgap"]) / len(gaps), "seqgap_n": len(gaps),
+            "seqgap_stereo": sum(signed) / len(signed) if signed else None}
 
 
 def crows_outputs(cs: CrowsScores) -> dict:
@@ -160,7 +180,8 @@ def pruning_curve(
             mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
         if key not in seen:
-            seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False, per_item=before is not None)
+            seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False, per_item=before is not None,
+                                 sentences=False)  # seqgap is measured at the run's budget, not at each point
         res = seen[key]
         noise = {} if before is None else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()}
         p = pruned_params(bridge, mask)
@@ -173,24 +194,6 @@ def pruning_curve(
 
 PARAM_BUDGETS = ("0.1%params", "0.2%params", "0.5%params", "1%params")
 COMPARED_SCORERS = ("ablate", "patch", "actdiff", "wanda", "random")
-
-
-def template_split(pairs: PairSet, held_out: float = 0.25, seed: int = 0,
-                   check: bool = True) -> tuple[PairSet, PairSet]:
-    """(train, held-out) split by template (:meth:`PairSet.split`), as every command, experiment
-    and run makes it. With ``check``, a split that leaves either side empty is refused.
-
-    Examples:
-        >>> from lens_bias.pairs import build_pairs
-        >>> train, held = template_split(build_pairs(["finance"]).sample(8))
-        >>> len(train) > 0 and len(held) > 0, set(train.templates) & set(held.templates)
-        (True, set())
-    """
-    train, held = pairs.split(by="template", held_out=held_out, seed=seed)
-    if check and (not len(train) or not len(held)):
-        raise PairsError(f"the template split left {len(train)} train and {len(held)} held-out pairs; "
-                         "every domain needs at least two templates")
-    return train, held
 
 
 def capability_files(wikitext: str | Path | None = None, lambada: str | Path | None = None,
@@ -206,12 +209,14 @@ def capability_files(wikitext: str | Path | None = None, lambada: str | Path | N
 
 def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada: str | Path | None = None,
                      crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
-                     neutral_every: int = 3) -> EvalSet:
+                     neutral_every: int = 3, sentences: PairSet | None = None) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
-    when not given, from ``../shared/data`` if present (:func:`capability_files`)."""
+    when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
+    held-out counterfactual sentence pairs for ``seqgap`` (e.g. :func:`lens_bias.splits.split_sentences`)."""
     from .corpora import load_crows_pairs, load_lambada, load_wikitext
     from .pairs import neutral_text
+    from .sentences import stereotype_signs
 
     files = capability_files(wikitext, lambada, crows)
     wt, la, cr = files["wikitext"], files["lambada"], files["crows"]
@@ -222,6 +227,8 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
         lambada=load_lambada(la, lambada_limit) if la else [],
         crows=load_crows_pairs(cr, subset="race-color") if cr else [],
         ppl_tokens=ppl_tokens,
+        sentences=sentences,
+        sentence_signs=stereotype_signs(sentences) if sentences is not None else [],
     )
 
 

@@ -223,7 +223,7 @@ def load_templates() -> dict:
     Examples:
         >>> t = load_templates()
         >>> len(t["templates"]), "{subject}" in t["templates"][0]["text"]
-        (64, True)
+        (94, True)
     """
     return json.loads((DATA / "templates.json").read_text(encoding="utf-8"))
 
@@ -269,7 +269,7 @@ def neutral_text() -> list[str]:
     return list(_neutral())
 
 
-def _subjects(kind: str) -> list[tuple[str, str, str, str]]:
+def subject_list(kind: str) -> list[tuple[str, str, str, str]]:
     """(subject id, black, white, gender) for group phrases and/or names."""
     names = load_names()
     out = []
@@ -285,7 +285,7 @@ def _subjects(kind: str) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _fill(text: str, subject: str) -> str:
+def fill_subject(text: str, subject: str) -> str:
     return text.replace(SUBJECT, subject)
 
 
@@ -301,13 +301,13 @@ def _build(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastiveP
     for t in data["templates"]:
         if domains is not None and t["domain"] not in domains:
             continue
-        for sid, b, w, gender in _subjects(subjects):
+        for sid, b, w, gender in subject_list(subjects):
             tg = t.get("gender")
             if tg and gender not in (tg,):
                 continue
             out.append(ContrastivePair(
                 id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
-                black=_fill(t["text"], b), white=_fill(t["text"], w),
+                black=fill_subject(t["text"], b), white=fill_subject(t["text"], w),
                 pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
                 numeric=bool(t.get("numeric", False)), subject=sid,
             ))

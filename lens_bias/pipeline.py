@@ -8,38 +8,35 @@ so a failed or interrupted run leaves no half folder, and no hook stays attached
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import viz
 from .ablation import ablate
 from .atomic import atomic_out
 from .attribution import attribute, capability_cost
-from .bridge import Bridge, n_params
+from .bridge import Bridge
 from .capture import activation_diff, mean_activations
-from .changes import crows_rates, run_tests, summary_rows, without_items
 from .errors import ExportCheckError, PairsError, RunError
 from .experiments import (
     EvalSet,
     capability_files,
     evaluate,
-    pruned_params,
     pruning_curve,
     standard_evalset,
-    template_split,
 )
 from .masks import PruningMask
 from .metrics import greedy_continuations
-from .pairs import PairSet, load_pairs, neutral_text
-from .report import Report
+from .pairs import PairSet, neutral_text
+from .run_record import RunResults, run_metrics, write_record
 from .scores import Scores
 from .selection import random_mask, select, select_iterative
+from .splits import HELD_PER_DOMAIN, split_pairs, split_sentences
+from .targets import TARGETS, is_sentence_target
+from .transfer import leave_one_domain_out
 from .validation import validate
 
 DEFAULT_BUDGETS = ("0.1%", "0.25%", "0.5%", "1%", "2%")
@@ -60,7 +57,8 @@ class RunConfig:
     model: str = "smollm2-135m"
     pairs: str | None = None  # JSONL path; None = bundled templates
     domains: list[str] | None = None
-    per_domain: int = 24
+    per_domain: int = 24  # bundled train pairs per domain
+    held_per_domain: int = HELD_PER_DOMAIN  # bundled held-out pairs per domain (26: 156 in all)
     held_out: float = 0.25
     budget: str = "0.5%"
     kind: str = "neurons"  # neurons | heads | both
@@ -112,18 +110,6 @@ def _stage(name: str, progress: bool, timings: dict):
     return _S()
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("lens_bias", "torch", "transformers", "transformer-lens", "numpy", "plotly"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Run the whole job and write the run folder ``out`` atomically (:func:`atomic_out`);
     returns the metrics dict."""
@@ -144,7 +130,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     torch.manual_seed(cfg.seed)
     with _stage("load model and pairs", P, timings):
         inp = _load(cfg)
-    bridge, train, ev = inp.bridge, inp.train, inp.ev
+    bridge, train, ev = inp.bridge, inp.target_train, inp.ev
     with _stage("measure bias before", P, timings):
         before, act_diff = _measure_before(cfg, bridge, ev)
     with _stage("attribute on the train split", P, timings):
@@ -160,11 +146,16 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
         mask = _prune(cfg, bridge, train, scores, means, cost)
         after, rand = _measure_after(cfg, bridge, ev, mask, means)
         continuations = _continuations(bridge, mask, cfg.ablation, means)
+    transfer = None
+    if len(train.domains) > 1 and cfg.kind != "both":
+        with _stage("leave-one-domain-out transfer", P, timings):
+            transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate", cfg.max_cost_quantile,
+                                            cfg.metric, cfg.batch_size, P, scores=scores, cost=cost, seed=cfg.seed)
     with _stage("materialize, verify and export", P, timings):
         export = _export(bridge, mask, folder)
-    res = _Results(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export)
-    metrics = _metrics(cfg, inp, res, timings)
-    _write(folder, cfg, metrics, res)
+    res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export, transfer)
+    metrics = run_metrics(cfg, inp, res, timings)
+    write_record(folder, cfg, metrics, res)
     return metrics
 
 
@@ -175,6 +166,8 @@ def _check_config(cfg: RunConfig) -> None:
     """Refuse options a run cannot honour, before any work."""
     if cfg.kind not in ("neurons", "heads", "both"):
         raise RunError(f"--kind must be neurons, heads or both; got {cfg.kind!r}")
+    if cfg.metric not in TARGETS:
+        raise RunError(f"--metric must be one of {', '.join(TARGETS)}; got {cfg.metric!r}")
     if cfg.ablation not in ("zero", "mean"):
         raise RunError(f"--ablation must be zero or mean; got {cfg.ablation!r}")
     if cfg.ablation == "mean":
@@ -191,29 +184,34 @@ class _Inputs:
     held: PairSet
     ev: EvalSet
     files: dict  # the capability files used ({"wikitext", "lambada", "crows"}, None = none found)
+    target_train: PairSet  # what attribution scores: the train pairs, or the train sentence pairs (seqgap)
 
 
 def _load(cfg: RunConfig) -> _Inputs:
     """The pairs split by template, the model, and the held-out evaluation set."""
     from .models import load_model
 
-    pairs = load_pairs(cfg.pairs, cfg.domains, cfg.per_domain, cfg.seed)
     try:
-        train, held = template_split(pairs, held_out=cfg.held_out, seed=cfg.seed)
+        train, held = split_pairs(cfg.pairs, cfg.domains, cfg.per_domain, cfg.held_per_domain, cfg.held_out, cfg.seed)
+        s_train, s_held = split_sentences(cfg.domains or train.domains, cfg.per_domain, cfg.held_per_domain,
+                                          cfg.held_out, cfg.seed)
     except PairsError as e:
         raise RunError(f"{e} (give more templates or use the bundled set)") from None
+    if is_sentence_target(cfg.metric) and not len(s_train):
+        raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; none cover "
+                       f"{train.domains}")
     bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                         device_map=cfg.device_map)
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
-                          lambada_limit=cfg.lambada_limit)
-    return _Inputs(bridge, train, held, ev, files)
+                          lambada_limit=cfg.lambada_limit, sentences=s_held if len(s_held) else None)
+    return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_target(cfg.metric) else train)
 
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
     """The unpruned model on the evaluation set, and the mean activation differences per layer."""
     before = evaluate(bridge, ev, None, crows=True, batch_size=cfg.batch_size, per_item=True)
-    return before, activation_diff(bridge, ev.pairs)
+    return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
 def _attribute(cfg: RunConfig, bridge: Bridge, train: PairSet) -> tuple[Scores, dict | None, Scores | None]:
@@ -289,140 +287,3 @@ def _export(bridge: Bridge, mask: PruningMask, folder: Path) -> dict:
         rec["why"] = why_different(bridge, model)
     del model
     return rec
-
-
-# ---------------------------------------------------------------- metrics.json and report.html
-
-
-@dataclass
-class _Results:
-    """What the stages after loading produce (the contents of ``metrics.json`` and the report)."""
-
-    before: dict
-    after: dict
-    rand: dict
-    act_diff: dict
-    scores: Scores
-    validation: dict
-    curve: list[dict]
-    mask: PruningMask
-    continuations: list[dict]
-    export: dict  # the export check (lens_bias.verification.Verification.to_dict) and where the model went
-
-
-def _metrics(cfg: RunConfig, inp: _Inputs, r: _Results, timings: dict) -> dict:
-    """The ``metrics.json`` dict (its keys and their order are part of the run folder's format)."""
-    files, scores, mask = inp.files, r.scores, r.mask
-    return {
-        "model": cfg.model,
-        "budget": cfg.budget,
-        "kind": cfg.kind,
-        "metric": cfg.metric,
-        "ablation": cfg.ablation,
-        "pruned": _pruned(inp.bridge, mask),
-        "pairs": {"source": cfg.pairs or "bundled", "train": len(inp.train), "held_out": len(inp.held),
-                  "train_templates": inp.train.templates, "held_out_templates": inp.held.templates},
-        "before": {"held_out": without_items(r.before), **crows_rates(r.before)},
-        "after": {"held_out": without_items(r.after), **crows_rates(r.after)},
-        "random_same_budget": without_items(r.rand),
-        "change": _change(r.before, r.after, r.rand),
-        "tests": run_tests(r.before, r.after, r.rand, cfg.seed),
-        "capability_files": {k: str(v) if v else None for k, v in files.items()},
-        "validation": {k: {x: v[x] for x in ("spearman", "pearson", "n")} for k, v in r.validation.items()},
-        "curve": r.curve,
-        "top_components": {"neurons": scores.top("neurons", 20), "heads": scores.top("heads", 10)},
-        "pruned_components": {k: [[la, i, float(scores.get(k)[la, i])] for la, i in mask.pruned(k)][:200]
-                              for k in ("neurons", "heads")},
-        "activation_diff_by_layer": {k: v.tolist() for k, v in r.act_diff.items()},
-        "continuations": r.continuations,
-        "export": r.export,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        "timings_s": timings,
-        "versions": _versions(),
-    }
-
-
-def _pruned(bridge: Bridge, mask: PruningMask) -> dict:
-    """Units and parameters removed, in all and per layer."""
-    total_params = n_params(bridge)
-    return {**mask.counts(), "params": pruned_params(bridge, mask),
-            "params_pct": 100.0 * pruned_params(bridge, mask) / total_params,
-            "per_layer_neurons": mask.per_layer("neurons"), "per_layer_heads": mask.per_layer("heads")}
-
-
-def _change(before: dict, after: dict, rand: dict) -> dict:
-    """Relative changes (%) of the bias and perplexity, and changes in points of the rates (with
-    intervals and tests: :func:`lens_bias.changes.run_tests`)."""
-    points = lambda k: None if before.get(k) is None or after.get(k) is None else after[k] - before[k]  # noqa: E731
-    return {
-        "js_pct": _pct(before["js"], after["js"]),
-        "abs_logit_gap_pct": _pct(before.get("abs_logit_gap"), after.get("abs_logit_gap")),
-        "wikitext_ppl_pct": _pct(before.get("wikitext_ppl"), after.get("wikitext_ppl")),
-        "lambada_points": (None if before.get("lambada_acc") is None
-                           else 100 * (after["lambada_acc"] - before["lambada_acc"])),
-        "crows_black_points": points("crows_black_rate"),
-        "crows_race_color_points": points("crows_race_color_rate"),
-        "random_js_pct": _pct(before["js"], rand["js"]),
-        "random_abs_logit_gap_pct": _pct(before.get("abs_logit_gap"), rand.get("abs_logit_gap")),
-    }
-
-
-def _write(folder: Path, cfg: RunConfig, metrics: dict, r: _Results) -> None:
-    """``scores.safetensors``, ``metrics.json`` and ``report.html``."""
-    r.scores.save(folder / "scores.safetensors")
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-    rep = Report(f"lens_bias run: {cfg.model}, {cfg.kind} at {cfg.budget}")
-    _fill_report(rep, metrics, r)
-    (folder / "report.html").write_text(rep.html(), encoding="utf-8")
-
-
-def _pct(a, b):
-    if a is None or b is None or a == 0:
-        return None
-    return 100.0 * (b - a) / a
-
-
-def _fill_report(rep: Report, m: dict, r: _Results) -> None:
-    """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
-    before, after, scores = r.before, r.after, r.scores
-    if not m["export"]["ok"]:
-        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the measurements "
-                 "below are those of the simulated pruning.", "warn")
-    rep.heading("Summary")
-    rep.table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
-    rep.text("Each change has a 95 % bootstrap interval (held-out pairs resampled by template, CrowS-Pairs rows, "
-             "WikiText windows) and a paired test (sign-flip permutation by template; exact McNemar for the "
-             "CrowS-Pairs rates, whose b / c count the rows that went from stereotyped to not and back). "
-             "'within noise': the interval covers 0 or p >= 0.05, so the change may be luck.", "note")
-    p = m["pruned"]
-    rep.text(f"Pruned {p['neurons']} neurons and {p['heads']} heads ({p['params']:,} parameters, "
-             f"{p['params_pct']:.3f} % of the model), chosen by attribution patching on {m['pairs']['train']} train pairs "
-             f"({m['metric']}, {m['ablation']} ablation, capability filter quantile "
-             f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
-             f"seen in scoring. {m['export']['summary']}.", "note" if m["export"]["ok"] else "warn")
-    rep.heading("Before and after, per domain")
-    rep.figure(viz.before_after(before, after))
-    rep.heading("Pruning curves")
-    rep.figure(viz.pruning_curves(r.curve, "js", "wikitext_ppl" if before.get("wikitext_ppl") else "kl_neutral",
-                                  before={"js": before["js"], "wikitext_ppl": before.get("wikitext_ppl"), "kl_neutral": 0.0}))
-    rep.heading("Where the bias lives")
-    rep.figure(viz.neuron_scores_by_layer(scores))
-    rep.figure(viz.head_heatmap(scores))
-    rep.figure(viz.activation_diff_by_layer({k: torch.tensor(v) for k, v in m["activation_diff_by_layer"].items()}))
-    rep.heading("Top components")
-    pruned = {k: sorted(v, key=lambda r: -r[2])[:20] for k, v in m["pruned_components"].items()}
-    if pruned["neurons"] or pruned["heads"]:
-        rep.text("Pruned (highest bias scores among the units that passed the capability filter):", "note")
-        rep.table([[f"L{la} N{i}", sc] for la, i, sc in pruned["neurons"]] +
-                  [[f"L{la} H{i}", sc] for la, i, sc in pruned["heads"]], ["pruned unit", "score"])
-    rep.text("Highest bias scores overall (some are kept: removing them would cost too much capability):", "note")
-    rep.table([[f"L{la} N{i}", s] for la, i, s in m["top_components"]["neurons"]], ["neuron", "score"])
-    rep.table([[f"L{la} H{i}", s] for la, i, s in m["top_components"]["heads"]], ["head", "score"])
-    rep.heading("Is the attribution right? Predicted vs exact ablation")
-    for kind in r.validation:
-        rep.figure(viz.validation_scatter(r.validation, kind))
-    rep.heading("Greedy continuations before and after")
-    rep.table([[c["prompt"], c["before"], c["after"]] for c in m["continuations"]], ["prompt", "before", "after"])
-    rep.heading("Run")
-    rep.raw("<pre>" + json.dumps({"timings_s": m["timings_s"], "versions": m["versions"], "config": m["config"]},
-                                 indent=1) + "</pre>")

@@ -20,26 +20,32 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .ablation import ablate
-from .attribution import TARGETS, _directional_only, _upcast, aligned_suffix, pair_metric
+from .attribution import aligned_suffix
 from .batching import check_finite, chunks, last_logits, pair_batch
 from .bridge import KINDS, Bridge, Kind, tokenizer_of
 from .components import Component, hook_name
+from .errors import LensBiasError
 from .interventions import attached, patch
 from .masks import PruningMask
 from .pairs import PairSet
+from .provenance import check_scores_match
 from .scores import Scores
+from .targets import TARGETS, directional_only, is_sentence_target, pair_metric, sentence_gaps, upcast
 
 
 def metric_value(bridge: Bridge, pairs: PairSet, metric="js", batch_size: int = 32) -> float:
     """m = mean over pairs of the target metric, with whatever hooks are attached now."""
-    pairs = _directional_only(pairs, metric)
+    if is_sentence_target(metric):
+        with torch.inference_mode():
+            return sum(abs(g) for g in sentence_gaps(bridge, pairs, batch_size)) / len(pairs)
+    pairs = directional_only(pairs, metric)
     tok = tokenizer_of(bridge)
     total = 0.0
     for sl in chunks(len(pairs), batch_size):
         chunk = pairs.pairs[sl]
         with torch.inference_mode():
             batch = pair_batch(bridge, chunk)
-            last = _upcast(last_logits(bridge, batch.ids, batch.lengths))
+            last = upcast(last_logits(bridge, batch.ids, batch.lengths))
             check_finite(last)
             total += float(pair_metric(metric, last, chunk, tok).sum())
     return total / len(pairs)
@@ -69,8 +75,11 @@ def exact_patch_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Com
                         batch_size: int = 16, progress: bool = True) -> Float[Tensor, " n"]:
     """Exact activation patching: for each component, the White run's activation is patched into
     the Black run on the aligned suffix; returns the exact reduction of m."""
+    if is_sentence_target(metric):
+        raise LensBiasError(f"metric {metric!r} has no patch estimator (sentence pairs are not aligned); "
+                            "validate it with ablation")
     tok = tokenizer_of(bridge)
-    pairs = _directional_only(pairs, metric)
+    pairs = directional_only(pairs, metric)
 
     def run(comp: Component | None) -> float:
         total = 0.0
@@ -83,7 +92,7 @@ def exact_patch_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Com
                 where, src = aligned_suffix(batch, n)
                 hooks = [(hook_name(comp.kind, comp.layer), patch(comp.index, where, src))]
             with attached(bridge, hooks), torch.inference_mode():
-                last = _upcast(last_logits(bridge, batch.ids, batch.lengths))
+                last = upcast(last_logits(bridge, batch.ids, batch.lengths))
             total += float(pair_metric(metric, last, chunk, tok).sum())
         return total / len(pairs)
 
@@ -137,7 +146,7 @@ def sample_parts(pred: Float[Tensor, " n"], ref: Float[Tensor, " n"], n_top: int
 
 def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
              kinds: Sequence[Kind] = KINDS, batch_size: int = 32, progress: bool = True,
-             components: dict[str, Sequence[Component]] | None = None) -> dict:
+             components: dict[str, Sequence[Component]] | None = None, allow_other_pairs: bool = False) -> dict:
     """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
     top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
     ``components`` per kind (to compare two scorers on the same sample).
@@ -150,7 +159,13 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
     order estimate is usually close to exact on small effects and loses rank order among the large
     ones. ``sign_agreement`` is the fraction of components whose predicted and exact change have
     the same sign.
+
+    ``pairs`` and ``bridge`` must be those the scores were computed on
+    (:func:`lens_bias.provenance.check_scores_match`; a :class:`~lens_bias.errors.ProvenanceError`
+    otherwise); ``allow_other_pairs=True`` compares anyway, and each kind's result then records the
+    mismatch as ``provenance_warning`` (None when the pairs and model match).
     """
+    warning = check_scores_match(scores, pairs, bridge, allow_other_pairs, "validate", "allow_other_pairs=True")
     st = scores.settings
     metric = st.get("metric") if st.get("metric") in TARGETS else "js"
     out = {}
@@ -177,6 +192,6 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
             "compared_with": "|exact|" if magnitude else "exact",
             "n": len(comps), "k": k, "n_random": n_random,
             "components": [[c.layer, c.index] for c in comps],
-            "predicted": pred.tolist(), "exact": true.tolist(),
+            "predicted": pred.tolist(), "exact": true.tolist(), "provenance_warning": warning,
         }
     return out

@@ -172,3 +172,44 @@ def overlap_heatmap(ov: dict, title: str = "Overlap of the pruned units (Jaccard
     fig.update_xaxes(title_text="layer", row=1, col=2)
     fig.update_layout(title=title, template="plotly_white")
     return fig
+
+
+def transfer_bars(res: dict) -> go.Figure:
+    """Leave-one-domain-out transfer (:func:`lens_bias.transfer.leave_one_domain_out`): held-out JS
+    reduction (%) per domain with its 95 % interval, one bar for the mask learned without the domain
+    and one for the mask learned on all domains, then the pooled pair; a bar within noise is hatched
+    and lighter, and its hover says so."""
+    recs = [*res["rows"], {**res["pooled"], "domain": "pooled"}]
+    names = [r["domain"] for r in recs]
+    fig = go.Figure()
+    for key, label, color in (("left_out", "learned without the domain", "#c0392b"),
+                              ("all", "learned on all domains", "#2c7fb8")):
+        cs = [r[key] for r in recs]
+        y = [c["reduction_pct"] for c in cs]
+        ci = [c["reduction_ci"] for c in cs]
+        noise = [bool(c["within_noise"]) for c in cs]
+        up = [None if v is None or c is None else c[1] - v for v, c in zip(y, ci, strict=True)]
+        down = [None if v is None or c is None else v - c[0] for v, c in zip(y, ci, strict=True)]
+        fig.add_trace(go.Bar(
+            name=label, x=names, y=y, error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
+            marker={"color": color, "opacity": [0.45 if n else 1.0 for n in noise],
+                    "pattern": {"shape": ["/" if n else "" for n in noise]}},
+            customdata=[["-" if i is None else f"[{i[0]:.1f}, {i[1]:.1f}]", "-" if c["p"] is None else f"{c['p']:.3g}",
+                         "yes" if n else "no"] for i, c, n in zip(ci, cs, noise, strict=True)],
+            hovertemplate=f"%{{x}}: {label}<br>JS reduction %{{y:.1f}} %<br>95 % CI %{{customdata[0]}}"
+                          "<br>p %{customdata[1]}<br>within noise: %{customdata[2]}<extra></extra>",
+        ))
+    loss = res["pooled"]["loss"]
+    sub = ""
+    if loss["points"] is not None:
+        ci = "" if loss["ci"] is None else " [{:.1f}, {:.1f}]".format(*loss["ci"])
+        noise = " (within noise)" if loss["within_noise"] else ""
+        sub = f"<br>pooled: an unseen domain loses {loss['points']:.1f} points of reduction{ci}{noise}"
+    s = res["settings"]
+    fig.update_layout(
+        barmode="group", template="plotly_white", yaxis_title="held-out JS reduction (%)",
+        title=f"Leave-one-domain-out transfer ({s['kind']} at {s['budget']}, {s['scorer']}){sub}"
+              "<br>hatched, lighter: within noise (the 95 % interval covers 0 or p >= 0.05)",
+        margin={"t": 110},
+    )
+    return fig

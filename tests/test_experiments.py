@@ -116,7 +116,7 @@ def test_overlap_jaccard_and_layers():
 
 def test_cli_generalize_writes_json_and_html(tmp_path):
     out = tmp_path / "gen"
-    args = ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "4", "--budget", "4%",
+    args = ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain", "3", "--budget", "4%",
             "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q", "--out", str(out)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output

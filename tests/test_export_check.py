@@ -94,7 +94,7 @@ def test_off_by_one_mask_fails_on_smollm2(smol):
 def tiny_run_config(tmp_path):
     wt = tmp_path / "wikitext.txt"
     wt.write_text(" = Title = \n" + "\n".join(f" The river runs past the old mill number {i} ." for i in range(5)))
-    return dict(model="tiny-random", per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
+    return dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
                 validate_k=3, validate_random=2, validate_per_domain=1, ppl_tokens=256, progress=False,
                 device="cpu", wikitext=str(wt))
 
@@ -107,7 +107,7 @@ def test_failed_export_check_keeps_the_measurements_and_exits_nonzero(tiny, tiny
     monkeypatch.setattr(VF, "materialize", lambda bridge, mask, **k: real(bridge, off_by_one(mask), **k))
     monkeypatch.setattr("lens_bias.models.load_model", lambda *a, **k: tiny)
     out = tmp_path / "r"
-    args = ["run", "--model", "tiny-random", "--out", str(out), "-q", "--per-domain", "2", "--budget", "2%",
+    args = ["run", "--model", "tiny-random", "--out", str(out), "-q", "--per-domain", "2", "--held-per-domain", "2", "--budget", "2%",
             "--budgets", "2%", "--wikitext", tiny_run_config["wikitext"]]
     r = runner.invoke(app, args)
     assert r.exit_code == 3, r.output

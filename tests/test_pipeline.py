@@ -10,7 +10,7 @@ from lens_bias.pipeline import RunConfig, run
 
 
 def small_config(**kw):
-    base = dict(model="tiny-random", per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
+    base = dict(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
                 validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False, curve_random=True,
                 device="cpu")
     base.update(kw)
@@ -141,3 +141,14 @@ def test_single_template_pairs_are_refused_before_the_model_loads(tmp_path):
     with pytest.raises(RunError, match=r"at least two templates \(give more templates or use the bundled set\)"):
         run(small_config(pairs=str(tmp_path / "p.jsonl"), model="no-such-model"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_run_reports_seqgap_and_leave_one_domain_out(run_folder):
+    out, m = run_folder
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["pairs"]["sentences_held_out"] > 0 and on_disk["pairs"]["scored_on"] == "pairs"
+    assert on_disk["before"]["held_out"]["seqgap"] > 0 and "seqgap" in on_disk["tests"]
+    t = on_disk["transfer"]
+    assert {r["domain"] for r in t["rows"]} == set(on_disk["before"]["held_out"]["by_domain"])
+    assert t["pooled"]["n_pairs"] == on_disk["pairs"]["held_out"]
+    assert "leave-one-domain-out" in (out / "report.html").read_text()

@@ -110,7 +110,7 @@ def small_data(tmp_path_factory) -> dict:
 
 
 def tiny_config(data: dict, **kw) -> RunConfig:
-    base = dict(model="tiny-random", per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
+    base = dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
                 validate_k=3, validate_random=2, validate_per_domain=1, ppl_tokens=256, progress=False,
                 device="cpu", **data)
     base.update(kw)
@@ -761,7 +761,7 @@ def _cli() -> list[str]:
 def _start_run(out: Path, data: dict) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
            "LENS_BIAS_CACHE": str(out.parent.parent / "cache")}
-    cmd = [*_cli(), "run", "--model", "tiny-random", "--per-domain", "2", "--budget", "2%", "--budgets", "2%",
+    cmd = [*_cli(), "run", "--model", "tiny-random", "--per-domain", "2", "--held-per-domain", "2", "--budget", "2%", "--budgets", "2%",
            "--wikitext", data["wikitext"], "--crows-file", data["crows"], "--out", str(out)]
     # a shell that starts jobs in the background ignores SIGINT in them; the child must not inherit that
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
