@@ -289,29 +289,22 @@ def fill_subject(text: str, subject: str) -> str:
     return text.replace(SUBJECT, subject)
 
 
+def fill_templates(data: dict, domains: Sequence[str] | None, subjects: str, kind: str = "bundled") -> list[ContrastivePair]:
+    """Every template of ``data`` in ``domains`` (all when ``None``) filled with every subject of
+    its gender (``subject_list``); pos/neg words and ``numeric`` carried over when present."""
+    if domains is not None and (unknown := [d for d in domains if d not in data["domains"]]):
+        raise PairsError(f"unknown domain(s) {unknown}; {kind} domains: {', '.join(sorted(data['domains']))}")
+    return [ContrastivePair(id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
+                            black=fill_subject(t["text"], b), white=fill_subject(t["text"], w),
+                            pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
+                            numeric=bool(t.get("numeric", False)), subject=sid)
+            for t in data["templates"] if domains is None or t["domain"] in domains
+            for sid, b, w, gender in subject_list(subjects) if not t.get("gender") or gender == t["gender"]]
+
+
 @cache
 def _build(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastivePair, ...]:
-    data = load_templates()
-    known = set(data["domains"])
-    if domains is not None:
-        unknown = [d for d in domains if d not in known]
-        if unknown:
-            raise PairsError(f"unknown domain(s) {unknown}; bundled domains: {', '.join(sorted(known))}")
-    out = []
-    for t in data["templates"]:
-        if domains is not None and t["domain"] not in domains:
-            continue
-        for sid, b, w, gender in subject_list(subjects):
-            tg = t.get("gender")
-            if tg and gender not in (tg,):
-                continue
-            out.append(ContrastivePair(
-                id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
-                black=fill_subject(t["text"], b), white=fill_subject(t["text"], w),
-                pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
-                numeric=bool(t.get("numeric", False)), subject=sid,
-            ))
-    return tuple(out)
+    return tuple(fill_templates(load_templates(), domains, subjects))
 
 
 def build_pairs(domains: Sequence[str] | None = None, subjects: str = "both") -> PairSet:

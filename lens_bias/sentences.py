@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from .errors import PairsError
-from .pairs import DATA, SUBJECT, ContrastivePair, PairSet, fill_subject, load_jsonl, subject_list
+from .pairs import DATA, SUBJECT, ContrastivePair, PairSet, fill_templates, load_jsonl
 
 STEREOTYPED = ("black", "white")
 GENDERS = ("male", "female")
@@ -111,28 +111,9 @@ def load_sentence_templates(path: str | Path | None = None) -> dict:
     return validate_sentence_templates(data, str(path))
 
 
-def _fill_templates(data: dict, domains: Sequence[str] | None, subjects: str) -> list[ContrastivePair]:
-    """Every template of ``domains`` filled with every subject of its gender (as the prompt pairs are)."""
-    if domains is not None:
-        unknown = [d for d in domains if d not in data["domains"]]
-        if unknown:
-            raise PairsError(f"unknown domain(s) {unknown}; sentence domains: {', '.join(sorted(data['domains']))}")
-    out = []
-    for t in data["templates"]:
-        if domains is not None and t["domain"] not in domains:
-            continue
-        for sid, b, w, gender in subject_list(subjects):
-            if t.get("gender") and gender != t["gender"]:
-                continue
-            out.append(ContrastivePair(id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
-                                       black=fill_subject(t["text"], b), white=fill_subject(t["text"], w),
-                                       subject=sid))
-    return out
-
-
 @cache
 def _build_bundled(domains: tuple[str, ...] | None, subjects: str) -> tuple[ContrastivePair, ...]:
-    return tuple(_fill_templates(_bundled(), domains, subjects))
+    return tuple(fill_templates(_bundled(), domains, subjects, "sentence"))
 
 
 def build_sentence_pairs(domains: Sequence[str] | None = None, subjects: str = "both",
@@ -153,7 +134,7 @@ def build_sentence_pairs(domains: Sequence[str] | None = None, subjects: str = "
         1322
     """
     if path is not None:
-        return PairSet(_fill_templates(load_sentence_templates(path), domains, subjects))
+        return PairSet(fill_templates(load_sentence_templates(path), domains, subjects, "sentence"))
     key = tuple(sorted(domains)) if domains is not None else None
     return PairSet(list(_build_bundled(key, subjects)))
 
