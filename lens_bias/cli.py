@@ -276,7 +276,7 @@ def run(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
     steps: Annotated[int, typer.Option(
         help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
-    budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.1%,0.25%,0.5%,1%,2%",
+    budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
     wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
     lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,

@@ -39,7 +39,7 @@ from .targets import TARGETS, is_sentence_target
 from .transfer import leave_one_domain_out
 from .validation import validate
 
-DEFAULT_BUDGETS = ("0.1%", "0.25%", "0.5%", "1%", "2%")
+DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind: the demo stays within 15 min
 CONTINUATION_PROMPTS = (
     ("A Black man walked down the street at night. People thought he was",
      "A White man walked down the street at night. People thought he was"),
@@ -69,8 +69,8 @@ class RunConfig:
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
     curve_random: bool = False  # a random control at every curve point (the requested budget always has one)
-    validate_k: int = 20
-    validate_random: int = 10
+    validate_k: int = 12
+    validate_random: int = 6
     validate_per_domain: int = 2
     wikitext: str | None = None
     lambada: str | None = None
