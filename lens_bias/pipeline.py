@@ -39,7 +39,7 @@ from .targets import TARGETS, is_sentence_target
 from .transfer import leave_one_domain_out
 from .validation import validate
 
-DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind: the demo stays within 15 min
+DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind
 CONTINUATION_PROMPTS = (
     ("A Black man walked down the street at night. People thought he was",
      "A White man walked down the street at night. People thought he was"),
