@@ -93,7 +93,7 @@ def test_bad_kind_is_refused(tmp_path):
     with pytest.raises(RunError, match="--kind"):
         run(small_config(kind="layers"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    assert pl.DEFAULT_BUDGETS[2] == "0.5%"
+    assert RunConfig().budget in pl.DEFAULT_BUDGETS  # the run's own budget is a point of its curve
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
