@@ -70,6 +70,18 @@ def prefix_token(tokenizer) -> int:
     return pre
 
 
+def sentence_rows(bridge: Bridge, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as the token row :func:`sentence_logliks` scores: ``[prefix token, *tokens]``
+    (tokenized without special tokens); refuses an empty text or one longer than the context."""
+    tok = tokenizer_of(bridge)
+    pre = prefix_token(tok)
+    rows = [[pre, *ids] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    for r, t in zip(rows, texts, strict=True):
+        if len(r) < 2 or len(r) > context_length(bridge):
+            raise PairsError(f"a sentence of {len(r) - 1} tokens cannot be scored: {t[:80]!r}")
+    return rows
+
+
 def sentence_logliks(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> list[float]:
     """Each text's log-likelihood: the sum over every one of its tokens (tokenized without special
     tokens) of log P(token | prefix token, earlier tokens), the prefix being :func:`prefix_token`.
@@ -81,12 +93,7 @@ def sentence_logliks(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
         >>> ll < 0
         True
     """
-    tok = tokenizer_of(bridge)
-    pre = prefix_token(tok)
-    rows = [[pre, *ids] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
-    for r, t in zip(rows, texts, strict=True):
-        if len(r) < 2 or len(r) > context_length(bridge):
-            raise PairsError(f"a sentence of {len(r) - 1} tokens cannot be scored: {t[:80]!r}")
+    rows = sentence_rows(bridge, texts)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # less padding
     out = [0.0] * len(rows)
     it = list(chunks(len(rows), batch_size))

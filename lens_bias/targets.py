@@ -23,9 +23,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .batching import Batch, PairTokens, pad_id
-from .bridge import Bridge, context_length, tokenizer_of
-from .capability import prefix_token, sentence_logliks
-from .errors import LensBiasError, PairsError
+from .bridge import Bridge, tokenizer_of
+from .capability import sentence_logliks, sentence_rows
+from .errors import LensBiasError
 from .metrics import js_divergence, logit_gap, word_tokens
 from .pairs import ContrastivePair, PairSet
 
@@ -105,15 +105,9 @@ def sentence_tokens(bridge: Bridge, pairs: Sequence[ContrastivePair]) -> PairTok
         >>> t.black[0][0] == t.white[0][0] == b.lens_bias_tokenizer.bos_token_id
         True
     """
-    tok = tokenizer_of(bridge)
-    pre = prefix_token(tok)
-    texts = [p.black for p in pairs] + [p.white for p in pairs]
-    rows = [[pre, *ids] for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    for r, t in zip(rows, texts, strict=True):
-        if len(r) < 2 or len(r) > context_length(bridge):
-            raise PairsError(f"a sentence of {len(r) - 1} tokens cannot be scored: {t[:80]!r}")
+    rows = sentence_rows(bridge, [p.black for p in pairs] + [p.white for p in pairs])
     n = len(pairs)
-    return PairTokens(rows[:n], rows[n:], pad_id(tok))
+    return PairTokens(rows[:n], rows[n:], pad_id(tokenizer_of(bridge)))
 
 
 def row_logliks(logits: Float[Tensor, "rows pos vocab"], batch: Batch) -> Float[Tensor, " rows"]:
