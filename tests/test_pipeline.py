@@ -152,3 +152,9 @@ def test_run_reports_seqgap_and_leave_one_domain_out(run_folder):
     assert {r["domain"] for r in t["rows"]} == set(on_disk["before"]["held_out"]["by_domain"])
     assert t["pooled"]["n_pairs"] == on_disk["pairs"]["held_out"]
     assert "leave-one-domain-out" in (out / "report.html").read_text()
+
+
+def test_unknown_metric_is_refused_before_any_work(tmp_path):
+    with pytest.raises(RunError, match="--metric must be one of js, logit_gap, seqgap; got 'vibes'"):
+        run(small_config(metric="vibes"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
