@@ -313,14 +313,16 @@ def activation_token_cap(bridge: Bridge) -> int | None:
 
 
 def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
-                  kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool) -> tuple[dict, Tensor]:
-    """Every batch's contributions added to its pairs' domains: per kind ``[domains, (dropped
-    layer,) layer, units]``, and the metric ``[domains]``, both on the model's device."""
+                  kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool,
+                  by: str = "domain") -> tuple[dict, Tensor]:
+    """Every batch's contributions added to its pairs' groups (``by``: the pair attribute
+    ``"domain"`` or ``"template"``, groups sorted): per kind ``[groups,
+    (dropped layer,) layer, units]``, and the metric ``[groups]``, both on the model's device."""
     tok = tokenizer_of(bridge)
     n_layers = bridge.cfg.n_layers
     device = model_device(bridge)
     acc = torch.float32 if device.type == "mps" else torch.float64  # running sums stay on the device
-    domains = pairs.domains
+    domains = pairs.domains if by == "domain" else pairs.templates
     which = {d: i for i, d in enumerate(domains)}
     lead = (n_layers,) if graddrop else ()
     # running sums per domain: [domains, (dropped layer,) layer, units], on the device
@@ -335,7 +337,7 @@ def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablati
     for idx, chunk in it:
         contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop,
                                        tokens.batch(idx, device))
-        dom = torch.tensor([which[p.domain] for p in chunk], device=device)
+        dom = torch.tensor([which[getattr(p, by)] for p in chunk], device=device)
         for key, c in contrib.items():
             # .to(device): a no-op unless the model is split over devices
             if graddrop:

@@ -1,0 +1,133 @@
+"""Selectors by name, and honest model selection among them on validation templates.
+
+A *selector* turns attribution into a mask at a budget:
+
+* ``oneshot``: the top units of one attribution on all train pairs (:func:`lens_bias.selection.select`);
+* ``stable``: stability selection over resampled train templates (:mod:`lens_bias.stability`);
+* ``iterative``: re-attribute after each part of the budget (:func:`lens_bias.selection.select_iterative`);
+* ``learned``: a straight-through top-k mask learned with safeguards (:mod:`lens_bias.learned`);
+* ``auto``: whichever of :func:`default_candidates` :func:`choose` picks on validation templates.
+
+:func:`choose` picks a selector and its capability quantile the honest way: the train templates
+are split again by template into *fit* and *validation* templates; each candidate selects on the
+fit templates only (template-level scores make that free, no new attribution), and is measured
+exactly on the validation templates' pairs (JS with the mask simulated) and on neutral text
+(perplexity). The candidate with the lowest validation JS among those within the perplexity limit
+wins; the held-out split and CrowS-Pairs are never looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .ablation import ablate
+from .bridge import Bridge, Kind
+from .capability import perplexity
+from .errors import MaskError
+from .learned import LearnConfig, _val_js, learn_mask
+from .masks import PruningMask
+from .pairs import PairSet
+from .scores import Scores
+from .selection import select, select_iterative
+from .splits import template_split
+from .stability import TemplateScores, stability_select
+
+SELECTORS = ("oneshot", "stable", "iterative", "learned", "auto")
+QUANTILES = (0.25, 0.5)
+VAL_SHARE = 1 / 3
+
+
+@dataclass
+class SelectorSpec:
+    """One way of selecting: a selector name, its capability quantile (None: no filter) and options."""
+
+    selector: str = "oneshot"
+    max_cost_quantile: float | None = 0.5
+    options: dict = field(default_factory=dict)
+
+    def label(self) -> str:
+        q = "off" if self.max_cost_quantile is None else f"{self.max_cost_quantile:g}"
+        extra = "".join(f", {k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.selector} (cost quantile {q}{extra})"
+
+
+def make_mask(spec: SelectorSpec, bridge: Bridge, ts: TemplateScores, pairs: PairSet, budget: str | int | float, kind: Kind,
+              cost: Scores | None, neutral: Sequence[str] = (), seed: int = 0, batch_size: int = 16,
+              progress: bool = False) -> PruningMask:
+    """The mask of ``spec`` from the template scores ``ts`` of ``pairs`` (the pairs are re-scored
+    only by ``iterative``, and split into fit and validation templates by ``learned``)."""
+    if spec.selector not in SELECTORS:
+        raise MaskError(f"selector must be one of {', '.join(SELECTORS)}; got {spec.selector!r}")
+    q, o = spec.max_cost_quantile, spec.options
+    if spec.selector == "auto":
+        res = choose(bridge, ts, pairs, budget, kind, cost, neutral, seed=seed, batch_size=batch_size)
+        mask = make_mask(res["chosen"], bridge, ts, pairs, budget, kind, cost, neutral, seed, batch_size, progress)
+        mask.meta["model_selection"] = {k: v for k, v in res.items() if k != "chosen"}
+        mask.meta.update({"selector": "auto", "selector_chosen": res["chosen"].label()})
+        return mask
+    if spec.selector == "oneshot":
+        mask = select(ts.scores(), budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=q)
+    elif spec.selector == "stable":
+        mask = stability_select(ts, budget, kind, bridge, n_resamples=o.get("n_resamples", 100),
+                                fraction=o.get("fraction", 0.5), min_sign_share=o.get("min_sign_share"),
+                                cost=cost, max_cost_quantile=q, seed=seed)[0]
+    elif spec.selector == "iterative":
+        mask = select_iterative(bridge, pairs, budget, kind, o.get("steps", 4), ts.settings.get("metric", "js"),
+                                cost=cost, max_cost_quantile=q, batch_size=batch_size, first=ts.scores(),
+                                progress=progress)[0]
+    else:
+        fit, val = validation_split(pairs, seed)
+        cfg = LearnConfig(**{k: v for k, v in o.items() if k in LearnConfig.__dataclass_fields__}, seed=seed)
+        mask = learn_mask(bridge, fit, val, budget, kind, ts.subset(fit.templates), list(neutral), cost, q, cfg,
+                          progress=progress)[0]
+    mask.meta.update({"selector": spec.selector, "max_cost_quantile": q, **{f"selector_{k}": v for k, v in o.items()}})
+    return mask
+
+
+def validation_split(train: PairSet, seed: int = 0, share: float = VAL_SHARE) -> tuple[PairSet, PairSet]:
+    """(fit, validation) pairs: the train pairs split again by template (another seed than the
+    held-out split)."""
+    return template_split(train, held_out=share, seed=seed + 1)
+
+
+def default_candidates() -> list[SelectorSpec]:
+    """What :func:`choose` compares by default: one-shot and stability selection, each at the
+    capability quantiles :data:`QUANTILES`."""
+    return [SelectorSpec(s, q) for s in ("oneshot", "stable") for q in QUANTILES]
+
+
+def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int | float, kind: Kind, cost: Scores | None,
+           neutral: Sequence[str], candidates: Sequence[SelectorSpec] | None = None, max_ppl_increase: float = 2.0,
+           seed: int = 0, batch_size: int = 16, progress: bool = False) -> dict:
+    """Pick the candidate with the lowest exact JS on validation templates, among those whose
+    neutral-text perplexity rose at most ``max_ppl_increase`` % (see the module docstring).
+
+    Returns ``{"chosen": SelectorSpec, "rows": [...], "why": str, "n_fit_templates", "n_val_templates"}``;
+    each row has the candidate, its validation JS reduction (%) and neutral perplexity change (%)."""
+    candidates = list(candidates or default_candidates())
+    fit, val = validation_split(train, seed)
+    ts_fit = ts.restrict(fit.templates)
+    val0 = _val_js(bridge, val, None, batch_size)
+    ppl0 = perplexity(bridge, neutral, progress=False)
+    rows = []
+    for spec in candidates:
+        mask = make_mask(spec, bridge, ts_fit, fit, budget, kind, cost, neutral, seed, batch_size)
+        js = _val_js(bridge, val, mask, batch_size)
+        with ablate(bridge, mask):
+            ppl = perplexity(bridge, neutral, progress=False)
+        rows.append({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "label": spec.label(),
+                     "val_reduction_pct": 100 * (1 - js / val0), "neutral_ppl_change_pct": 100 * (ppl / ppl0 - 1)})
+    ok = [i for i, r in enumerate(rows) if r["neutral_ppl_change_pct"] <= max_ppl_increase]
+    if ok:
+        i = max(ok, key=lambda j: rows[j]["val_reduction_pct"])
+        why = (f"largest JS reduction on {len(val.templates)} validation templates "
+               f"({rows[i]['val_reduction_pct']:.1f} %) among the {len(ok)} candidates within "
+               f"+{max_ppl_increase:g} % neutral-text perplexity")
+    else:
+        i = min(range(len(rows)), key=lambda j: rows[j]["neutral_ppl_change_pct"])
+        why = f"no candidate stayed within +{max_ppl_increase:g} % neutral-text perplexity; the least damaging"
+    for j, r in enumerate(rows):
+        r["chosen"] = j == i
+    return {"chosen": candidates[i], "rows": rows, "why": why, "n_fit_templates": len(fit.templates),
+            "n_val_templates": len(val.templates)}

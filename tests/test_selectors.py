@@ -1,0 +1,201 @@
+"""Selectors that should generalize (stability selection, learned masks, honest model selection):
+exact budgets, a planted biased unit found by every method, determinism, and the learned mask's
+ablation equal to the simulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lens_bias import build_pairs, load_model
+from lens_bias.ablation import ablate
+from lens_bias.attribution import attribute
+from lens_bias.batching import pair_batch
+from lens_bias.errors import MaskError
+from lens_bias.interventions import attached
+from lens_bias.layout import decoder_layers
+from lens_bias.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
+from lens_bias.metrics import measure
+from lens_bias.model_selection import SELECTORS, SelectorSpec, choose, make_mask, validation_split
+from lens_bias.pairs import neutral_text
+from lens_bias.stability import attribute_templates, sign_agreement, stability_select
+
+FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
+        "iterative": {"steps": 2}, "stable": {"n_resamples": 10}}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return build_pairs(["finance", "hiring"]).sample(12)
+
+
+@pytest.fixture(scope="module")
+def ts(tiny, pairs):
+    return attribute_templates(tiny, pairs, progress=False)
+
+
+def test_template_scores_equal_attribution(tiny, pairs, ts):
+    a, s = attribute(tiny, pairs, progress=False), ts.scores()
+    for k in ("neurons", "heads"):
+        torch.testing.assert_close(s.get(k), a.get(k), rtol=1e-6, atol=1e-9)
+    for d in a.by_domain:
+        torch.testing.assert_close(s.by_domain[d]["neurons"], a.by_domain[d]["neurons"], rtol=1e-6, atol=1e-9)
+    assert s.settings["n_pairs_by_domain"] == a.settings["n_pairs_by_domain"]
+    assert s.settings["metric_before"] == pytest.approx(a.settings["metric_before"])
+    # a subset of templates is the attribution of that subset's pairs
+    sub = ts.templates[:3]
+    sub_pairs = pairs.filter(templates=sub)
+    torch.testing.assert_close(ts.subset(sub).neurons, attribute(tiny, sub_pairs, progress=False).neurons,
+                               rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+@pytest.mark.parametrize("budget,want", [("2%", 5), (7, 7)])
+def test_every_selector_hits_the_budget(tiny, pairs, ts, selector, budget, want):
+    spec = SelectorSpec(selector, 0.5, FAST.get(selector, {}))
+    from lens_bias.attribution import capability_cost
+
+    cost = capability_cost(tiny, neutral_text()[:8], ablation="zero")
+    mask = make_mask(spec, tiny, ts, pairs, budget, "neurons", cost, neutral_text()[:8])
+    assert mask.counts() == {"neurons": want, "heads": 0}
+    assert mask.meta["selector"] == selector
+
+
+def test_stability_selection_is_deterministic_for_a_seed(tiny, ts):
+    a, fa = stability_select(ts, 6, "neurons", tiny, n_resamples=15, seed=3)
+    b, fb = stability_select(ts, 6, "neurons", tiny, n_resamples=15, seed=3)
+    assert torch.equal(a.neurons, b.neurons) and torch.equal(fa, fb)
+    c, fc = stability_select(ts, 6, "neurons", tiny, n_resamples=15, seed=4)
+    assert not torch.equal(fa, fc)  # another seed resamples other templates
+    assert float(fa.max()) <= 1 and float(fa.min()) >= 0
+    with pytest.raises(MaskError, match="fraction"):
+        stability_select(ts, 6, "neurons", tiny, fraction=0.0)
+
+
+def test_sign_filter(tiny, ts):
+    share = sign_agreement(ts.scores(), "neurons")
+    eligible = int((share >= 1.0).sum())
+    assert 0 < eligible < 120
+    m, _ = stability_select(ts, eligible, "neurons", tiny, n_resamples=3, min_sign_share=1.0)
+    assert bool((share[~m.neurons] >= 1.0).all())  # only units positive in every domain
+    with pytest.raises(MaskError, match="positive score"):
+        stability_select(ts, eligible + 1, "neurons", tiny, n_resamples=3, min_sign_share=1.0)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """tiny-random with one first-layer neuron built to carry the bias: its up-projection reads the
+    mean Black-minus-White direction of the MLP input at the prompts' last token, its gate a
+    constant (the mean input), and its output column writes a fixed random direction. Removing it
+    takes mean JS back to the unmodified model's level (down by a third). In the first layer, no
+    other neuron sits upstream of it (a planted unit in a later layer lends its effect to the
+    earlier neurons that feed it, which is real but muddies the test)."""
+    b = load_model("tiny-random", device="cpu")
+    p = build_pairs(["finance", "hiring"]).sample(12)
+    layer, unit = 0, 7
+    store = {}
+    with torch.no_grad(), attached(b, [(f"blocks.{layer}.mlp.hook_in", lambda a, hook: store.update(x=a))]):
+        batch = pair_batch(b, p.pairs)
+        b(batch.ids)
+    n = len(p)
+    x = store["x"][torch.arange(2 * n), batch.lengths - 1]
+    dx, m = (x[:n] - x[n:]).mean(0), x.mean(0)
+    mlp = decoder_layers(b.original_model)[1][layer].mlp
+    v = torch.randn(b.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mlp.gate_proj.weight[unit] = 3 * m / m.norm() ** 2
+        mlp.up_proj.weight[unit] = 20 * dx / dx.norm() ** 2
+        mlp.down_proj.weight[:, unit] = v / v.norm()
+    return b, p, (layer, unit)
+
+
+def test_planted_unit_carries_the_bias(planted):
+    b, p, (layer, unit) = planted
+    from lens_bias.masks import PruningMask
+
+    m = PruningMask.keep_all(b)
+    m.neurons[layer, unit] = False
+    before = measure(b, p, progress=False).summary()["all"]["js"]
+    with ablate(b, m):
+        after = measure(b, p, progress=False).summary()["all"]["js"]
+    assert after < 0.75 * before
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_every_selector_finds_the_planted_unit(planted, selector):
+    b, p, unit = planted
+    ts = attribute_templates(b, p, progress=False)
+    mask = make_mask(SelectorSpec(selector, None, FAST.get(selector, {})), b, ts, p, 3, "neurons", None,
+                     neutral_text()[:8])
+    assert unit in mask.pruned("neurons")
+
+
+def test_learned_mask_ablation_equals_the_simulation(tiny, pairs, ts):
+    """The hard gates the learned mask trains with are exactly the exported mask's zero ablation."""
+    fit, val = validation_split(pairs)
+    mask, hist = learn_mask(tiny, fit, val, 6, "neurons", ts.subset(fit.templates), neutral_text()[:8],
+                            cfg=LearnConfig(steps=3, eval_every=1, pairs_per_domain=4, neutral_batch=4), progress=False)
+    assert mask.counts()["neurons"] == 6 and sum(r["kept"] for r in hist) == 1
+    theta = torch.where(mask.neurons, 0.0, 1.0)  # the pruned units score highest
+    allowed = torch.ones_like(mask.neurons)
+    prune = _prune_indicator(theta, allowed, 6, 0.5)
+    assert torch.equal(prune.detach() > 0.5, ~mask.neurons)
+    ids = pair_batch(tiny, pairs.pairs[:4]).ids
+    with torch.no_grad():
+        with attached(tiny, gate_hooks("neurons", prune.detach(), tiny.cfg.n_layers)):
+            gated = tiny(ids)
+        with ablate(tiny, mask):
+            simulated = tiny(ids)
+    assert float((gated - simulated).abs().max()) == 0.0
+
+
+def test_learned_gradient_flows_to_every_allowed_unit(tiny):
+    theta = torch.randn(2, 16, requires_grad=True)
+    allowed = torch.ones(2, 16, dtype=torch.bool)
+    allowed[0, :4] = False
+    p = _prune_indicator(theta, allowed, 5, 1.0)
+    assert int(p.detach().sum()) == 5 and not bool(p.detach()[0, :4].any())
+    (p * torch.arange(32.0).view(2, 16)).sum().backward()
+    assert bool((theta.grad[0, :4] == 0).all()) and bool((theta.grad[1] != 0).all())
+
+
+def test_learned_refuses_overlapping_templates(tiny, pairs, ts):
+    with pytest.raises(MaskError, match="share templates"):
+        learn_mask(tiny, pairs, pairs, 4, "neurons", ts.scores(), neutral_text()[:4], progress=False)
+
+
+def test_choose_never_reads_the_held_out_split(tiny, pairs, ts):
+    """Model selection sees only the train pairs given: fit and validation templates are disjoint
+    and both inside the train templates; the choice and its reason are recorded."""
+    res = choose(tiny, ts, pairs, "2%", "neurons", None, neutral_text()[:8],
+                 candidates=[SelectorSpec("oneshot", None), SelectorSpec("stable", None, {"n_resamples": 5})])
+    fit, val = validation_split(pairs)
+    assert not set(fit.templates) & set(val.templates) and set(val.templates) <= set(pairs.templates)
+    assert sum(r["chosen"] for r in res["rows"]) == 1 and res["chosen"].selector in ("oneshot", "stable")
+    assert res["n_val_templates"] == len(val.templates) and "validation templates" in res["why"]
+
+
+def test_folded_constants_export_exactly(tiny, tmp_path):
+    """Mean ablation (any constants) folded into down_proj / o_proj biases: the saved and reloaded
+    HF model equals the simulation to 1e-5 in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from lens_bias.capture import mean_activations
+    from lens_bias.folding import fold_constants
+    from lens_bias.selection import random_mask
+
+    means = mean_activations(tiny, neutral_text()[:8])
+    mask = random_mask(tiny, 3, "both", seed=1)
+    model = fold_constants(tiny, mask, means)
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    ids = pair_batch(tiny, build_pairs(["hiring"]).pairs[:3]).ids[:, :6]
+    with torch.no_grad():
+        with ablate(tiny, mask, "mean", means):
+            sim = tiny(ids).float()
+        zero = tiny(ids).float()
+        for m in (model, back):
+            out = m(input_ids=ids, use_cache=False).logits.float()
+            assert float((out - sim).abs().max()) <= 1e-5
+    assert float((zero - sim).abs().max()) > 1e-3  # the constants matter: a zero-ablation fold would fail
+    assert back.config.mlp_bias and back.config.attention_bias
