@@ -17,6 +17,7 @@ from .cli_common import (
     ModelOpt,
     PairsOpt,
     QuietOpt,
+    SelectorOpt,
     SplitOpt,
     check_run_options,
     comma_list,
@@ -276,6 +277,7 @@ def run(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
     steps: Annotated[int, typer.Option(
         help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
+    selector: SelectorOpt = "oneshot",
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
     wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
     lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
@@ -303,7 +305,7 @@ def run(
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
         per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
-        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector,
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,

@@ -235,3 +235,8 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
         raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
     if steps < 1:
         raise LensBiasError(f"--steps must be at least 1, got {steps}")
+
+
+SelectorOpt = Annotated[str, typer.Option(
+    help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "
+         "learned (straight-through top-k with safeguards) or auto (chosen on validation templates)")]

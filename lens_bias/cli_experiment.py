@@ -1,5 +1,6 @@
-"""``lens-bias experiment curve|generalize|overlap|transfer``: the seed studies' three claims on any
-model, and leave-one-domain-out transfer (the unseen use case).
+"""``lens-bias experiment curve|generalize|overlap|transfer|selectors|wording``: the seed studies'
+three claims on any model, leave-one-domain-out transfer (the unseen use case), and which
+selection generalizes (selectors compared; the learning curve over training wording).
 
 Each command scores on the train templates, evaluates on held-out templates and writes ``OUT/``
 with ``result.json`` and ``report.html`` (written to a temporary folder and renamed at the end).
@@ -45,7 +46,7 @@ OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output fol
 
 
 def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, held_per_domain: int, seed: int,
-           load: dict):
+           load: dict, ppl_tokens: int = 2048):
     """The model, the train pairs and the held-out evaluation set of an experiment: bundled pairs
     split by template, then ``per_domain`` train and ``held_per_domain`` held-out pairs sampled per domain
     (:func:`lens_bias.splits.split_pairs`; JSONL pairs are sampled ``per_domain`` first, then split);
@@ -57,7 +58,7 @@ def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int,
     doms = domain_list([domains]) if domains else None
     train, held = split_pairs(pairs, doms, per_domain, held_per_domain, seed=seed, sample_file=True)
     s_held = split_sentences(held.domains, held_per_domain=held_per_domain, seed=seed)[1]
-    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=2048,
+    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=ppl_tokens,
                                                               sentences=s_held if len(s_held) else None)
 
 
@@ -284,4 +285,107 @@ def transfer(
         fail(e)
     typer.echo(table(transfer_rows(res), TRANSFER_HEADER))
     typer.echo(transfer_reading(res))
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+
+
+def _template_scores(bridge, train, quiet: bool):
+    """Attribution per template on the train pairs, and the capability cost on neutral text."""
+    from .attribution import capability_cost
+    from .pairs import neutral_text
+    from .stability import attribute_templates
+
+    return attribute_templates(bridge, train, progress=not quiet), capability_cost(bridge, neutral_text())
+
+
+@app.command()
+def selectors(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 24,
+    held_per_domain: HeldOpt = 26,
+    methods: Annotated[str, typer.Option(help="selectors, comma-separated (oneshot, stable, iterative, learned, "
+                                              "auto)")] = "oneshot,iterative,stable,learned,auto",
+    budgets: Annotated[str, typer.Option(help="neuron budgets, comma-separated")] = "0.25%,0.5%,1%",
+    lodo_budgets: Annotated[str, typer.Option(help="budgets with a leave-one-domain-out measure")] = "0.5%",
+    lodo_methods: Annotated[str, typer.Option(help="selectors measured leave-one-domain-out")] = "oneshot,stable,auto",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/selectors"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Compare selectors at several budgets (plus heads at the parameters of the 0.5 % neuron
+    masks): train, held-out and leave-one-domain-out JS, |logit gap|, seqgap, CrowS-Pairs,
+    WikiText-2 perplexity, KL and selection time, each change with its interval and test."""
+    from . import viz
+    from .model_selection import SelectorSpec
+    from .pairs import neutral_text
+    from .report import Report
+    from .selector_study import compare_selectors, selector_rows
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map), ppl_tokens=4096)
+        ts, cost = _template_scores(bridge, train, quiet)
+        specs = [SelectorSpec(m, _quantile(max_cost_quantile)) for m in comma_list(methods)]
+        res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
+                                comma_list(lodo_budgets), comma_list(lodo_methods), seed=seed, progress=not quiet)
+        res.update(model=model, seconds=round(time.time() - t0, 1))
+        rows, header = selector_rows(res)
+        rep = Report(f"lens_bias experiment: selectors compared on {model}")
+        rep.figure(viz.selector_frontier(res))
+        rep.table(rows, header)
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        fail(e)
+    typer.echo(table(rows, header))
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+
+
+@app.command()
+def wording(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    per_domain: PerDomainOpt = 96,
+    held_per_domain: HeldOpt = 26,
+    ks: Annotated[str, typer.Option(help="train templates per domain, comma-separated (0 = all)")] = "1,2,4,8,0",
+    draws: Annotated[int, typer.Option(help="random draws of templates per point")] = 3,
+    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
+    max_cost_quantile: CostOpt = 0.5,
+    seed: int = 0,
+    out: OutOpt = Path("experiments/wording"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """The learning curve over training wording: one-shot neuron masks from the scores of k train
+    templates per domain (random draws), measured on held-out templates and leave-one-domain-out."""
+    from . import viz
+    from .report import Report
+    from .selector_study import wording_curve, wording_rows
+
+    t0 = time.time()
+    try:
+        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+                                   load_options(dtype, device, device_map))
+        ts, cost = _template_scores(bridge, train, quiet)
+        res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, _quantile(max_cost_quantile),
+                            [int(k) for k in comma_list(ks)], draws, seed, progress=not quiet)
+        res.update(model=model, seconds=round(time.time() - t0, 1))
+        rows, header = wording_rows(res)
+        rep = Report(f"lens_bias experiment: training wording on {model}")
+        rep.figure(viz.wording_curve(res))
+        rep.table(rows, header)
+        _write(out, overwrite, res, rep)
+    except LensBiasError as e:
+        fail(e)
+    typer.echo(table(rows, header))
     typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")

@@ -30,11 +30,13 @@ from .experiments import (
 )
 from .masks import PruningMask
 from .metrics import greedy_continuations
+from .model_selection import SELECTORS, SelectorSpec, make_mask
 from .pairs import PairSet, neutral_text
 from .run_record import RunResults, run_metrics, write_record
 from .scores import Scores
 from .selection import random_mask, select, select_iterative
 from .splits import HELD_PER_DOMAIN, split_pairs, split_sentences
+from .stability import TemplateScores, attribute_templates
 from .targets import TARGETS, is_sentence_target
 from .transfer import leave_one_domain_out
 from .validation import validate
@@ -65,6 +67,7 @@ class RunConfig:
     metric: str = "js"
     ablation: str = "zero"  # how pruning is simulated and materialized
     max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
+    selector: str = "oneshot"  # oneshot | stable | iterative | learned | auto (lens_bias.model_selection)
     steps: int = 1  # > 1: iterative selection, re-attributing after each part of the budget
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
@@ -134,7 +137,8 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     with _stage("measure bias before", P, timings):
         before, act_diff = _measure_before(cfg, bridge, ev)
     with _stage("attribute on the train split", P, timings):
-        scores, means, cost = _attribute(cfg, bridge, train)
+        ts, means, cost = _attribute(cfg, bridge, train)
+        scores = ts.scores()
     with _stage("validate the ranking against exact ablation", P, timings):
         validation = _validate(cfg, bridge, train, means)
     with _stage("pruning curve (simulated)", P, timings):
@@ -143,7 +147,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
                               max_cost_quantile=cfg.max_cost_quantile, random_control=cfg.curve_random,
                               seed=cfg.seed, progress=P)
     with _stage("prune at the requested budget", P, timings):
-        mask = _prune(cfg, bridge, train, scores, means, cost)
+        mask = _prune(cfg, bridge, train, ts, means, cost)
         after, rand = _measure_after(cfg, bridge, ev, mask, means)
         continuations = _continuations(bridge, mask, cfg.ablation, means)
     transfer = None
@@ -168,6 +172,10 @@ def _check_config(cfg: RunConfig) -> None:
         raise RunError(f"--kind must be neurons, heads or both; got {cfg.kind!r}")
     if cfg.metric not in TARGETS:
         raise RunError(f"--metric must be one of {', '.join(TARGETS)}; got {cfg.metric!r}")
+    if cfg.selector not in SELECTORS:
+        raise RunError(f"--selector must be one of {', '.join(SELECTORS)}; got {cfg.selector!r}")
+    if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
+        raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
     if cfg.ablation not in ("zero", "mean"):
         raise RunError(f"--ablation must be zero or mean; got {cfg.ablation!r}")
     if cfg.ablation == "mean":
@@ -214,13 +222,14 @@ def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, 
     return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
-def _attribute(cfg: RunConfig, bridge: Bridge, train: PairSet) -> tuple[Scores, dict | None, Scores | None]:
-    """Bias scores on the train pairs, the mean activations (mean ablation only) and the capability
-    cost on the neutral text (when the capability filter is on)."""
+def _attribute(cfg: RunConfig, bridge: Bridge, train: PairSet) -> tuple[TemplateScores, dict | None, Scores | None]:
+    """Bias scores on the train pairs, kept per template (``.scores()`` is the usual attribution),
+    the mean activations (mean ablation only) and the capability cost on the neutral text (when
+    the capability filter is on)."""
     neutral = neutral_text()
     means = mean_activations(bridge, neutral) if cfg.ablation == "mean" else None
-    scores = attribute(bridge, train, metric=cfg.metric, estimator="ablate", ablation=cfg.ablation,
-                       means=means, batch_size=cfg.batch_size, progress=cfg.progress)
+    scores = attribute_templates(bridge, train, metric=cfg.metric, ablation=cfg.ablation, means=means,
+                                 batch_size=cfg.batch_size, progress=cfg.progress)
     cost = capability_cost(bridge, neutral, ablation=cfg.ablation, means=means) \
         if cfg.max_cost_quantile is not None else None
     return scores, means, cost
@@ -235,10 +244,17 @@ def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None
                     seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
-def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, scores: Scores, means: dict | None,
+def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, means: dict | None,
            cost: Scores | None) -> PruningMask:
-    """The mask at the requested budget: one-shot from ``scores``, or iterative (``steps > 1``)."""
-    if cfg.steps > 1:
+    """The mask at the requested budget: one-shot from the scores, iterative (``steps > 1``), or
+    any other selector of :mod:`lens_bias.model_selection` (zero ablation)."""
+    scores = ts.scores()
+    if cfg.selector not in ("oneshot", "iterative") or (cfg.selector == "iterative" and cfg.steps == 1):
+        spec = SelectorSpec(cfg.selector, cfg.max_cost_quantile, {"steps": 4} if cfg.selector == "iterative" else {})
+        parts = [make_mask(spec, bridge, ts, train, cfg.budget, k, cost, neutral_text(), cfg.seed, cfg.batch_size,
+                           cfg.progress) for k in (["neurons", "heads"] if cfg.kind == "both" else [cfg.kind])]
+        mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+    elif cfg.steps > 1:
         parts = [select_iterative(bridge, train, cfg.budget, k, cfg.steps, cfg.metric, cfg.ablation, means, cost,
                                   cfg.max_cost_quantile, cfg.batch_size, first=scores, progress=cfg.progress)[0]
                  for k in (["neurons", "heads"] if cfg.kind == "both" else [cfg.kind])]

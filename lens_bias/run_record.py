@@ -62,6 +62,7 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "metric": cfg.metric,
         "ablation": cfg.ablation,
         "pruned": _pruned(inp.bridge, mask),
+        "selection": _selection(cfg, mask),
         "pairs": {"source": cfg.pairs or "bundled", "train": len(inp.train), "held_out": len(inp.held),
                   "train_templates": inp.train.templates, "held_out_templates": inp.held.templates,
                   "sentences_held_out": len(inp.ev.sentences) if inp.ev.sentences is not None else 0,
@@ -86,6 +87,16 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "timings_s": timings,
         "versions": _versions(),
     }
+
+
+def _selection(cfg, mask: PruningMask) -> dict:
+    """How the units were chosen: the selector, and for ``auto`` the candidate it chose, why, and
+    every candidate's validation numbers."""
+    meta = mask.meta
+    ms = meta.get("model_selection") or {}
+    return {"selector": cfg.selector if cfg.steps == 1 else "iterative", "chosen": meta.get("selector_chosen"),
+            "why": ms.get("why"), "candidates": ms.get("rows"), "n_fit_templates": ms.get("n_fit_templates"),
+            "n_val_templates": ms.get("n_val_templates"), "learned_best_step": meta.get("learn_best_step")}
 
 
 def _pruned(bridge: Bridge, mask: PruningMask) -> dict:
@@ -147,6 +158,15 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              f"({m['metric']}, {m['ablation']} ablation, capability filter quantile "
              f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
              f"seen in scoring. {m['export']['summary']}.", "note" if m["export"]["ok"] else "warn")
+    sel = m["selection"]
+    if sel["candidates"]:
+        rep.heading("How the selector was chosen (validation templates, never the held-out split)")
+        rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates selected on {sel['n_fit_templates']} fit "
+                 f"templates and measured exactly on {sel['n_val_templates']} validation templates of the train "
+                 "split.", "note")
+        rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"], "yes" if r["chosen"] else ""]
+                   for r in sel["candidates"]],
+                  ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)", "chosen"])
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")

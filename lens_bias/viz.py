@@ -213,3 +213,51 @@ def transfer_bars(res: dict) -> go.Figure:
         margin={"t": 110},
     )
     return fig
+
+
+def selector_frontier(res: dict) -> go.Figure:
+    """The bias-capability frontier of :func:`lens_bias.selector_study.compare_selectors`: per
+    selector, held-out JS reduction (%) against WikiText-2 perplexity change (%) over its budgets,
+    both with 95 % intervals (the perplexity change falls back to KL when there is no WikiText)."""
+    fig = go.Figure()
+    rows = [r for r in res["rows"] if r["kind"] == "neurons"]
+    cap = "wikitext_ppl" if all("wikitext_ppl" in r["tests"] for r in rows) else None
+    for sel in dict.fromkeys(r["label"] for r in rows):
+        rs = [r for r in rows if r["label"] == sel]
+        js = [r["tests"]["js"] for r in rs]
+        xs = [r["tests"][cap]["pct"] if cap else r["kl_neutral"] for r in rs]
+        y = [-c["pct"] for c in js]
+        fig.add_trace(go.Scatter(
+            x=xs, y=y, mode="lines+markers", name=sel, text=[r["budget"] for r in rs],
+            error_y={"type": "data", "symmetric": False, "array": [-c["pct_ci"][0] - v for c, v in zip(js, y, strict=True)],
+                     "arrayminus": [v + c["pct_ci"][1] for c, v in zip(js, y, strict=True)]},
+            hovertemplate="%{text}: JS reduction %{y:.1f} %, capability change %{x:.2f}<extra>" + sel + "</extra>",
+        ))
+    fig.update_layout(title="Bias removed vs capability lost, per selector (budgets along each line)",
+                      xaxis_title="WikiText-2 perplexity change (%)" if cap else "KL on neutral text (nats/token)",
+                      yaxis_title="held-out JS reduction (%)", template="plotly_white")
+    return fig
+
+
+def wording_curve(res: dict) -> go.Figure:
+    """Held-out and leave-one-domain-out JS reduction (%) against the number of train templates
+    per domain (:func:`lens_bias.selector_study.wording_curve`): every draw as a point with its
+    95 % interval, and the mean over draws as a line."""
+    fig = go.Figure()
+    for key, label, color in (("held_out", "held-out templates", "#2c7fb8"),
+                              ("lodo", "unseen domain (leave-one-out)", "#c0392b")):
+        rows = res["rows"]
+        x = [r["templates_per_domain"] for r in rows]
+        y = [r[key]["reduction_pct"] for r in rows]
+        ci = [r[key]["reduction_ci"] or [v, v] for r, v in zip(rows, y, strict=True)]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"{label} (each draw)", marker={"color": color},
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": [c[1] - v for c, v in zip(ci, y, strict=True)],
+                                          "arrayminus": [v - c[0] for c, v in zip(ci, y, strict=True)]}))
+        ks = sorted(set(x))
+        means = [sum(v for k2, v in zip(x, y, strict=True) if k2 == k) / x.count(k) for k in ks]
+        fig.add_trace(go.Scatter(x=ks, y=means, mode="lines", name=f"{label} (mean)", line={"color": color}))
+    fig.update_layout(title="More training wording: JS reduction vs train templates per domain",
+                      xaxis_title="train templates per domain", yaxis_title="JS reduction (%)",
+                      template="plotly_white")
+    return fig

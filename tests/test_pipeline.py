@@ -158,3 +158,15 @@ def test_unknown_metric_is_refused_before_any_work(tmp_path):
     with pytest.raises(RunError, match="--metric must be one of js, logit_gap, seqgap; got 'vibes'"):
         run(small_config(metric="vibes"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_run_with_the_auto_selector_records_its_choice(tmp_path):
+    """``--selector auto``: the candidates are measured on validation templates of the train split,
+    and metrics.json and the report say which one was chosen and why."""
+    m = run(small_config(selector="auto", budget="2%", curve_kinds=("neurons",)), tmp_path / "auto")
+    sel = m["selection"]
+    assert sel["selector"] == "auto" and sel["chosen"] and "validation templates" in sel["why"]
+    assert sum(r["chosen"] for r in sel["candidates"]) == 1 and m["pruned"]["neurons"] == 5
+    assert "How the selector was chosen" in (tmp_path / "auto" / "report.html").read_text()
+    with pytest.raises(RunError, match="--selector"):
+        run(small_config(selector="magic"), tmp_path / "bad")
