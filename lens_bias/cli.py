@@ -26,6 +26,7 @@ from .cli_common import (
     interruptible,
     load_options,
     pairs_as_scanned,
+    print_run,
     split_part,
     table,
     torch_prune_masks,
@@ -278,6 +279,7 @@ def run(
     steps: Annotated[int, typer.Option(
         help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
     selector: SelectorOpt = "oneshot",
+    ablation: Annotated[str, typer.Option(help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
     wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
     lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
@@ -305,7 +307,7 @@ def run(
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
         per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
-        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector, ablation=ablation,
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
@@ -315,27 +317,12 @@ def run(
         with interruptible(out):
             m = run_job(cfg, out, overwrite=overwrite)
     except ExportCheckError as e:  # measured and written, but the pruned model failed its check
-        _print_run(e.metrics, out)
+        print_run(e.metrics, out)
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(3) from None
     except LensBiasError as e:
         fail(e)
-    _print_run(m, out)
-
-
-def _print_run(m: dict, out: Path) -> None:
-    """The summary of a run: before / after table, what was pruned, validation and export checks."""
-    from .changes import summary_rows
-
-    typer.echo("")
-    typer.echo(table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
-    p = m["pruned"]
-    v = m["validation"]
-    typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
-               f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
-    typer.echo(m["export"]["summary"])
-    model = ", model/" if m["export"]["ok"] else "; NO model/: the export check failed"
-    typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json{model})")
+    print_run(m, out)
 
 
 @app.command()

@@ -240,3 +240,22 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
 SelectorOpt = Annotated[str, typer.Option(
     help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "
          "learned (straight-through top-k with safeguards) or auto (chosen on validation templates)")]
+
+
+def print_run(m: dict, out: Path) -> None:
+    """The summary of a run: before / after table, what was pruned, validation and export checks."""
+    from .changes import summary_rows
+
+    sel = m.get("selection") or {}
+    if sel.get("chosen"):
+        typer.echo(f"selector {sel['selector']}: chose {sel['chosen']} ({sel['why']})")
+
+    typer.echo("")
+    typer.echo(table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
+    p = m["pruned"]
+    v = m["validation"]
+    typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
+               f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
+    typer.echo(m["export"]["summary"])
+    model = ", model/" if m["export"]["ok"] else "; NO model/: the export check failed"
+    typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json{model})")

@@ -156,7 +156,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
             transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate", cfg.max_cost_quantile,
                                             cfg.metric, cfg.batch_size, P, scores=scores, cost=cost, seed=cfg.seed)
     with _stage("materialize, verify and export", P, timings):
-        export = _export(bridge, mask, folder)
+        export = _export(bridge, mask, folder, cfg.ablation, means)
     res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export, transfer)
     metrics = run_metrics(cfg, inp, res, timings)
     write_record(folder, cfg, metrics, res)
@@ -178,9 +178,8 @@ def _check_config(cfg: RunConfig) -> None:
         raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
     if cfg.ablation not in ("zero", "mean"):
         raise RunError(f"--ablation must be zero or mean; got {cfg.ablation!r}")
-    if cfg.ablation == "mean":
-        raise RunError("a run materializes its mask into the weights, which lens_bias does for zero ablation "
-                       "only (so far); use --ablation zero, or simulate mean ablation with the Python API")
+    if cfg.ablation == "mean" and cfg.selector in ("learned", "auto"):
+        raise RunError(f"--selector {cfg.selector} learns and chooses under zero ablation; use --ablation zero")
 
 
 @dataclass
@@ -210,6 +209,9 @@ def _load(cfg: RunConfig) -> _Inputs:
                        f"{train.domains}")
     bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                         device_map=cfg.device_map)
+    if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
+        raise RunError(f"--ablation mean is exported by folding the means into biases, which "
+                       f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
                           lambada_limit=cfg.lambada_limit, sentences=s_held if len(s_held) else None)
@@ -285,7 +287,7 @@ def _continuations(bridge: Bridge, mask: PruningMask, ablation: str, means: dict
     return [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
 
 
-def _export(bridge: Bridge, mask: PruningMask, folder: Path) -> dict:
+def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero", means: dict | None = None) -> dict:
     """Write the mask files; materialize the mask and check it against the simulation in memory;
     if the check passes, write the pruned HF model once (``folder/model``, the checkpoint's dtype).
     Returns the check's record for ``metrics.json`` (a failed check writes no model)."""
@@ -293,7 +295,7 @@ def _export(bridge: Bridge, mask: PruningMask, folder: Path) -> dict:
     from .verification import materialize_checked, why_different
 
     mask.save(folder)
-    model, v = materialize_checked(bridge, mask, mode="zero")
+    model, v = materialize_checked(bridge, mask, mode=ablation, means=means)
     rec = {"max_abs_logit_diff": v.max_diff, "folder": "model" if v.ok else None, **v.to_dict(),
            "summary": v.summary()}
     if v.ok:

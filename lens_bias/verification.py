@@ -154,13 +154,15 @@ def path_rounding(bridge: Bridge, hf_model: nn.Module, texts: Sequence[str] = DE
 
 @torch.no_grad()
 def compare(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] = DEFAULT_TEXTS,
-            atol: float = ABS_FLOOR, rounding: float | None = None) -> Verification:
-    """Compare ``hf_model`` with the bridge under ``ablate(bridge, mask, "zero")`` on ``texts`` (each
-    run alone, no padding, logits in float32) and measure the mask's own effect; the tolerance is
-    :func:`tolerance` of ``rounding`` (give it from :func:`path_rounding`; None = the floor only)."""
+            atol: float = ABS_FLOOR, rounding: float | None = None, ablation: str = "zero",
+            means: dict | None = None) -> Verification:
+    """Compare ``hf_model`` with the bridge under ``ablate(bridge, mask, ablation, means)`` on
+    ``texts`` (each run alone, no padding, logits in float32) and measure the mask's own effect;
+    the tolerance is :func:`tolerance` of ``rounding`` (give it from :func:`path_rounding`; None =
+    the floor only)."""
     worst = effect = 0.0
     for ids in _ids(bridge, texts):
-        with ablate(bridge, mask, "zero"):
+        with ablate(bridge, mask, ablation, means):
             sim = _bridge_logits(bridge, ids)
         worst = max(worst, _max_abs(sim, _hf_logits(hf_model, ids), "materialized"))
         effect = max(effect, _max_abs(sim, _bridge_logits(bridge, ids), "effect"))
@@ -232,10 +234,12 @@ def weight_problems(bridge: Bridge, model: nn.Module, mask: PruningMask, most: i
 
 
 def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero", texts: Sequence[str] = DEFAULT_TEXTS,
-                        atol: float = ABS_FLOOR) -> tuple[PreTrainedModel, Verification]:
+                        atol: float = ABS_FLOOR, means: dict | None = None) -> tuple[PreTrainedModel, Verification]:
     """Materialize ``mask`` and judge it in memory, before anything is written: a clean HF model is
     built, its rounding against the bridge measured (:func:`path_rounding`), then the mask is
     written into it in place and the result compared with the simulation (:func:`compare`).
+    ``mode="mean"``: the pruned units' ``means`` are folded into biases
+    (:func:`lens_bias.folding.fold_constants`) and compared with mean ablation.
     Returns the model and the :class:`Verification`; raises nothing on a failed check (the caller
     decides), only on unusable input.
 
@@ -249,6 +253,11 @@ def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero", t
     """
     model = clean_hf_model(bridge)
     rounding = path_rounding(bridge, model, texts)
+    if mode == "mean":
+        from .folding import fold_constants
+
+        model = fold_constants(bridge, mask, means, model=model)
+        return model, compare(bridge, model, mask, texts, atol, rounding, "mean", means)
     model = materialize(bridge, mask, mode=mode, model=model)
     v = compare(bridge, model, mask, texts, atol, rounding)
     if mode == "zero":

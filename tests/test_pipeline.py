@@ -170,3 +170,14 @@ def test_run_with_the_auto_selector_records_its_choice(tmp_path):
     assert "How the selector was chosen" in (tmp_path / "auto" / "report.html").read_text()
     with pytest.raises(RunError, match="--selector"):
         run(small_config(selector="magic"), tmp_path / "bad")
+
+
+def test_run_with_mean_ablation_exports_the_folded_means(tmp_path):
+    """--ablation mean: the means are folded into biases and the export check compares against mean
+    ablation; the written model reloads with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    m = run(small_config(ablation="mean", curve_kinds=("neurons",), budgets=["2%"]), tmp_path / "mean")
+    assert m["export"]["ok"] and m["export"]["max_abs_logit_diff"] <= 1e-5 and m["ablation"] == "mean"
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "mean" / "model")
+    assert back.config.mlp_bias
