@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 
 from .attribution import ESTIMATORS, attribute
@@ -79,7 +80,7 @@ def _wanda(bridge: Bridge, s: dict[str, Tensor]) -> dict[str, Tensor]:
 def _o_proj_head_norms(bridge: Bridge, layer: nn.Module) -> Tensor:
     """|o_proj| summed over each head's columns (and all rows): [n_heads]."""
     w = layer.self_attn.o_proj.weight.detach().abs().float().cpu()
-    return w.view(w.shape[0], bridge.cfg.n_heads, bridge.cfg.d_head).sum(dim=(0, 2))
+    return reduce(w, "d_model (head d_head) -> head", "sum", head=bridge.cfg.n_heads, d_head=bridge.cfg.d_head)
 
 
 # the baselines computed from last-token activation statistics (lens_bias.capture), per domain

@@ -387,22 +387,26 @@ def export(
     scores: Annotated[Path | None, typer.Option(help="optipfair: scores file to convert (default: the mask)")] = None,
     mode: Annotated[str, typer.Option(help="hf: zero or structural")] = "zero",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID",
+                                                    help="hf: then upload the folder to this Hub repository")] = None,
     trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Export a mask: an HF model folder, torch.nn.utils.prune masks, torch-pruning index lists or
-    optiPfair fairness scores."""
+    """Export a mask: an HF model folder (with a model card; --push-to-hub uploads it),
+    torch.nn.utils.prune masks, torch-pruning index lists or optiPfair fairness scores."""
     from safetensors.torch import save_file
 
     from .export import export_hf
+    from .hub import check_push, push_folder
     from .interop import optipfair_scores, torch_pruning_indices
     from .masks import PruningMask
 
     try:
         if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
             raise LensBiasError(f"--format must be hf, torch-prune, torch-pruning or optipfair; got {format!r}")
+        check_push(push_to_hub, format)
         m = PruningMask.load(mask)
         if format != "hf" and out.exists() and not overwrite:
             raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
@@ -410,6 +414,8 @@ def export(
             bridge = _load(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)
             export_hf(bridge, m, out, mode=mode, overwrite=overwrite)
+            if push_to_hub:  # the folder is written: a failed upload leaves it intact
+                typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
         elif format == "torch-pruning":
             d_head = m.meta.get("d_head")
             idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None

@@ -19,6 +19,7 @@ from .bridge import Bridge, model_dtype, tokenizer_of
 from .errors import MaskError, RunError
 from .masks import PruningMask
 from .materialize import DEFAULT_TEXTS, STRUCTURAL_ATOL, materialize
+from .model_card import write_model_card
 from .verification import materialize_checked, why_different
 
 
@@ -40,8 +41,9 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
     """Write the materialized model as a Hugging Face folder; return its path.
 
     The folder holds ``config.json``, the weights (``save_pretrained``: sharded safetensors), the
-    tokenizer files and, for provenance, the mask in ``lens_bias_mask/`` (``mask.safetensors`` +
-    ``mask.json``). ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline
+    tokenizer files, a model card (``README.md``, :func:`lens_bias.model_card.model_card`: what was
+    removed and how, without measurements) and, for provenance, the mask in ``lens_bias_mask/``
+    (``mask.safetensors`` + ``mask.json``). ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline
     without lens_bias. It is written to a temporary folder next to ``out_dir`` and renamed into
     place, so a crash never leaves a half-written model. An existing non-empty ``out_dir`` is
     refused unless ``overwrite``.
@@ -92,7 +94,8 @@ def write_hf(bridge: Bridge, model: PreTrainedModel, mask: PruningMask, out_dir:
              overwrite: bool = False, attn_implementation: str | None = "eager",
              dtype: torch.dtype | None = None) -> Path:
     """Write an already materialized (and checked) ``model`` as a Hugging Face folder, once, in
-    :func:`export_dtype` (the model is cast in place), with the bridge's tokenizer and the mask."""
+    :func:`export_dtype` (the model is cast in place), with the bridge's tokenizer, the mask and a
+    model card (``README.md``, without measurements: a run rewrites it with its own)."""
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_out_dir(out_dir, overwrite)
     model.to(export_dtype(bridge, dtype))
@@ -104,5 +107,6 @@ def write_hf(bridge: Bridge, model: PreTrainedModel, mask: PruningMask, out_dir:
         model.save_pretrained(tmp)
         tokenizer_of(bridge).save_pretrained(tmp)
         mask.save(tmp / "lens_bias_mask")
+        write_model_card(tmp, mask, bridge)
         _prepare_out_dir(out_dir, overwrite)  # again: it may have appeared meanwhile
     return out_dir

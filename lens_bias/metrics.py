@@ -210,6 +210,22 @@ class PairMetrics:
             out["multi_token_words"] = self.multi_token_words
         return out
 
+    def to_pandas(self):
+        """A pandas DataFrame with one row per pair: ``id``, ``domain``, ``template`` (None when
+        the templates are not known) and one column per metric of ``values`` (NaN where it does
+        not apply). Needs pandas (``pip install 'lens_bias[pandas]'``).
+
+        Examples:
+            >>> m = PairMetrics(["a", "b"], ["hiring", "finance"], {"js": [0.01, 0.03]}, templates=["t1", "t2"])
+            >>> m.to_pandas().values.tolist()
+            [['a', 'hiring', 't1', 0.01], ['b', 'finance', 't2', 0.03]]
+        """
+        from .frames import require_pandas
+
+        pd = require_pandas("PairMetrics.to_pandas")
+        return pd.DataFrame({"id": self.ids, "domain": self.domains,
+                             "template": self.templates or [None] * len(self.ids), **self.values})
+
 
 def measure(bridge: Bridge, pairs: PairSet, batch_size: int = 32, numeric: bool = False, progress: bool = True) -> PairMetrics:
     """``js`` and ``logit_gap`` for every pair (and the numeric disparity with ``numeric=True``).

@@ -16,6 +16,7 @@ from .bridge import Bridge, n_params
 from .changes import crows_rates, run_tests, summary_rows, without_items
 from .experiments import pruned_params
 from .masks import PruningMask
+from .model_card import write_model_card
 from .report import Report
 from .scores import Scores
 from .transfer import TRANSFER_HEADER, transfer_reading, transfer_rows
@@ -126,12 +127,15 @@ def _change(before: dict, after: dict, rand: dict) -> dict:
 
 
 def write_record(folder: Path, cfg, metrics: dict, r: RunResults) -> None:
-    """``scores.safetensors``, ``metrics.json`` and ``report.html``."""
+    """``scores.safetensors``, ``metrics.json``, ``report.html`` and, when the export passed its check
+    (``folder/model`` exists), the model card ``model/README.md`` with the run's measurements."""
     r.scores.save(folder / "scores.safetensors")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     rep = Report(f"lens_bias run: {cfg.model}, {cfg.kind} at {cfg.budget}")
     _fill_report(rep, metrics, r)
     (folder / "report.html").write_text(rep.html(), encoding="utf-8")
+    if (folder / "model").is_dir():
+        write_model_card(folder / "model", r.mask, cfg.model, metrics)
 
 
 def _pct(a, b):

@@ -67,6 +67,34 @@ class Scores:
         cols = s.shape[1]
         return [(int(i) // cols, int(i) % cols, float(v)) for v, i in zip(vals, idx, strict=True)]
 
+    def to_pandas(self):
+        """A pandas DataFrame in long form: one row per unit and domain, with the columns ``kind``,
+        ``layer``, ``index``, ``domain`` (``"all"`` for the overall scores, else the domain's name)
+        and ``score``. Needs pandas (``pip install 'lens_bias[pandas]'``).
+
+        Examples:
+            >>> s = Scores(torch.tensor([[0.25, 0.75]]), None, {"finance": {"neurons": torch.tensor([[1.0, 2.0]])}})
+            >>> s.to_pandas().values.tolist()  # doctest: +NORMALIZE_WHITESPACE
+            [['neurons', 0, 0, 'all', 0.25], ['neurons', 0, 1, 'all', 0.75],
+             ['neurons', 0, 0, 'finance', 1.0], ['neurons', 0, 1, 'finance', 2.0]]
+        """
+        from .frames import require_pandas
+
+        pd = require_pandas("Scores.to_pandas")
+        parts = []
+        for domain, tensors in [("all", {k: self.get(k) for k in KINDS}), *self.by_domain.items()]:
+            for kind in KINDS:
+                t = tensors.get(kind)
+                if t is None:
+                    continue
+                n_layers, n = t.shape
+                parts.append(pd.DataFrame({
+                    "kind": kind, "layer": torch.arange(n_layers).repeat_interleave(n).numpy(),
+                    "index": torch.arange(n).repeat(n_layers).numpy(), "domain": domain,
+                    "score": t.detach().cpu().double().flatten().numpy()}))
+        columns = ["kind", "layer", "index", "domain", "score"]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
     def save(self, path: str | Path) -> Path:
         """Write a safetensors file (settings as JSON in its header)."""
         from safetensors.torch import save_file
