@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .bridge import Bridge, context_length, model_device, tokenizer_of
+from .chat import chat_enabled, chat_rows
 from .errors import NumericsError, PairsError
 from .pairs import ContrastivePair
 
@@ -59,13 +60,16 @@ class Batch:
         return Batch(self.ids.to(device), self.lengths.to(device))
 
 
-def tokenize(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None) -> list[list[int]]:
+def tokenize(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None,
+             chat: bool = False) -> list[list[int]]:
     """Token-id rows of ``prompts`` (BOS first when the tokenizer has one), unpadded; refuses empty
-    prompts and prompts longer than ``max_len``."""
+    prompts and prompts longer than ``max_len``. ``chat``: each prompt as one user turn of the
+    chat template (:func:`lens_bias.chat.chat_rows`, exactly one BOS first)."""
     if not prompts:
         return []
-    rows = [list(r) for r in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-    if prepend_bos and tokenizer.bos_token_id is not None:
+    rows = (chat_rows(tokenizer, prompts) if chat else
+            [list(r) for r in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]])
+    if prepend_bos and not chat and tokenizer.bos_token_id is not None:
         rows = [[tokenizer.bos_token_id, *r] for r in rows]
     for r, p in zip(rows, prompts, strict=True):
         if max_len is not None and len(r) > max_len:
@@ -83,9 +87,10 @@ def pad_id(tokenizer) -> int:
 
 
 def encode(tokenizer, prompts: Sequence[str], prepend_bos: bool = True, max_len: int | None = None,
-           device=None) -> Batch:
-    """Tokenize ``prompts`` (BOS first when the tokenizer has one) into a right-padded :class:`Batch`."""
-    batch = pad_rows(tokenize(tokenizer, prompts, prepend_bos, max_len), pad_id(tokenizer))
+           device=None, chat: bool = False) -> Batch:
+    """Tokenize ``prompts`` (BOS first when the tokenizer has one; ``chat``: through the chat
+    template, see :func:`tokenize`) into a right-padded :class:`Batch`."""
+    batch = pad_rows(tokenize(tokenizer, prompts, prepend_bos, max_len, chat), pad_id(tokenizer))
     return batch.to(device) if device is not None else batch
 
 
@@ -256,8 +261,9 @@ class PairTokens:
 
 
 def tokenize_pairs(bridge: Bridge, pairs: Iterable[ContrastivePair]) -> PairTokens:
-    """Tokenize both prompts of every pair once with the bridge's tokenizer; refuses prompts longer
-    than the model's context (:func:`lens_bias.bridge.context_length`).
+    """Tokenize both prompts of every pair once with the bridge's tokenizer, through its chat template
+    when the bridge says so (:func:`lens_bias.chat.use_chat_template`); refuses prompts longer than
+    the model's context (:func:`lens_bias.bridge.context_length`).
 
     Examples:
         >>> from lens_bias import build_pairs, load_model
@@ -268,7 +274,8 @@ def tokenize_pairs(bridge: Bridge, pairs: Iterable[ContrastivePair]) -> PairToke
     """
     pairs = list(pairs)
     tok = tokenizer_of(bridge)
-    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge))
+    rows = tokenize(tok, [p.black for p in pairs] + [p.white for p in pairs], max_len=context_length(bridge),
+                    chat=chat_enabled(bridge))
     return PairTokens(rows[: len(pairs)], rows[len(pairs):], pad_id(tok))
 
 

@@ -11,6 +11,7 @@ import typer
 
 from .cli_common import (
     AllowOtherPairsOpt,
+    ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
@@ -24,6 +25,7 @@ from .cli_common import (
     domain_list,
     fail,
     interruptible,
+    load_bridge,
     load_options,
     pairs_as_scanned,
     print_run,
@@ -35,6 +37,7 @@ from .cli_common import (
     warn,
 )
 from .cli_experiment import app as experiment_app
+from .cli_pairs import pairs_cmd
 from .errors import ExportCheckError, LensBiasError
 
 app = typer.Typer(
@@ -54,13 +57,6 @@ def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: 
     from .splits import load_target_pairs
 
     return load_target_pairs(pairs, domain_list(domain), per_domain, seed, metric)
-
-
-def _load(model: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
-          device_map: str | None = None):
-    from .models import load_model
-
-    return load_model(model, trust_remote_code=trust_remote_code, **load_options(dtype, device, device_map))
 
 
 @app.command()
@@ -91,6 +87,7 @@ def measure(
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
     numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
     seqgap: Annotated[bool, typer.Option("--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
+    chat_template: ChatOpt = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -115,7 +112,7 @@ def measure(
                     "or set LENS_BIAS_CROWS"
                 )
             crows_pairs = load_crows_pairs(path, subset="race-color")
-        bridge = _load(model, trust_remote_code, dtype, device, device_map)
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
         t_load = time.time() - t0
         res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
         out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
@@ -176,6 +173,7 @@ def scan(
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
     components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
     graddrop: Annotated[bool, typer.Option(help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
+    chat_template: ChatOpt = False,
     batch_size: int = 16,
     seed: int = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
@@ -191,7 +189,7 @@ def scan(
     try:
         t0 = time.time()
         ps = split_part(_pairs(pairs, domain, per_domain, seed, metric), split, seed)
-        bridge = _load(model, trust_remote_code, dtype, device, device_map)
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
         kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
             "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
             "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
@@ -199,7 +197,8 @@ def scan(
             raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)
         s.settings.update({"split": split, "seed": seed, "per_domain": per_domain, "domain_filter": domain_list(domain),
-                           "pairs": str(pairs) if pairs else "bundled", "seconds": round(time.time() - t0, 1)})
+                           "pairs": str(pairs) if pairs else "bundled", "chat_template": chat_template,
+                           "seconds": round(time.time() - t0, 1)})
         s.save(out)
     except LensBiasError as e:
         fail(e)
@@ -244,7 +243,7 @@ def validate(
         s = Scores.load(scores)
         ps, seed = pairs_as_scanned(s.settings, pairs, domain, per_domain, split, seed)
         check_scores_match(s, ps, None, allow_other_pairs, "validate")  # other pairs: refused before loading
-        bridge = _load(model, trust_remote_code, dtype, device, device_map)
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, s.settings.get("chat_template", False))
         if warning := check_scores_match(s, ps, bridge, allow_other_pairs, "validate"):
             warn(warning)
         res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed, allow_other_pairs=allow_other_pairs,
@@ -280,6 +279,7 @@ def run(
         help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
     selector: SelectorOpt = "oneshot",
     ablation: Annotated[str, typer.Option(help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
+    chat_template: ChatOpt = False,
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
     wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
     lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
@@ -311,7 +311,7 @@ def run(
         budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, progress=not quiet, **load_options(dtype, device, device_map),
+        trust_remote_code=trust_remote_code, progress=not quiet, **load_options(dtype, device, device_map, chat_template),
     )
     try:
         with interruptible(out):
@@ -361,7 +361,7 @@ def prune(
             prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
         with interruptible(out):
-            bridge = _load(model, trust_remote_code, dtype, device, device_map)
+            bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             if warning := check_scores_match(s, None, bridge, allow_other_model, "prune", "--allow-other-model"):
                 warn(warning)
             cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
@@ -411,7 +411,7 @@ def export(
         if format != "hf" and out.exists() and not overwrite:
             raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
         if format == "hf":
-            bridge = _load(model, trust_remote_code, dtype, device, device_map)
+            bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)
             export_hf(bridge, m, out, mode=mode, overwrite=overwrite)
             if push_to_hub:  # the folder is written: a failed upload leaves it intact
@@ -420,11 +420,11 @@ def export(
             d_head = m.meta.get("d_head")
             idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None
             if idx is None:
-                bridge = _load(model, trust_remote_code, dtype, device, device_map)
+                bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
                 idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
             out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
         elif format == "torch-prune":
-            tensors = torch_prune_masks(m, _load(model, trust_remote_code, dtype, device, device_map))
+            tensors = torch_prune_masks(m, load_bridge(model, trust_remote_code, dtype, device, device_map))
             save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
         else:
             from .scores import Scores
@@ -439,4 +439,5 @@ def export(
     typer.echo(f"wrote {out} ({format})")
 
 
+app.command("pairs")(pairs_cmd)
 app.add_typer(experiment_app, name="experiment")

@@ -1,8 +1,9 @@
 """What the ``lens-bias`` command (:mod:`lens_bias.cli`) and its ``experiment`` sub-commands
-(:mod:`lens_bias.cli_experiment`) share: the option types, the error exit, the plain-text table
-and number formats, and the Ctrl-C / SIGTERM handling of commands that write a folder; and helpers of
-single commands kept out of :mod:`lens_bias.cli` to keep it short (the pairs ``scan`` and
-``validate`` work on, ``validate``'s summary and table, ``export``'s torch-prune masks).
+(:mod:`lens_bias.cli_experiment`) share: the option types, the model loader (``load_bridge``), the
+error exit, the plain-text table and number formats, and the Ctrl-C / SIGTERM handling of commands
+that write a folder; and helpers of single commands kept out of :mod:`lens_bias.cli` to keep it
+short (the pairs ``scan`` and ``validate`` work on, ``validate``'s summary and table, ``export``'s
+torch-prune masks).
 
 Both command modules import this one; neither imports the other's helpers.
 """
@@ -29,21 +30,36 @@ DeviceMapOpt = Annotated[str | None, typer.Option(
 SplitOpt = Annotated[str, typer.Option(help="train / held-out (split by template, seeded) or all")]
 AllowOtherPairsOpt = Annotated[bool, typer.Option(
     "--allow-other-pairs", help="compare anyway when the pairs or the model differ from those the scores were computed on")]
+ChatOpt = Annotated[bool, typer.Option(
+    "--chat-template", help="put each pair prompt through the model's chat template (one user turn and the assistant "
+                            "prefix), as an instruct model is deployed; plain-text measures stay raw")]
 
 
-def load_options(dtype: str = "auto", device: str | None = None, device_map: str | None = None) -> dict:
-    """``load_model`` keyword arguments from the ``--dtype``, ``--device`` and ``--device-map``
-    options (a comma-separated device map becomes a list of devices).
+def load_options(dtype: str = "auto", device: str | None = None, device_map: str | None = None,
+                 chat_template: bool = False) -> dict:
+    """``load_model`` (and ``RunConfig``) keyword arguments from the ``--dtype``, ``--device``,
+    ``--device-map`` and ``--chat-template`` options (a comma-separated device map becomes a list
+    of devices).
 
     Examples:
         >>> load_options("bfloat16", None, "cuda:0,cuda:1")
-        {'dtype': 'bfloat16', 'device': None, 'device_map': ['cuda:0', 'cuda:1']}
+        {'dtype': 'bfloat16', 'device': None, 'device_map': ['cuda:0', 'cuda:1'], 'chat_template': False}
         >>> load_options(device_map="auto")["device_map"]
         'auto'
     """
     if device_map is not None and device_map != "auto":
         device_map = [d.strip() for d in device_map.split(",") if d.strip()]
-    return {"dtype": dtype, "device": device, "device_map": device_map}
+    return {"dtype": dtype, "device": device, "device_map": device_map, "chat_template": chat_template}
+
+
+def load_bridge(model: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
+                device_map: str | None = None, chat_template: bool = False):
+    """The model of a command, loaded with its ``--trust-remote-code``, ``--dtype``, ``--device``,
+    ``--device-map`` and ``--chat-template`` options (:func:`load_options`)."""
+    from .models import load_model
+
+    return load_model(model, trust_remote_code=trust_remote_code,
+                      **load_options(dtype, device, device_map, chat_template))
 
 
 def fail(e: Exception) -> None:

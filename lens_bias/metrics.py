@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .batching import chunks, encode, gather_last, iter_pair_logprobs
 from .bridge import Bridge, model_device, tokenizer_of
+from .chat import chat_enabled
 from .pairs import ContrastivePair, PairSet
 from .stats import bootstrap_ci
 
@@ -294,7 +295,7 @@ def greedy_continuations(bridge: Bridge, prompts: Sequence[str], max_new_tokens:
     device = model_device(bridge)
     outs: list[str] = []
     for sl in chunks(len(prompts), batch_size):
-        batch = encode(tok, prompts[sl], device=device)
+        batch = encode(tok, prompts[sl], device=device, chat=chat_enabled(bridge))
         n = batch.ids.shape[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.full((n, batch.ids.shape[1] + max_new_tokens), pad, dtype=torch.long, device=device)

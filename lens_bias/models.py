@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .bridge import Bridge
+from .chat import use_chat_template
 from .devices import default_device, dispatch, final_hidden_to_input_device
 from .errors import ModelLoadError
 from .layout import check_layout
@@ -328,6 +329,7 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
     device_map: str | dict | list | None = None,
+    chat_template: bool = False,
 ) -> Bridge:
     """Load ``name`` (zoo name, ``tiny-random``, .gguf file, local folder or Hub id) as a TransformerBridge.
 
@@ -346,12 +348,15 @@ def load_model(
     ``dtype`` is a torch dtype or a name (``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"``:
     see :func:`resolve_dtype`). The checkpoint's own dtype is kept as
     ``bridge.lens_bias_source_dtype``, the dtype an export is written in.
+
+    ``chat_template=True`` puts every pair prompt through the tokenizer's chat template
+    (:func:`lens_bias.chat.use_chat_template`; refused when the tokenizer has none).
     """
     source = checkpoint_dtype(name)
     dtype = resolve_dtype(dtype, source, on_gpu=device_map is not None or _is_gpu(device or default_device()))
     bridge = _load_wrapped(name, device, dtype, trust_remote_code, device_map)
     bridge.lens_bias_source_dtype = source
-    return bridge
+    return use_chat_template(bridge) if chat_template else bridge
 
 
 def _load_wrapped(name: str, device, dtype: torch.dtype, trust_remote_code: bool, device_map) -> Bridge:

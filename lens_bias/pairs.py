@@ -269,15 +269,16 @@ def neutral_text() -> list[str]:
     return list(_neutral())
 
 
-def subject_list(kind: str) -> list[tuple[str, str, str, str]]:
-    """(subject id, black, white, gender) for group phrases and/or names."""
-    names = load_names()
+def subject_list(kind: str, names: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """(subject id, black, white, gender) for group phrases and/or names: those of ``names`` (the
+    format of ``lens_bias/data/names.json``, genders in its order), else the bundled ones."""
+    names = load_names() if names is None else names
     out = []
     if kind in ("groups", "both"):
         for i, g in enumerate(names["group_phrases"]):
             out.append((f"group-{i:02d}", g["black"], g["white"], g.get("gender", "neutral")))
     if kind in ("names", "both"):
-        for gender in ("female", "male"):
+        for gender in names["names"]["black"]:
             for b, w in zip(names["names"]["black"][gender], names["names"]["white"][gender], strict=True):
                 out.append((f"name-{b}-{w}", b, w, gender))
     if not out:
@@ -289,9 +290,11 @@ def fill_subject(text: str, subject: str) -> str:
     return text.replace(SUBJECT, subject)
 
 
-def fill_templates(data: dict, domains: Sequence[str] | None, subjects: str, kind: str = "bundled") -> list[ContrastivePair]:
+def fill_templates(data: dict, domains: Sequence[str] | None, subjects: str, kind: str = "bundled",
+                   names: dict | None = None) -> list[ContrastivePair]:
     """Every template of ``data`` in ``domains`` (all when ``None``) filled with every subject of
-    its gender (``subject_list``); pos/neg words and ``numeric`` carried over when present."""
+    its gender (``subject_list``, of ``names`` when given); pos/neg words and ``numeric`` carried
+    over when present. The one expansion of the bundled, sentence and your own templates."""
     if domains is not None and (unknown := [d for d in domains if d not in data["domains"]]):
         raise PairsError(f"unknown domain(s) {unknown}; {kind} domains: {', '.join(sorted(data['domains']))}")
     return [ContrastivePair(id=f"{t['id']}:{sid}", domain=t["domain"], template=t["id"],
@@ -299,7 +302,7 @@ def fill_templates(data: dict, domains: Sequence[str] | None, subjects: str, kin
                             pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
                             numeric=bool(t.get("numeric", False)), subject=sid)
             for t in data["templates"] if domains is None or t["domain"] in domains
-            for sid, b, w, gender in subject_list(subjects) if not t.get("gender") or gender == t["gender"]]
+            for sid, b, w, gender in subject_list(subjects, names) if not t.get("gender") or gender == t["gender"]]
 
 
 @cache

@@ -86,6 +86,7 @@ class RunConfig:
     dtype: str = "auto"  # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
     device_map: str | list | None = None  # split the model over devices ("auto" or a list)
     trust_remote_code: bool = False
+    chat_template: bool = False  # pair prompts as one user turn of the model's chat template (lens_bias.chat)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -208,7 +209,7 @@ def _load(cfg: RunConfig) -> _Inputs:
         raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; none cover "
                        f"{train.domains}")
     bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                        device_map=cfg.device_map)
+                        device_map=cfg.device_map, chat_template=cfg.chat_template)
     if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
         raise RunError(f"--ablation mean is exported by folding the means into biases, which "
                        f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")

@@ -144,6 +144,14 @@ def _pct(a, b):
     return 100.0 * (b - a) / a
 
 
+def _prompts_sentence(config: dict) -> str:
+    """The report's sentence on how the pair prompts reached the model (``RunConfig.chat_template``)."""
+    if config.get("chat_template"):
+        return ("Every pair prompt went through the model's chat template (one user turn and the assistant "
+                "prefix); the plain-text measures (CrowS-Pairs, WikiText, LAMBADA, sentence pairs) stay raw.")
+    return "Pair prompts were given raw, not through a chat template."
+
+
 def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
@@ -161,7 +169,8 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              f"{p['params_pct']:.3f} % of the model), chosen by attribution patching on {m['pairs']['scored_n']} train {m['pairs']['scored_on']} "
              f"({m['metric']}, {m['ablation']} ablation, capability filter quantile "
              f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
-             f"seen in scoring. {m['export']['summary']}.", "note" if m["export"]["ok"] else "warn")
+             f"seen in scoring. {_prompts_sentence(m['config'])} {m['export']['summary']}.",
+             "note" if m["export"]["ok"] else "warn")
     sel = m["selection"]
     if sel["candidates"]:
         rep.heading("How the selector was chosen (validation templates, never the held-out split)")
