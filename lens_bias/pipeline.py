@@ -148,7 +148,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
                               max_cost_quantile=cfg.max_cost_quantile, random_control=cfg.curve_random,
                               seed=cfg.seed, progress=P)
     with _stage("prune at the requested budget", P, timings):
-        mask = _prune(cfg, bridge, train, ts, means, cost)
+        mask = _prune(cfg, bridge, train, ts, scores, means, cost)
         after, rand = _measure_after(cfg, bridge, ev, mask, means)
         continuations = _continuations(bridge, mask, cfg.ablation, means)
     transfer = None
@@ -247,24 +247,25 @@ def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None
                     seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
-def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, means: dict | None,
+def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores, means: dict | None,
            cost: Scores | None) -> PruningMask:
-    """The mask at the requested budget: one-shot from the scores, iterative (``steps > 1``), or
-    any other selector of :mod:`lens_bias.model_selection` (zero ablation)."""
-    scores = ts.scores()
-    if cfg.selector not in ("oneshot", "iterative") or (cfg.selector == "iterative" and cfg.steps == 1):
-        spec = SelectorSpec(cfg.selector, cfg.max_cost_quantile, {"steps": 4} if cfg.selector == "iterative" else {})
-        parts = [make_mask(spec, bridge, ts, train, cfg.budget, k, cost, neutral_text(), cfg.seed, cfg.batch_size,
-                           cfg.progress) for k in (["neurons", "heads"] if cfg.kind == "both" else [cfg.kind])]
-        mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
-    elif cfg.steps > 1:
-        parts = [select_iterative(bridge, train, cfg.budget, k, cfg.steps, cfg.metric, cfg.ablation, means, cost,
+    """The mask at the requested budget: one-shot from ``scores`` (``ts.scores()``), iterative
+    (``--selector iterative`` or ``steps > 1``; 4 rounds unless ``steps`` says more, under the run's
+    ablation), or any other selector of :mod:`lens_bias.model_selection` (zero ablation)."""
+    kinds = ["neurons", "heads"] if cfg.kind == "both" else [cfg.kind]
+    if cfg.selector == "iterative" or cfg.steps > 1:
+        steps = cfg.steps if cfg.steps > 1 else 4
+        parts = [select_iterative(bridge, train, cfg.budget, k, steps, cfg.metric, cfg.ablation, means, cost,
                                   cfg.max_cost_quantile, cfg.batch_size, first=scores, progress=cfg.progress)[0]
-                 for k in (["neurons", "heads"] if cfg.kind == "both" else [cfg.kind])]
-        mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+                 for k in kinds]
+    elif cfg.selector == "oneshot":
+        parts = [select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,
+                        max_cost_quantile=cfg.max_cost_quantile)]
     else:
-        mask = select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,
-                      max_cost_quantile=cfg.max_cost_quantile)
+        spec = SelectorSpec(cfg.selector, cfg.max_cost_quantile)
+        parts = [make_mask(spec, bridge, ts, train, cfg.budget, k, cost, neutral_text(), cfg.seed, cfg.batch_size,
+                           cfg.progress) for k in kinds]
+    mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
     mask.meta.update({"ablation": cfg.ablation, "metric": cfg.metric, "seed": cfg.seed})
     return mask
 
