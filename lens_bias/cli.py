@@ -335,6 +335,8 @@ def prune(
     mode: Annotated[str, typer.Option(help="zero (shape-preserving) or structural (neurons removed)")] = "zero",
     max_cost_quantile: Annotated[float, typer.Option(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
+    ablation: Annotated[str | None, typer.Option(help="zero, or mean (neutral-text means, folded into biases); "
+                                                      "default: as in the scan")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
     allow_other_model: Annotated[bool, typer.Option(
@@ -349,28 +351,27 @@ def prune(
     too unless --allow-other-model (mask.json then records it). Pairs are not compared: prune
     evaluates on none, and a run evaluates its pruning on held-out pairs, other than the scan's."""
     from .atomic import atomic_out, prepare_out
-    from .attribution import capability_cost
     from .export import export_hf
-    from .pairs import neutral_text
     from .provenance import check_scores_match
+    from .pruning import check_ablation, mask_from_scores
     from .scores import Scores
-    from .selection import select
 
     try:
         if out.exists() and not overwrite:
             prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
+        ablation = check_ablation(ablation or s.settings.get("ablation") or "zero")
+        if ablation == "mean" and mode != "zero":
+            raise LensBiasError("--ablation mean is exported with its means folded into biases: use --mode zero")
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             if warning := check_scores_match(s, None, bridge, allow_other_model, "prune", "--allow-other-model"):
                 warn(warning)
-            cost = capability_cost(bridge, neutral_text()) if max_cost_quantile < 1 else None
-            mask = select(s, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
-                          max_cost_quantile=max_cost_quantile if cost is not None else None)
+            mask, means = mask_from_scores(bridge, s, budget, kind, per_layer, max_cost_quantile, ablation)
             mask.meta.update(scores_pairs_hash=s.settings.get("pairs_hash"), provenance_warning=warning)
             with atomic_out(out, overwrite) as tmp:
                 mask.save(tmp)
-                export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True)
+                export_hf(bridge, mask, tmp / "model", mode="mean" if means else mode, overwrite=True, means=means)
     except LensBiasError as e:
         fail(e)
     c = mask.counts()
@@ -402,6 +403,7 @@ def export(
     from .hub import check_push, push_folder
     from .interop import optipfair_scores, torch_pruning_indices
     from .masks import PruningMask
+    from .pruning import ablation_constants, check_export_format
 
     try:
         if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
@@ -410,10 +412,12 @@ def export(
         m = PruningMask.load(mask)
         if format != "hf" and out.exists() and not overwrite:
             raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
+        check_export_format(m, format, mode)
         if format == "hf":
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)
-            export_hf(bridge, m, out, mode=mode, overwrite=overwrite)
+            means = ablation_constants(bridge, m)
+            export_hf(bridge, m, out, mode="mean" if means else mode, overwrite=overwrite, means=means)
             if push_to_hub:  # the folder is written: a failed upload leaves it intact
                 typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
         elif format == "torch-pruning":

@@ -19,6 +19,7 @@ import hashlib
 import json
 
 from .bridge import Bridge, model_meta
+from .chat import chat_enabled
 from .errors import ProvenanceError
 from .pairs import PairSet
 from .scores import Scores
@@ -26,7 +27,8 @@ from .scores import Scores
 HASH_CHARS = 16
 SHAPE_KEYS = ("architecture", "n_layers", "d_mlp", "n_heads")
 MODEL_FIX = "use the model the scores were computed on (--model)"
-PAIRS_FIX = "use the pairs the scores were computed on (the scan's --pairs, --domain, --per-domain, --split and --seed)"
+PAIRS_FIX = ("use the pairs the scores were computed on (the scan's --pairs, --domain, --per-domain, --split, --seed "
+             "and --chat-template)")
 
 
 def pairs_fingerprint(pairs: PairSet) -> str:
@@ -51,20 +53,23 @@ def pairs_fingerprint(pairs: PairSet) -> str:
 def provenance(bridge: Bridge, pairs: PairSet, **extra) -> dict:
     """What a scorer records about its inputs: ``pairs_hash`` (:func:`pairs_fingerprint`),
     ``n_pairs``, ``domains``, ``model`` (the name :func:`lens_bias.load_model` was given) and
-    ``model_shape`` (architecture, n_layers, d_mlp, n_heads), plus ``extra`` (e.g. the ``split``
-    and ``seed`` the pairs were drawn with).
+    ``model_shape`` (architecture, n_layers, d_mlp, n_heads), ``chat_template`` (whether the
+    prompts went through the chat template, :func:`lens_bias.chat.chat_enabled`: the same pairs
+    are other token ids with it), plus ``extra`` (e.g. the ``split`` and ``seed`` the pairs were
+    drawn with).
 
     Examples:
         >>> from lens_bias import build_pairs, load_model
         >>> p = provenance(load_model("tiny-random", device="cpu"), build_pairs(["hiring"]).sample(2), seed=0)
         >>> sorted(p)
-        ['domains', 'model', 'model_shape', 'n_pairs', 'pairs_hash', 'seed']
-        >>> p["model"], p["model_shape"]["n_layers"], p["n_pairs"], p["domains"]
-        ('tiny-random', 2, 2, ['hiring'])
+        ['chat_template', 'domains', 'model', 'model_shape', 'n_pairs', 'pairs_hash', 'seed']
+        >>> p["model"], p["model_shape"]["n_layers"], p["n_pairs"], p["domains"], p["chat_template"]
+        ('tiny-random', 2, 2, ['hiring'], False)
     """
     meta = model_meta(bridge)
     return {"pairs_hash": pairs_fingerprint(pairs), "n_pairs": len(pairs), "domains": pairs.domains,
-            "model": meta["model"], "model_shape": {k: meta[k] for k in SHAPE_KEYS}, **extra}
+            "model": meta["model"], "model_shape": {k: meta[k] for k in SHAPE_KEYS},
+            "chat_template": chat_enabled(bridge), **extra}
 
 
 def check_scores_match(scores: Scores, pairs: PairSet | None = None, bridge: Bridge | None = None,
@@ -75,7 +80,9 @@ def check_scores_match(scores: Scores, pairs: PairSet | None = None, bridge: Bri
     option that accepts a mismatch.
 
     * the same pairs and model: returns None;
-    * other pairs (another fingerprint) or another model name or architecture: raises
+    * other pairs (another fingerprint), the same pairs in the other prompt mode (the scores
+      recorded ``chat_template`` and ``bridge`` has the other, :func:`lens_bias.chat.chat_enabled`)
+      or another model name or architecture: raises
       :class:`~lens_bias.errors.ProvenanceError` naming both sides, or with ``allow_other=True``
       returns that message as a warning (for the caller to print and record);
     * scores of another shape (layers, MLP width, heads) never fit the model: always an error;
@@ -112,6 +119,8 @@ def check_scores_match(scores: Scores, pairs: PairSet | None = None, bridge: Bri
             other = (f"the scores were computed on {st.get('n_pairs', '?')} pairs (hash {st['pairs_hash']}, "
                      f"domains {_domains(st.get('domains'))}) but {what} was given {len(pairs)} other pairs "
                      f"(hash {got}, domains {_domains(pairs.domains)})")
+        if other is None and bridge is not None and (chat := _chat_problem(st, bridge, what)):
+            other = chat
     problems = [(m, fix) for m, fix in ((model, MODEL_FIX), (other, PAIRS_FIX)) if m]
     if problems:
         message = "; ".join(m for m, _ in problems)
@@ -144,6 +153,15 @@ def _model_problem(scores: Scores, bridge: Bridge, what: str) -> str | None:
         return (f"the scores were computed on model {named!r} ({_shape(have)}) but {what} was given model "
                 f"{name!r} ({_shape(want)})")
     return None
+
+
+def _chat_problem(settings: dict, bridge: Bridge, what: str) -> str | None:
+    """The scores' prompt mode against ``bridge``'s, when the scores recorded one (else None)."""
+    if "chat_template" not in settings or bool(settings["chat_template"]) == chat_enabled(bridge):
+        return None
+    mode = {True: "through the chat template", False: "as raw text"}
+    return (f"the scores were computed on the pairs' prompts {mode[bool(settings['chat_template'])]} but "
+            f"{what} runs them {mode[chat_enabled(bridge)]}")
 
 
 def _shape(m: dict) -> str:

@@ -153,3 +153,20 @@ def test_prune_refuses_scores_of_another_model(tmp_path, tiny):
 
 def test_provenance_error_is_a_lens_bias_error():
     assert issubclass(ProvenanceError, LensBiasError)
+
+
+def test_scores_remember_the_prompt_mode():
+    from lens_bias import load_model
+    from lens_bias.chat import use_chat_template
+
+    b = load_model("tiny-random", device="cpu")
+    b.lens_bias_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %} Answer:"
+    ps = build_pairs(["hiring"]).sample(2)
+    s = attribute(use_chat_template(b), ps, components=("heads",), progress=False)
+    assert s.settings["chat_template"] is True and check_scores_match(s, ps, b) is None
+    use_chat_template(b, on=False)  # the same pairs, now raw: other token ids
+    with pytest.raises(ProvenanceError, match=r"prompts through the chat template but validate runs them as raw "
+                                              r"text.*--chat-template"):
+        check_scores_match(s, ps, b)
+    assert "compared anyway" in check_scores_match(s, ps, b, allow_other=True)
+    assert check_scores_match(s, None, b) is None  # prune reads no prompts

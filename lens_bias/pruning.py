@@ -1,0 +1,103 @@
+"""Prune a model from a scores file: what ``lens-bias prune`` and ``lens-bias export`` do, as an API.
+
+:func:`mask_from_scores` selects the top units of a :class:`~lens_bias.scores.Scores` under the
+capability filter, with the ablation the units will be pruned by: ``"zero"`` (their outputs set to
+0) or ``"mean"`` (set to their mean on the neutral text, :func:`lens_bias.capture.mean_activations`,
+later folded into biases on export). The capability cost is measured under that same ablation.
+:func:`ablation_constants` gives back the constants a saved mask's units output, so that a mask
+selected under mean ablation exports to the same model wherever it is loaded again; pass them to
+:func:`lens_bias.export.export_hf` (``mode="mean"``).
+"""
+
+from __future__ import annotations
+
+from .attribution import capability_cost
+from .bridge import Bridge
+from .capture import mean_activations
+from .errors import MaskError
+from .masks import PruningMask
+from .pairs import neutral_text
+from .scores import Scores
+from .selection import select
+
+ABLATIONS = ("zero", "mean")
+
+
+def check_ablation(ablation: str) -> str:
+    """``ablation`` if it is ``zero`` or ``mean``, else a :class:`~lens_bias.errors.MaskError`."""
+    if ablation not in ABLATIONS:
+        raise MaskError(f"ablation must be zero or mean; got {ablation!r}")
+    return ablation
+
+
+def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",
+                     per_layer: str = "global", max_cost_quantile: float | None = 0.5,
+                     ablation: str | None = None) -> tuple[PruningMask, dict | None]:
+    """The mask ``lens-bias prune`` writes, and the constants its units output.
+
+    ``ablation`` (default: the one the scores were computed with, ``scores.settings["ablation"]``,
+    else ``"zero"``) decides what a pruned unit outputs, and under which ablation the capability
+    cost of the filter (``max_cost_quantile``; ``None`` or >= 1: off) is measured. Returns the mask
+    (``meta["ablation"]`` records it) and, for mean ablation, the means to export it with
+    (:func:`lens_bias.export.export_hf` ``mode="mean"``), else ``None``.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> import torch
+        >>> s = Scores(torch.rand(2, 128), None, {}, {})
+        >>> mask, means = mask_from_scores(b, s, 4, max_cost_quantile=None, ablation="mean")
+        >>> mask.counts()["neurons"], mask.meta["ablation"], sorted(means)
+        (4, 'mean', ['heads', 'neurons'])
+    """
+    ablation = check_ablation(ablation or scores.settings.get("ablation") or "zero")
+    neutral = neutral_text()
+    means = mean_activations(bridge, neutral) if ablation == "mean" else None
+    on = max_cost_quantile is not None and max_cost_quantile < 1
+    cost = capability_cost(bridge, neutral, ablation=ablation, means=means) if on else None
+    mask = select(scores, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
+                  max_cost_quantile=max_cost_quantile if on else None)
+    mask.meta["ablation"] = ablation
+    return mask, means
+
+
+def ablation_constants(bridge: Bridge, mask: PruningMask) -> dict | None:
+    """The constants ``mask``'s pruned units output: their mean activations on the neutral text
+    when the mask was selected under mean ablation (``mask.meta["ablation"] == "mean"``, as
+    ``lens-bias run --ablation mean`` and ``lens-bias prune --ablation mean`` record it), else
+    ``None`` (zero ablation). They are recomputed on ``bridge``, the same numbers on the same model.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.selection import random_mask
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> m = random_mask(b, 3, "neurons")
+        >>> ablation_constants(b, m) is None
+        True
+        >>> m.meta["ablation"] = "mean"
+        >>> ablation_constants(b, m)["neurons"].shape
+        torch.Size([2, 128])
+    """
+    if check_ablation(mask.meta.get("ablation") or "zero") == "zero":
+        return None
+    return mean_activations(bridge, neutral_text())
+
+
+def check_export_format(mask: PruningMask, format: str, mode: str = "zero") -> None:
+    """Refuse an export that would drop the means of a mask selected under mean ablation: its units
+    output constants, which torch.nn.utils.prune masks, torch-pruning removal and structural
+    materialization all replace by zero; only the HF export in ``zero`` mode folds them into biases.
+
+    Examples:
+        >>> import torch
+        >>> m = PruningMask(torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool), {"ablation": "mean"})
+        >>> check_export_format(m, "hf")
+        >>> check_export_format(m, "torch-pruning")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.MaskError: the mask was selected under mean ablation: ...
+    """
+    if mask.meta.get("ablation") == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
+        raise MaskError(f"the mask was selected under mean ablation: its units output their means, which --format "
+                        f"{format} --mode {mode} would drop; export it with --format hf --mode zero (means folded "
+                        "into biases)")

@@ -1,0 +1,88 @@
+"""lens-bias prune and export as an API (lens_bias.pruning), mean ablation from the CLI included:
+the CLI writes what the API computes, and a mean-ablation model equals the simulation."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lens_bias import build_pairs
+from lens_bias.ablation import ablate
+from lens_bias.batching import pair_batch
+from lens_bias.cli import app
+from lens_bias.errors import MaskError
+from lens_bias.export import export_hf
+from lens_bias.masks import PruningMask
+from lens_bias.pruning import ablation_constants, check_ablation, mask_from_scores
+from lens_bias.scores import Scores
+
+runner = CliRunner()
+PRUNE = ["prune", "--model", "tiny-random", "--budget", "6", "--max-cost-quantile", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scan") / "s.safetensors"
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domain", "hiring", "--per-domain", "4",
+                            "--components", "neurons", "-q", "-o", str(path)])
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def _weights(folder):
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_cli_prune_mean_equals_the_api_and_the_simulation(scanned, tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--ablation", "mean", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    mask, means = mask_from_scores(tiny, Scores.load(scanned), 6, max_cost_quantile=0.5, ablation="mean")
+    cli_mask = PruningMask.load(tmp_path / "p")
+    assert torch.equal(cli_mask.neurons, mask.neurons) and cli_mask.meta["ablation"] == "mean"
+    api = export_hf(tiny, mask, tmp_path / "api", mode="mean", means=means)
+    cli_w, api_w = _weights(tmp_path / "p" / "model"), _weights(api)
+    assert cli_w.keys() == api_w.keys() and all(torch.equal(cli_w[k], api_w[k]) for k in cli_w)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "p" / "model", dtype=torch.float32)
+    ids = pair_batch(tiny, build_pairs(["hiring"]).pairs[:3]).ids[:, :6]
+    with torch.no_grad():
+        with ablate(tiny, mask, "mean", means):
+            sim = tiny(ids).float()
+        zero_sim = tiny(ids).float()
+        out = back(input_ids=ids, use_cache=False).logits.float()
+    assert float((out - sim).abs().max()) <= 1e-5
+    assert float((out - zero_sim).abs().max()) > 1e-3  # the means are in the weights
+    assert back.config.mlp_bias
+
+
+def test_export_of_a_mean_mask_rebuilds_the_same_model(scanned, tmp_path):
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--ablation", "mean", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "--model", "tiny-random", "-o", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    a, b = _weights(tmp_path / "p" / "model"), _weights(tmp_path / "e")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "-f", "torch-pruning", "--model", "tiny-random",
+                            "-o", str(tmp_path / "tp.json")])
+    assert r.exit_code != 0 and "mean ablation" in r.output and not (tmp_path / "tp.json").exists()
+
+
+def test_prune_default_ablation_is_the_scans_and_zero_stays_zero(scanned, tiny, tmp_path):
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "-o", str(tmp_path / "z")])
+    assert r.exit_code == 0, r.output
+    m = PruningMask.load(tmp_path / "z")
+    assert m.meta["ablation"] == "zero" and ablation_constants(tiny, m) is None
+    assert not any("bias" in k for k in _weights(tmp_path / "z" / "model"))
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--ablation", "mean", "--mode", "structural",
+                            "-o", str(tmp_path / "s")])
+    assert r.exit_code != 0 and "--mode zero" in r.output and not (tmp_path / "s").exists()
+
+
+def test_bad_ablation_and_missing_means_are_refused(tiny, tmp_path):
+    with pytest.raises(MaskError, match="zero or mean"):
+        check_ablation("resample")
+    mask, _ = mask_from_scores(tiny, Scores(torch.rand(2, 128), None, {}, {}), 3, max_cost_quantile=None)
+    with pytest.raises(MaskError, match="needs the units' means"):
+        export_hf(tiny, mask, tmp_path / "x", mode="mean")
+    assert not (tmp_path / "x").exists()
