@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from .cli_common import (
+    ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
@@ -95,6 +96,7 @@ def curve(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters."""
     from . import viz
@@ -104,10 +106,10 @@ def curve(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map))
+                                   load_options(dtype, device, device_map, chat_template))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                               budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
-        res.update(model=model, seconds=round(time.time() - t0, 1))
+        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
         rep = Report(f"lens_bias experiment: scorers and kinds on {model}")
         rep.text(_curve_reading(res), "note")
         rep.figure(viz.pruning_curves(res["rows"], "js", "wikitext_ppl" if ev.wikitext else "kl_neutral",
@@ -158,6 +160,7 @@ def generalize(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """Cross-domain transfer: prune on each domain, measure the bias reduction on every domain's
     held-out templates (Ma et al.'s finance -> commerce question, for all domain pairs)."""
@@ -168,11 +171,11 @@ def generalize(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map))
+                                   load_options(dtype, device, device_map, chat_template))
         gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                    max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
         ov = overlap(gm["pruned"], bridge.cfg.n_layers)
-        res = {**gm, "overlap": ov, "model": model, "seconds": round(time.time() - t0, 1)}
+        res = {**gm, "overlap": ov, "model": model, "chat_template": chat_template, "seconds": round(time.time() - t0, 1)}
         rep = Report(f"lens_bias experiment: cross-domain transfer on {model}")
         rep.text(_gen_reading(res), "note")
         rep.figure(viz.generalization_heatmap(gm))
@@ -217,6 +220,7 @@ def overlap_cmd(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """Which units each domain's pruning picks: Jaccard overlap between domains, and by layer."""
     from . import viz
@@ -226,11 +230,11 @@ def overlap_cmd(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map))
+                                   load_options(dtype, device, device_map, chat_template))
         masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
                              _quantile(max_cost_quantile), progress=not quiet)
         ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)
-        res = {**ov, "pruned": {t: m.pruned(kind) for t, m in masks.items()}, "model": model, "budget": budget,
+        res = {**ov, "pruned": {t: m.pruned(kind) for t, m in masks.items()}, "model": model, "chat_template": chat_template, "budget": budget,
                "kind": kind, "scorer": scorer, "seconds": round(time.time() - t0, 1)}
         rep = Report(f"lens_bias experiment: overlap of domain prunings on {model}")
         rep.figure(viz.overlap_heatmap(ov, f"Overlap of the {kind} pruned per domain ({budget}, {scorer})"))
@@ -261,6 +265,7 @@ def transfer(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """Leave-one-domain-out transfer (the unseen use case): for each domain, prune with the mask
     learned on all the other domains and measure the bias reduction on its held-out templates,
@@ -272,10 +277,10 @@ def transfer(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map))
+                                   load_options(dtype, device, device_map, chat_template))
         lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                   max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet, seed=seed)
-        res = {**lo, "model": model, "seconds": round(time.time() - t0, 1)}
+        res = {**lo, "model": model, "chat_template": chat_template, "seconds": round(time.time() - t0, 1)}
         rep = Report(f"lens_bias experiment: leave-one-domain-out transfer on {model}")
         rep.text(transfer_reading(res), "note")
         rep.figure(viz.transfer_bars(res))
@@ -317,6 +322,7 @@ def selectors(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """Compare selectors at several budgets (plus heads at the parameters of the 0.5 % neuron
     masks): train, held-out and leave-one-domain-out JS, |logit gap|, seqgap, CrowS-Pairs,
@@ -330,12 +336,12 @@ def selectors(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map), ppl_tokens=4096)
+                                   load_options(dtype, device, device_map, chat_template), ppl_tokens=4096)
         ts, cost = _template_scores(bridge, train, quiet)
         specs = [SelectorSpec(m, _quantile(max_cost_quantile)) for m in comma_list(methods)]
         res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
                                 comma_list(lodo_budgets), comma_list(lodo_methods), seed=seed, progress=not quiet)
-        res.update(model=model, seconds=round(time.time() - t0, 1))
+        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
         rows, header = selector_rows(res)
         rep = Report(f"lens_bias experiment: selectors compared on {model}")
         rep.figure(viz.selector_frontier(res))
@@ -365,6 +371,7 @@ def wording(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatOpt = False,
 ) -> None:
     """The learning curve over training wording: one-shot neuron masks from the scores of k train
     templates per domain (random draws), measured on held-out templates and leave-one-domain-out."""
@@ -375,11 +382,11 @@ def wording(
     t0 = time.time()
     try:
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map))
+                                   load_options(dtype, device, device_map, chat_template))
         ts, cost = _template_scores(bridge, train, quiet)
         res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, _quantile(max_cost_quantile),
                             [int(k) for k in comma_list(ks)], draws, seed, progress=not quiet)
-        res.update(model=model, seconds=round(time.time() - t0, 1))
+        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
         rows, header = wording_rows(res)
         rep = Report(f"lens_bias experiment: training wording on {model}")
         rep.figure(viz.wording_curve(res))

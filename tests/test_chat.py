@@ -201,3 +201,15 @@ def test_a_run_with_the_chat_template_records_it(tmp_path, tiny_with_template):
     html = (tmp_path / "r" / "report.html").read_text()
     assert "went through the model&#x27;s chat template" in html or "went through the model's chat template" in html
     assert "raw, not through a chat template" in _prompts_sentence({"chat_template": False})
+
+
+def test_experiments_take_the_chat_template(tmp_path, tiny_with_template):
+    runner = CliRunner()
+    out = tmp_path / "gen"
+    r = runner.invoke(app, ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "3",
+                            "--held-per-domain", "2", "--budget", "4%", "--domains", "finance,hiring",
+                            "--max-cost-quantile", "1", "-q", "--out", str(out), "--chat-template"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "result.json").read_text())["chat_template"] is True
+    for cmd in ("curve", "generalize", "overlap", "transfer", "selectors", "wording"):
+        assert "--chat-template" in runner.invoke(app, ["experiment", cmd, "--help"], terminal_width=200).output
