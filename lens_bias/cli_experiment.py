@@ -23,6 +23,7 @@ from .cli_common import (
     ModelOpt,
     PairsOpt,
     QuietOpt,
+    SelectorOpt,
     comma_list,
     domain_list,
     fail,
@@ -89,6 +90,7 @@ def curve(
     budgets: Annotated[str, typer.Option(help="comma-separated; %params keeps kinds parameter-matched")] =
     "0.1%params,0.2%params,0.5%params,1%params",
     max_cost_quantile: CostOpt = 0.5,
+    selector: SelectorOpt = "oneshot",
     seed: int = 0,
     out: OutOpt = Path("experiments/curve"),
     overwrite: OverwriteOpt = False,
@@ -108,7 +110,8 @@ def curve(
         bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
-                              budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed, progress=not quiet)
+                              budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed,
+                              progress=not quiet, selector=selector)
         res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
         rep = Report(f"lens_bias experiment: scorers and kinds on {model}")
         rep.text(_curve_reading(res), "note")
@@ -127,7 +130,7 @@ def curve(
 
 
 def _curve_rows(res: dict) -> list[list]:
-    return [[r["scorer"], r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
+    return [[r["scorer"] if r.get("selector", "oneshot") == "oneshot" else f"{r['scorer']} ({r['selector']})", r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
              r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral")] for r in res["rows"]]
 
 

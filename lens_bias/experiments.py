@@ -6,7 +6,7 @@ equal parameters), and cross-domain transfer (:func:`generalization_matrix`, :fu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +157,12 @@ def pruning_curve(
     seed: int = 0,
     progress: bool = True,
     before: dict | None = None,
+    pick: Callable[[str, str, str], PruningMask | None] | None = None,
 ) -> list[dict]:
     """Held-out bias and capability for every scorer x kind x budget (plus a random control), as
-    a list of records (one per point) with the number of removed units and parameters. Given
+    a list of records (one per point) with the number of removed units and parameters. A scorer's
+    units are its top scores (:func:`lens_bias.selection.select`), unless ``pick(scorer, kind,
+    budget)`` returns a mask for it (another selector, :func:`compare_scorers`). Given
     ``before`` (the unpruned model's ``evaluate(..., per_item=True)``), each record also holds its
     held-out JS reduction with a 95 % interval, p and ``within_noise``
     (:func:`lens_bias.changes.js_reduction`).
@@ -176,6 +179,8 @@ def pruning_curve(
     for name, kind, b in it:
         if name == "random":
             mask = random_mask(bridge, b, kind, seed=seed)
+        elif pick is not None and (mask := pick(name, kind, b)) is not None:
+            pass
         else:
             mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
@@ -251,12 +256,16 @@ def compare_scorers(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
+    selector: str = "oneshot",
 ) -> dict:
     """Claims 1 and 2 of the seed studies in one table: every scorer x kind x budget, scored on
     ``train`` and evaluated on ``ev`` (held-out templates). Budgets are in % of parameters, so a
     head and the neurons it is compared with remove the same number of parameters. The same
     capability filter (Fisher cost on neutral text, ``max_cost_quantile``) applies to every
-    scorer, ``random`` included, so the comparison isolates the bias ranking.
+    scorer, ``random`` included, so the comparison isolates the bias ranking. ``selector``
+    (:data:`lens_bias.model_selection.SELECTORS`) picks the ``ablate`` scorer's units from its
+    scores kept per template (:func:`lens_bias.model_selection.make_mask`); the other scorers keep
+    their top scores. Each row records the ``selector`` it used.
 
     Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
     with its 95 % interval ``js_reduction_ci`` (templates resampled), ``js_p`` and
@@ -264,29 +273,36 @@ def compare_scorers(
     """
     from .attribution import capability_cost
     from .baselines import score
+    from .model_selection import selector_picks
     from .pairs import neutral_text
 
     before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True)
     cost = None
     if max_cost_quantile is not None:
         cost = capability_cost(bridge, ev.neutral or neutral_text(), progress=progress)
-    scored = {}
+    scored, pick = {}, None
     for name in scorers:
         kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if name in ("ablate", "patch") \
             else {"batch_size": batch_size, "seed": seed}
-        scored[name] = score(bridge, train, name, **kw)
+        if name == "ablate" and selector != "oneshot":
+            scored[name], pick = selector_picks(bridge, train, ev.neutral or neutral_text(), selector, metric, cost,
+                                                 max_cost_quantile, seed, batch_size, progress)
+        else:
+            scored[name] = score(bridge, train, name, **kw)
     rows = pruning_curve(bridge, ev, scored, kinds=kinds, budgets=budgets, cost=cost,
                          max_cost_quantile=max_cost_quantile, random_control=False, seed=seed, progress=progress,
-                         before=before)
+                         before=before, pick=pick)
     before = without_items(before)
     for r in rows:
+        r["selector"] = selector if r["scorer"] == "ablate" else "oneshot"
         r["js_reduction_pct"] = _reduction(before["js"], r["js"])
         r["gap_reduction_pct"] = _reduction(before.get("abs_logit_gap"), r.get("abs_logit_gap"))
         if before.get("wikitext_ppl") and r.get("wikitext_ppl"):
             r["ppl_change_pct"] = 100.0 * (r["wikitext_ppl"] / before["wikitext_ppl"] - 1)
     return {"before": before, "rows": rows, "winners": winners(rows),
             "settings": {"scorers": list(scorers), "kinds": list(kinds), "budgets": list(budgets),
-                         "max_cost_quantile": max_cost_quantile, "metric": metric, "n_train": len(train),
+                         "max_cost_quantile": max_cost_quantile, "metric": metric, "selector": selector,
+                         "n_train": len(train),
                          "n_held_out": len(ev.pairs), "seed": seed}}
 
 

@@ -18,7 +18,7 @@ wins; the held-out split and CrowS-Pairs are never looked at.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .ablation import ablate
@@ -31,7 +31,7 @@ from .pairs import PairSet
 from .scores import Scores
 from .selection import select, select_iterative
 from .splits import template_split
-from .stability import TemplateScores, stability_select
+from .stability import TemplateScores, attribute_templates, stability_select
 
 SELECTORS = ("oneshot", "stable", "iterative", "learned", "auto")
 QUANTILES = (0.25, 0.5)
@@ -131,3 +131,19 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
         r["chosen"] = j == i
     return {"chosen": candidates[i], "rows": rows, "why": why, "n_fit_templates": len(fit.templates),
             "n_val_templates": len(val.templates)}
+
+
+def selector_picks(bridge: Bridge, train: PairSet, neutral: Sequence[str], selector: str, metric: str,
+                    cost: Scores | None, max_cost_quantile: float | None, seed: int, batch_size: int,
+                   progress: bool) -> tuple[Scores, Callable[[str, str, str], PruningMask | None]]:
+    """The ``ablate`` scores of ``train`` (kept per template) and the ``pick`` of
+    :func:`lens_bias.experiments.pruning_curve` that chooses the ``ablate`` scorer's units with
+    ``selector`` (:func:`make_mask`; ``None`` for the other scorers, which keep their top scores)."""
+    ts = attribute_templates(bridge, train, metric=metric, batch_size=batch_size, progress=progress)
+    spec = SelectorSpec(selector, max_cost_quantile)
+
+    def pick(name: str, kind: str, budget: str) -> PruningMask | None:
+        return make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size) \
+            if name == "ablate" else None
+
+    return ts.scores(), pick

@@ -18,6 +18,7 @@ from lens_bias.learned import LearnConfig, _prune_indicator, gate_hooks, learn_m
 from lens_bias.metrics import measure
 from lens_bias.model_selection import SELECTORS, SelectorSpec, choose, make_mask, validation_split
 from lens_bias.pairs import neutral_text
+from lens_bias.selection import select
 from lens_bias.stability import attribute_templates, sign_agreement, stability_select
 
 FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
@@ -199,3 +200,27 @@ def test_folded_constants_export_exactly(tiny, tmp_path):
             assert float((out - sim).abs().max()) <= 1e-5
     assert float((zero - sim).abs().max()) > 1e-3  # the constants matter: a zero-ablation fold would fail
     assert back.config.mlp_bias and back.config.attention_bias
+
+
+def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs):
+    """experiment curve --selector: the ablate rows are the selector's masks, evaluated as usual;
+    the other scorers keep their top scores."""
+    from lens_bias.experiments import compare_scorers, evaluate, standard_evalset
+    from lens_bias.model_selection import selector_picks
+
+    train, held = pairs.split(by="template", held_out=0.34, seed=0)
+    ev = standard_evalset(held, ppl_tokens=256)
+    ev.lambada, ev.crows, ev.wikitext = [], [], []
+    res = compare_scorers(tiny, train, ev, scorers=("ablate", "actdiff"), kinds=("neurons",), budgets=("3%",),
+                          max_cost_quantile=None, progress=False, selector="stable")
+    by = {r["scorer"]: r for r in res["rows"]}
+    assert by["ablate"]["selector"] == "stable" and by["actdiff"]["selector"] == "oneshot"
+    assert res["settings"]["selector"] == "stable"
+    _, pick = selector_picks(tiny, train, ev.neutral, "stable", "js", None, None, 0, 16, False)
+    assert pick("actdiff", "neurons", "3%") is None
+    mask = pick("ablate", "neurons", "3%")
+    top = select(attribute_templates(tiny, train, progress=False).scores(), "3%", kind="neurons", bridge=tiny)
+    assert not torch.equal(mask.neurons, top.neurons)  # stability selection keeps other units than the top
+    want = evaluate(tiny, ev, mask, lambada=False, sentences=False)
+    assert by["ablate"]["js"] == pytest.approx(want["js"], rel=1e-6)
+    assert by["ablate"]["js"] != pytest.approx(evaluate(tiny, ev, top, lambada=False, sentences=False)["js"], rel=1e-6)
