@@ -411,14 +411,18 @@ def load_jsonl(path: str | Path) -> PairSet:
             raise PairsError(f"{where}: malformed JSON ({e})") from e
         except RecursionError as e:
             raise PairsError(f"{where}: malformed JSON (nested too deeply)") from e
-        p = _parse_pair(obj, where)
-        if p.id in ids:
-            raise PairsError(f"{where}: duplicate id {p.id!r}")
-        ids.add(p.id)
-        pairs.append(p)
+        add_unique(pairs, ids, _parse_pair(obj, where), where)
     if not pairs:
         raise PairsError(f"{path}: no pairs (the file is empty); write one JSON object a line")
     return PairSet(pairs)
+
+
+def add_unique(pairs: list[ContrastivePair], ids: set[str], p: ContrastivePair, where: str) -> None:
+    """Append ``p`` to ``pairs`` unless its id is in ``ids`` (a :class:`PairsError` at ``where``)."""
+    if p.id in ids:
+        raise PairsError(f"{where}: duplicate id {p.id!r}; ids must be unique")
+    ids.add(p.id)
+    pairs.append(p)
 
 
 # ---------------------------------------------------------------- the pairs a command works on

@@ -13,7 +13,16 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from .errors import PairsError
-from .pairs import SUBJECT, ContrastivePair, PairSet, _check_text, _parse_pair, fill_templates, load_names
+from .pairs import (
+    SUBJECT,
+    ContrastivePair,
+    PairSet,
+    _check_text,
+    _parse_pair,
+    add_unique,
+    fill_templates,
+    load_names,
+)
 
 EXAMPLE = ('{"id": "housing-01", "domain": "housing", "text": "{subject} applied to rent the apartment. '
            'The landlord decided to", "pos": ["approve"], "neg": ["reject"]}')
@@ -247,11 +256,7 @@ def _row_pairs(rows: Iterable[tuple[str, object]], source: str) -> PairSet:
         for k in ("pos", "neg"):
             v = row.get(k) or []
             obj[k] = [x.strip() for x in v.split("|") if x.strip()] if isinstance(v, str) else v
-        p = _parse_pair(obj, where)
-        if p.id in ids:
-            raise PairsError(f"{where}: duplicate id {p.id!r}; ids must be unique")
-        ids.add(p.id)
-        pairs.append(p)
+        add_unique(pairs, ids, _parse_pair(obj, where), where)
     if not pairs:
         raise PairsError(f"{source}: no pairs (no rows); give one pair a row with columns {', '.join(CSV_COLUMNS)}")
     return PairSet(pairs)
