@@ -302,7 +302,7 @@ def _template_scores(bridge, train, quiet: bool):
     from .pairs import neutral_text
     from .stability import attribute_templates
 
-    return attribute_templates(bridge, train, progress=not quiet), capability_cost(bridge, neutral_text())
+    return attribute_templates(bridge, train, progress=not quiet), capability_cost(bridge, neutral_text(), ablation="zero")
 
 
 @app.command()

@@ -279,7 +279,7 @@ def compare_scorers(
     before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True)
     cost = None
     if max_cost_quantile is not None:
-        cost = capability_cost(bridge, ev.neutral or neutral_text(), progress=progress)
+        cost = capability_cost(bridge, ev.neutral or neutral_text(), ablation="zero", progress=progress)
     scored, pick = {}, None
     for name in scorers:
         kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if name in ("ablate", "patch") \
@@ -407,7 +407,7 @@ def domain_masks(bridge: Bridge, train: PairSet, domains: Sequence[str] | None =
     scores = score(bridge, train.filter(domains=domains), scorer, **kw)
     cost = None
     if max_cost_quantile is not None:
-        cost = capability_cost(bridge, list(neutral) or neutral_text(), progress=progress)
+        cost = capability_cost(bridge, list(neutral) or neutral_text(), ablation="zero", progress=progress)
     out = {}
     for t in domains + (["all"] if include_all else []):
         s = scores if t == "all" else scores.for_domain(t)

@@ -262,7 +262,7 @@ def leave_one_domain_out(bridge: Bridge, train: PairSet, ev: EvalSet, budget: st
         scores = score(bridge, train, scorer, **_score_kwargs(scorer, {}, metric, batch_size, progress, seed))
     name = scores.settings.get("estimator", scorer)
     if cost is None and max_cost_quantile is not None:
-        cost = capability_cost(bridge, ev.neutral or neutral_text(), progress=progress)
+        cost = capability_cost(bridge, ev.neutral or neutral_text(), ablation="zero", progress=progress)
 
     def pick(s: Scores) -> PruningMask:
         return select(s, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)

@@ -224,3 +224,15 @@ def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs)
     want = evaluate(tiny, ev, mask, lambada=False, sentences=False)
     assert by["ablate"]["js"] == pytest.approx(want["js"], rel=1e-6)
     assert by["ablate"]["js"] != pytest.approx(evaluate(tiny, ev, top, lambada=False, sentences=False)["js"], rel=1e-6)
+
+
+def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pairs):
+    """Experiments prune with zero ablation, as `run` does: their capability filter is the Fisher
+    cost of zero ablation (`run`'s), not the function's mean-ablation default."""
+    from lens_bias.attribution import capability_cost
+    from lens_bias.cli_experiment import _template_scores
+
+    _, cost = _template_scores(tiny, pairs[:4], True)
+    zero = capability_cost(tiny, neutral_text(), ablation="zero")
+    assert torch.equal(cost.neurons, zero.neurons)
+    assert not torch.equal(cost.neurons, capability_cost(tiny, neutral_text()).neurons)  # mean ablation differs
