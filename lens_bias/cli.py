@@ -353,16 +353,15 @@ def prune(
     from .atomic import atomic_out, prepare_out
     from .export import export_hf
     from .provenance import check_scores_match
-    from .pruning import check_ablation, mask_from_scores
+    from .pruning import check_export_format, mask_from_scores, scores_ablation
     from .scores import Scores
 
     try:
         if out.exists() and not overwrite:
             prepare_out(out, overwrite)  # refuses, before the model is loaded
         s = Scores.load(scores)
-        ablation = check_ablation(ablation or s.settings.get("ablation") or "zero")
-        if ablation == "mean" and mode != "zero":
-            raise LensBiasError("--ablation mean is exported with its means folded into biases: use --mode zero")
+        ablation = scores_ablation(s, ablation)
+        check_export_format(ablation, "hf", mode)  # before the model is loaded
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             if warning := check_scores_match(s, None, bridge, allow_other_model, "prune", "--allow-other-model"):
@@ -412,7 +411,7 @@ def export(
         m = PruningMask.load(mask)
         if format != "hf" and out.exists() and not overwrite:
             raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
-        check_export_format(m, format, mode)
+        check_export_format(m.meta.get("ablation"), format, mode)
         if format == "hf":
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)

@@ -179,10 +179,10 @@ def pruning_curve(
     for name, kind, b in it:
         if name == "random":
             mask = random_mask(bridge, b, kind, seed=seed)
-        elif pick is not None and (mask := pick(name, kind, b)) is not None:
-            pass
         else:
-            mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
+            mask = pick(name, kind, b) if pick is not None else None
+            if mask is None:
+                mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
         if key not in seen:
             seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False, per_item=before is not None,

@@ -30,6 +30,18 @@ def check_ablation(ablation: str) -> str:
     return ablation
 
 
+def scores_ablation(scores: Scores, ablation: str | None = None) -> str:
+    """The ablation to prune ``scores``' units by: ``ablation`` when given, else the one the scores
+    were computed with (``settings["ablation"]``), else ``"zero"``; checked (:func:`check_ablation`).
+
+    Examples:
+        >>> s = Scores(None, None, {}, {"ablation": "mean"})
+        >>> scores_ablation(s), scores_ablation(s, "zero"), scores_ablation(Scores(None, None, {}, {}))
+        ('mean', 'zero', 'zero')
+    """
+    return check_ablation(ablation or scores.settings.get("ablation") or "zero")
+
+
 def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",
                      per_layer: str = "global", max_cost_quantile: float | None = 0.5,
                      ablation: str | None = None) -> tuple[PruningMask, dict | None]:
@@ -50,7 +62,7 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
         >>> mask.counts()["neurons"], mask.meta["ablation"], sorted(means)
         (4, 'mean', ['heads', 'neurons'])
     """
-    ablation = check_ablation(ablation or scores.settings.get("ablation") or "zero")
+    ablation = scores_ablation(scores, ablation)
     neutral = neutral_text()
     means = mean_activations(bridge, neutral) if ablation == "mean" else None
     on = max_cost_quantile is not None and max_cost_quantile < 1
@@ -83,21 +95,21 @@ def ablation_constants(bridge: Bridge, mask: PruningMask) -> dict | None:
     return mean_activations(bridge, neutral_text())
 
 
-def check_export_format(mask: PruningMask, format: str, mode: str = "zero") -> None:
-    """Refuse an export that would drop the means of a mask selected under mean ablation: its units
-    output constants, which torch.nn.utils.prune masks, torch-pruning removal and structural
-    materialization all replace by zero; only the HF export in ``zero`` mode folds them into biases.
+def check_export_format(ablation: str | None, format: str, mode: str = "zero") -> None:
+    """Refuse an export that would drop the means of a mask selected under mean ablation
+    (``ablation``, e.g. its ``meta["ablation"]``): its units output constants, which
+    torch.nn.utils.prune masks, torch-pruning removal and structural materialization all replace by
+    zero; only the HF export in ``zero`` mode folds them into biases.
 
     Examples:
-        >>> import torch
-        >>> m = PruningMask(torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool), {"ablation": "mean"})
-        >>> check_export_format(m, "hf")
-        >>> check_export_format(m, "torch-pruning")  # doctest: +ELLIPSIS
+        >>> check_export_format("mean", "hf")
+        >>> check_export_format("zero", "torch-pruning")
+        >>> check_export_format("mean", "torch-pruning")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         lens_bias.errors.MaskError: the mask was selected under mean ablation: ...
     """
-    if mask.meta.get("ablation") == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
+    if ablation == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
         raise MaskError(f"the mask was selected under mean ablation: its units output their means, which --format "
                         f"{format} --mode {mode} would drop; export it with --format hf --mode zero (means folded "
                         "into biases)")
