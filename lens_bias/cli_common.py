@@ -255,7 +255,7 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
 
 SelectorOpt = Annotated[str, typer.Option(
     help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "
-         "learned (straight-through top-k with safeguards) or auto (chosen on validation templates)")]
+         "learned (straight-through top-k with safeguards) or auto (chosen by cross-validation on the train templates)")]
 
 
 def print_run(m: dict, out: Path) -> None:

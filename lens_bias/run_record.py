@@ -97,7 +97,7 @@ def _selection(cfg, mask: PruningMask) -> dict:
     ms = meta.get("model_selection") or {}
     return {"selector": cfg.selector if cfg.steps == 1 else "iterative", "chosen": meta.get("selector_chosen"),
             "why": ms.get("why"), "candidates": ms.get("rows"), "n_fit_templates": ms.get("n_fit_templates"),
-            "n_val_templates": ms.get("n_val_templates"), "learned_best_step": meta.get("learn_best_step")}
+            "folds": ms.get("folds", 1), "n_val_templates": ms.get("n_val_templates"), "learned_best_step": meta.get("learn_best_step")}
 
 
 def _pruned(bridge: Bridge, mask: PruningMask) -> dict:
@@ -173,10 +173,13 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              "note" if m["export"]["ok"] else "warn")
     sel = m["selection"]
     if sel["candidates"]:
-        rep.heading("How the selector was chosen (validation templates, never the held-out split)")
-        rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates selected on {sel['n_fit_templates']} fit "
-                 f"templates and measured exactly on {sel['n_val_templates']} validation templates of the train "
-                 "split.", "note")
+        rep.heading("How the selector was chosen (train templates only, never the held-out split)")
+        how = (f"cross-validated in {sel['folds']} folds: each of the {sel['n_val_templates']} train templates is "
+               "measured exactly with the mask a candidate selects without it" if sel.get("folds", 1) > 1 else
+               f"selected on {sel['n_fit_templates']} fit templates and measured exactly on "
+               f"{sel['n_val_templates']} validation templates of the train split")
+        rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates {how}; perplexity is that of the "
+                 "candidate's mask on all train templates.", "note")
         rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"], "yes" if r["chosen"] else ""]
                    for r in sel["candidates"]],
                   ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)", "chosen"])

@@ -13,6 +13,7 @@ way, by sentence template.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,32 @@ def template_split(pairs: PairSet, held_out: float = 0.25, seed: int = 0,
         raise PairsError(f"the template split left {len(train)} train and {len(held)} held-out pairs; "
                          "every domain needs at least two templates")
     return train, held
+
+
+def template_folds(pairs: PairSet, k: int = 3, seed: int = 0) -> list[tuple[PairSet, PairSet]]:
+    """``k`` (fit, validation) splits by template for cross-validation: within each domain the
+    templates are shuffled (seeded) and dealt to the folds in turn, so every template is validated
+    exactly once and never fitted in its own fold. Refused when there are fewer templates than folds.
+
+    Examples:
+        >>> from lens_bias.pairs import build_pairs
+        >>> pairs = build_pairs(["finance", "hiring"]).sample(20)
+        >>> folds = template_folds(pairs, k=3)
+        >>> [set(f.templates) & set(v.templates) for f, v in folds], sum(len(v) for _, v in folds) == len(pairs)
+        ([set(), set(), set()], True)
+    """
+    keys = sorted({(p.domain, p.template) for p in pairs})
+    if k < 2 or len(keys) < k:
+        raise PairsError(f"{k}-fold cross-validation needs k >= 2 and at least k templates; the pairs "
+                         f"have {len(keys)}: use fewer folds or more templates")
+    rng, fold, n = random.Random(seed), {}, 0
+    for d in sorted({d for d, _ in keys}):
+        ts = [t for d2, t in keys if d2 == d]
+        rng.shuffle(ts)
+        for t in ts:  # dealt on from where the last domain stopped, so small domains spread over the folds
+            fold[(d, t)], n = n % k, n + 1
+    return [(PairSet([p for p in pairs if fold[(p.domain, p.template)] != f]),
+             PairSet([p for p in pairs if fold[(p.domain, p.template)] == f])) for f in range(k)]
 
 
 def split_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None, per_domain: int = 24,

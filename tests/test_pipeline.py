@@ -161,11 +161,11 @@ def test_unknown_metric_is_refused_before_any_work(tmp_path):
 
 
 def test_run_with_the_auto_selector_records_its_choice(tmp_path):
-    """``--selector auto``: the candidates are measured on validation templates of the train split,
+    """``--selector auto``: the candidates are cross-validated on the templates of the train split,
     and metrics.json and the report say which one was chosen and why."""
     m = run(small_config(selector="auto", budget="2%", curve_kinds=("neurons",)), tmp_path / "auto")
     sel = m["selection"]
-    assert sel["selector"] == "auto" and sel["chosen"] and "validation templates" in sel["why"]
+    assert sel["selector"] == "auto" and sel["chosen"] and "cross-validation" in sel["why"]
     assert sum(r["chosen"] for r in sel["candidates"]) == 1 and m["pruned"]["neurons"] == 5
     assert "How the selector was chosen" in (tmp_path / "auto" / "report.html").read_text()
     with pytest.raises(RunError, match="--selector"):

@@ -11,7 +11,7 @@ from lens_bias import build_pairs, load_model
 from lens_bias.ablation import ablate
 from lens_bias.attribution import attribute
 from lens_bias.batching import pair_batch
-from lens_bias.errors import MaskError
+from lens_bias.errors import MaskError, PairsError
 from lens_bias.interventions import attached
 from lens_bias.layout import decoder_layers
 from lens_bias.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
@@ -19,6 +19,7 @@ from lens_bias.metrics import measure
 from lens_bias.model_selection import SELECTORS, SelectorSpec, choose, make_mask, validation_split
 from lens_bias.pairs import neutral_text
 from lens_bias.selection import select
+from lens_bias.splits import template_folds
 from lens_bias.stability import attribute_templates, sign_agreement, stability_select
 
 FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
@@ -165,15 +166,35 @@ def test_learned_refuses_overlapping_templates(tiny, pairs, ts):
         learn_mask(tiny, pairs, pairs, 4, "neurons", ts.scores(), neutral_text()[:4], progress=False)
 
 
-def test_choose_never_reads_the_held_out_split(tiny, pairs, ts):
-    """Model selection sees only the train pairs given: fit and validation templates are disjoint
-    and both inside the train templates; the choice and its reason are recorded."""
+def test_choose_cross_validates_on_the_train_templates_only(tiny, pairs, ts):
+    """Model selection sees only the train pairs given: each fold's fit and validation templates
+    are disjoint, every train template is validated once, and a candidate's cross-validated
+    reduction equals the one recomputed by hand (select on the other folds, measure the fold)."""
     res = choose(tiny, ts, pairs, "2%", "neurons", None, neutral_text()[:8],
                  candidates=[SelectorSpec("oneshot", None), SelectorSpec("stable", None, {"n_resamples": 5})])
-    fit, val = validation_split(pairs)
-    assert not set(fit.templates) & set(val.templates) and set(val.templates) <= set(pairs.templates)
+    folds = template_folds(pairs, 3, seed=1)
+    assert all(not set(f.templates) & set(v.templates) for f, v in folds)
+    assert sorted(t for _, v in folds for t in v.templates) == sorted(pairs.templates)
     assert sum(r["chosen"] for r in res["rows"]) == 1 and res["chosen"].selector in ("oneshot", "stable")
-    assert res["n_val_templates"] == len(val.templates) and "validation templates" in res["why"]
+    assert res["n_val_templates"] == len(pairs.templates) and "3-fold cross-validation" in res["why"]
+    before = after = 0.0
+    for fit, val in folds:
+        mask = select(ts.restrict(fit.templates).scores(), "2%", kind="neurons", bridge=tiny, max_cost_quantile=None)
+        before += sum(measure(tiny, val, progress=False).values["js"])
+        with ablate(tiny, mask):
+            after += sum(measure(tiny, val, progress=False).values["js"])
+    assert res["rows"][0]["val_reduction_pct"] == pytest.approx(100 * (1 - after / before), abs=1e-3)
+    one = choose(tiny, ts, pairs, "2%", "neurons", None, neutral_text()[:8], candidates=[SelectorSpec("oneshot", None)],
+                 folds=1)
+    fit, val = validation_split(pairs)
+    assert one["n_val_templates"] == len(val.templates) and not set(fit.templates) & set(val.templates)
+
+
+def test_template_folds_are_seeded_and_refuse_too_few_templates(pairs):
+    assert [v.templates for _, v in template_folds(pairs, 3, 5)] == [v.templates for _, v in template_folds(pairs, 3, 5)]
+    assert [v.templates for _, v in template_folds(pairs, 3, 5)] != [v.templates for _, v in template_folds(pairs, 3, 6)]
+    with pytest.raises(PairsError, match="fewer folds"):
+        template_folds(pairs, len(pairs.templates) + 1)
 
 
 def test_folded_constants_export_exactly(tiny, tmp_path):
