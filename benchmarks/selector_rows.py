@@ -1,16 +1,21 @@
-"""The rows of `lens-bias experiment selectors` at one budget, written to JSON after every row, so
-that a run stopped early keeps every row it finished (the CLI writes once, at the end).
+"""The rows of `lens-bias experiment selectors`, written to JSON after every row, so that a run
+stopped early keeps every row it finished (the CLI writes once, at the end).
 
-    python benchmarks/selector_rows.py OUT.json oneshot,learned,stable,auto,iterative oneshot,stable
+    python benchmarks/selector_rows.py OUT.json --methods oneshot,iterative,learned,stable,auto \
+        --lodo oneshot,stable,iterative --budgets 0.5%
+    python benchmarks/selector_rows.py OUT.json --methods oneshot,stable,iterative --budgets 0.25%,1%
+    python benchmarks/selector_rows.py OUT.json --model gemma3-270m --methods oneshot,stable,iterative
 
-Arguments: the output file, the selectors (in order), the selectors also measured leave-one-domain-
-out. SmolLM2, the default split (144 train / 156 held-out pairs), 0.5 % of MLP neurons, capability
-quantile 0.5; one-shot and stable also get the heads row at equal parameters. The file has the
-CLI's result.json layout (`lens_bias.selector_study.selector_rows` makes its table).
+The default split (144 train / 156 held-out pairs), capability quantile 0.5, the capability filter
+of the ablation pruned with (zero), CrowS-Pairs and 4,096 WikiText-2 tokens. For every budget,
+every method gets a neurons row (in the order given; leave-one-domain-out too for ``--lodo``),
+and one-shot also the heads row at the parameters of its neurons (one-shot and stable pick the
+same heads). The file has the CLI's result.json layout (`lens_bias.selector_study.selector_rows`
+makes its table).
 """
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,33 +25,43 @@ from lens_bias.experiments import evaluate
 from lens_bias.model_selection import SelectorSpec
 from lens_bias.pairs import neutral_text
 
-BUDGET, SEED, BATCH = "0.5%", 0, 16
+SEED, BATCH = 0, 16
 
 
-def main(out: Path, methods: list[str], lodo_methods: list[str]) -> None:
+def main(a: argparse.Namespace) -> None:
     t0 = time.time()
-    bridge, train, ev = _setup("smollm2-135m", None, None, 24, 26, SEED, {}, ppl_tokens=4096)
+    budgets, methods, lodo = a.budgets.split(","), a.methods.split(","), set(filter(None, a.lodo.split(",")))
+    bridge, train, ev = _setup(a.model, None, None, 24, 26, SEED, {}, ppl_tokens=4096)
     ts, cost = _template_scores(bridge, train, True)
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
     train_before = S._js_items(bridge, train, None, BATCH)
     base_dom = {d: S._js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}
-    res = {"rows": [], "before": {k: v for k, v in before.items() if k != "per_item"}, "model": "smollm2-135m",
-           "settings": {"budgets": [BUDGET], "lodo_budgets": [BUDGET], "seed": SEED, "n_train": len(train),
-                        "n_held_out": len(ev.pairs), "n_train_templates": len(train.templates),
+    res = {"rows": [], "before": {k: v for k, v in before.items() if k != "per_item"}, "model": a.model,
+           "settings": {"budgets": budgets, "lodo_budgets": budgets, "lodo_selectors": sorted(lodo), "seed": SEED,
+                        "n_train": len(train), "n_held_out": len(ev.pairs), "n_train_templates": len(train.templates),
                         "n_held_out_templates": len(ev.pairs.templates)}}
     total = sum(p.numel() for p in bridge.parameters())
-    def row(spec, budget, kind, lodo):
-        res["rows"].append(S._row(bridge, ts, train, ev, spec, budget, kind, cost, neutral_text(), before,
-                                  train_before, base_dom, lodo, SEED, BATCH))
-        res["seconds"] = round(time.time() - t0, 1)
-        out.write_text(json.dumps(res, indent=1, default=float))
-        print(spec.selector, kind, res["seconds"], "s", flush=True)
 
-    for m in methods:
-        spec = SelectorSpec(m, 0.5)
-        row(spec, BUDGET, "neurons", m in lodo_methods)
-        if m in ("oneshot", "stable"):  # heads at the parameters of the neuron mask
-            row(spec, f"{100 * res['rows'][-1]['params'] / total:.4f}%params", "heads", False)
+    def row(spec, budget, kind, with_lodo):
+        res["rows"].append(S._row(bridge, ts, train, ev, spec, budget, kind, cost, neutral_text(), before,
+                                  train_before, base_dom, with_lodo, SEED, BATCH))
+        res["seconds"] = round(time.time() - t0, 1)
+        a.out.write_text(json.dumps(res, indent=1, default=float))
+        print(spec.selector, kind, budget, res["seconds"], "s", flush=True)
+
+    for budget in budgets:
+        for m in methods:
+            spec = SelectorSpec(m, 0.5)
+            row(spec, budget, "neurons", m in lodo)
+            if m == "oneshot":
+                row(spec, f"{100 * res['rows'][-1]['params'] / total:.4f}%params", "heads", False)
+
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",") if len(sys.argv) > 3 else [])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--budgets", default="0.5%")
+    ap.add_argument("--methods", default="oneshot,stable,iterative,learned,auto")
+    ap.add_argument("--lodo", default="", help="methods also measured leave-one-domain-out")
+    main(ap.parse_args())
