@@ -348,6 +348,7 @@ def selectors(
         rows, header = selector_rows(res)
         rep = Report(f"lens_bias experiment: selectors compared on {model}")
         rep.figure(viz.selector_frontier(res))
+        rep.figure(viz.train_vs_held_out(res))
         rep.table(rows, header)
         _write(out, overwrite, res, rep)
     except LensBiasError as e:

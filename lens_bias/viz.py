@@ -217,25 +217,55 @@ def transfer_bars(res: dict) -> go.Figure:
 
 def selector_frontier(res: dict) -> go.Figure:
     """The bias-capability frontier of :func:`lens_bias.selector_study.compare_selectors`: per
-    selector, held-out JS reduction (%) against WikiText-2 perplexity change (%) over its budgets,
-    both with 95 % intervals (the perplexity change falls back to KL when there is no WikiText)."""
+    selector and kind (heads dashed), held-out JS reduction (%) against WikiText-2 perplexity
+    change (%) over its budgets (in order of parameters pruned), both with 95 % intervals (the
+    perplexity change falls back to KL, without interval, when there is no WikiText)."""
     fig = go.Figure()
-    rows = [r for r in res["rows"] if r["kind"] == "neurons"]
-    cap = "wikitext_ppl" if all("wikitext_ppl" in r["tests"] for r in rows) else None
-    for sel in dict.fromkeys(r["label"] for r in rows):
-        rs = [r for r in rows if r["label"] == sel]
-        js = [r["tests"]["js"] for r in rs]
-        xs = [r["tests"][cap]["pct"] if cap else r["kl_neutral"] for r in rs]
-        y = [-c["pct"] for c in js]
-        fig.add_trace(go.Scatter(
-            x=xs, y=y, mode="lines+markers", name=sel, text=[r["budget"] for r in rs],
-            error_y={"type": "data", "symmetric": False, "array": [-c["pct_ci"][0] - v for c, v in zip(js, y, strict=True)],
-                     "arrayminus": [v + c["pct_ci"][1] for c, v in zip(js, y, strict=True)]},
-            hovertemplate="%{text}: JS reduction %{y:.1f} %, capability change %{x:.2f}<extra>" + sel + "</extra>",
-        ))
+    cap = "wikitext_ppl" if all("wikitext_ppl" in r["tests"] for r in res["rows"]) else None
+    for kind in ("neurons", "heads"):
+        rows = [r for r in res["rows"] if r["kind"] == kind]
+        for sel in dict.fromkeys(r["label"] for r in rows):
+            rs = sorted((r for r in rows if r["label"] == sel), key=lambda r: r["params"])
+            js, ppl = [r["tests"]["js"] for r in rs], [r["tests"].get(cap) for r in rs]
+            y = [-c["pct"] for c in js]
+            x = [c["pct"] for c in ppl] if cap else [r["kl_neutral"] for r in rs]
+            err_x = {"type": "data", "symmetric": False, "array": [c["pct_ci"][1] - v for c, v in zip(ppl, x, strict=True)],
+                     "arrayminus": [v - c["pct_ci"][0] for c, v in zip(ppl, x, strict=True)]} if cap else None
+            name = sel if kind == "neurons" else f"{sel}, heads"
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines+markers", name=name, text=[r["budget"] for r in rs],
+                line={"dash": "dash"} if kind == "heads" else None, error_x=err_x,
+                error_y={"type": "data", "symmetric": False, "array": [-c["pct_ci"][0] - v for c, v in zip(js, y, strict=True)],
+                         "arrayminus": [v + c["pct_ci"][1] for c, v in zip(js, y, strict=True)]},
+                hovertemplate="%{text}: JS reduction %{y:.1f} %, capability change %{x:.2f}<extra>" + name + "</extra>",
+            ))
     fig.update_layout(title="Bias removed vs capability lost, per selector (budgets along each line)",
                       xaxis_title="WikiText-2 perplexity change (%)" if cap else "KL on neutral text (nats/token)",
                       yaxis_title="held-out JS reduction (%)", template="plotly_white")
+    return fig
+
+
+def train_vs_held_out(res: dict) -> go.Figure:
+    """The train-to-held-out gap of :func:`lens_bias.selector_study.compare_selectors`: per
+    neuron row (selector and budget), the JS reduction on the train pairs it was selected on and
+    on the held-out templates, both with 95 % intervals, joined by a line (the gap)."""
+    rows = [r for r in res["rows"] if r["kind"] == "neurons"]
+    names = [f"{r['label'].split(' (')[0]} @ {r['budget']}" for r in rows]
+    fig = go.Figure()
+    for key, label, color in (("train", "train pairs (selected on)", "#999999"), ("held", "held-out templates", "#2c7fb8")):
+        cs = [r["train"] if key == "train" else r["tests"]["js"] for r in rows]
+        v = [c["reduction_pct"] if key == "train" else -c["pct"] for c in cs]
+        ci = [c["reduction_ci"] if key == "train" else [-c["pct_ci"][1], -c["pct_ci"][0]] for c in cs]
+        fig.add_trace(go.Scatter(
+            x=v, y=names, mode="markers", name=label, marker={"color": color, "size": 10},
+            error_x={"type": "data", "symmetric": False, "array": [c[1] - x for c, x in zip(ci, v, strict=True)],
+                     "arrayminus": [x - c[0] for c, x in zip(ci, v, strict=True)]}))
+    for r, n in zip(rows, names, strict=True):
+        fig.add_shape(type="line", x0=r["train"]["reduction_pct"], x1=-r["tests"]["js"]["pct"], y0=n, y1=n,
+                      line={"color": "#cccccc"}, layer="below")
+    fig.update_layout(title="Train vs held-out JS reduction per selector (the gap is what selection overfits)",
+                      xaxis_title="JS reduction (%), 95 % interval", template="plotly_white",
+                      height=max(300, 60 + 36 * len(rows)), yaxis={"autorange": "reversed"})
     return fig
 
 

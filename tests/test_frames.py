@@ -154,6 +154,15 @@ def test_selectors_frame_flattens_the_tests(tiny, split, ev):
     lodo = res["rows"][0]["lodo"]["pooled"]
     assert same(cell(df, 0, "lodo_pooled_reduction_pct"), lodo["reduction_pct"])
     assert math.isnan(cell(df, 1, "lodo_pooled_reduction_pct"))  # no LODO at 10 %
+    # the figures of the same result: the frontier's points and the train / held-out gap are the rows'
+    from lens_bias import viz
+    fr = viz.selector_frontier(res).data[0]
+    assert list(fr.y) == [-r["tests"]["js"]["pct"] for r in res["rows"]]
+    assert list(fr.x) == [r["tests"]["wikitext_ppl"]["pct"] if "wikitext_ppl" in r["tests"] else r["kl_neutral"]
+                          for r in res["rows"]]
+    train, held = viz.train_vs_held_out(res).data
+    assert list(train.x) == [r["train"]["reduction_pct"] for r in res["rows"]]
+    assert list(held.x) == [-r["tests"]["js"]["pct"] for r in res["rows"]] and len(held.y) == 2
 
 
 def test_flatten_refuses_two_values_for_one_column():
