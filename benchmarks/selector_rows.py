@@ -6,7 +6,8 @@ stopped early keeps every row it finished (the CLI writes once, at the end).
     python benchmarks/selector_rows.py OUT.json --methods oneshot,stable,iterative --budgets 0.25%,1%
     python benchmarks/selector_rows.py OUT.json --model gemma3-270m --methods oneshot,stable,iterative
 
-The default split (144 train / 156 held-out pairs), capability quantile 0.5, the capability filter
+The default split (144 train / 156 held-out pairs; ``--per-domain 48``: 288 train pairs from the
+same templates, the same held-out pairs), capability quantile 0.5, the capability filter
 of the ablation pruned with (zero), CrowS-Pairs and 4,096 WikiText-2 tokens. For every budget,
 every method gets a neurons row (in the order given; leave-one-domain-out too for ``--lodo``),
 and one-shot also the heads row at the parameters of its neurons (one-shot and stable pick the
@@ -31,15 +32,15 @@ SEED, BATCH = 0, 16
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
     budgets, methods, lodo = a.budgets.split(","), a.methods.split(","), set(filter(None, a.lodo.split(",")))
-    bridge, train, ev = _setup(a.model, None, None, 24, 26, SEED, {}, ppl_tokens=4096)
+    bridge, train, ev = _setup(a.model, None, None, a.per_domain, 26, SEED, {}, ppl_tokens=4096)
     ts, cost = _template_scores(bridge, train, True)
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
     train_before = S._js_items(bridge, train, None, BATCH)
     base_dom = {d: S._js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}
     res = {"rows": [], "before": {k: v for k, v in before.items() if k != "per_item"}, "model": a.model,
            "settings": {"budgets": budgets, "lodo_budgets": budgets, "lodo_selectors": sorted(lodo), "seed": SEED,
-                        "n_train": len(train), "n_held_out": len(ev.pairs), "n_train_templates": len(train.templates),
-                        "n_held_out_templates": len(ev.pairs.templates)}}
+                        "per_domain": a.per_domain, "n_train": len(train), "n_held_out": len(ev.pairs),
+                        "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}}
     total = sum(p.numel() for p in bridge.parameters())
 
     def row(spec, budget, kind, with_lodo):
@@ -62,6 +63,7 @@ if __name__ == "__main__":
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--budgets", default="0.5%")
+    ap.add_argument("--per-domain", type=int, default=24, help="train pairs a domain (the held-out 156 stay)")
     ap.add_argument("--methods", default="oneshot,stable,iterative,learned,auto")
     ap.add_argument("--lodo", default="", help="methods also measured leave-one-domain-out")
     main(ap.parse_args())
