@@ -38,6 +38,7 @@ def main(a: argparse.Namespace) -> None:
     train_before = S._js_items(bridge, train, None, BATCH)
     base_dom = {d: S._js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}
     res = {"rows": [], "before": {k: v for k, v in before.items() if k != "per_item"}, "model": a.model,
+           "held_out_pairs": S.held_out_pairs(before),
            "settings": {"budgets": budgets, "lodo_budgets": budgets, "lodo_selectors": sorted(lodo), "seed": SEED,
                         "per_domain": a.per_domain, "n_train": len(train), "n_held_out": len(ev.pairs),
                         "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}}

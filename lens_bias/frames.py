@@ -130,12 +130,17 @@ def selectors_frame(res: dict):
     selector, budget and kind, each row's ``tests`` flattened into columns without a prefix
     (``js_pct``, ``js_pct_lo``, ``js_pct_hi``, ``js_p``, ``js_within_noise``, ``wikitext_ppl_pct``,
     ...; positive ``pct`` = the measure rose), the train reduction as ``train_reduction_pct``, ...,
-    and the leave-one-domain-out reduction (where measured) as ``lodo_pooled_reduction_pct``, ... and
-    ``lodo_by_domain_<domain>``."""
+    the leave-one-domain-out reduction (where measured) as ``lodo_pooled_reduction_pct``, ... and
+    ``lodo_by_domain_<domain>``, and the paired comparison with the first neuron row at the budget
+    (:func:`lens_bias.selector_study.versus`) as ``vs_first_reduction_pct``, ... (the per-pair values
+    themselves are left out)."""
+    from .selector_study import versus
+
     pd = require_pandas("selectors_frame")
     rows = []
     for r in res["rows"]:
-        row = flatten({k: v for k, v in r.items() if k != "tests"})
+        row = flatten({k: v for k, v in r.items() if k not in ("tests", "held_out_js")}
+                      | {"vs_first": versus(res, r) if r["kind"] == "neurons" else None})
         tests = flatten(r["tests"])
         if clash := sorted(set(row) & set(tests)):
             raise LensBiasError(f"a test and a row field make the same columns {clash}")

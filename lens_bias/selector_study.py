@@ -117,6 +117,7 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
             rows.append(_row(bridge, ts, train, ev, spec, f"{frac:.4f}%params", "heads", cost, neutral, before,
                              train_before, base_dom, False, seed, batch_size))
     return {"rows": rows, "before": {k: v for k, v in before.items() if k != "per_item"},
+            "held_out_pairs": held_out_pairs(before),
             "settings": {"budgets": list(budgets), "lodo_budgets": list(lodo_budgets), "seed": seed,
                          "n_train": len(train), "n_held_out": len(ev.pairs),
                          "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}}
@@ -136,10 +137,31 @@ def _row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, before, train
            "select_seconds": round(seconds, 1),
            "train": js_reduction(train_before, _js_items(bridge, train, mask, batch_size), seed=seed),
            "tests": run_tests(before, after, seed=seed), "kl_neutral": after.get("kl_neutral"),
-           "chosen": mask.meta.get("selector_chosen"), "model_selection": mask.meta.get("model_selection")}
+           "chosen": mask.meta.get("selector_chosen"), "model_selection": mask.meta.get("model_selection"),
+           "held_out_js": [float(x) for x in after["per_item"]["js"]]}
     if with_lodo:
         row["lodo"] = lodo(bridge, ts, train, ev.pairs, pick, base_dom, batch_size, seed)
     return row
+
+
+def held_out_pairs(before: dict) -> dict:
+    """The held-out pairs' templates and domains (what pairs a row's ``held_out_js`` for tests)."""
+    return {k: list(before["per_item"][k]) for k in ("templates", "domains")}
+
+
+def versus(res: dict, row: dict, reference: dict | None = None) -> dict | None:
+    """The held-out JS left by ``row``'s mask relative to ``reference``'s (default: the first
+    neuron row at the same budget, one-shot in the usual order), paired on the same held-out pairs
+    and tested by template (:func:`lens_bias.changes.js_reduction`): ``reduction_pct`` > 0 when
+    ``row`` leaves less bias. A much stronger test than comparing two intervals against the
+    unpruned model. ``None`` without per-pair values (results written before they were kept)."""
+    reference = reference or next((r for r in res["rows"] if r["kind"] == "neurons" and r["budget"] == row["budget"]),
+                                  None)
+    pairs = res.get("held_out_pairs")
+    if reference is None or reference is row or not pairs or "held_out_js" not in row or "held_out_js" not in reference:
+        return None
+    return js_reduction({"per_item": {**pairs, "js": reference["held_out_js"]}},
+                        {"per_item": {**pairs, "js": row["held_out_js"]}}, seed=res.get("settings", {}).get("seed", 0))
 
 
 def _cell(c: dict | None, key: str = "pct") -> str:
@@ -159,20 +181,23 @@ def _cell(c: dict | None, key: str = "pct") -> str:
     return f"{v:.1f}{rng}{' ~' if c.get('within_noise') else ''}"
 
 
-SELECTOR_HEADER = ["selector", "kind", "budget", "n", "train JS red. %", "held-out JS red. %", "LODO JS red. %",
+SELECTOR_HEADER = ["selector", "kind", "budget", "n", "train JS red. %", "held-out JS red. %",
+                   "held-out JS vs first row %", "LODO JS red. %",
                    "|logit gap| red. %", "seqgap red. %", "CrowS Black change (pts)", "CrowS race-color change (pts)", "ppl change %",
                    "KL", "select s"]
 
 
 def selector_rows(res: dict) -> tuple[list[list], list[str]]:
     """One table row per :func:`compare_selectors` row; reductions are positive when bias falls,
-    ``~`` marks a change within noise."""
+    ``~`` marks a change within noise. "vs first row": the held-out JS a neuron mask leaves
+    relative to the first neuron row's at its budget, paired by template (:func:`versus`)."""
     out = []
     for r in res["rows"]:
         t = r["tests"]
         ppl = t.get("wikitext_ppl")
         out.append([r["label"] + (f" -> {r['chosen']}" if r.get("chosen") else ""), r["kind"], r["budget"],
-                    r["n_pruned"], _cell(r["train"]), _cell(t["js"]), _cell((r.get("lodo") or {}).get("pooled")),
+                    r["n_pruned"], _cell(r["train"]), _cell(t["js"]),
+                    _cell(versus(res, r)) if r["kind"] == "neurons" else "-", _cell((r.get("lodo") or {}).get("pooled")),
                     _cell(t.get("abs_logit_gap")), _cell(t.get("seqgap")), _cell(t.get("crows_black_rate"), "diff"),
                     _cell(t.get("crows_race_color_rate"), "diff"),
                     "-" if ppl is None else f"{ppl['pct']:+.1f} [{ppl['pct_ci'][0]:.1f}, {ppl['pct_ci'][1]:.1f}]",

@@ -151,6 +151,8 @@ def test_selectors_frame_flattens_the_tests(tiny, split, ev):
         assert same(cell(df, i, "train_reduction_pct"), r["train"]["reduction_pct"])
         assert cell(df, i, "budget") == r["budget"] and cell(df, i, "n_pruned") == r["n_pruned"]
     assert {"js_pct", "js_pct_lo", "js_pct_hi", "js_p", "js_within_noise"} <= set(df.columns)
+    assert "held_out_js" not in df.columns and df["vs_first"].isna().all()  # each row is the first at its budget
+    assert all(len(r["held_out_js"]) == len(ev.pairs) for r in res["rows"])
     lodo = res["rows"][0]["lodo"]["pooled"]
     assert same(cell(df, 0, "lodo_pooled_reduction_pct"), lodo["reduction_pct"])
     assert math.isnan(cell(df, 1, "lodo_pooled_reduction_pct"))  # no LODO at 10 %

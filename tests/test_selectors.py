@@ -257,3 +257,27 @@ def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pa
     zero = capability_cost(tiny, neutral_text(), ablation="zero")
     assert torch.equal(cost.neurons, zero.neurons)
     assert not torch.equal(cost.neurons, capability_cost(tiny, neutral_text()).neurons)  # mean ablation differs
+
+
+def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
+    """A mask's held-out JS against the first neuron row's at its budget, paired by template:
+    halving every pair's JS is a 50 % reduction; the first row has no comparison, nor do rows
+    without per-pair values; another budget has its own reference."""
+    from lens_bias.selector_study import selector_rows, versus
+
+    pairs = {"templates": [f"t{i}" for i in range(8)], "domains": ["a"] * 8}
+    rows = [{"kind": "neurons", "budget": "1%", "held_out_js": [0.02] * 8},
+            {"kind": "neurons", "budget": "1%", "held_out_js": [0.01] * 8},
+            {"kind": "neurons", "budget": "2%", "held_out_js": [0.04, 0.02] * 4},
+            {"kind": "neurons", "budget": "2%", "held_out_js": [0.04, 0.02] * 4},
+            {"kind": "neurons", "budget": "1%"}]
+    res = {"rows": rows, "held_out_pairs": pairs}
+    assert versus(res, rows[0]) is None and versus(res, rows[4]) is None
+    v = versus(res, rows[1])
+    assert v["reduction_pct"] == pytest.approx(50.0) and v["p"] < 0.05 and not v["within_noise"]
+    assert versus(res, rows[3])["reduction_pct"] == pytest.approx(0.0) and versus(res, rows[3])["within_noise"]
+    assert versus({"rows": rows}, rows[1]) is None  # results written before per-pair values were kept
+    for r in rows:
+        r.update(label="x", n_pruned=1, train=None, tests={"js": None}, kl_neutral=None, select_seconds=0)
+    table, header = selector_rows(res)
+    assert [t[header.index("held-out JS vs first row %")] for t in table][:2] == ["-", "50.0 [50.0, 50.0]"]
