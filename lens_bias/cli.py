@@ -276,8 +276,9 @@ def run(
     max_cost_quantile: Annotated[float, typer.Option(
         help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
     steps: Annotated[int, typer.Option(
-        help="selection rounds: >1 re-attributes with the units chosen so far ablated (iterative)")] = 1,
-    selector: SelectorOpt = "oneshot",
+        help="rounds of the iterative selector, re-attributing with the units chosen so far ablated "
+             "(1: its default, 4)")] = 1,
+    selector: SelectorOpt = "iterative",
     ablation: Annotated[str, typer.Option(help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
     chat_template: ChatOpt = False,
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",

@@ -67,8 +67,8 @@ class RunConfig:
     metric: str = "js"
     ablation: str = "zero"  # how pruning is simulated and materialized
     max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
-    selector: str = "oneshot"  # oneshot | stable | iterative | learned | auto (lens_bias.model_selection)
-    steps: int = 1  # > 1: iterative selection, re-attributing after each part of the budget
+    selector: str = "iterative"  # iterative | oneshot | stable | learned | auto (lens_bias.model_selection)
+    steps: int = 1  # rounds of iterative selection (1 = its default, 4); > 1 with oneshot: iterative too
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
     curve_random: bool = False  # a random control at every curve point (the requested budget always has one)

@@ -191,7 +191,8 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     if r.transfer is not None:
         rep.heading("Unseen domains: leave-one-domain-out")
         rep.text(transfer_reading(r.transfer) + " Each mask is chosen one-shot at the run's budget, without the "
-                 "tested domain's train pairs; the run's own mask may differ (e.g. with --steps).", "note")
+                 "tested domain's train pairs (one-shot keeps this stage to seconds a domain); the run's own "
+                 "mask may come from another selector (iterative by default).", "note")
         rep.figure(viz.transfer_bars(r.transfer))
         rep.table(transfer_rows(r.transfer), TRANSFER_HEADER)
     rep.heading("Where the bias lives")
