@@ -41,8 +41,10 @@ def merged(files: list[str]) -> dict:
 
 
 def markdown(rows: list, header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(x).replace("|", "\\|") for x in r) + " |" for r in rows])
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
 
 
 def main(a: argparse.Namespace) -> None:
