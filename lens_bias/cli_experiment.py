@@ -313,7 +313,7 @@ def selectors(
     per_domain: PerDomainOpt = 24,
     held_per_domain: HeldOpt = 26,
     methods: Annotated[str, typer.Option(help="selectors, comma-separated (oneshot, stable, iterative, learned, "
-                                              "auto)")] = "oneshot,iterative,stable,learned,auto",
+                                              "auto); the first is the others' paired reference")] = "oneshot,iterative,stable,learned,auto",
     budgets: Annotated[str, typer.Option(help="neuron budgets, comma-separated")] = "0.25%,0.5%,1%",
     lodo_budgets: Annotated[str, typer.Option(help="budgets with a leave-one-domain-out measure")] = "0.5%",
     lodo_methods: Annotated[str, typer.Option(help="selectors measured leave-one-domain-out")] = "oneshot,stable,auto",
