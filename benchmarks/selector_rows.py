@@ -47,6 +47,7 @@ def main(a: argparse.Namespace) -> None:
     def row(spec, budget, kind, with_lodo):
         res["rows"].append(S._row(bridge, ts, train, ev, spec, budget, kind, cost, neutral_text(), before,
                                   train_before, base_dom, with_lodo, SEED, BATCH))
+        S.add_versus(res)
         res["seconds"] = round(time.time() - t0, 1)
         a.out.write_text(json.dumps(res, indent=1, default=float))
         print(spec.selector, kind, budget, res["seconds"], "s", flush=True)

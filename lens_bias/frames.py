@@ -134,13 +134,10 @@ def selectors_frame(res: dict):
     ``lodo_by_domain_<domain>``, and the paired comparison with the first neuron row at the budget
     (:func:`lens_bias.selector_study.versus`) as ``vs_first_reduction_pct``, ... (the per-pair values
     themselves are left out)."""
-    from .selector_study import versus
-
     pd = require_pandas("selectors_frame")
     rows = []
     for r in res["rows"]:
-        row = flatten({k: v for k, v in r.items() if k not in ("tests", "held_out_js")}
-                      | {"vs_first": versus(res, r) if r["kind"] == "neurons" else None})
+        row = flatten({"vs_first": None} | {k: v for k, v in r.items() if k not in ("tests", "held_out_js")})
         tests = flatten(r["tests"])
         if clash := sorted(set(row) & set(tests)):
             raise LensBiasError(f"a test and a row field make the same columns {clash}")

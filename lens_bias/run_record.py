@@ -152,6 +152,21 @@ def _prompts_sentence(config: dict) -> str:
     return "Pair prompts were given raw, not through a chat template."
 
 
+def _selection_section(rep: Report, sel: dict) -> None:
+    """The report's account of how ``auto`` chose its selector (nothing for other selectors)."""
+    if sel["candidates"]:
+        rep.heading("How the selector was chosen (train templates only, never the held-out split)")
+        how = (f"cross-validated in {sel['folds']} folds: each of the {sel['n_val_templates']} train templates is "
+               "measured exactly with the mask a candidate selects without it" if sel.get("folds", 1) > 1 else
+               f"selected on {sel['n_fit_templates']} fit templates and measured exactly on "
+               f"{sel['n_val_templates']} validation templates of the train split")
+        rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates {how}; perplexity is that of the "
+                 "candidate's mask on all train templates.", "note")
+        rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"], "yes" if r["chosen"] else ""]
+                   for r in sel["candidates"]],
+                  ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)", "chosen"])
+
+
 def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
@@ -171,18 +186,7 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
              f"seen in scoring. {_prompts_sentence(m['config'])} {m['export']['summary']}.",
              "note" if m["export"]["ok"] else "warn")
-    sel = m["selection"]
-    if sel["candidates"]:
-        rep.heading("How the selector was chosen (train templates only, never the held-out split)")
-        how = (f"cross-validated in {sel['folds']} folds: each of the {sel['n_val_templates']} train templates is "
-               "measured exactly with the mask a candidate selects without it" if sel.get("folds", 1) > 1 else
-               f"selected on {sel['n_fit_templates']} fit templates and measured exactly on "
-               f"{sel['n_val_templates']} validation templates of the train split")
-        rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates {how}; perplexity is that of the "
-                 "candidate's mask on all train templates.", "note")
-        rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"], "yes" if r["chosen"] else ""]
-                   for r in sel["candidates"]],
-                  ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)", "chosen"])
+    _selection_section(rep, m["selection"])
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")

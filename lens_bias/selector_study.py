@@ -116,11 +116,11 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
             frac = 100 * rows[-1]["params"] / sum(p.numel() for p in bridge.parameters())
             rows.append(_row(bridge, ts, train, ev, spec, f"{frac:.4f}%params", "heads", cost, neutral, before,
                              train_before, base_dom, False, seed, batch_size))
-    return {"rows": rows, "before": {k: v for k, v in before.items() if k != "per_item"},
+    return add_versus({"rows": rows, "before": {k: v for k, v in before.items() if k != "per_item"},
             "held_out_pairs": held_out_pairs(before),
             "settings": {"budgets": list(budgets), "lodo_budgets": list(lodo_budgets), "seed": seed,
                          "n_train": len(train), "n_held_out": len(ev.pairs),
-                         "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}}
+                         "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}})
 
 
 def _row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, before, train_before, base_dom, with_lodo, seed,
@@ -162,6 +162,13 @@ def versus(res: dict, row: dict, reference: dict | None = None) -> dict | None:
         return None
     return js_reduction({"per_item": {**pairs, "js": reference["held_out_js"]}},
                         {"per_item": {**pairs, "js": row["held_out_js"]}}, seed=res.get("settings", {}).get("seed", 0))
+
+
+def add_versus(res: dict) -> dict:
+    """``res`` with ``vs_first`` (:func:`versus`) on every neuron row, ``None`` on the others."""
+    for r in res["rows"]:
+        r["vs_first"] = versus(res, r) if r["kind"] == "neurons" else None
+    return res
 
 
 def _cell(c: dict | None, key: str = "pct") -> str:
