@@ -36,8 +36,7 @@ def main(a: argparse.Namespace) -> None:
             res["rows"].append({"label": spec.label(), "budget": budget, "kind": "neurons",
                                 "held_out": js_reduction(before, after, seed=SEED),
                                 "held_out_js": [float(x) for x in after["per_item"]["js"]]})
-            res["rows"][-1]["vs_first"] = S.versus(res, res["rows"][-1])
-            r = res["rows"][-1]
+            r = S.add_versus(res)["rows"][-1]
             print(f"{budget:6s} {spec.label():32s} held-out {S._cell(r['held_out'])}  vs first {S._cell(r['vs_first'])}",
                   flush=True)
             res["seconds"] = round(time.time() - t0, 1)

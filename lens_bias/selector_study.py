@@ -197,14 +197,15 @@ SELECTOR_HEADER = ["selector", "kind", "budget", "n", "train JS red. %", "held-o
 def selector_rows(res: dict) -> tuple[list[list], list[str]]:
     """One table row per :func:`compare_selectors` row; reductions are positive when bias falls,
     ``~`` marks a change within noise. "vs first row": the held-out JS a neuron mask leaves
-    relative to the first neuron row's at its budget, paired by template (:func:`versus`)."""
+    relative to the first neuron row's at its budget, paired by template (the rows' ``vs_first``,
+    from :func:`add_versus`)."""
     out = []
     for r in res["rows"]:
         t = r["tests"]
         ppl = t.get("wikitext_ppl")
         out.append([r["label"] + (f" -> {r['chosen']}" if r.get("chosen") else ""), r["kind"], r["budget"],
                     r["n_pruned"], _cell(r["train"]), _cell(t["js"]),
-                    _cell(versus(res, r)) if r["kind"] == "neurons" else "-", _cell((r.get("lodo") or {}).get("pooled")),
+                    _cell(r.get("vs_first")) if r["kind"] == "neurons" else "-", _cell((r.get("lodo") or {}).get("pooled")),
                     _cell(t.get("abs_logit_gap")), _cell(t.get("seqgap")), _cell(t.get("crows_black_rate"), "diff"),
                     _cell(t.get("crows_race_color_rate"), "diff"),
                     "-" if ppl is None else f"{ppl['pct']:+.1f} [{ppl['pct_ci'][0]:.1f}, {ppl['pct_ci'][1]:.1f}]",

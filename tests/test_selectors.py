@@ -263,7 +263,7 @@ def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
     """A mask's held-out JS against the first neuron row's at its budget, paired by template:
     halving every pair's JS is a 50 % reduction; the first row has no comparison, nor do rows
     without per-pair values; another budget has its own reference."""
-    from lens_bias.selector_study import selector_rows, versus
+    from lens_bias.selector_study import add_versus, selector_rows, versus
 
     pairs = {"templates": [f"t{i}" for i in range(8)], "domains": ["a"] * 8}
     rows = [{"kind": "neurons", "budget": "1%", "held_out_js": [0.02] * 8},
@@ -279,5 +279,5 @@ def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
     assert versus({"rows": rows}, rows[1]) is None  # results written before per-pair values were kept
     for r in rows:
         r.update(label="x", n_pruned=1, train=None, tests={"js": None}, kl_neutral=None, select_seconds=0)
-    table, header = selector_rows(res)
+    table, header = selector_rows(add_versus(res))
     assert [t[header.index("held-out JS vs first row %")] for t in table][:2] == ["-", "50.0 [50.0, 50.0]"]
