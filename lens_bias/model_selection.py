@@ -67,8 +67,8 @@ def make_mask(spec: SelectorSpec, bridge: Bridge, ts: TemplateScores, pairs: Pai
     q, o = spec.max_cost_quantile, spec.options
     if spec.selector == "auto":
         res = choose(bridge, ts, pairs, budget, kind, cost, neutral, seed=seed, batch_size=batch_size)
-        mask = make_mask(res["chosen"], bridge, ts, pairs, budget, kind, cost, neutral, seed, batch_size, progress)
-        mask.meta["model_selection"] = {k: v for k, v in res.items() if k != "chosen"}
+        mask = res["mask"]
+        mask.meta["model_selection"] = {k: v for k, v in res.items() if k not in ("chosen", "mask")}
         mask.meta.update({"selector": "auto", "selector_chosen": res["chosen"].label()})
         return mask
     if spec.selector == "oneshot":
@@ -111,20 +111,21 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
     (:func:`validation_split`) instead of ``folds``-fold cross-validation by template (fewer folds
     when the train pairs have fewer templates).
 
-    Returns ``{"chosen": SelectorSpec, "rows": [...], "why": str, "folds", "n_fit_templates",
-    "n_val_templates"}``; each row has the candidate, its validation JS reduction (%, pooled over
+    Returns ``{"chosen": SelectorSpec, "mask": its mask on all train templates, "rows": [...],
+    "why": str, "folds", "n_fit_templates", "n_val_templates"}``; each row has the candidate, its validation JS reduction (%, pooled over
     the folds), the reduction of each fold and the neutral perplexity change (%)."""
     candidates = list(candidates or default_candidates())
     folds = min(folds, len({(p.domain, p.template) for p in train}))  # a small user file: fewer folds
     splits = template_folds(train, folds, seed + 1) if folds > 1 else [validation_split(train, seed)]
     base = [_val_js(bridge, val, None, batch_size) * len(val) for _, val in splits]
     ppl0 = perplexity(bridge, neutral, progress=False)
-    rows = []
+    rows, masks = [], []
     for spec in candidates:
         after = [_val_js(bridge, val, make_mask(spec, bridge, ts.restrict(fit.templates), fit, budget, kind, cost,
                                                 neutral, seed, batch_size), batch_size) * len(val)
                  for fit, val in splits]
-        with ablate(bridge, make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size)):
+        masks.append(make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size))
+        with ablate(bridge, masks[-1]):
             ppl = perplexity(bridge, neutral, progress=False)
         rows.append({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "label": spec.label(),
                      "val_reduction_pct": 100 * (1 - sum(after) / sum(base)),
@@ -142,7 +143,7 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
         why = f"no candidate stayed within +{max_ppl_increase:g} % neutral-text perplexity; the least damaging"
     for j, r in enumerate(rows):
         r["chosen"] = j == i
-    return {"chosen": candidates[i], "rows": rows, "why": why, "folds": folds,
+    return {"chosen": candidates[i], "mask": masks[i], "rows": rows, "why": why, "folds": folds,
             "n_fit_templates": len(splits[0][0].templates), "n_val_templates": n_val}
 
 
