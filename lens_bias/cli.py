@@ -14,12 +14,14 @@ from .cli_common import (
     ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
+    DomainOpt,
     DtypeOpt,
     ModelOpt,
     PairsOpt,
     QuietOpt,
     SelectorOpt,
     SplitOpt,
+    TrustOpt,
     check_run_options,
     comma_list,
     domain_list,
@@ -38,6 +40,7 @@ from .cli_common import (
 )
 from .cli_experiment import app as experiment_app
 from .cli_pairs import pairs_cmd
+from .cli_prune import prune_cmd
 from .errors import ExportCheckError, LensBiasError
 
 app = typer.Typer(
@@ -46,9 +49,7 @@ app = typer.Typer(
     help="Find, remove and verify the neurons and attention heads that drive Black/White bias.",
 )
 
-DomainOpt = Annotated[list[str] | None, typer.Option("--domain", "-d", help="bundled domain(s); repeat or comma-separate")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
 
 
 def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0, metric: str = "js"):
@@ -327,59 +328,6 @@ def run(
 
 
 @app.command()
-def prune(
-    scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
-    model: ModelOpt = "smollm2-135m",
-    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
-    kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
-    per_layer: Annotated[str, typer.Option(help="global or uniform (uniform allows structural export)")] = "global",
-    mode: Annotated[str, typer.Option(help="zero (shape-preserving) or structural (neurons removed)")] = "zero",
-    max_cost_quantile: Annotated[float, typer.Option(
-        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
-    ablation: Annotated[str | None, typer.Option(help="zero, or mean (neutral-text means, folded into biases); "
-                                                      "default: as in the scan")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
-    allow_other_model: Annotated[bool, typer.Option(
-        "--allow-other-model", help="prune anyway when the scores name another model of the same shape")] = False,
-    trust_remote_code: TrustOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-) -> None:
-    """Select the top components from scores and write the mask files and the pruned HF model.
-    The scores must come from this model: another shape is refused, another name or architecture
-    too unless --allow-other-model (mask.json then records it). Pairs are not compared: prune
-    evaluates on none, and a run evaluates its pruning on held-out pairs, other than the scan's."""
-    from .atomic import atomic_out, prepare_out
-    from .export import export_hf
-    from .provenance import check_scores_match
-    from .pruning import check_export_format, mask_from_scores, scores_ablation
-    from .scores import Scores
-
-    try:
-        if out.exists() and not overwrite:
-            prepare_out(out, overwrite)  # refuses, before the model is loaded
-        s = Scores.load(scores)
-        ablation = scores_ablation(s, ablation)
-        check_export_format(ablation, "hf", mode)  # before the model is loaded
-        with interruptible(out):
-            bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
-            if warning := check_scores_match(s, None, bridge, allow_other_model, "prune", "--allow-other-model"):
-                warn(warning)
-            mask, means = mask_from_scores(bridge, s, budget, kind, per_layer, max_cost_quantile, ablation)
-            mask.meta.update(scores_pairs_hash=s.settings.get("pairs_hash"), provenance_warning=warning)
-            with atomic_out(out, overwrite) as tmp:
-                mask.save(tmp)
-                export_hf(bridge, mask, tmp / "model", mode="mean" if means else mode, overwrite=True, means=means)
-    except LensBiasError as e:
-        fail(e)
-    c = mask.counts()
-    typer.echo(f"pruned {c['neurons']} neurons and {c['heads']} heads ({mode}); wrote {out}/mask.safetensors, "
-               f"{out}/mask.json and {out}/model/" + (f"\nwarning: {warning}" if warning else ""))
-
-
-@app.command()
 def export(
     mask: Annotated[Path, typer.Option("--mask", help="mask.safetensors (or its folder)")],
     format: Annotated[str, typer.Option("--format", "-f", help="hf, torch-prune, torch-pruning or optipfair")] = "hf",
@@ -444,4 +392,5 @@ def export(
 
 
 app.command("pairs")(pairs_cmd)
+app.command("prune")(prune_cmd)
 app.add_typer(experiment_app, name="experiment")

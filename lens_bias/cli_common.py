@@ -253,6 +253,8 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
         raise LensBiasError(f"--steps must be at least 1, got {steps}")
 
 
+DomainOpt = Annotated[list[str] | None, typer.Option("--domain", "-d", help="bundled domain(s); repeat or comma-separate")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
 SelectorOpt = Annotated[str, typer.Option(
     help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "
          "learned (straight-through top-k with safeguards) or auto (chosen by cross-validation on the train templates)")]

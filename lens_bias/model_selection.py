@@ -31,7 +31,7 @@ from .capability import perplexity
 from .errors import MaskError
 from .learned import LearnConfig, _val_js, learn_mask
 from .masks import PruningMask
-from .pairs import PairSet
+from .pairs import PairSet, neutral_text
 from .scores import Scores
 from .selection import select, select_iterative
 from .splits import template_folds, template_split
@@ -88,6 +88,41 @@ def make_mask(spec: SelectorSpec, bridge: Bridge, ts: TemplateScores, pairs: Pai
                           progress=progress)[0]
     mask.meta.update({"selector": spec.selector, "max_cost_quantile": q, **{f"selector_{k}": v for k, v in o.items()}})
     return mask
+
+
+def select_with(selector: str, bridge: Bridge, pairs: PairSet, budget: str | int | float, kind: str = "neurons", *,
+                scores: Scores | None = None, ts: TemplateScores | None = None, steps: int = 4, metric: str = "js",
+                ablation: str = "zero", means: dict | None = None, cost: Scores | None = None,
+                max_cost_quantile: float | None = 0.5, seed: int = 0, batch_size: int = 16,
+                progress: bool = False) -> PruningMask:
+    """The mask ``selector`` chooses from ``pairs`` at ``budget`` of ``kind`` (``neurons``, ``heads``
+    or ``both``: one mask a kind, joined), what ``lens-bias run`` and ``lens-bias prune`` prune.
+
+    ``scores`` is the attribution of ``pairs`` (the ``ablate`` estimator under ``ablation``):
+    ``oneshot`` takes its top units and ``iterative`` (``steps`` rounds, under ``ablation``)
+    reuses it as its first round; ``ts`` is the same attribution kept per template, which
+    ``stable``, ``learned`` and ``auto`` need (computed here when not given; they work under zero
+    ablation only)."""
+    if selector not in SELECTORS:
+        raise MaskError(f"selector must be one of {', '.join(SELECTORS)}; got {selector!r}")
+    if ablation != "zero" and selector not in ("oneshot", "iterative"):
+        raise MaskError(f"the {selector} selector works under zero ablation; use zero ablation, or the oneshot "
+                        "or iterative selector")
+    kinds = ["neurons", "heads"] if kind == "both" else [kind]
+    q = max_cost_quantile
+    if selector == "oneshot":
+        if scores is None:
+            scores = (ts or attribute_templates(bridge, pairs, metric=metric, batch_size=batch_size,
+                                                progress=progress)).scores()
+        return select(scores, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=q)
+    if selector == "iterative":
+        parts = [select_iterative(bridge, pairs, budget, k, steps, metric, ablation, means, cost, q, batch_size,
+                                  first=scores, progress=progress)[0] for k in kinds]
+    else:
+        ts = ts or attribute_templates(bridge, pairs, metric=metric, batch_size=batch_size, progress=progress)
+        parts = [make_mask(SelectorSpec(selector, q), bridge, ts, pairs, budget, k, cost, neutral_text(), seed,
+                           batch_size, progress) for k in kinds]
+    return parts[0] if len(parts) == 1 else parts[0] | parts[1]
 
 
 def validation_split(train: PairSet, seed: int = 0, share: float = VAL_SHARE) -> tuple[PairSet, PairSet]:

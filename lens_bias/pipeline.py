@@ -30,11 +30,11 @@ from .experiments import (
 )
 from .masks import PruningMask
 from .metrics import greedy_continuations
-from .model_selection import SELECTORS, SelectorSpec, make_mask
+from .model_selection import SELECTORS, select_with
 from .pairs import PairSet, neutral_text
 from .run_record import RunResults, run_metrics, write_record
 from .scores import Scores
-from .selection import random_mask, select, select_iterative
+from .selection import random_mask
 from .splits import HELD_PER_DOMAIN, split_pairs, split_sentences
 from .stability import TemplateScores, attribute_templates
 from .targets import TARGETS, is_sentence_target
@@ -249,23 +249,14 @@ def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None
 
 def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores, means: dict | None,
            cost: Scores | None) -> PruningMask:
-    """The mask at the requested budget: one-shot from ``scores`` (``ts.scores()``), iterative
-    (``--selector iterative`` or ``steps > 1``; 4 rounds unless ``steps`` says more, under the run's
-    ablation), or any other selector of :mod:`lens_bias.model_selection` (zero ablation)."""
-    kinds = ["neurons", "heads"] if cfg.kind == "both" else [cfg.kind]
-    if cfg.selector == "iterative" or cfg.steps > 1:
-        steps = cfg.steps if cfg.steps > 1 else 4
-        parts = [select_iterative(bridge, train, cfg.budget, k, steps, cfg.metric, cfg.ablation, means, cost,
-                                  cfg.max_cost_quantile, cfg.batch_size, first=scores, progress=cfg.progress)[0]
-                 for k in kinds]
-    elif cfg.selector == "oneshot":
-        parts = [select(scores, cfg.budget, kind=cfg.kind, bridge=bridge, cost=cost,
-                        max_cost_quantile=cfg.max_cost_quantile)]
-    else:
-        spec = SelectorSpec(cfg.selector, cfg.max_cost_quantile)
-        parts = [make_mask(spec, bridge, ts, train, cfg.budget, k, cost, neutral_text(), cfg.seed, cfg.batch_size,
-                           cfg.progress) for k in kinds]
-    mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+    """The mask at the requested budget, by the run's selector
+    (:func:`lens_bias.model_selection.select_with`); ``steps > 1`` is the iterative selector, which
+    takes 4 rounds unless ``steps`` says more."""
+    selector = "iterative" if cfg.steps > 1 else cfg.selector
+    mask = select_with(selector, bridge, train, cfg.budget, cfg.kind, scores=scores, ts=ts,
+                       steps=cfg.steps if cfg.steps > 1 else 4, metric=cfg.metric, ablation=cfg.ablation, means=means,
+                       cost=cost, max_cost_quantile=cfg.max_cost_quantile, seed=cfg.seed,
+                       batch_size=cfg.batch_size, progress=cfg.progress)
     mask.meta.update({"ablation": cfg.ablation, "metric": cfg.metric, "seed": cfg.seed})
     return mask
 

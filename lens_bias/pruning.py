@@ -16,7 +16,8 @@ from .bridge import Bridge
 from .capture import mean_activations
 from .errors import MaskError
 from .masks import PruningMask
-from .pairs import neutral_text
+from .model_selection import select_with
+from .pairs import PairSet, neutral_text
 from .scores import Scores
 from .selection import select
 
@@ -44,7 +45,9 @@ def scores_ablation(scores: Scores, ablation: str | None = None) -> str:
 
 def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",
                      per_layer: str = "global", max_cost_quantile: float | None = 0.5,
-                     ablation: str | None = None) -> tuple[PruningMask, dict | None]:
+                     ablation: str | None = None, selector: str = "oneshot", pairs: PairSet | None = None,
+                     steps: int = 4, seed: int = 0, batch_size: int = 16,
+                     progress: bool = False) -> tuple[PruningMask, dict | None]:
     """The mask ``lens-bias prune`` writes, and the constants its units output.
 
     ``ablation`` (default: the one the scores were computed with, ``scores.settings["ablation"]``,
@@ -52,6 +55,11 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     cost of the filter (``max_cost_quantile``; ``None`` or >= 1: off) is measured. Returns the mask
     (``meta["ablation"]`` records it) and, for mean ablation, the means to export it with
     (:func:`lens_bias.export.export_hf` ``mode="mean"``), else ``None``.
+
+    ``selector`` other than ``"oneshot"`` (the top scores) re-reads the pairs the scores were
+    computed on, ``pairs``, with :func:`lens_bias.model_selection.select_with`: ``iterative``
+    (``steps`` rounds, the scores as its first), ``stable``, ``learned`` or ``auto``. Those need
+    attribution scores (``lens-bias scan --scorer ablate``) and select globally.
 
     Examples:
         >>> from lens_bias import load_model
@@ -67,10 +75,29 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     means = mean_activations(bridge, neutral) if ablation == "mean" else None
     on = max_cost_quantile is not None and max_cost_quantile < 1
     cost = capability_cost(bridge, neutral, ablation=ablation, means=means) if on else None
-    mask = select(scores, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost,
-                  max_cost_quantile=max_cost_quantile if on else None)
+    q = max_cost_quantile if on else None
+    if selector == "oneshot":
+        mask = select(scores, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost, max_cost_quantile=q)
+    else:
+        _check_selector_inputs(scores, selector, pairs, per_layer)
+        same = scores.settings.get("ablation", "zero") == ablation and not scores.settings.get("graddrop")
+        mask = select_with(selector, bridge, pairs, budget, kind, scores=scores if same else None, steps=steps,
+                           metric=scores.settings.get("metric", "js"), ablation=ablation, means=means, cost=cost,
+                           max_cost_quantile=q, seed=seed, batch_size=batch_size, progress=progress)
     mask.meta["ablation"] = ablation
     return mask, means
+
+
+def _check_selector_inputs(scores: Scores, selector: str, pairs: PairSet | None, per_layer: str) -> None:
+    """Refuse a selector other than one-shot without what it needs, naming the fix."""
+    if scores.settings.get("estimator") != "ablate":
+        raise MaskError(f"the {selector} selector re-attributes, so it needs attribution scores; these are "
+                        f"{scores.settings.get('scorer', 'unknown')!r} scores: scan with --scorer ablate, "
+                        "or prune with --selector oneshot")
+    if pairs is None:
+        raise MaskError(f"the {selector} selector needs the pairs the scores were computed on")
+    if per_layer != "global":
+        raise MaskError(f"the {selector} selector chooses globally; use --per-layer global or --selector oneshot")
 
 
 def ablation_constants(bridge: Bridge, mask: PruningMask) -> dict | None:

@@ -8,11 +8,16 @@ from typer.testing import CliRunner
 
 from lens_bias import build_pairs
 from lens_bias.ablation import ablate
+from lens_bias.attribution import capability_cost
 from lens_bias.batching import pair_batch
 from lens_bias.cli import app
+from lens_bias.cli_common import pairs_as_scanned
 from lens_bias.errors import MaskError
 from lens_bias.export import export_hf
 from lens_bias.masks import PruningMask
+from lens_bias.model_selection import select_with
+from lens_bias.pairs import neutral_text
+from lens_bias.provenance import check_scores_match
 from lens_bias.pruning import ablation_constants, check_ablation, mask_from_scores
 from lens_bias.scores import Scores
 
@@ -86,3 +91,42 @@ def test_bad_ablation_and_missing_means_are_refused(tiny, tmp_path):
     with pytest.raises(MaskError, match="needs the units' means"):
         export_hf(tiny, mask, tmp_path / "x", mode="mean")
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_prune_with_a_selector_rereads_the_scans_pairs(scanned, tiny, tmp_path):
+    """--selector iterative re-attributes on the pairs the scan recorded: the CLI's mask is
+    select_with's on those pairs (its first round the scan's scores), at the budget exactly, and
+    not the one-shot mask."""
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--selector", "iterative", "--steps", "3", "-q",
+                            "-o", str(tmp_path / "it")])
+    assert r.exit_code == 0, r.output
+    s = Scores.load(scanned)
+    ps, _ = pairs_as_scanned(s.settings, None, None, None, None, None)
+    assert check_scores_match(s, ps, tiny) is None  # the very pairs scored
+    cost = capability_cost(tiny, neutral_text())
+    want = select_with("iterative", tiny, ps, 6, scores=s, steps=3, cost=cost, max_cost_quantile=0.5)
+    got = PruningMask.load(tmp_path / "it")
+    assert got.counts()["neurons"] == 6 and torch.equal(got.neurons, want.neurons)
+    assert got.meta["selector"] == "iterative"
+    oneshot = mask_from_scores(tiny, s, 6, max_cost_quantile=0.5)[0]
+    assert not torch.equal(got.neurons, oneshot.neurons)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--selector", "bogus"], "--selector must be one of"),
+    (["--selector", "stable", "--per-layer", "uniform"], "chooses globally"),
+    (["--selector", "iterative", "--pairs", "OTHER"], "other pairs"),
+])
+def test_cli_prune_refuses_a_selector_without_what_it_needs(scanned, tmp_path, extra, message):
+    other = tmp_path / "other.jsonl"
+    build_pairs(["finance"])[:4].to_jsonl(other)
+    extra = [str(other) if a == "OTHER" else a for a in extra]
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), *extra, "-q", "-o", str(tmp_path / "p")])
+    assert r.exit_code != 0 and message in r.output.replace("\n", " "), r.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_prune_selector_needs_attribution_scores(tiny):
+    s = Scores(torch.rand(2, 128), None, {}, {"scorer": "wanda", "estimator": "wanda"})
+    with pytest.raises(MaskError, match="scan with --scorer ablate"):
+        mask_from_scores(tiny, s, 4, max_cost_quantile=None, selector="stable", pairs=build_pairs(["hiring"])[:4])
