@@ -28,7 +28,24 @@ from .batching import Batch, check_finite, chunks, encode, logits_at, pad_rows
 from .bridge import Bridge, context_length, model_device, tokenizer_of, weights_version
 from .corpora import CrowsPair, in_subset
 from .errors import LensBiasError, PairsError
+from .interventions import attached
 from .stats import bootstrap_ci
+
+
+def neutral_kl(bridge: Bridge, texts: Sequence[str], hooks: list) -> Float[Tensor, ""]:
+    """Mean KL(unpruned || with ``hooks``) of the next-token distributions over every unpadded
+    token of ``texts`` (nats per token); differentiable through the hooks."""
+    batch = encode(tokenizer_of(bridge), list(texts), device=model_device(bridge))
+
+    def logp(logits: Tensor) -> Tensor:  # float32 for half precision; float64 stays (exactness tests)
+        return F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)
+
+    with torch.no_grad():
+        ref = logp(bridge(batch.ids))
+    with attached(bridge, hooks):
+        new = logp(bridge(batch.ids))
+    return (ref.exp() * (ref - new)).sum(-1)[batch.mask.bool()].mean()
+
 
 # ---------------------------------------------------------------- sentence log-likelihoods
 

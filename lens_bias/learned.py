@@ -32,9 +32,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .ablation import ablate
-from .batching import encode, last_logits, pair_batch
-from .bridge import Bridge, Kind, model_device, tokenizer_of
-from .capability import perplexity
+from .batching import last_logits, pair_batch
+from .bridge import Bridge, Kind
+from .capability import neutral_kl, perplexity
 from .components import hook_name
 from .errors import MaskError
 from .interventions import attached
@@ -91,16 +91,6 @@ def _pair_js(bridge: Bridge, pairs: Sequence) -> Tensor:
     logp = F.log_softmax(upcast(last_logits(bridge, batch.ids, batch.lengths.tolist())), -1)
     n = len(pairs)
     return js_divergence(logp[:n], logp[n:])
-
-
-def _neutral_kl(bridge: Bridge, texts: Sequence[str], hooks: list) -> Tensor:
-    batch = encode(tokenizer_of(bridge), list(texts), device=model_device(bridge))
-    with torch.no_grad():
-        ref = F.log_softmax(upcast(bridge(batch.ids)), -1)
-    with attached(bridge, hooks):
-        new = F.log_softmax(upcast(bridge(batch.ids)), -1)
-    m = batch.mask.bool()
-    return (ref.exp() * (ref - new)).sum(-1)[m].mean()
 
 
 def _val_js(bridge: Bridge, val: PairSet, mask: PruningMask | None, batch_size: int = 16) -> float:
@@ -197,7 +187,7 @@ def _train_step(bridge, domains, base, theta, allowed, k, kind, neutral, q, opt,
         q = q * torch.exp(cfg.dro_eta * lvec.detach().double())
         q = q / q.sum()
         ni = torch.randperm(len(neutral), generator=gen)[:cfg.neutral_batch].tolist()
-        kl = _neutral_kl(bridge, [neutral[i] for i in ni], hooks)
+        kl = neutral_kl(bridge, [neutral[i] for i in ni], hooks)
         loss = (q.to(lvec.dtype) * lvec).sum() + cfg.kl_weight * kl
         loss.backward()
     opt.step()
