@@ -9,8 +9,9 @@ CrowS-Pairs and 4,096 WikiText-2 tokens:
 * ``fitted``: constants learned by `lens_bias.optimal_ablation.fit_constants` (KL to the unpruned
   model) on the neutral lines the evaluation's KL does not use.
 
-Every measure has its interval and test against the unpruned model (`evaluation_changes`), and
-held-out JS is also compared with zero ablation's pair by pair (`js_reduction`). Neither the
+Every measure has its interval and test against the unpruned model (`evaluation_changes`);
+held-out JS (`js_reduction`) and WikiText-2 perplexity are also compared with zero ablation's,
+pair by pair and window by window. Neither the
 held-out pairs, CrowS-Pairs nor WikiText-2 is seen by the selection or the fit.
 
     python benchmarks/optimal_ablation.py OUT.json [--selector iterative] [--budget 0.5%] [--steps 100]
@@ -59,10 +60,13 @@ def main(a: argparse.Namespace) -> None:
         ch = evaluation_changes(before, after[name], seed=SEED)
         row = {"ablation": name, "kl_neutral": after[name].get("kl_neutral"),
                **{k: dataclasses.asdict(ch[k]) for k in SHOWN if k in ch},
-               "vs_zero": None if name == "zero" else js_reduction(after["zero"], after[name], seed=SEED)}
+               "vs_zero": None if name == "zero" else js_reduction(after["zero"], after[name], seed=SEED),
+               "vs_zero_ppl": None if name == "zero" else dataclasses.asdict(
+                   evaluation_changes(after["zero"], after[name], seed=SEED)["wikitext_ppl"])}
         res["rows"].append(row)
         print(name, {k: (round(row[k]["pct"], 1), row[k]["pct_ci"], row[k]["p"]) for k in SHOWN if k in row},
-              "vs zero:", row["vs_zero"] and (round(row["vs_zero"]["reduction_pct"], 1), row["vs_zero"]["p"]),
+              "vs zero:", row["vs_zero"] and (round(row["vs_zero"]["reduction_pct"], 1), row["vs_zero"]["p"],
+                                              round(row["vs_zero_ppl"]["pct"], 2), row["vs_zero_ppl"]["p"]),
               flush=True)
         res["seconds"] = round(time.time() - t0, 1)
         a.out.write_text(json.dumps(res, indent=1, default=float))
