@@ -15,6 +15,7 @@ pair by pair and window by window. Neither the
 held-out pairs, CrowS-Pairs nor WikiText-2 is seen by the selection or the fit.
 
     python benchmarks/optimal_ablation.py OUT.json [--selector iterative] [--budget 0.5%] [--steps 100]
+        [--per-domain 24] [--model smollm2-135m]
 """
 
 import argparse
@@ -37,7 +38,7 @@ SHOWN = ("js", "abs_logit_gap", "seqgap", "crows_black_rate", "crows_race_color_
 
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
-    bridge, train, ev = _setup(a.model, None, None, 24, 26, SEED, {}, ppl_tokens=4096)
+    bridge, train, ev = _setup(a.model, None, None, a.per_domain, 26, SEED, {}, ppl_tokens=4096)
     ts, cost = _template_scores(bridge, train, True)
     mask = select_with(a.selector, bridge, train, a.budget, "neurons", scores=ts.scores(), ts=ts, cost=cost,
                        max_cost_quantile=0.5, seed=SEED, batch_size=BATCH, progress=True)
@@ -50,6 +51,7 @@ def main(a: argparse.Namespace) -> None:
             "fitted": ("mean", fitted)}
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
     res = {"model": a.model, "selector": a.selector, "budget": a.budget, "n_neurons": mask.counts()["neurons"],
+           "per_domain": a.per_domain, "n_train_pairs": len(train),
            "fit": {**{k: v for k, v in info.items() if k != "losses"}, "steps": a.steps, "lr": a.lr,
                    "n_texts": len(fit_texts), "seconds": round(fit_s, 1), "losses": info["losses"]},
            "rows": []}
@@ -78,6 +80,7 @@ if __name__ == "__main__":
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--selector", default="iterative")
     ap.add_argument("--budget", default="0.5%")
+    ap.add_argument("--per-domain", type=int, default=24, help="train pairs a domain (the held-out 156 stay)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.01)
     main(ap.parse_args())
