@@ -110,17 +110,19 @@ def select_with(selector: str, bridge: Bridge, pairs: PairSet, budget: str | int
                         "or iterative selector")
     kinds = ["neurons", "heads"] if kind == "both" else [kind]
     q = max_cost_quantile
+    def per_template() -> TemplateScores:  # the attribution under the same ablation, unless given
+        return ts if ts is not None else attribute_templates(bridge, pairs, metric=metric, ablation=ablation,
+                                                             means=means, batch_size=batch_size, progress=progress)
+
     if selector == "oneshot":
-        if scores is None:
-            scores = (ts or attribute_templates(bridge, pairs, metric=metric, batch_size=batch_size,
-                                                progress=progress)).scores()
-        return select(scores, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=q)
+        return select(scores if scores is not None else per_template().scores(), budget, kind=kind, bridge=bridge,
+                      cost=cost, max_cost_quantile=q)
     if selector == "iterative":
         parts = [select_iterative(bridge, pairs, budget, k, steps, metric, ablation, means, cost, q, batch_size,
                                   first=scores, progress=progress)[0] for k in kinds]
     else:
-        ts = ts or attribute_templates(bridge, pairs, metric=metric, batch_size=batch_size, progress=progress)
-        parts = [make_mask(SelectorSpec(selector, q), bridge, ts, pairs, budget, k, cost, neutral_text(), seed,
+        tts = per_template()
+        parts = [make_mask(SelectorSpec(selector, q), bridge, tts, pairs, budget, k, cost, neutral_text(), seed,
                            batch_size, progress) for k in kinds]
     return parts[0] if len(parts) == 1 else parts[0] | parts[1]
 

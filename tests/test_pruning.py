@@ -10,6 +10,7 @@ from lens_bias import build_pairs
 from lens_bias.ablation import ablate
 from lens_bias.attribution import capability_cost
 from lens_bias.batching import pair_batch
+from lens_bias.capture import mean_activations
 from lens_bias.cli import app
 from lens_bias.cli_common import pairs_as_scanned
 from lens_bias.errors import MaskError
@@ -20,6 +21,7 @@ from lens_bias.pairs import neutral_text
 from lens_bias.provenance import check_scores_match
 from lens_bias.pruning import ablation_constants, check_ablation, mask_from_scores
 from lens_bias.scores import Scores
+from lens_bias.selection import select
 
 runner = CliRunner()
 PRUNE = ["prune", "--model", "tiny-random", "--budget", "6", "--max-cost-quantile", "0.5"]
@@ -130,3 +132,26 @@ def test_prune_selector_needs_attribution_scores(tiny):
     s = Scores(torch.rand(2, 128), None, {}, {"scorer": "wanda", "estimator": "wanda"})
     with pytest.raises(MaskError, match="scan with --scorer ablate"):
         mask_from_scores(tiny, s, 4, max_cost_quantile=None, selector="stable", pairs=build_pairs(["hiring"])[:4])
+
+
+def test_select_with_refuses_an_unknown_selector_and_mean_ablation_where_unsupported(tiny):
+    ps = build_pairs(["hiring"])[:4]
+    with pytest.raises(MaskError, match="selector must be one of"):
+        select_with("bogus", tiny, ps, 4)
+    with pytest.raises(MaskError, match="works under zero ablation"):
+        select_with("stable", tiny, ps, 4, ablation="mean", means=mean_activations(tiny, neutral_text()[:4]))
+
+
+def test_select_with_attributes_oneshot_under_its_ablation(tiny):
+    """Without scores, one-shot attributes the pairs itself, under the ablation it was given."""
+    from lens_bias.stability import attribute_templates
+
+    ps = build_pairs(["hiring"])[:4]
+    means = mean_activations(tiny, neutral_text()[:4])
+    want = select(attribute_templates(tiny, ps, ablation="mean", means=means, progress=False).scores(), 16,
+                  kind="neurons", bridge=tiny, max_cost_quantile=None)
+    zero = select(attribute_templates(tiny, ps, progress=False).scores(), 16, kind="neurons", bridge=tiny,
+                  max_cost_quantile=None)
+    assert not torch.equal(want.neurons, zero.neurons)  # the two ablations rank differently here
+    got = select_with("oneshot", tiny, ps, 16, ablation="mean", means=means, max_cost_quantile=None)
+    assert torch.equal(got.neurons, want.neurons)
