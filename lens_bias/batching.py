@@ -358,8 +358,19 @@ def last_logits(bridge: Bridge, ids: Int[Tensor, "batch pos"], lengths: Sequence
     return logits[torch.arange(len(lengths), device=logits.device), where]
 
 
+def widened(t: Tensor) -> Tensor:
+    """``t`` in at least float32: half precision is widened for log-softmax and sums, float64 is
+    kept (a float64 model's log-probs stay float64, so exactness tests compare like with like).
+
+    Examples:
+        >>> widened(torch.ones(2, dtype=torch.bfloat16)).dtype, widened(torch.ones(2, dtype=torch.float64)).dtype
+        (torch.float32, torch.float64)
+    """
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def last_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
-    """Log-probabilities (float32) at each row's last real token, [batch, vocab]; raises
+    """Log-probabilities (float32, float64 for a float64 model) at each row's last real token, [batch, vocab]; raises
     :class:`~lens_bias.errors.NumericsError` on NaN or inf.
 
     Examples:
@@ -369,7 +380,7 @@ def last_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
         >>> round(float(lp.exp().sum(-1)[0]), 4)
         1.0
     """
-    last = last_logits(bridge, batch.ids, batch.lengths).float()
+    last = widened(last_logits(bridge, batch.ids, batch.lengths))
     check_finite(last)
     return F.log_softmax(last, dim=-1)
 

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import Batch, check_finite, chunks, encode, logits_at, pad_rows
+from .batching import Batch, check_finite, chunks, encode, logits_at, pad_rows, widened
 from .bridge import Bridge, context_length, model_device, tokenizer_of, weights_version
 from .corpora import CrowsPair, in_subset
 from .errors import LensBiasError, PairsError
@@ -37,8 +37,8 @@ def neutral_kl(bridge: Bridge, texts: Sequence[str], hooks: list) -> Float[Tenso
     token of ``texts`` (nats per token); differentiable through the hooks."""
     batch = encode(tokenizer_of(bridge), list(texts), device=model_device(bridge))
 
-    def logp(logits: Tensor) -> Tensor:  # float32 for half precision; float64 stays (exactness tests)
-        return F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)
+    def logp(logits: Tensor) -> Tensor:
+        return F.log_softmax(widened(logits), -1)
 
     with torch.no_grad():
         ref = logp(bridge(batch.ids))
@@ -62,8 +62,7 @@ def token_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch pos_min
         >>> lp.shape == (2, batch.ids.shape[1] - 1), bool((lp <= 0).all())
         (True, True)
     """
-    logits = bridge(batch.ids)
-    logits = logits if logits.dtype == torch.float64 else logits.float()  # float64 stays (exactness tests)
+    logits = widened(bridge(batch.ids))
     check_finite(logits)
     logp = F.log_softmax(logits[:, :-1], dim=-1)
     tgt = batch.ids[:, 1:]
@@ -357,7 +356,7 @@ def _kl_batches(bridge: Bridge, texts: Sequence[str], batch_size: int) -> Iterat
 
 def _real_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "tokens vocab"]:
     with torch.inference_mode():
-        return F.log_softmax(bridge(batch.ids).float(), -1)[batch.mask.bool()]
+        return F.log_softmax(widened(bridge(batch.ids)), -1)[batch.mask.bool()]
 
 
 def reference_logprobs(bridge: Bridge, texts: Sequence[str], batch_size: int = 16) -> ReferenceLogprobs:
