@@ -44,3 +44,31 @@ def gemma():
     from lens_bias import load_model
 
     return load_model("gemma3-270m", device="cpu")
+
+
+def _environment_lines() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
+
+    pkgs = ", ".join(f"{n} {v(n)}" for n in ("torch", "transformers", "transformer-lens", "numpy", "safetensors"))
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return [f"lens_bias deps: {pkgs}", f"cpu: {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"]
+
+
+def pytest_report_header(config):
+    return _environment_lines()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The versions and CPU a run used, also under -q, so that a failure report names them (the lock
+    pins them; `make test-latest` runs newer ones; float rounding depends on the CPU's vector width)."""
+    if config.get_verbosity() < 0:
+        for line in _environment_lines():
+            terminalreporter.write_line(line)
