@@ -359,13 +359,8 @@ def last_logits(bridge: Bridge, ids: Int[Tensor, "batch pos"], lengths: Sequence
 
 
 def widened(t: Tensor) -> Tensor:
-    """``t`` in at least float32: half precision is widened for log-softmax and sums, float64 is
-    kept (a float64 model's log-probs stay float64, so exactness tests compare like with like).
-
-    Examples:
-        >>> widened(torch.ones(2, dtype=torch.bfloat16)).dtype, widened(torch.ones(2, dtype=torch.float64)).dtype
-        (torch.float32, torch.float64)
-    """
+    """``t`` in at least float32: half precision is widened, float64 kept (so a float64 model's
+    log-probs stay float64). ``widened(bf16).dtype == float32``, ``widened(f64).dtype == float64``."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
