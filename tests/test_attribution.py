@@ -46,7 +46,13 @@ def test_gradient_equals_exact_for_a_linear_metric(tiny64, few, estimator):
             exact = exact_patch_effects(tiny64, few, comps, metric=linear_metric, progress=False)
     pred = torch.tensor([float(s.neurons[c.layer, c.index]) for c in comps], dtype=torch.float64)
     assert exact.abs().max() > 1e-4  # the case is not trivial
-    assert torch.allclose(pred, exact.double(), atol=1e-9, rtol=1e-6)
+    # gradient x activation vs two ablated forwards: equal in exact arithmetic, but the last layer's
+    # activations come through the float32 attention softmax (even in this float64 model) and the two
+    # paths batch the rows differently (sorted by length / White and Black runs apart), so each side is
+    # float32-accurate: ~1e-7 relative per term, Black and White terms may cancel. 1e-5 relative plus
+    # 1e-5 of the largest effect is 10x a 1-ulp perturbation of the softmax; a 1e-3 error fails.
+    scale = float(exact.abs().max())
+    assert torch.allclose(pred, exact.double(), atol=1e-5 * scale, rtol=1e-5)
 
 
 def test_head_scores_match_slow_loop(tiny64, few):
@@ -67,7 +73,10 @@ def test_head_scores_match_slow_loop(tiny64, few):
                 with attached(tiny64, [(f"blocks.{layer}.attn.hook_z", fn)]):
                     vals.append(metric_value(tiny64, few))
             fd = -(vals[0] - vals[1]) / (2 * eps)  # d m / d(ablation fraction), as a reduction
-            assert float(s.heads[layer, h]) == pytest.approx(fd, rel=2e-3, abs=1e-7)
+            # rel: the O(eps^2) truncation. abs: rounding noise, which does not shrink with the score: m
+            # (~0.04) carries float32-softmax noise of a few eps32 * m per evaluation, and fd divides the
+            # difference of two by 2 eps: 4 * 1.2e-7 * 0.04 / 1e-3 = 2e-5 (measured: up to 3e-6)
+            assert float(s.heads[layer, h]) == pytest.approx(fd, rel=2e-3, abs=2e-5)
 
 
 def test_padding_does_not_change_scores(tiny64):
@@ -78,6 +87,9 @@ def test_padding_does_not_change_scores(tiny64):
     alone = [attribute(tiny64, PairSet([p]), batch_size=1, progress=False) for p in group]
     mean_neurons = sum(a.neurons for a in alone) / 3
     mean_heads = sum(a.heads for a in alone) / 3
+    # other padding: float64 except the attention softmax (float32 in the bridge), so scores agree to
+    # ~1e-6 of their scale (0.005-0.013) under a 1-ulp softmax perturbation; atol 1e-6 (~1e-4 of the
+    # scale) and rtol 1e-4 leave ~100x, and a pad token leaking into a score (or a 1e-3 error) fails
     assert torch.allclose(batched.neurons, mean_neurons, atol=1e-6, rtol=1e-4)
     assert torch.allclose(batched.heads, mean_heads, atol=1e-6, rtol=1e-4)
 
@@ -91,7 +103,11 @@ def test_batches_mix_domains_but_each_pair_counts_for_its_own(tiny, estimator):
     for d, sub in ps.by_domain().items():
         alone = attribute(tiny, sub, estimator=estimator, batch_size=4, progress=False)
         for k in ("neurons", "heads"):
+            # other batches (float32 model): sums of a * g over positions in float32, with cancellation, so
+            # the error scales with the scores' scale (0.003-0.026): ~1e-7 of it measured, ~3e-6 under a
+            # 1-ulp softmax perturbation; atol 1e-6 (>= 4e-5 of the scale) and rtol 1e-4 leave >10x
             torch.testing.assert_close(mixed.by_domain[d][k], alone.get(k), atol=1e-6, rtol=1e-4)
+        # mean JS in float32 from other batches: ~1e-6 relative under a 1-ulp softmax perturbation
         assert mixed.settings["metric_before_by_domain"][d] == pytest.approx(alone.settings["metric_before"], rel=1e-5)
 
 
@@ -99,13 +115,15 @@ def test_scores_are_deterministic_and_round_trip(tiny, tmp_path):
     ps = build_pairs(domains=["finance", "hiring"]).sample(3)
     a = attribute(tiny, ps, progress=False)
     b = attribute(tiny, ps, progress=False)
-    assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)
+    assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)  # same call: same ops, bit-identical
     assert set(a.by_domain) == {"finance", "hiring"}
-    # the overall score is the pair-weighted mean of the per-domain scores
+    # the overall score is the pair-weighted mean of the per-domain scores: the same float64 sums,
+    # regrouped and cast to float32, so a few float32 ulps (~3e-9 at these 0.005-0.02 scores); atol 1e-6
+    # (with allclose's rtol 1e-5) is far above that and far below a dropped pair (~1/3 of a score)
     assert torch.allclose(a.neurons, (a.by_domain["finance"]["neurons"] + a.by_domain["hiring"]["neurons"]) / 2, atol=1e-6)
     path = a.save(tmp_path / "s.safetensors")
     back = Scores.load(path)
-    assert torch.equal(back.neurons, a.neurons) and torch.equal(back.heads, a.heads)
+    assert torch.equal(back.neurons, a.neurons) and torch.equal(back.heads, a.heads)  # save/load round trip
     assert back.settings["metric"] == "js" and back.settings["domains"] == ["finance", "hiring"]
     assert torch.equal(back.by_domain["hiring"]["heads"], a.by_domain["hiring"]["heads"])
 
@@ -176,10 +194,10 @@ def test_graddrop_drops_exactly_one_layer(tiny64, few):
         for drop in range(L):
             for layer in range(L):
                 d, p = dropped[(drop, kind, layer)], plain[(kind, layer)]
-                if layer > drop:
+                if layer > drop:  # the same forward graph and the same backward ops above the gate: exact
                     assert torch.allclose(d, p, atol=1e-12)
                 elif layer == drop:
-                    assert d.abs().max() == 0
+                    assert d.abs().max() == 0  # zeros stay zeros
                 else:  # earlier layers lose the paths through the dropped layer
                     assert not torch.allclose(d, p)
     ps = PairSet(list(chunk))
@@ -188,6 +206,7 @@ def test_graddrop_drops_exactly_one_layer(tiny64, few):
         # per-pair estimates [pairs, units]: summed over the 2 pairs, then the AtP* mean of |.|
         want = torch.stack([torch.stack([dropped[(drop, kind, layer)].sum(0) for layer in range(L)])
                             for drop in range(L)]).div(2).abs().sum(0) / (L - 1)
+        # the same per-pair estimates, summed in float64 in another order: float64 rounding only
         assert torch.allclose(s.get(kind), want.to(s.get(kind).dtype), atol=1e-12)
         assert (s.get(kind) >= 0).all()
     v = validate(tiny64, ps, s, k=3, n_random=2, kinds=("heads",), progress=False)
@@ -200,6 +219,7 @@ def test_validate_on_a_given_sample(tiny64, few):
     v = validate(tiny64, few, s, kinds=("heads",), components={"heads": comps}, progress=False)
     assert v["heads"]["components"] == [[0, 1], [1, 2], [1, 0]]
     exact = exact_effects(tiny64, few, comps, progress=False)
+    # validate runs exact_effects itself, with the same batches: the same ops (default rtol 1e-5 is ample)
     assert torch.allclose(torch.tensor(v["heads"]["exact"], dtype=torch.float64), exact)
 
 
@@ -238,6 +258,8 @@ def test_dispatched_model_gives_the_same_scores(few):
     for est in ("ablate", "patch"):
         a = attribute(one, few, estimator=est, progress=False)
         b = attribute(split, few, estimator=est, progress=False)
+        # accelerate's hooks only move tensors (cpu -> cpu here): the same modules run the same kernels
+        # on the same shapes, so bit-identical
         assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)
     sa, sb = last_token_activations(one, few), last_token_activations(split, few)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs, load_model
-from lens_bias.batching import last_logits, pair_batch
+from lens_bias.batching import last_logits, pair_batch, tokenize_pairs
 from lens_bias.bridge import model_dtype
 from lens_bias.cli import app
 from lens_bias.export import export_hf
@@ -129,7 +129,10 @@ def test_bfloat16_run_has_float32_metrics(tiny_run_config, tmp_path):
     assert model_dtype(b) == torch.bfloat16
     pairs = build_pairs(["hiring"])[:3]
     pm = measure(b, pairs, progress=False)
-    batch = pair_batch(b, pairs.pairs)
+    # the batch measure() runs (its pairs sorted by length): another row order or padding could round the
+    # bfloat16 logits differently (an ulp is 4e-3 relative there), and no float32 tolerance would cover that
+    [order] = tokenize_pairs(b, pairs).sorted_chunks(32)
+    batch = pair_batch(b, [pairs.pairs[i] for i in order])
     with torch.no_grad():
         raw = last_logits(b, batch.ids, batch.lengths)
     assert raw.dtype == torch.bfloat16  # the model computes in bfloat16 ...
@@ -137,7 +140,8 @@ def test_bfloat16_run_has_float32_metrics(tiny_run_config, tmp_path):
     by_hand = js_divergence(lp[: len(pairs)], lp[len(pairs):])
     assert by_hand.dtype == torch.float32
     assert all(isinstance(x, float) for x in pm.values["js"])
-    assert torch.allclose(torch.tensor(pm.values["js"]), by_hand, rtol=1e-5, atol=1e-7)
+    # the same logits and the same float32 ops: equal up to float32 rounding at most
+    assert torch.allclose(torch.tensor([pm.values["js"][i] for i in order]), by_hand, rtol=1e-5, atol=1e-7)
 
 
 def _weights_dtypes(folder) -> set:
@@ -176,4 +180,5 @@ def test_device_map_cpu_cpu_from_the_cli_equals_one_device():
     split = runner.invoke(app, [*args, "--device-map", "cpu,cpu"])
     assert one.exit_code == 0 and split.exit_code == 0, split.output
     a, b = json.loads(one.output[one.output.index("{"):]), json.loads(split.output[split.output.index("{"):])
+    # accelerate's hooks only move tensors (cpu -> cpu): the same kernels on the same batches, so exact
     assert a["all"]["js"] == b["all"]["js"] and a["all"]["js"] > 0

@@ -21,6 +21,11 @@ with install_import_hook(["lens_bias.materialize", "lens_bias.export", "lens_bia
     from lens_bias import verification as VF
 
 TEXT = "The nurse told the patient that the test results looked fine."
+# float32 floor (lens_bias.verification.ABS_FLOOR) for logits computed by two code paths: HF's modules
+# and the bridge, whose attention is TransformerLens's own reimplementation (matmul, mask, float32
+# softmax, matmul). They may round differently (kernel, reduction order, CPU vector width): 1e-5 is
+# ~20 float32 ulps of these |logits| < 8 (1-ulp noise on every attention probability moves them 4e-6);
+# an ablation moves them > 1e-3.
 ATOL = 1e-5
 
 
@@ -67,10 +72,11 @@ def uniform_mask(bridge, per_layer=16, heads=True, seed=0):
 # ---------------------------------------------------------------- clean model
 
 
-def test_clean_hf_model_equals_bridge_exactly(tiny):
+def test_clean_hf_model_equals_bridge(tiny):
     model = MZ.clean_hf_model(tiny)
     ids = ids_of(tiny)
-    assert torch.equal(hf_logits(model, ids), bridge_logits(tiny, ids))
+    # HF modules vs the bridge's reimplemented attention: bit-equal on some CPUs, not promised (ATOL)
+    assert maxdiff(hf_logits(model, ids), bridge_logits(tiny, ids)) <= ATOL
     keys = list(model.state_dict())
     assert not any("_original_component" in k for k in keys)
     assert "model.layers.0.mlp.down_proj.weight" in keys
@@ -124,16 +130,17 @@ def test_bridge_unchanged_by_materialize(tiny):
     mask = masks_for(tiny, "both", seed=3)
     MZ.materialize(tiny, mask, mode="zero")
     MZ.materialize(tiny, uniform_mask(tiny, heads=False), mode="structural")
-    assert torch.equal(bridge_logits(tiny, ids), before)
+    assert torch.equal(bridge_logits(tiny, ids), before)  # the same bridge, weights and input: same ops, exact
     after = tiny.original_model.state_dict()
     assert after.keys() == params.keys()
-    assert all(torch.equal(after[k], v) for k, v in params.items())
+    assert all(torch.equal(after[k], v) for k, v in params.items())  # untouched tensors: exact
 
 
 def test_empty_mask_is_identity(tiny):
     mask = PruningMask.keep_all(tiny)
     ids = ids_of(tiny)
-    assert torch.equal(hf_logits(MZ.materialize(tiny, mask), ids), bridge_logits(tiny, ids))
+    # HF modules vs the bridge: two implementations, equal to float32 rounding (ATOL)
+    assert maxdiff(hf_logits(MZ.materialize(tiny, mask), ids), bridge_logits(tiny, ids)) <= ATOL
 
 
 def test_bad_inputs_are_refused(tiny):
@@ -166,7 +173,7 @@ def test_structural_equals_zero(tiny):
     # kept neurons keep their weights, in order
     keep = mask.neurons[1].nonzero().flatten()
     orig = MZ.clean_hf_model(tiny).model.layers[1].mlp
-    assert torch.equal(mlp.up_proj.weight, orig.up_proj.weight[keep])
+    assert torch.equal(mlp.up_proj.weight, orig.up_proj.weight[keep])  # copied rows: exact
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in zero.parameters())
 
 
@@ -200,7 +207,7 @@ torch.save({"ids": ids, "logits": logits, "d_mlp": model.config.intermediate_siz
 @pytest.mark.parametrize("mode", ["zero", "structural"])
 def test_export_loads_with_plain_transformers(tiny, tmp_path, mode):
     mask = uniform_mask(tiny, per_layer=16, heads=(mode == "zero"))
-    # zero: pin the bridge's eager attention in config.json (bit-exact); structural: transformers' default
+    # zero: pin the bridge's eager attention in config.json (the bridge's op order); structural: transformers' default
     attn = "eager" if mode == "zero" else None
     folder = EX.export_hf(tiny, mask, tmp_path / "export", mode=mode, attn_implementation=attn)
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
@@ -214,14 +221,16 @@ def test_export_loads_with_plain_transformers(tiny, tmp_path, mode):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     ids = ids_of(tiny)
-    assert torch.equal(got["ids"], ids)
+    assert torch.equal(got["ids"], ids)  # token ids: exact
     assert got["d_mlp"] == (112 if mode == "structural" else 128)
     ref = hf_logits(MZ.materialize(tiny, mask, mode=mode), ids)
     assert maxdiff(got["logits"].float(), ref) <= ATOL
     assert maxdiff(got["logits"].float(), bridge_logits(tiny, ids, mask)) <= ATOL
     if mode == "zero":
         assert got["attn"] == "eager"
-        assert torch.equal(got["logits"].float(), bridge_logits(tiny, ids, mask))
+        # eager pinned: HF's eager attention does the bridge's ops in the bridge's order, but it is another
+        # implementation in another process (other weight buffers): equal to float32 rounding, not bit for bit
+        assert maxdiff(got["logits"].float(), bridge_logits(tiny, ids, mask)) <= ATOL
 
 
 def test_verify_names_attention_kernel_mismatch(tiny, tmp_path):
@@ -271,9 +280,10 @@ def test_torch_prune_round_trip(tiny):
     assert IO.undo_torch_prune(model) == n_modules
     after = model.state_dict()
     assert after.keys() == originals.keys()
-    assert all(torch.equal(after[k], v) for k, v in originals.items())
+    assert all(torch.equal(after[k], v) for k, v in originals.items())  # restored tensors: exact
     assert all(isinstance(p, torch.nn.Parameter) for p in model.model.layers[0].mlp.parameters())
-    assert torch.equal(hf_logits(model, ids), bridge_logits(tiny, ids))
+    # the restored HF model vs the bridge: two implementations, equal to float32 rounding (ATOL)
+    assert maxdiff(hf_logits(model, ids), bridge_logits(tiny, ids)) <= ATOL
     assert IO.undo_torch_prune(model) == 0
 
 
@@ -375,6 +385,7 @@ def test_optipfair_zeroing_equals_zero_materialization(tiny):
     mask = masks_for(tiny, "neurons", seed=11)
     model = zero_neurons_mlp(MZ.clean_hf_model(tiny), IO.optipfair_neuron_indices(mask), show_progress=False)
     zero = MZ.materialize(tiny, mask)
+    # weights only: the same tensors with the same slices set to zero, exact
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), zero.state_dict().values(), strict=True))
 
 
@@ -392,8 +403,8 @@ def _real_model_equivalence(bridge, tmp_path):
     effect = maxdiff(bridge_logits(bridge, ids, mask), before)
     assert diff <= ATOL
     assert effect > 1e-4
-    assert torch.equal(bridge_logits(bridge, ids), before)
-    # the exported folder: exact with the bridge's (eager) attention; sdpa only rounds differently
+    assert torch.equal(bridge_logits(bridge, ids), before)  # the same bridge and input after materializing: exact
+    # the exported folder: within ATOL with the bridge's (eager) attention; sdpa rounds differently (1e-3)
     folder = EX.export_hf(bridge, mask, tmp_path / "export", attn_implementation="eager")
     del model
     loaded = AutoModelForCausalLM.from_pretrained(folder)
@@ -411,12 +422,17 @@ def _real_model_equivalence(bridge, tmp_path):
     uniform.neurons[:, :4] = False
     structural = MZ.materialize(bridge, uniform, mode="structural")
     assert structural.config.intermediate_size == bridge.cfg.d_mlp - 4
-    # removing columns changes the order of the fp32 sums (a few 1e-5 on 30 layers); in float64 the
-    # structural and zero models must be the same function
+    # removing columns changes the order of the fp32 sums (a few 1e-5 on 30 layers). In float64 the
+    # structural and zero models are the same function up to float64 rounding, but a float64 HF model
+    # is not float64 throughout: RMSNorm and the eager attention softmax compute in float32, so a
+    # float64-level difference in an MLP sum (another reduction order for the shorter matrix) can flip
+    # one float32 rounding and then spreads like float32 rounding does (measured: a 1e-12 relative weight
+    # change moves SmolLM2's float64 logits 9e-6; 1-ulp softmax noise 1.3e-5, Gemma 1.6e-5). Hence the
+    # float32 bound; a wrong column moves them ~6e-2.
     zero = MZ.materialize(bridge, uniform, mode="zero").double()
     structural = structural.double()
     with torch.no_grad():
-        assert maxdiff(structural(ids).logits, zero(ids).logits) <= 1e-9
+        assert maxdiff(structural(ids).logits, zero(ids).logits) <= MZ.STRUCTURAL_ATOL
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ def ts(tiny, pairs):
 
 def test_template_scores_equal_attribution(tiny, pairs, ts):
     a, s = attribute(tiny, pairs, progress=False), ts.scores()
+    # the same passes, summed per template instead of per domain: float64 sums regrouped, then cast to
+    # float32, so at most an ulp or two (rtol 1e-6 = 8 eps32)
     for k in ("neurons", "heads"):
         torch.testing.assert_close(s.get(k), a.get(k), rtol=1e-6, atol=1e-9)
     for d in a.by_domain:
@@ -47,8 +49,11 @@ def test_template_scores_equal_attribution(tiny, pairs, ts):
     # a subset of templates is the attribution of that subset's pairs
     sub = ts.templates[:3]
     sub_pairs = pairs.filter(templates=sub)
-    torch.testing.assert_close(ts.subset(sub).neurons, attribute(tiny, sub_pairs, progress=False).neurons,
-                               rtol=1e-5, atol=1e-8)
+    # other batches (other padding) in this float32 model: float32 sums of a * g with cancellation, so the
+    # error scales with the scores' scale (1.7e-6 of it measured, 2.5e-6 under a 1-ulp perturbation of
+    # the attention softmax; a fixed atol of 1e-8 was 1.3e-6 of it). atol 1e-4 of the scale leaves 40x
+    want = attribute(tiny, sub_pairs, progress=False).neurons
+    torch.testing.assert_close(ts.subset(sub).neurons, want, rtol=1e-5, atol=1e-4 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("selector", SELECTORS)

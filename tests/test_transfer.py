@@ -44,10 +44,15 @@ def test_scores_without_equals_scoring_without_the_domain(tiny, split, estimator
         for kind in ("neurons", "heads"):
             scale = float(want.get(kind).abs().max())
             assert scale > 0
-            torch.testing.assert_close(got.get(kind), want.get(kind), rtol=1e-5, atol=1e-6 * scale)
+            # exact in arithmetic, but `want` batches other pairs together (other padding) in this float32
+            # model: per-pair terms a * g are summed over positions in float32 with cancellation, so the
+            # error scales with the scores' scale: measured 1e-7 of it, 4e-6 under a 1-ulp perturbation of
+            # the attention softmax. atol 1e-4 of the scale leaves 25x; a 1e-3 error or a pair left in fails
+            torch.testing.assert_close(got.get(kind), want.get(kind), rtol=1e-5, atol=1e-4 * scale)
         assert got.settings["n_pairs_by_domain"] == want.settings["n_pairs_by_domain"]
         assert got.settings["n_pairs"] == want.settings["n_pairs"] and got.settings["domains"] == want.settings["domains"]
-        assert got.settings["metric_before"] == pytest.approx(want.settings["metric_before"], rel=1e-6)
+        # mean float32 JS from other batches: 7e-7 relative under a 1-ulp softmax perturbation
+        assert got.settings["metric_before"] == pytest.approx(want.settings["metric_before"], rel=1e-5)
         assert sorted(got.by_domain) == sorted(want.by_domain) and d not in got.by_domain
 
 
@@ -55,8 +60,14 @@ def test_scores_without_is_exact_for_a_baseline_too(tiny, split):
     train = split[0]
     full = baseline_scores(tiny, train, "actdiff")
     got, want = tr.scores_without(full, "hiring"), baseline_scores(tiny, _others(train, "hiring"), "actdiff")
-    torch.testing.assert_close(got.neurons, want.neurons, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got.heads, want.heads, rtol=1e-5, atol=1e-7)
+    # float32 means of |a_B - a_W| regrouped by domain and batched otherwise (other padding): each
+    # activation carries float32 error of the size of the activations, not of their difference, so the
+    # bound scales with the largest score (measured 1.2e-7 at 1.7, a fixed atol of 1e-7 was below one
+    # ulp there; 1e-6 at 0.85 under 1-ulp noise on every attention probability). 1e-5 of the scale leaves
+    # ~10x; a 1e-3 error on the large scores or a dropped domain fails
+    for kind in ("neurons", "heads"):
+        scale = float(want.get(kind).abs().max())
+        torch.testing.assert_close(got.get(kind), want.get(kind), rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_scores_without_refuses_what_is_not_exact(tiny, split):
