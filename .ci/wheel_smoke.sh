@@ -36,7 +36,7 @@ assert want and not missing, f"package data missing from the wheel: {missing or 
 ep = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
 assert ep, "the wheel has no entry_points.txt"
 text = zipfile.ZipFile(sys.argv[1]).read(ep).decode()
-assert "lens-bias = lens_bias.cli:app" in text, f"no lens-bias console script in {text!r}"
+assert "lens-bias = lens_bias.cli.main:app" in text, f"no lens-bias console script in {text!r}"
 print(f"wheel: {len(names)} files, {len(data)} under lens_bias/data/, entry point lens-bias")
 EOF
 

@@ -41,9 +41,9 @@ import torch
 from common import emit, interleaved, proc_status_kib, timed, versions
 
 from lens_bias import build_pairs, load_hf, load_model
-from lens_bias.attribution import attribute
-from lens_bias.baselines import baseline_scores
-from lens_bias.pairs import PairSet
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.scorers import baseline_scores
+from lens_bias.prompts.pairs import PairSet
 
 SYSTEMS = ("scan", "attribution", "optipfair")
 OURS = ("scan", "attribution")
@@ -108,8 +108,8 @@ def runners(bridge, peer, pairs: PairSet, systems=SYSTEMS) -> dict:
 def attribution_batches(bridge, pairs: PairSet) -> tuple[list[list[int]], list]:
     """``attribute``'s batches of pair indices (its default 16 pairs) and the token rows of all
     prompts (the Black prompts, then the White ones)."""
-    from lens_bias.batching import tokenize_pairs
     from lens_bias.bridge import model_device
+    from lens_bias.model.batching import tokenize_pairs
 
     tokens = tokenize_pairs(bridge, pairs)
     return tokens.batches(16, model_device(bridge)), tokens.black + tokens.white
@@ -119,11 +119,11 @@ def work_estimate(bridge, peer_tokenizer, pairs: PairSet, device: str) -> dict:
     """Matrix-product work per system in GFLOP (2 x params x tokens; attention scores, norms and
     the like are left out), from the batches each one actually runs: optiPfair one prompt at a
     time with logits at every position; the scan and the attribution padded batches
-    (:meth:`lens_bias.batching.PairTokens.batches` per domain for the scan, ``attribute``'s own
+    (:meth:`lens_bias.model.batching.PairTokens.batches` per domain for the scan, ``attribute``'s own
     length-sorted batches of 16 across domains) with logits only at the last positions. The
     backward for activation gradients costs about what the forward does, so attribution counts its
     passes twice. Equal FLOP/s would make the ratio of these numbers the ratio of the speeds."""
-    from lens_bias.batching import tokenize_pairs
+    from lens_bias.model.batching import tokenize_pairs
 
     model = bridge.original_model
     emb = model.get_input_embeddings().weight

@@ -1,6 +1,6 @@
 """Where one evaluation of a pruning goes: the inner loop of every pruning curve and experiment.
 
-`experiments.evaluate` measures a (simulated) pruning on the held-out pairs, WikiText-2 perplexity
+`evaluation.evaluate` measures a (simulated) pruning on the held-out pairs, WikiText-2 perplexity
 and KL from the unpruned model on neutral text. This script times one evaluation of a random
 0.5 % neuron mask the way `lens-bias experiment curve` runs it (its 36 held-out pairs, 2,048
 WikiText tokens), part by part, as medians of ``--repeats`` after a warm-up, and the KL both ways:
@@ -19,13 +19,14 @@ import torch
 from common import emit, median_seconds
 
 from lens_bias import load_model
-from lens_bias.ablation import ablate
 from lens_bias.bridge import tokenizer_of
-from lens_bias.capability import kl_from_reference, leading_tokens, perplexity
-from lens_bias.experiments import evaluate, standard_evalset, template_split
-from lens_bias.metrics import measure
-from lens_bias.pairs import load_pairs
-from lens_bias.selection import random_mask
+from lens_bias.hooks.ablation import ablate
+from lens_bias.measures.capability import kl_from_reference, leading_tokens, perplexity
+from lens_bias.measures.evaluation import evaluate, standard_evalset
+from lens_bias.measures.metrics import measure
+from lens_bias.prompts.pairs import load_pairs
+from lens_bias.prompts.splits import template_split
+from lens_bias.selection.topk import random_mask
 
 
 def main() -> None:

@@ -58,8 +58,8 @@ CHECK_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, 
 def capture_hooks(kinds, n_layers: int, store: dict) -> list:
     """The hooks ``attribute`` attaches: every layer's activations of ``kinds`` kept in
     ``store[(kind, layer)]``, gradients flowing to them."""
-    from lens_bias.components import hook_name
-    from lens_bias.interventions import collect
+    from lens_bias.hooks.components import hook_name
+    from lens_bias.hooks.interventions import collect
 
     return [(hook_name(k, layer), collect(store, k, layer)) for k in kinds for layer in range(n_layers)]
 
@@ -67,9 +67,9 @@ def capture_hooks(kinds, n_layers: int, store: dict) -> list:
 def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmup: int) -> dict:
     """Where the time of ``attribute`` goes: the bridge's own forward/backward against the plain
     model's, with and without the activation hooks."""
-    from lens_bias.attribution import attribute
+    from lens_bias.attribution.patching import attribute
     from lens_bias.bridge import KINDS
-    from lens_bias.interventions import attached
+    from lens_bias.hooks.interventions import attached
 
     ids = batch.ids
     L = bridge.cfg.n_layers
@@ -178,9 +178,9 @@ def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 
     storing the weights in it. The error against the original float32 weights is reported beside it
     (``vs_float32_weights``): that is what a user comparing a bf16 checkpoint with its float32
     original would see."""
-    from lens_bias.attribution import attribute
+    from lens_bias.attribution.patching import attribute
     from lens_bias.bridge import KINDS
-    from lens_bias.models import wrap
+    from lens_bias.model.load import wrap
 
     plain, twin = build_models(CHECK_SHAPE, "cpu", torch.float32, seed=3)
     low = copy.deepcopy(plain).to(device=dev, dtype=dtype)
@@ -271,10 +271,10 @@ def main() -> None:
         emit({"benchmark": "bench_gpu --check-only", "device": dev, "check": res})
         return
 
-    from lens_bias.attribution import attribute
-    from lens_bias.baselines import baseline_scores
-    from lens_bias.batching import pair_batch
-    from lens_bias.models import wrap
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.attribution.scorers import baseline_scores
+    from lens_bias.model.batching import pair_batch
+    from lens_bias.model.load import wrap
 
     shape = TINY_SHAPE if args.tiny else LLAMA3_8B_SHAPE
     t0 = time.perf_counter()

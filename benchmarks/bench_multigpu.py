@@ -1,6 +1,6 @@
 """lens_bias attribution on a model split over two GPUs (issue #7, target 4).
 
-The model is spread over the GPUs by accelerate (``lens_bias.models.wrap(model, tok,
+The model is spread over the GPUs by accelerate (``lens_bias.model.load.wrap(model, tok,
 device_map=...)``, which calls ``accelerate.dispatch_model``): each decoder layer lives on one
 GPU, the hidden states move between GPUs at the boundary, and TransformerLens's hooks and the
 backward pass run where the layer is. The per-layer scores are gathered on the first GPU.
@@ -64,7 +64,7 @@ def split_copy(plain, devices, hf_layout: bool = False):
     part on ``plain``'s own device shares its tensors; nothing is written to them). ``hf_layout``:
     the final norm and the unembedding on the last device, as Hugging Face's ``device_map="auto"``
     places them."""
-    from lens_bias.devices import split_device_map
+    from lens_bias.model.devices import split_device_map
 
     model = new_llama(plain.config, "meta", next(plain.parameters()).dtype)
     dm = split_device_map(model, devices)
@@ -80,7 +80,7 @@ def split_copy(plain, devices, hf_layout: bool = False):
 def build_split_random(shape: dict, devices, dtype: torch.dtype, seed: int = 0):
     """A random-weight Llama of ``shape`` built on the meta device, then materialised module by
     module on the device ``split_device_map`` gives it: normal(0, 0.02) matrices, unit norms."""
-    from lens_bias.devices import split_device_map
+    from lens_bias.model.devices import split_device_map
 
     skeleton, _ = build_models(shape, "meta", dtype)  # the same config as bench_gpu's models; no memory
     dm = split_device_map(skeleton, devices)
@@ -107,8 +107,8 @@ def _allocated(devices) -> dict:
 
 
 def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup: int) -> dict:
-    from lens_bias.attribution import attribute
-    from lens_bias.models import wrap
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.model.load import wrap
 
     t0 = time.perf_counter()
     plain, twin = build_models(shape, devices[0], dtype)
@@ -153,10 +153,10 @@ def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warm
 def other_paths(one, split, plain, tok, pairs, devices, ref: dict, n: int) -> dict:
     """The other entry points on the split model, and the layout of Hugging Face's
     ``device_map="auto"`` (final norm and unembedding on the last GPU), against one GPU."""
-    from lens_bias.attribution import attribute, capability_cost
-    from lens_bias.baselines import baseline_scores
-    from lens_bias.devices import final_hidden_to_input_device
-    from lens_bias.models import wrap
+    from lens_bias.attribution.patching import attribute, capability_cost
+    from lens_bias.attribution.scorers import baseline_scores
+    from lens_bias.model.devices import final_hidden_to_input_device
+    from lens_bias.model.load import wrap
 
     def same(a, b) -> bool:
         return all(torch.equal(a.get(k), b.get(k)) for k in KINDS)
@@ -189,8 +189,8 @@ def other_paths(one, split, plain, tok, pairs, devices, ref: dict, n: int) -> di
 
 
 def part_big(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup: int) -> dict:
-    from lens_bias.attribution import attribute
-    from lens_bias.models import wrap
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.model.load import wrap
 
     t0 = time.perf_counter()
     model, dm = build_split_random(shape, devices, dtype)

@@ -33,7 +33,7 @@ Usage (arguments after ``--`` go to ``lens-bias run`` unchanged)::
 
 The child is started with this process's working directory and environment, so the
 ``lens_bias`` it imports is the one this process would import from there (the working
-directory first). By default it is ``python -c <launcher>``, which calls ``lens_bias.cli``'s
+directory first). By default it is ``python -c <launcher>``, which calls ``lens_bias.cli.main``'s
 ``app`` and records torch's peak memory per stage; ``--cli "lens-bias"`` (any command line, split
 like a shell would) runs that instead. When ``datasets`` cannot be imported (TransformerLens
 imports it at import time; a carried ``datasets`` may need a newer pyarrow than the image has),
@@ -134,11 +134,11 @@ def _dump():
 
 atexit.register(_dump)
 
-import lens_bias.cli as _cli
+import lens_bias.cli.main as _cli
 STATS["lens_bias_file"] = getattr(sys.modules.get("lens_bias"), "__file__", None)
 
 try:  # per-stage torch peaks, through the pipeline's public stage listeners
-    import lens_bias.pipeline as _pl
+    import lens_bias.pipeline.stages as _pl
 
     def _on_stage(name, event):
         t = _cuda()

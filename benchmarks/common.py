@@ -230,7 +230,7 @@ def word_tokenizer(vocab_size: int):
 def random_pairs(n: int, seq: int, vocab: int, seed: int = 0):
     """n pairs of ``seq`` tokens (BOS + seq-1 random words of :func:`word_tokenizer`) that differ in
     the token at position 2."""
-    from lens_bias.pairs import ContrastivePair, PairSet
+    from lens_bias.prompts.pairs import ContrastivePair, PairSet
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (n, seq - 1), generator=g)

@@ -19,15 +19,15 @@ import json
 import time
 
 from lens_bias import load_model
-from lens_bias.attribution import capability_cost
-from lens_bias.changes import js_reduction
-from lens_bias.corpora import load_wikitext, shared_data_file
-from lens_bias.experiments import EvalSet, evaluate
-from lens_bias.model_selection import SelectorSpec, make_mask
-from lens_bias.pairs import neutral_text
-from lens_bias.selection import random_mask
-from lens_bias.splits import split_pairs
-from lens_bias.stability import attribute_templates
+from lens_bias.attribution.patching import capability_cost
+from lens_bias.measures.changes import js_reduction
+from lens_bias.measures.evaluation import EvalSet, evaluate
+from lens_bias.prompts.corpora import load_wikitext, shared_data_file
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.prompts.splits import split_pairs
+from lens_bias.selection.registry import SelectorSpec, make_mask
+from lens_bias.selection.stability import attribute_templates
+from lens_bias.selection.topk import random_mask
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Is a selector beyond noise of one-shot? Each selector's mask on the same 156 held-out pairs,
 compared with the first one's pair by pair (sign-flip test by template:
-`lens_bias.selector_study.versus`), without the slow measures of `experiment selectors`.
+`lens_bias.studies.selectors.versus`), without the slow measures of `experiment selectors`.
 
     python benchmarks/held_out_paired.py OUT.json --methods oneshot,iterative,stable --budgets 0.5%,1%
 
@@ -12,11 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias import selector_study as S
-from lens_bias.changes import js_reduction
-from lens_bias.cli_experiment import _setup, _template_scores
-from lens_bias.model_selection import SelectorSpec, make_mask
-from lens_bias.pairs import neutral_text
+from lens_bias.cli.experiment import _setup, _template_scores
+from lens_bias.measures.changes import js_reduction
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.selection.registry import SelectorSpec, make_mask
+from lens_bias.studies import selectors as S
 
 SEED, BATCH = 0, 16
 

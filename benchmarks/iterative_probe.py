@@ -1,6 +1,6 @@
 """Does re-attributing between pruning rounds help? (SmolLM2, CPU)
 
-One-shot selection vs :func:`lens_bias.selection.select_iterative` with 2 and 4 rounds, all with
+One-shot selection vs :func:`lens_bias.selection.topk.select_iterative` with 2 and 4 rounds, all with
 the Fisher capability filter (quantile 0.5) and zero ablation, at the given budgets of MLP neurons.
 Held-out mean JS, |logit gap| and WikiText-2 perplexity with ablation hooks. Table + one JSON line.
 
@@ -15,10 +15,11 @@ import time
 from common import emit
 
 from lens_bias import load_model
-from lens_bias.attribution import attribute, capability_cost
-from lens_bias.experiments import evaluate, standard_evalset, template_split
-from lens_bias.pairs import load_pairs, neutral_text
-from lens_bias.selection import select_iterative
+from lens_bias.attribution.patching import attribute, capability_cost
+from lens_bias.measures.evaluation import evaluate, standard_evalset
+from lens_bias.prompts.pairs import load_pairs, neutral_text
+from lens_bias.prompts.splits import template_split
+from lens_bias.selection.topk import select_iterative
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ CrowS-Pairs and 4,096 WikiText-2 tokens:
 
 * ``zero``: the pruned neurons output 0 (what `lens-bias run` exports);
 * ``mean``: their mean over the bundled neutral text;
-* ``fitted``: constants learned by `lens_bias.optimal_ablation.fit_constants` (KL to the unpruned
+* ``fitted``: constants learned by `lens_bias.weights.optimal_ablation.fit_constants` (KL to the unpruned
   model) on the neutral lines the evaluation's KL does not use.
 
 Every measure has its interval and test against the unpruned model (`evaluation_changes`);
@@ -24,13 +24,13 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias.capture import mean_activations
-from lens_bias.changes import evaluation_changes, js_reduction
-from lens_bias.cli_experiment import _setup, _template_scores
-from lens_bias.experiments import evaluate
-from lens_bias.model_selection import select_with
-from lens_bias.optimal_ablation import fit_constants
-from lens_bias.pairs import neutral_text
+from lens_bias.cli.experiment import _setup, _template_scores
+from lens_bias.hooks.capture import mean_activations
+from lens_bias.measures.changes import evaluation_changes, js_reduction
+from lens_bias.measures.evaluation import evaluate
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.selection.registry import select_with
+from lens_bias.weights.optimal_ablation import fit_constants
 
 SEED, BATCH = 0, 16
 SHOWN = ("js", "abs_logit_gap", "seqgap", "crows_black_rate", "crows_race_color_rate", "wikitext_ppl")

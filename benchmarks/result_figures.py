@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lens_bias import viz
-from lens_bias.selector_study import selector_rows, wording_rows
+from lens_bias.report import figures as viz
+from lens_bias.studies.selectors import selector_rows, wording_rows
 
 FIGURES = {"selectors": ({"frontier": viz.selector_frontier, "gap": viz.train_vs_held_out}, selector_rows),
            "wording": ({"curve": viz.wording_curve}, wording_rows)}

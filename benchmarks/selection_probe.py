@@ -15,12 +15,13 @@ import time
 from common import emit
 
 from lens_bias import load_model
-from lens_bias.attribution import attribute, capability_cost
-from lens_bias.capture import mean_activations
-from lens_bias.corpora import load_wikitext, shared_data_file
-from lens_bias.experiments import EvalSet, evaluate, template_split
-from lens_bias.pairs import load_pairs, neutral_text
-from lens_bias.selection import random_mask, select
+from lens_bias.attribution.patching import attribute, capability_cost
+from lens_bias.hooks.capture import mean_activations
+from lens_bias.measures.evaluation import EvalSet, evaluate
+from lens_bias.prompts.corpora import load_wikitext, shared_data_file
+from lens_bias.prompts.pairs import load_pairs, neutral_text
+from lens_bias.prompts.splits import template_split
+from lens_bias.selection.topk import random_mask, select
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ same templates, the same held-out pairs), capability quantile 0.5, the capabilit
 of the ablation pruned with (zero), CrowS-Pairs and 4,096 WikiText-2 tokens. For every budget,
 every method gets a neurons row (in the order given; leave-one-domain-out too for ``--lodo``),
 and one-shot also the heads row at the parameters of its neurons (one-shot and stable pick the
-same heads). The file has the CLI's result.json layout (`lens_bias.selector_study.selector_rows`
+same heads). The file has the CLI's result.json layout (`lens_bias.studies.selectors.selector_rows`
 makes its table).
 """
 
@@ -20,11 +20,11 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias import selector_study as S
-from lens_bias.cli_experiment import _setup, _template_scores
-from lens_bias.experiments import evaluate
-from lens_bias.model_selection import SelectorSpec
-from lens_bias.pairs import neutral_text
+from lens_bias.cli.experiment import _setup, _template_scores
+from lens_bias.measures.evaluation import evaluate
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.selection.registry import SelectorSpec
+from lens_bias.studies import selectors as S
 
 SEED, BATCH = 0, 16
 

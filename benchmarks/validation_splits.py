@@ -15,11 +15,11 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias import selector_study as S
-from lens_bias.changes import js_reduction
-from lens_bias.cli_experiment import _setup, _template_scores
-from lens_bias.model_selection import default_candidates, make_mask, validation_split
-from lens_bias.pairs import neutral_text
+from lens_bias.cli.experiment import _setup, _template_scores
+from lens_bias.measures.changes import js_reduction
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.selection.registry import default_candidates, make_mask, validation_split
+from lens_bias.studies import selectors as S
 
 
 def main(a: argparse.Namespace) -> None:

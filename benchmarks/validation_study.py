@@ -24,11 +24,11 @@ import torch
 from common import emit
 
 from lens_bias import load_model
-from lens_bias.attribution import attribute
-from lens_bias.components import Component
-from lens_bias.experiments import template_split
-from lens_bias.pairs import load_pairs
-from lens_bias.validation import correlations, sample_parts, validate
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.validation import correlations, sample_parts, validate
+from lens_bias.hooks.components import Component
+from lens_bias.prompts.pairs import load_pairs
+from lens_bias.prompts.splits import template_split
 
 
 def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> tuple[list[Component], int]:

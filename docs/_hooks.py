@@ -29,7 +29,7 @@ MARKER = re.compile(r"<!--\s*cli:\s*([a-z][a-z -]*?)\s*-->")
 ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|exc|obj):<code>(~?)([\w.]+)</code>")
 ANCHOR = re.compile(r'id="(lens_bias(?:\.\w+)*)"')
 
-# options declared without help text in lens_bias.cli
+# options declared without help text in lens_bias.cli.main
 FALLBACK_HELP = {
     "--batch-size": "pairs (or texts) per forward pass; lower it if memory runs out",
     "--seed": "seed of the pair sampling, the template split and random choices",
@@ -49,7 +49,7 @@ def _commands():
     """{"run": click.Command, "experiment curve": click.Command, ...} in definition order."""
     import typer.main
 
-    from lens_bias.cli import app
+    from lens_bias.cli.main import app
 
     out = {}
 
@@ -115,20 +115,44 @@ def on_page_markdown(markdown, page, config, files):
     return markdown
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _source(module: str) -> Path | None:
+    """The file of a lens_bias module (``lens_bias.model.load``, a package's ``__init__.py``), or None."""
+    parts = module.split(".")
+    for path in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py")):
+        if parts[0] == "lens_bias" and path.is_file():
+            return path
+    return None
+
+
 @functools.cache
 def _imports(module: str) -> dict[str, str]:
-    """``{name: "lens_bias.x.name"}`` for every ``from .x import name`` in ``module``'s source."""
+    """``{name: "lens_bias.x.y.name"}`` for every relative ``from ..x.y import name`` in ``module``'s
+    source (any depth: the stages are subpackages)."""
     import ast
 
-    root = Path(__file__).resolve().parents[1] / "lens_bias"
-    path = root / ("__init__.py" if module == "lens_bias" else f"{module.rpartition('.')[2]}.py")
-    if not path.is_file():
+    path = _source(module)
+    if path is None:
         return {}
+    here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     out = {}
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-            out.update({a.asname or a.name: f"lens_bias.{node.module}.{a.name}" for a in node.names})
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)]
+            mod = ".".join([*base, node.module] if node.module else base)
+            out.update({a.asname or a.name: f"{mod}.{a.name}" for a in node.names})
     return out
+
+
+def _module_prefix(name: str) -> tuple[str, str]:
+    """``name`` cut into its longest lens_bias module prefix and the rest (``""`` when none)."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        if _source(".".join(parts[:k])):
+            return ".".join(parts[:k]), ".".join(parts[k:])
+    return "", name
 
 
 def _resolve(name: str, context: str, ids: set[str]) -> str | None:
@@ -143,15 +167,14 @@ def _resolve(name: str, context: str, ids: set[str]) -> str | None:
             return full
     # a name imported into a module (``MaskError`` in materialize, ``lens_bias.load_model``): its
     # documented home, read from the module's imports (nothing is imported)
-    module = ".".join(context.split(".")[:2])
-    head, _, rest = name.partition(".")
-    if head == "lens_bias":
-        module, (head, _, rest) = "lens_bias", rest.partition(".")
-        if f"lens_bias.{head}" in ids:  # a module: lens_bias.x.y
-            module, (head, _, rest) = f"lens_bias.{head}", rest.partition(".")
-    home = _imports(module).get(head)
+    if name.startswith("lens_bias."):
+        module, rest = _module_prefix(name)
+    else:
+        module, rest = _module_prefix(context)[0], name
+    head, _, tail = rest.partition(".")
+    home = _imports(module).get(head) if module and head else None
     if home:
-        full = f"{home}.{rest}" if rest else home
+        full = f"{home}.{tail}" if tail else home
         if full in ids:
             return full
     return None

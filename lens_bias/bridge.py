@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 
+from .errors import ChoiceError
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -31,18 +33,15 @@ KINDS: tuple[Kind, ...] = ("neurons", "heads")
 
 
 def check_kind(kind: str) -> Kind:
-    """``kind`` itself if it is ``"neurons"`` or ``"heads"``; a ``ValueError`` naming both otherwise.
+    """``kind`` itself if it is ``"neurons"`` or ``"heads"``; a
+    :class:`~lens_bias.errors.ChoiceError` naming both otherwise.
 
     Examples:
         >>> check_kind("heads")
         'heads'
-        >>> check_kind("neuron")
-        Traceback (most recent call last):
-        ...
-        ValueError: kind must be 'neurons' or 'heads', got 'neuron'
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be 'neurons' or 'heads', got {kind!r}")
+        raise ChoiceError(f"kind must be 'neurons' or 'heads', got {kind!r}")
     return kind  # type: ignore[return-value]
 
 

@@ -46,7 +46,7 @@ class MaskError(LensBiasError):
     """A pruning mask is malformed or does not fit the model.
 
     Examples:
-        >>> from lens_bias.selection import parse_budget
+        >>> from lens_bias.selection.topk import parse_budget
         >>> parse_budget("150%")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -54,12 +54,26 @@ class MaskError(LensBiasError):
     """
 
 
-class ProvenanceError(LensBiasError):
-    """A scores file is used with pairs or a model other than those it was computed on (see
-    :mod:`lens_bias.provenance`); the message names both sides and the option that accepts it.
+class ChoiceError(LensBiasError, ValueError):
+    """A value outside a fixed set of choices (a kind of unit, an ablation, a selector, a
+    scorer, a target, an export format); the message lists the valid ones. It is also a
+    ``ValueError``, as such checks raised before.
 
     Examples:
-        >>> from lens_bias.provenance import check_scores_match
+        >>> from lens_bias.bridge import check_kind
+        >>> check_kind("neuron")
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: kind must be 'neurons' or 'heads', got 'neuron'
+    """
+
+
+class ProvenanceError(LensBiasError):
+    """A scores file is used with pairs or a model other than those it was computed on (see
+    :mod:`lens_bias.attribution.provenance`); the message names both sides and the option that accepts it.
+
+    Examples:
+        >>> from lens_bias.attribution.provenance import check_scores_match
         >>> from lens_bias.scores import Scores
         >>> from lens_bias import build_pairs
         >>> ps = build_pairs(["hiring"]).sample(2)
@@ -75,7 +89,7 @@ class NumericsError(LensBiasError):
 
     Examples:
         >>> import torch
-        >>> from lens_bias.batching import check_finite
+        >>> from lens_bias.model.batching import check_finite
         >>> check_finite(torch.tensor([[0.0, float("nan")]]))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -87,7 +101,7 @@ class RunError(LensBiasError):
     """A run could not start or finish (output folder, options).
 
     Examples:
-        >>> from lens_bias.pipeline import RunConfig, run
+        >>> from lens_bias.pipeline.stages import RunConfig, run
         >>> run(RunConfig(model="tiny-random", kind="layers"), "/tmp/lens_bias_doc_run", overwrite=True)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

@@ -2,15 +2,15 @@
 
 pandas is optional (``pip install 'lens_bias[pandas]'``) and imported only when a table is made:
 :func:`require_pandas` imports it, or raises a :class:`~lens_bias.errors.LensBiasError` that names
-the install command. :meth:`lens_bias.metrics.PairMetrics.to_pandas` and
+the install command. :meth:`lens_bias.measures.metrics.PairMetrics.to_pandas` and
 :meth:`lens_bias.scores.Scores.to_pandas` use it too.
 
-* :func:`curve_frame`: :func:`lens_bias.experiments.pruning_curve`'s records, one row per point;
-* :func:`validation_frame`: :func:`lens_bias.validation.validate`'s result, one row per sampled unit
+* :func:`curve_frame`: :func:`lens_bias.studies.curve.pruning_curve`'s records, one row per point;
+* :func:`validation_frame`: :func:`lens_bias.attribution.validation.validate`'s result, one row per sampled unit
   with its predicted and exact effect;
-* :func:`transfer_frame`: :func:`lens_bias.transfer.leave_one_domain_out`'s rows, one per domain,
+* :func:`transfer_frame`: :func:`lens_bias.studies.transfer.leave_one_domain_out`'s rows, one per domain,
   and the pooled row;
-* :func:`selectors_frame`: :func:`lens_bias.selector_study.compare_selectors`' rows, each row's
+* :func:`selectors_frame`: :func:`lens_bias.studies.selectors.compare_selectors`' rows, each row's
   tests as columns.
 
 Nested dicts become columns by :func:`flatten`: keys joined by ``_``, and an interval ``X_ci``
@@ -76,7 +76,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def curve_frame(rows: list[dict]):
-    """A pandas DataFrame of :func:`lens_bias.experiments.pruning_curve`'s records: one row per
+    """A pandas DataFrame of :func:`lens_bias.studies.curve.pruning_curve`'s records: one row per
     point (scorer, kind, budget, units, parameters, the held-out measures; ``by_domain`` as
     ``by_domain_<domain>_js``, ...; the JS reduction's interval as ``js_reduction_lo`` / ``_hi``).
 
@@ -91,7 +91,7 @@ def curve_frame(rows: list[dict]):
 
 
 def validation_frame(result: dict):
-    """A pandas DataFrame of :func:`lens_bias.validation.validate`'s result: one row per sampled
+    """A pandas DataFrame of :func:`lens_bias.attribution.validation.validate`'s result: one row per sampled
     unit, with ``kind``, ``layer``, ``index``, ``part`` (``"top"`` for the top-k by |score|,
     ``"random"`` for the random ones, ``"given"`` when the components were given), ``predicted``
     (the score) and ``exact`` (the exact effect).
@@ -114,7 +114,7 @@ def validation_frame(result: dict):
 
 
 def transfer_frame(res: dict):
-    """A pandas DataFrame of :func:`lens_bias.transfer.leave_one_domain_out`: one row per held-out
+    """A pandas DataFrame of :func:`lens_bias.studies.transfer.leave_one_domain_out`: one row per held-out
     domain and a last row with ``domain`` ``"pooled"`` (every held-out pair together). Columns:
     ``n_pairs``, ``js_before``, ``js_left_out``, ``js_all``, each mask's reduction as
     ``left_out_reduction_pct``, ``left_out_reduction_lo`` / ``_hi``, ``left_out_p``,
@@ -126,13 +126,13 @@ def transfer_frame(res: dict):
 
 
 def selectors_frame(res: dict):
-    """A pandas DataFrame of :func:`lens_bias.selector_study.compare_selectors`: one row per
+    """A pandas DataFrame of :func:`lens_bias.studies.selectors.compare_selectors`: one row per
     selector, budget and kind, each row's ``tests`` flattened into columns without a prefix
     (``js_pct``, ``js_pct_lo``, ``js_pct_hi``, ``js_p``, ``js_within_noise``, ``wikitext_ppl_pct``,
     ...; positive ``pct`` = the measure rose), the train reduction as ``train_reduction_pct``, ...,
     the leave-one-domain-out reduction (where measured) as ``lodo_pooled_reduction_pct``, ... and
     ``lodo_by_domain_<domain>``, and the paired comparison with the first neuron row at the budget
-    (:func:`lens_bias.selector_study.versus`) as ``vs_first_reduction_pct``, ... (the per-pair values
+    (:func:`lens_bias.studies.selectors.versus`) as ``vs_first_reduction_pct``, ... (the per-pair values
     themselves are left out)."""
     pd = require_pandas("selectors_frame")
     rows = []

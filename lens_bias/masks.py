@@ -6,8 +6,8 @@ page of the docs): ``mask.safetensors`` (the tensors, metadata as JSON in the he
 ``mask.json`` (readable: metadata plus the pruned (layer, index) pairs). Only safetensors and JSON
 are ever read.
 
-Choosing which units to prune (budgets, :func:`lens_bias.selection.select`) is in
-:mod:`lens_bias.selection`.
+Choosing which units to prune (budgets, :func:`lens_bias.selection.topk.select`) is in
+:mod:`lens_bias.selection.topk`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ class PruningMask:
     """Keep-masks for MLP neurons and attention heads, plus metadata (model, shapes, scorer...).
 
     ``neurons`` [n_layers, d_mlp] and ``heads`` [n_layers, n_heads] are boolean, True = keep.
-    Build one with :func:`lens_bias.selection.select` (from scores),
-    :func:`lens_bias.selection.random_mask` or :meth:`keep_all`; simulate
-    it with :func:`lens_bias.ablation.ablate`; write it into weights with
-    :func:`lens_bias.materialize.materialize`.
+    Build one with :func:`lens_bias.selection.topk.select` (from scores),
+    :func:`lens_bias.selection.topk.random_mask` or :meth:`keep_all`; simulate
+    it with :func:`lens_bias.hooks.ablation.ablate`; write it into weights with
+    :func:`lens_bias.weights.materialize.materialize`.
 
     Examples:
         >>> from lens_bias import load_model
@@ -158,7 +158,7 @@ class PruningMask:
         Examples:
             >>> import tempfile
             >>> from lens_bias import load_model
-            >>> from lens_bias.selection import random_mask
+            >>> from lens_bias.selection.topk import random_mask
             >>> b = load_model("tiny-random", device="cpu")
             >>> m = random_mask(b, 3, "neurons")
             >>> st, js = m.save(tempfile.mkdtemp())

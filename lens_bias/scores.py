@@ -1,7 +1,7 @@
 """The :class:`Scores` file type: one score per MLP neuron and attention head (higher = prune first).
 
-Every scorer (the attribution estimators of :mod:`lens_bias.attribution` and the baselines of
-:mod:`lens_bias.baselines`) returns a :class:`Scores`; selection (:mod:`lens_bias.selection`) reads
+Every scorer (the attribution estimators of :mod:`lens_bias.attribution.patching` and the baselines of
+:mod:`lens_bias.attribution.scorers`) returns a :class:`Scores`; selection (:mod:`lens_bias.selection.topk`) reads
 one. On disk it is one safetensors file: the tensors ``neurons`` and ``heads``, the per-domain tensors
 as ``domain/<domain>/<kind>``, and the settings as JSON in the header (key ``lens_bias_scores``, with
 a ``version``).

@@ -14,8 +14,8 @@ with install_import_hook("lens_bias", "beartype.beartype"):
 
     import lens_bias
 
-    for _mod in pkgutil.iter_modules(lens_bias.__path__):
-        importlib.import_module(f"lens_bias.{_mod.name}")
+    for _mod in pkgutil.walk_packages(lens_bias.__path__, "lens_bias."):
+        importlib.import_module(_mod.name)
 
 from pathlib import Path  # noqa: E402
 

@@ -11,21 +11,27 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "lens_bias"
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
+# The stages, in the order data flows: a stage imports only the shared modules (the files directly
+# in lens_bias/), itself and the stages before it. The root __init__ (the public face) may import any.
+STAGES = ("prompts", "model", "hooks", "measures", "attribution", "selection", "weights", "studies", "report",
+          "pipeline", "cli")
 
 
-def _module_name(path: Path) -> str:
-    return "lens_bias" if path.name == "__init__.py" else f"lens_bias.{path.stem}"
+def _module_name(path: Path, pkg: Path = PKG) -> str:
+    parts = ["lens_bias", *path.relative_to(pkg).with_suffix("").parts]
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
 
 
-def _targets(node: ast.AST, here: str, known: set[str]) -> set[str]:
+def _targets(node: ast.AST, here: str, known: set[str], is_pkg: bool) -> set[str]:
     """The lens_bias modules one import statement reaches (``from . import x`` reaches x)."""
     if isinstance(node, ast.Import):
         return {a.name for a in node.names if a.name in known}
     if not isinstance(node, ast.ImportFrom):
         return set()
     if node.level:
-        base = here if here == "lens_bias" else here.rsplit(".", 1)[0]
-        mod = f"{base}.{node.module}" if node.module else base
+        base = here.split(".") if is_pkg else here.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        mod = ".".join([*base, node.module] if node.module else base)
     else:
         mod = node.module or ""
     if mod not in known:
@@ -36,13 +42,34 @@ def _targets(node: ast.AST, here: str, known: set[str]) -> set[str]:
 
 def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
     """Module -> the lens_bias modules it imports anywhere in its body (functions included)."""
-    files = {_module_name(p): p for p in pkg.glob("*.py")}
+    files = {_module_name(p, pkg): p for p in pkg.rglob("*.py")}
     known = set(files)
     graph = {}
     for name, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        graph[name] = set().union(*(_targets(n, name, known) for n in ast.walk(tree))) - {name}
+        is_pkg = path.name == "__init__.py"
+        graph[name] = set().union(*(_targets(n, name, known, is_pkg) for n in ast.walk(tree))) - {name}
     return graph
+
+
+def stage_of(module: str) -> int | None:
+    """The position of a module's stage in STAGES; None for the shared modules and the root."""
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import against the stage order, as 'importer -> imported'."""
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        if mod == "lens_bias":
+            continue
+        mine = stage_of(mod)
+        for dep in sorted(deps):
+            theirs = stage_of(dep)
+            if dep == "lens_bias" or (theirs is not None and (mine is None or theirs > mine)):
+                bad.append(f"{mod} -> {dep}")
+    return bad
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -80,6 +107,36 @@ def test_cycle_finder_sees_a_circle_through_a_function_level_import(tmp_path):
     assert find_cycle(import_graph(tmp_path)) is None
 
 
+def test_stage_order_finder_sees_an_upward_import(tmp_path):
+    for d in ("", "prompts", "model"):
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d / "__init__.py").write_text("")
+    (tmp_path / "errors.py").write_text("")
+    (tmp_path / "prompts" / "pairs.py").write_text("from ..errors import x\n")
+    (tmp_path / "model" / "load.py").write_text("from ..prompts.pairs import x\nfrom . import batching\n")
+    (tmp_path / "model" / "batching.py").write_text("")
+    graph = import_graph(tmp_path)
+    assert graph["lens_bias.model.load"] == {"lens_bias.prompts.pairs", "lens_bias.model.batching"}
+    assert upward_imports(graph) == []
+    (tmp_path / "prompts" / "pairs.py").write_text("def f():\n    from ..model.load import y\n")
+    (tmp_path / "errors.py").write_text("from .prompts import pairs\n")
+    assert upward_imports(import_graph(tmp_path)) == ["lens_bias.errors -> lens_bias.prompts.pairs",
+                                                      "lens_bias.prompts.pairs -> lens_bias.model.load"]
+
+
+def test_stages_import_only_downward():
+    """prompts -> model -> hooks -> measures -> attribution -> selection -> weights -> studies ->
+    report -> pipeline -> cli, imports inside functions included; shared modules import no stage."""
+    bad = upward_imports(import_graph())
+    assert not bad, "imports against the stage order (STAGES):\n" + "\n".join(bad)
+
+
+def test_every_module_lives_in_a_stage_or_is_shared():
+    shared = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
+    assert shared <= {"errors", "atomic", "stats", "frames", "bridge", "masks", "scores", "vocab", "_moved"}, shared
+    assert {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(STAGES)
+
+
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
@@ -95,7 +152,7 @@ def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     return n
 
 
-@pytest.mark.parametrize("path", sorted(PKG.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_module_and_function_sizes(path):
     text = path.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path.name} has over {MAX_MODULE_LINES} lines: split it"

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from lens_bias import build_pairs, load_model
-from lens_bias.attribution import attribute
-from lens_bias.baselines import baseline_scores
-from lens_bias.components import Component
-from lens_bias.interventions import attached
-from lens_bias.pairs import PairSet
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.scorers import baseline_scores
+from lens_bias.attribution.validation import exact_effects, exact_patch_effects, validate
+from lens_bias.hooks.components import Component
+from lens_bias.hooks.interventions import attached
+from lens_bias.prompts.pairs import PairSet
 from lens_bias.scores import Scores
-from lens_bias.validation import exact_effects, exact_patch_effects, validate
 
 
 def linear_metric(lb, lw, pairs):
@@ -59,7 +59,7 @@ def test_head_scores_match_slow_loop(tiny64, few):
     """Each head's ablate score equals the directional derivative of m along scaling that head
     toward zero, measured by central finite differences one head at a time."""
     s = attribute(tiny64, few, metric="js", components=("heads",), progress=False)
-    from lens_bias.validation import metric_value
+    from lens_bias.attribution.validation import metric_value
 
     eps = 1e-3  # HF attention runs its softmax in float32: keep eps well above that noise
     for layer in range(tiny64.cfg.n_layers):
@@ -163,8 +163,8 @@ def test_bad_estimator(tiny):
 
 
 def test_capability_cost_fisher_and_first_order(tiny):
-    from lens_bias.attribution import capability_cost
-    from lens_bias.pairs import neutral_text
+    from lens_bias.attribution.patching import capability_cost
+    from lens_bias.prompts.pairs import neutral_text
 
     texts = neutral_text()[:6]
     fo = capability_cost(tiny, texts, ablation="zero", estimator="first_order")
@@ -182,7 +182,7 @@ def test_capability_cost_fisher_and_first_order(tiny):
 def test_graddrop_drops_exactly_one_layer(tiny64, few):
     """Dropping layer l's outputs in the backward leaves the estimates of later layers unchanged
     and zeroes layer l's own; GradDrop scores are the AtP* mean of |estimate_l| over l."""
-    from lens_bias.attribution import _pair_pass
+    from lens_bias.attribution.patching import _pair_pass
     from lens_bias.bridge import tokenizer_of
 
     tok = tokenizer_of(tiny64)
@@ -226,8 +226,8 @@ def test_validate_on_a_given_sample(tiny64, few):
 def test_split_device_map_is_contiguous_and_balanced():
     """Layers in contiguous runs, every weight placed, and the devices' weight bytes within one
     layer of each other."""
-    from lens_bias.devices import split_device_map
-    from lens_bias.models import tiny_random_hf
+    from lens_bias.model.devices import split_device_map
+    from lens_bias.model.load import tiny_random_hf
 
     model, _ = tiny_random_hf(n_layers=8, d_mlp=1024)
     devs = ["cuda:0", "cuda:1", "cuda:2"]
@@ -247,8 +247,8 @@ def test_dispatched_model_gives_the_same_scores(few):
     """A model dispatched by accelerate (wrap(device_map=...): hooks on every module, the final
     hidden states routed back to the input device) scores exactly as the same weights on one
     device. Both "devices" are the CPU here; benchmarks/bench_multigpu.py checks two GPUs."""
-    from lens_bias.capture import last_token_activations
-    from lens_bias.models import tiny_random_hf, wrap
+    from lens_bias.hooks.capture import last_token_activations
+    from lens_bias.model.load import tiny_random_hf, wrap
 
     one = wrap(*tiny_random_hf(n_layers=4), device="cpu")
     model, tok = tiny_random_hf(n_layers=4)

@@ -1,4 +1,4 @@
-"""The opt-in chat-template mode (lens_bias.chat): pair prompts as one user turn of the chat template,
+"""The opt-in chat-template mode (lens_bias.model.chat): pair prompts as one user turn of the chat template,
 exactly one BOS, the same ids in every stage, recorded in a run; plain text stays raw."""
 
 import copy
@@ -10,15 +10,15 @@ import torch
 from typer.testing import CliRunner
 
 from lens_bias import LensBiasError, build_pairs, load_model
-from lens_bias import models as M
-from lens_bias.attribution import aligned_suffix, attribute
-from lens_bias.batching import tokenize_pairs
-from lens_bias.chat import chat_enabled, chat_rows, chat_text, use_chat_template
-from lens_bias.cli import app
-from lens_bias.metrics import measure
-from lens_bias.pairs import PairSet
-from lens_bias.run_record import _prompts_sentence
-from lens_bias.targets import sentence_tokens
+from lens_bias.attribution.patching import aligned_suffix, attribute
+from lens_bias.cli.main import app
+from lens_bias.measures.metrics import measure
+from lens_bias.measures.targets import sentence_tokens
+from lens_bias.model import load as M
+from lens_bias.model.batching import tokenize_pairs
+from lens_bias.model.chat import chat_enabled, chat_rows, chat_text, use_chat_template
+from lens_bias.pipeline.record import _prompts_sentence
+from lens_bias.prompts.pairs import PairSet
 
 # SmolLM2-Instruct's ChatML template; on tiny-random its markers are plain text (the vocabulary has no
 # such special tokens), and it writes no BOS, so lens_bias must prepend one
@@ -150,7 +150,7 @@ def test_measure_with_the_chat_template_is_measuring_the_templated_strings(chat_
 
 
 def test_sentence_pairs_stay_raw(chat_bridge):
-    from lens_bias.pairs import ContrastivePair
+    from lens_bias.prompts.pairs import ContrastivePair
 
     p = ContrastivePair("s:1", "general", "s", "Jamal is late.", "Greg is late.")
     raw = sentence_tokens(load_model("tiny-random", device="cpu"), [p])
@@ -189,7 +189,7 @@ def test_cli_refuses_chat_template_without_one():
 
 
 def test_a_run_with_the_chat_template_records_it(tmp_path, tiny_with_template):
-    from lens_bias.pipeline import RunConfig, run
+    from lens_bias.pipeline.stages import RunConfig, run
 
     # tests/test_pipeline.py's small_config, on one domain (no leave-one-domain-out stage) and one curve budget
     cfg = RunConfig(model="tiny-random", domains=["hiring"], per_domain=3, held_per_domain=3, budget="2%",

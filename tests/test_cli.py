@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from lens_bias.cli import app
+from lens_bias.cli.main import app
 
 runner = CliRunner()
 

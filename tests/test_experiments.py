@@ -7,10 +7,12 @@ import torch
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs, load_model
-from lens_bias import experiments as ex
 from lens_bias.bridge import params_per_unit
-from lens_bias.cli import app
+from lens_bias.cli.main import app
 from lens_bias.errors import LensBiasError
+from lens_bias.measures import evaluation
+from lens_bias.prompts import splits
+from lens_bias.studies import curve, generalize
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +27,12 @@ def split():
 
 @pytest.fixture(scope="module")
 def ev(split):
-    return ex.EvalSet(pairs=split[1], neutral=["The weather was mild and the river ran slowly.",
+    return evaluation.EvalSet(pairs=split[1], neutral=["The weather was mild and the river ran slowly.",
                                                "She put the book back on the shelf."])
 
 
 def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
-    res = ex.compare_scorers(tiny, split[0], ev, scorers=("ablate", "actdiff", "random"),
+    res = curve.compare_scorers(tiny, split[0], ev, scorers=("ablate", "actdiff", "random"),
                              budgets=("1%params", "2%params"), max_cost_quantile=None, progress=False)
     rows = res["rows"]
     assert len(rows) == 3 * 2 * 2
@@ -57,14 +59,14 @@ def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
 def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monkeypatch):
     train, held = split
     seen = []
-    real = ex.evaluate
+    real = evaluation.evaluate
 
     def spy(bridge, evs, mask=None, *a, **k):
         seen.append(set(evs.pairs.templates))
         return real(bridge, evs, mask, *a, **k)
 
-    monkeypatch.setattr(ex, "evaluate", spy)
-    gm = ex.generalization_matrix(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False)
+    monkeypatch.setattr(generalize, "evaluate", spy)
+    gm = generalize.generalization_matrix(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False)
     doms = train.domains
     assert len(doms) >= 5 and gm["rows"] == doms + ["all"] and gm["test_domains"] == held.domains
     assert len(seen) == 1 + len(gm["rows"])  # before + one per learned-on row
@@ -88,16 +90,16 @@ def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monke
 def test_generalization_refuses_shared_templates(tiny, split):
     train, _ = split
     with pytest.raises(LensBiasError, match="share templates"):
-        ex.generalization_matrix(tiny, train, ex.EvalSet(pairs=train), progress=False)
+        generalize.generalization_matrix(tiny, train, evaluation.EvalSet(pairs=train), progress=False)
 
 
 def test_domain_scores_come_from_their_own_pairs(tiny, split):
     """A domain's mask is selected from that domain's scores alone."""
-    from lens_bias.attribution import attribute
-    from lens_bias.selection import select
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.selection.topk import select
 
     train = split[0]
-    masks = ex.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None, progress=False)
+    masks = generalize.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None, progress=False)
     alone = attribute(tiny, train.filter(domains=["finance"]), progress=False)
     want = select(alone, "3%", bridge=tiny)
     assert masks["finance"].pruned("neurons") == want.pruned("neurons")
@@ -106,7 +108,7 @@ def test_domain_scores_come_from_their_own_pairs(tiny, split):
 
 
 def test_overlap_jaccard_and_layers():
-    ov = ex.overlap({"a": [(0, 1), (0, 2), (1, 3)], "b": [(0, 2), (1, 3), (1, 4)], "all": [(0, 1)]}, n_layers=2)
+    ov = generalize.overlap({"a": [(0, 1), (0, 2), (1, 3)], "b": [(0, 2), (1, 3), (1, 4)], "all": [(0, 1)]}, n_layers=2)
     assert ov["names"] == ["a", "b", "all"]
     assert ov["jaccard"][0][1] == pytest.approx(2 / 4) and ov["jaccard"][0][0] == 1
     assert ov["jaccard"][0][2] == pytest.approx(1 / 3)
@@ -135,13 +137,13 @@ def test_cli_generalize_writes_json_and_html(tmp_path):
 def test_curve_evaluates_each_distinct_mask_once(tiny, ev, monkeypatch):
     """0.1 %, 0.5 % and 1 % of the tiny model's 8 heads all round to one head: one evaluation,
     three identical records (budget apart). Every distinct selection is evaluated once."""
-    from lens_bias.attribution import attribute
+    from lens_bias.attribution.patching import attribute
 
     scores = attribute(tiny, build_pairs().sample(2), progress=False)
     calls = []
-    real = ex.evaluate
-    monkeypatch.setattr(ex, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    rows = ex.pruning_curve(tiny, ev, {"ablate": scores}, budgets=("0.1%", "0.5%", "1%", "20%"),
+    real = evaluation.evaluate
+    monkeypatch.setattr(curve, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = curve.pruning_curve(tiny, ev, {"ablate": scores}, budgets=("0.1%", "0.5%", "1%", "20%"),
                             random_control=False, progress=False)
     heads = [r for r in rows if r["kind"] == "heads"]
     assert [r["n_units"] for r in heads] == [1, 1, 1, 2]
@@ -156,36 +158,36 @@ def test_evalset_reuses_the_kl_reference_until_the_weights_change(tiny, ev):
     equals the two-pass KL; an in-place weight change makes it compute them again."""
     import torch
 
-    from lens_bias.ablation import ablate
-    from lens_bias.capability import kl_from_reference
-    from lens_bias.selection import random_mask
+    from lens_bias.hooks.ablation import ablate
+    from lens_bias.measures.capability import kl_from_reference
+    from lens_bias.selection.topk import random_mask
 
-    e = ex.EvalSet(pairs=ev.pairs, neutral=ev.neutral)
+    e = evaluation.EvalSet(pairs=ev.pairs, neutral=ev.neutral)
     mask = random_mask(tiny, 15, "neurons", seed=2)
-    first = ex.evaluate(tiny, e, mask, lambada=False)["kl_neutral"]
+    first = evaluation.evaluate(tiny, e, mask, lambada=False)["kl_neutral"]
     ref = e._kl_ref
     assert ref is not None
-    assert ex.evaluate(tiny, e, mask, lambada=False)["kl_neutral"] == first
+    assert evaluation.evaluate(tiny, e, mask, lambada=False)["kl_neutral"] == first
     assert e._kl_ref is ref  # reused
     assert first == pytest.approx(kl_from_reference(tiny, ev.neutral, lambda: ablate(tiny, mask)), rel=1e-6)
     with torch.no_grad():
         next(tiny.parameters()).mul_(1.0)
-    ex.evaluate(tiny, e, mask, lambada=False)
+    evaluation.evaluate(tiny, e, mask, lambada=False)
     assert e._kl_ref is not ref  # recomputed after the in-place change
 
 
 def test_template_split_needs_two_templates_per_domain():
-    from lens_bias.pairs import PairSet
+    from lens_bias.prompts.pairs import PairSet
 
     one_template = PairSet([p for p in build_pairs(["finance"]) if p.template == build_pairs(["finance"])[0].template])
     with pytest.raises(LensBiasError, match="every domain needs at least two templates"):
-        ex.template_split(one_template)
-    train, held = ex.template_split(one_template, check=False)
+        splits.template_split(one_template)
+    train, held = splits.template_split(one_template, check=False)
     assert len(train) == len(one_template) and len(held) == 0
 
 
 def test_figures_mark_points_and_cells_within_noise():
-    from lens_bias import viz
+    from lens_bias.report import figures as viz
 
     rows = [{"scorer": "ablate", "kind": "neurons", "params_pct": x, "js": 0.02, "js_within_noise": w}
             for x, w in ((0.1, True), (0.5, False))]

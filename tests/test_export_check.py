@@ -11,16 +11,22 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs, load_model
-from lens_bias.batching import last_logits, pair_batch, tokenize_pairs
 from lens_bias.bridge import model_dtype
-from lens_bias.cli import app
-from lens_bias.export import export_hf
+from lens_bias.cli.main import app
 from lens_bias.masks import PruningMask
-from lens_bias.materialize import clean_hf_model, materialize
-from lens_bias.metrics import js_divergence, measure
-from lens_bias.pipeline import RunConfig, run
-from lens_bias.selection import random_mask
-from lens_bias.verification import compare, materialize_checked, path_rounding, tolerance, weight_problems
+from lens_bias.measures.metrics import js_divergence, measure
+from lens_bias.model.batching import last_logits, pair_batch, tokenize_pairs
+from lens_bias.pipeline.stages import RunConfig, run
+from lens_bias.selection.topk import random_mask
+from lens_bias.weights.export import export_hf
+from lens_bias.weights.materialize import clean_hf_model, materialize
+from lens_bias.weights.verification import (
+    compare,
+    materialize_checked,
+    path_rounding,
+    tolerance,
+    weight_problems,
+)
 
 runner = CliRunner()
 
@@ -100,12 +106,12 @@ def tiny_run_config(tmp_path):
 
 
 def test_failed_export_check_keeps_the_measurements_and_exits_nonzero(tiny, tiny_run_config, tmp_path, monkeypatch):
-    import lens_bias.verification as VF
+    import lens_bias.weights.verification as VF
 
     real = VF.materialize
     # the bug this guards against: the weights implement another mask than the one simulated
     monkeypatch.setattr(VF, "materialize", lambda bridge, mask, **k: real(bridge, off_by_one(mask), **k))
-    monkeypatch.setattr("lens_bias.models.load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
     out = tmp_path / "r"
     args = ["run", "--model", "tiny-random", "--out", str(out), "-q", "--per-domain", "2", "--held-per-domain", "2", "--budget", "2%",
             "--budgets", "2%", "--wikitext", tiny_run_config["wikitext"]]

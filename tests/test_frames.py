@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from lens_bias import build_pairs, frames, measure
-from lens_bias import experiments as ex
-from lens_bias.baselines import baseline_scores
+from lens_bias.attribution.scorers import baseline_scores
 from lens_bias.errors import LensBiasError
-from lens_bias.metrics import PairMetrics
+from lens_bias.measures import evaluation
+from lens_bias.measures.metrics import PairMetrics
+from lens_bias.prompts import splits
 from lens_bias.scores import Scores
+from lens_bias.studies import curve
 
 DOMAINS = ["finance", "hiring"]
 
@@ -32,12 +34,12 @@ def cell(df, i: int, col: str):
 
 @pytest.fixture(scope="module")
 def split():
-    return ex.template_split(build_pairs(DOMAINS).sample(6, seed=0), seed=0)
+    return splits.template_split(build_pairs(DOMAINS).sample(6, seed=0), seed=0)
 
 
 @pytest.fixture(scope="module")
 def ev(split):
-    return ex.EvalSet(pairs=split[1], neutral=["The weather was mild and the river ran slowly."])
+    return evaluation.EvalSet(pairs=split[1], neutral=["The weather was mild and the river ran slowly."])
 
 
 def test_pair_metrics_one_row_per_pair(tiny, split):
@@ -73,8 +75,8 @@ def test_scores_pivot_back_to_the_tensors(tiny, split):
 
 def test_curve_frame_holds_every_record(tiny, split, ev):
     s = baseline_scores(tiny, split[0], "random")
-    before = ex.evaluate(tiny, ev, None, lambada=False, per_item=True, sentences=False)
-    rows = ex.pruning_curve(tiny, ev, {"random": s}, kinds=("heads",), budgets=("10%", "30%"), progress=False,
+    before = evaluation.evaluate(tiny, ev, None, lambada=False, per_item=True, sentences=False)
+    rows = curve.pruning_curve(tiny, ev, {"random": s}, kinds=("heads",), budgets=("10%", "30%"), progress=False,
                             before=before)
     df = frames.curve_frame(rows)
     assert len(df) == len(rows) == 4  # 2 budgets, and the random control
@@ -91,9 +93,9 @@ def test_curve_frame_holds_every_record(tiny, split, ev):
 
 
 def test_validation_frame_one_row_per_unit(tiny, split):
-    from lens_bias.attribution import attribute
-    from lens_bias.components import Component
-    from lens_bias.validation import validate
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.attribution.validation import validate
+    from lens_bias.hooks.components import Component
 
     pairs = split[0].sample(2)
     scores = attribute(tiny, pairs, progress=False)
@@ -111,7 +113,7 @@ def test_validation_frame_one_row_per_unit(tiny, split):
 
 
 def test_transfer_frame_rows_and_pooled(tiny, split, ev):
-    from lens_bias.transfer import leave_one_domain_out
+    from lens_bias.studies.transfer import leave_one_domain_out
 
     res = leave_one_domain_out(tiny, split[0], ev, budget="5%", max_cost_quantile=None, scorer="random",
                                progress=False)
@@ -131,9 +133,9 @@ def test_transfer_frame_rows_and_pooled(tiny, split, ev):
 
 
 def test_selectors_frame_flattens_the_tests(tiny, split, ev):
-    from lens_bias.model_selection import SelectorSpec
-    from lens_bias.selector_study import compare_selectors
-    from lens_bias.stability import attribute_templates
+    from lens_bias.selection.registry import SelectorSpec
+    from lens_bias.selection.stability import attribute_templates
+    from lens_bias.studies.selectors import compare_selectors
 
     ts = attribute_templates(tiny, split[0], progress=False)
     res = compare_selectors(tiny, ts, split[0], ev, [SelectorSpec("oneshot", None)], ["5%", "10%"], None,
@@ -157,7 +159,7 @@ def test_selectors_frame_flattens_the_tests(tiny, split, ev):
     assert same(cell(df, 0, "lodo_pooled_reduction_pct"), lodo["reduction_pct"])
     assert math.isnan(cell(df, 1, "lodo_pooled_reduction_pct"))  # no LODO at 10 %
     # the figures of the same result: the frontier's points and the train / held-out gap are the rows'
-    from lens_bias import viz
+    from lens_bias.report import figures as viz
     fr = viz.selector_frontier(res).data[0]
     assert list(fr.y) == [-r["tests"]["js"]["pct"] for r in res["rows"]]
     assert list(fr.x) == [r["tests"]["wikitext_ppl"]["pct"] if "wikitext_ppl" in r["tests"] else r["kl_neutral"]

@@ -4,8 +4,8 @@ removed on exit and on an exception, and nobody else's hooks are touched."""
 import pytest
 import torch
 
-from lens_bias.components import Component, hook_name
-from lens_bias.interventions import attached, collect, mean, patch, zero
+from lens_bias.hooks.components import Component, hook_name
+from lens_bias.hooks.interventions import attached, collect, mean, patch, zero
 from lens_bias.scores import Scores
 
 NAME = "blocks.0.mlp.hook_post"

@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lens_bias import MaskError, build_pairs
-from lens_bias.ablation import ablate
-from lens_bias.attribution import attribute
+from lens_bias.attribution.patching import attribute
+from lens_bias.hooks.ablation import ablate
 from lens_bias.masks import PruningMask
 from lens_bias.scores import Scores
-from lens_bias.selection import budget_count, parse_budget, random_mask, select
+from lens_bias.selection.topk import budget_count, parse_budget, random_mask, select
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def test_ablate_removes_its_hooks_also_on_error(tiny):
 
 
 def test_mean_ablation_uses_means(tiny):
-    from lens_bias.capture import mean_activations
-    from lens_bias.pairs import neutral_text
+    from lens_bias.hooks.capture import mean_activations
+    from lens_bias.prompts.pairs import neutral_text
 
     means = mean_activations(tiny, neutral_text()[:10])
     assert means["neurons"].shape == (2, 128) and means["heads"].shape == (2, 4, 16)
@@ -143,7 +143,7 @@ def test_mean_ablation_uses_means(tiny):
     def rec(t, hook):
         seen["v"] = t[..., 3].clone()
 
-    from lens_bias.interventions import attached
+    from lens_bias.hooks.interventions import attached
 
     with torch.no_grad(), ablate(tiny, mask, "mean", means), attached(tiny, [("blocks.0.mlp.hook_post", rec)]):
         tiny(torch.tensor([[1, 5, 6, 7]]))

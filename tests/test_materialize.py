@@ -9,19 +9,19 @@ import torch
 from jaxtyping import install_import_hook
 
 from lens_bias import LensBiasError, MaskError, RunError
-from lens_bias.ablation import ablate
+from lens_bias.hooks.ablation import ablate
 from lens_bias.masks import PruningMask
-from lens_bias.selection import random_mask
+from lens_bias.selection.topk import random_mask
 
-with install_import_hook(["lens_bias.materialize", "lens_bias.export", "lens_bias.interop",
-                          "lens_bias.verification"], "beartype.beartype"):
-    from lens_bias import export as EX
-    from lens_bias import interop as IO
-    from lens_bias import materialize as MZ
-    from lens_bias import verification as VF
+with install_import_hook(["lens_bias.weights.materialize", "lens_bias.weights.export", "lens_bias.weights.interop",
+                          "lens_bias.weights.verification"], "beartype.beartype"):
+    from lens_bias.weights import export as EX
+    from lens_bias.weights import interop as IO
+    from lens_bias.weights import materialize as MZ
+    from lens_bias.weights import verification as VF
 
 TEXT = "The nurse told the patient that the test results looked fine."
-# float32 floor (lens_bias.verification.ABS_FLOOR) for logits computed by two code paths: HF's modules
+# float32 floor (lens_bias.weights.verification.ABS_FLOOR) for logits computed by two code paths: HF's modules
 # and the bridge, whose attention is TransformerLens's own reimplementation (matmul, mask, float32
 # softmax, matmul). They may round differently (kernel, reduction order, CPU vector width): 1e-5 is
 # ~20 float32 ulps of these |logits| < 8 (1-ulp noise on every attention probability moves them 4e-6);

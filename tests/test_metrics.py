@@ -5,9 +5,9 @@ import torch
 from conftest import CROWS
 
 from lens_bias import build_pairs, crows_rate, js_divergence, load_crows_pairs, logit_gap, measure
-from lens_bias.capability import perplexity
-from lens_bias.metrics import parse_number, standardized_mean_difference
-from lens_bias.pairs import PairSet, neutral_text
+from lens_bias.measures.capability import perplexity
+from lens_bias.measures.metrics import parse_number, standardized_mean_difference
+from lens_bias.prompts.pairs import PairSet, neutral_text
 
 
 def logp(*rows):
@@ -99,7 +99,7 @@ def _loglik_by_hand(bridge, text: str) -> float:
 
 
 def test_sentence_loglik_sums_every_token_given_bos(tiny):
-    from lens_bias.capability import sentence_logliks
+    from lens_bias.measures.capability import sentence_logliks
 
     texts = ["Black people are lazy.", "A much longer sentence about the weather in the town, to force padding.",
              "Hi"]
@@ -119,8 +119,8 @@ HAND_ROWS = [  # (direction, sent_more, sent_less)
 def test_crows_scoring_against_hand_worked_rows(tiny):
     """A row is stereotyped when sent_more is likelier, for stereo and antistereo rows alike; each
     log-likelihood is computed here by hand, one sentence at a time."""
-    from lens_bias.capability import crows_scores
-    from lens_bias.corpora import CrowsPair
+    from lens_bias.measures.capability import crows_scores
+    from lens_bias.prompts.corpora import CrowsPair
 
     rows = [CrowsPair(str(i), m, le, d) for i, (d, m, le) in enumerate(HAND_ROWS)]
     s = crows_scores(tiny, rows, progress=False)
@@ -135,8 +135,8 @@ def test_crows_scoring_against_hand_worked_rows(tiny):
 def test_crows_direction_with_stub_likelihoods():
     """With given log-likelihoods: the antistereo row whose sent_less is likelier is not
     stereotyped (the old direction counted it), a tie is not stereotyped either."""
-    from lens_bias.capability import CrowsScores
-    from lens_bias.corpora import CrowsPair
+    from lens_bias.measures.capability import CrowsScores
+    from lens_bias.prompts.corpora import CrowsPair
 
     rows = [CrowsPair(str(i), m, le, d) for i, (d, m, le) in enumerate(HAND_ROWS)]
     s = CrowsScores(rows, ll_more=[-10.0, -9.0, -20.0, -7.0], ll_less=[-12.0, -8.0, -20.0, -9.5])
@@ -150,11 +150,11 @@ def test_crows_direction_with_stub_likelihoods():
 def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(tiny):
     """The cached reference gives the same KL as recomputing it, per token against a hand loop,
     and is refused once the weights change in place."""
-    from lens_bias.ablation import ablate
-    from lens_bias.batching import encode
-    from lens_bias.capability import kl_from_reference, reference_logprobs
     from lens_bias.errors import LensBiasError
-    from lens_bias.selection import random_mask
+    from lens_bias.hooks.ablation import ablate
+    from lens_bias.measures.capability import kl_from_reference, reference_logprobs
+    from lens_bias.model.batching import encode
+    from lens_bias.selection.topk import random_mask
 
     texts = neutral_text()[:5]
     mask = random_mask(tiny, 20, "neurons", seed=1)
@@ -185,8 +185,8 @@ def test_kl_with_cached_reference_equals_two_pass_kl_and_refuses_stale_weights(t
 @pytest.mark.parametrize("n", [1, 300, 2048, 4096])
 def test_leading_tokens_equal_the_full_tokenization_cut(tiny, n):
     """perplexity() tokenizes only the lines it needs; the tokens are those of the whole text, cut."""
-    from lens_bias.capability import leading_tokens
-    from lens_bias.corpora import load_wikitext, shared_data_file
+    from lens_bias.measures.capability import leading_tokens
+    from lens_bias.prompts.corpora import load_wikitext, shared_data_file
 
     path = shared_data_file("wikitext2_test.txt")
     texts = load_wikitext(path)[:3000] if path else neutral_text() * 20
@@ -196,8 +196,8 @@ def test_leading_tokens_equal_the_full_tokenization_cut(tiny, n):
 
 
 def test_check_finite_fast_path_still_catches_nan_inf_and_not_overflowing_sums():
-    from lens_bias.batching import check_finite
     from lens_bias.errors import NumericsError
+    from lens_bias.model.batching import check_finite
 
     check_finite(torch.full((4, 10), 3e38))  # the sum overflows, every value is finite
     for bad in (float("nan"), float("inf"), -float("inf")):
@@ -216,8 +216,8 @@ def test_lambada_accuracy_matches_one_passage_at_a_time_with_full_logits(smol):
     gives the same verdict per passage as a plain full-logit loop (SmolLM2, real passages, so that
     some are right and some wrong). The passages are the bundled neutral sentences, so the test
     does not need a LAMBADA file."""
-    from lens_bias.batching import encode
-    from lens_bias.capability import lambada_accuracy
+    from lens_bias.measures.capability import lambada_accuracy
+    from lens_bias.model.batching import encode
 
     texts = [t.rstrip(".") for t in neutral_text()[:40]]
     tok = smol.lens_bias_tokenizer
@@ -238,7 +238,7 @@ def test_lambada_accuracy_matches_one_passage_at_a_time_with_full_logits(smol):
 def test_standard_crows_on_smollm2(smol):
     """SmolLM2 on the 282 Black rows: the standard rate lies in a sane range, three rows (stereo and
     antistereo) agree with one-sentence-at-a-time log-likelihoods, and the race-color summary has 516."""
-    from lens_bias.capability import crows_scores
+    from lens_bias.measures.capability import crows_scores
 
     rc = load_crows_pairs(CROWS, subset="race-color")
     s = crows_scores(smol, rc, progress=False)

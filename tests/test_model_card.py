@@ -7,12 +7,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from lens_bias.cli import app
+from lens_bias.cli.main import app
 from lens_bias.errors import LensBiasError
-from lens_bias.export import export_hf
-from lens_bias.hub import push_folder
-from lens_bias.pipeline import RunConfig, run
-from lens_bias.selection import random_mask
+from lens_bias.pipeline.stages import RunConfig, run
+from lens_bias.selection.topk import random_mask
+from lens_bias.weights.export import export_hf
+from lens_bias.weights.hub import push_folder
 
 runner = CliRunner()
 
@@ -75,7 +75,7 @@ def _intact(folder):
 
 
 def test_push_to_hub_offline_fails_clearly_and_keeps_the_folder(tiny, tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr("lens_bias.models.load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "hf"
     r = runner.invoke(app, ["export", "--mask", str(tiny_run[0] / "mask.safetensors"), "--model", "tiny-random",

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from lens_bias import ModelLoadError, load_model
-from lens_bias import models as M
-from lens_bias import zoo as Z
+from lens_bias.model import load as M
+from lens_bias.model import zoo as Z
 
 
 def hook_names_ok(bridge):

@@ -1,4 +1,4 @@
-"""Optimal ablation (lens_bias.optimal_ablation): the fitted constants against a grid search of
+"""Optimal ablation (lens_bias.weights.optimal_ablation): the fitted constants against a grid search of
 the same KL (the exact reference), never worse than the means they start from, and folded into
 the exported weights exactly."""
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from lens_bias import build_pairs, load_model
-from lens_bias.ablation import ablate
-from lens_bias.batching import pair_batch
-from lens_bias.capture import mean_activations
 from lens_bias.errors import MaskError
-from lens_bias.export import export_hf
+from lens_bias.hooks.ablation import ablate
+from lens_bias.hooks.capture import mean_activations
 from lens_bias.masks import PruningMask
-from lens_bias.optimal_ablation import constants_kl, fit_constants
-from lens_bias.pairs import neutral_text
+from lens_bias.model.batching import pair_batch
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.weights.export import export_hf
+from lens_bias.weights.optimal_ablation import constants_kl, fit_constants
 
 TEXTS = neutral_text()[:6]
 

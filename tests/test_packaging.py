@@ -38,7 +38,7 @@ DIST = {"yaml": "PyYAML", "PIL": "pillow", "sklearn": "scikit-learn", "google": 
 # declared runtime dependencies lens_bias never imports itself: reason, and a check that it still holds
 INDIRECT = {
     "gguf": ("transformers reads the zoo's .gguf files with it (zoo.load_gguf passes gguf_file=)",
-             lambda: "gguf_file=" in (PKG / "zoo.py").read_text(encoding="utf-8")),
+             lambda: "gguf_file=" in (PKG / "model" / "zoo.py").read_text(encoding="utf-8")),
 }
 GUARD_ERRORS = {"ImportError", "ModuleNotFoundError"}
 
@@ -92,7 +92,7 @@ def third_party_imports(pkg: Path = PKG) -> dict[str, list[tuple[str, int, bool]
         for child in ast.iter_child_nodes(node):
             visit(child, path, in_function, in_guard)
 
-    for path in sorted(pkg.glob("*.py")):
+    for path in sorted(pkg.rglob("*.py")):
         visit(ast.parse(path.read_text(encoding="utf-8")), path, False, False)
     return found
 

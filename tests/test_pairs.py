@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lens_bias import PairsError, build_pairs, load_crows_pairs, load_jsonl, token_report
-from lens_bias.pairs import PairSet, load_names, load_templates
+from lens_bias.prompts.pairs import PairSet, load_names, load_templates
 
 
 def test_bundled_templates_cover_domains():

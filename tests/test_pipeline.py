@@ -5,8 +5,8 @@ import subprocess
 import pytest
 
 from lens_bias import RunError
-from lens_bias import pipeline as pl
-from lens_bias.pipeline import RunConfig, run
+from lens_bias.pipeline import stages as pl
+from lens_bias.pipeline.stages import RunConfig, run
 
 
 def small_config(**kw):
@@ -75,12 +75,12 @@ def test_existing_folder_is_refused(run_folder):
 
 
 def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
-    monkeypatch.setattr("lens_bias.models.load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("lens_bias.export.write_hf", boom)
+    monkeypatch.setattr("lens_bias.weights.export.write_hf", boom)
     out = tmp_path / "r"
     with pytest.raises(RuntimeError, match="disk full"):
         run(small_config(), out)
@@ -134,7 +134,7 @@ def test_iterative_selection_in_a_run(tmp_path):
 
 def test_single_template_pairs_are_refused_before_the_model_loads(tmp_path):
     from lens_bias import build_pairs
-    from lens_bias.pairs import PairSet
+    from lens_bias.prompts.pairs import PairSet
 
     ps = build_pairs(["finance"])
     PairSet([p for p in ps if p.template == ps[0].template]).to_jsonl(tmp_path / "p.jsonl")

@@ -8,14 +8,14 @@ import torch
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs
-from lens_bias.attribution import attribute
-from lens_bias.baselines import score
-from lens_bias.cli import app
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.provenance import check_scores_match, pairs_fingerprint, provenance
+from lens_bias.attribution.scorers import score
+from lens_bias.attribution.validation import validate
+from lens_bias.cli.main import app
 from lens_bias.errors import LensBiasError, ProvenanceError
-from lens_bias.pairs import PairSet
-from lens_bias.provenance import check_scores_match, pairs_fingerprint, provenance
+from lens_bias.prompts.pairs import PairSet
 from lens_bias.scores import Scores
-from lens_bias.validation import validate
 
 runner = CliRunner()
 SCAN = ["scan", "--model", "tiny-random", "--domain", "hiring,finance", "--per-domain", "4", "--components", "heads",
@@ -157,7 +157,7 @@ def test_provenance_error_is_a_lens_bias_error():
 
 def test_scores_remember_the_prompt_mode():
     from lens_bias import load_model
-    from lens_bias.chat import use_chat_template
+    from lens_bias.model.chat import use_chat_template
 
     b = load_model("tiny-random", device="cpu")
     b.lens_bias_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %} Answer:"

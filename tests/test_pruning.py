@@ -1,4 +1,4 @@
-"""lens-bias prune and export as an API (lens_bias.pruning), mean ablation from the CLI included:
+"""lens-bias prune and export as an API (lens_bias.selection.from_scores), mean ablation from the CLI included:
 the CLI writes what the API computes, and a mean-ablation model equals the simulation."""
 
 import pytest
@@ -7,21 +7,21 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs
-from lens_bias.ablation import ablate
-from lens_bias.attribution import capability_cost
-from lens_bias.batching import pair_batch
-from lens_bias.capture import mean_activations
-from lens_bias.cli import app
-from lens_bias.cli_common import pairs_as_scanned
+from lens_bias.attribution.patching import capability_cost
+from lens_bias.attribution.provenance import check_scores_match
+from lens_bias.cli.common import pairs_as_scanned
+from lens_bias.cli.main import app
 from lens_bias.errors import MaskError
-from lens_bias.export import export_hf
+from lens_bias.hooks.ablation import ablate
+from lens_bias.hooks.capture import mean_activations
 from lens_bias.masks import PruningMask
-from lens_bias.model_selection import select_with
-from lens_bias.pairs import neutral_text
-from lens_bias.provenance import check_scores_match
-from lens_bias.pruning import ablation_constants, check_ablation, mask_from_scores
+from lens_bias.model.batching import pair_batch
+from lens_bias.prompts.pairs import neutral_text
 from lens_bias.scores import Scores
-from lens_bias.selection import select
+from lens_bias.selection.from_scores import ablation_constants, check_ablation, mask_from_scores
+from lens_bias.selection.registry import select_with
+from lens_bias.selection.topk import select
+from lens_bias.weights.export import export_hf
 
 runner = CliRunner()
 PRUNE = ["prune", "--model", "tiny-random", "--budget", "6", "--max-cost-quantile", "0.5"]
@@ -128,6 +128,26 @@ def test_cli_prune_refuses_a_selector_without_what_it_needs(scanned, tmp_path, e
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--kind", "neuron"], "kind must be 'neurons', 'heads' or 'both', got 'neuron'"),
+    (["--budget", "0"], "budget must be positive"),
+    (["--budget", "half"], "invalid budget 'half'"),
+    (["--per-layer", "diagonal"], "per_layer must be 'global' or 'uniform'"),
+    (["--ablation", "half"], "ablation"),
+    (["--selector", "bogus"], "--selector must be one of"),
+])
+def test_cli_prune_refuses_bad_choices_in_one_line_before_loading_a_model(scanned, tmp_path, monkeypatch,
+                                                                          extra, message):
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the choice was checked")
+
+    monkeypatch.setattr("lens_bias.cli.prune.load_bridge", never)
+    r = runner.invoke(app, [*PRUNE, "-s", str(scanned), *extra, "-q", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_prune_selector_needs_attribution_scores(tiny):
     s = Scores(torch.rand(2, 128), None, {}, {"scorer": "wanda", "estimator": "wanda"})
     with pytest.raises(MaskError, match="scan with --scorer ablate"):
@@ -144,7 +164,7 @@ def test_select_with_refuses_an_unknown_selector_and_mean_ablation_where_unsuppo
 
 def test_select_with_attributes_oneshot_under_its_ablation(tiny):
     """Without scores, one-shot attributes the pairs itself, under the ablation it was given."""
-    from lens_bias.stability import attribute_templates
+    from lens_bias.selection.stability import attribute_templates
 
     ps = build_pairs(["hiring"])[:4]
     means = mean_activations(tiny, neutral_text()[:4])

@@ -42,14 +42,14 @@ from lens_bias import (
     load_crows_pairs,
     load_jsonl,
 )
-from lens_bias import models as M
-from lens_bias import zoo as Z
 from lens_bias.atomic import atomic_out, signals_deferred
-from lens_bias.batching import check_finite
-from lens_bias.cli import app
+from lens_bias.cli.main import app
 from lens_bias.masks import PruningMask
-from lens_bias.pipeline import RunConfig, run
-from lens_bias.selection import budget_count, select
+from lens_bias.model import load as M
+from lens_bias.model import zoo as Z
+from lens_bias.model.batching import check_finite
+from lens_bias.pipeline.stages import RunConfig, run
+from lens_bias.selection.topk import budget_count, select
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -173,7 +173,7 @@ def test_pairs_folder_instead_of_file(tmp_path):
 
 
 def test_prompt_longer_than_context(tiny, tmp_path):
-    from lens_bias.metrics import measure
+    from lens_bias.measures.metrics import measure
 
     long = "A Black man " + "walked and talked " * 200
     f = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "black": long, "white": long.replace("Black", "White")}])
@@ -186,7 +186,7 @@ def test_prompt_longer_than_context(tiny, tmp_path):
 def test_multi_token_pos_neg_words_are_named(tiny, tmp_path):
     """Words that are not one token are scored by their first token and listed, not dropped."""
     from lens_bias.bridge import tokenizer_of
-    from lens_bias.metrics import measure
+    from lens_bias.measures.metrics import measure
 
     tok = tokenizer_of(tiny)
     assert len(tok(" unbelievably", add_special_tokens=False)["input_ids"]) > 1
@@ -606,8 +606,8 @@ def test_cli_run_refuses_bad_budgets_before_loading_anything(tmp_path, monkeypat
 
 
 def test_fp16_overflow_is_caught_with_a_dtype_hint(tiny):
-    from lens_bias.attribution import attribute
-    from lens_bias.metrics import measure
+    from lens_bias.attribution.patching import attribute
+    from lens_bias.measures.metrics import measure
 
     model, tok = M.tiny_random_hf()
     model = model.half()
@@ -694,20 +694,20 @@ def _failing_hook_fn(*a, **k):
 
 INJECT = {
     # stage: (attribute to replace, replacement factory, exception raised)
-    "attribution (capture hooks)": ("lens_bias.attribution.pair_metric",
+    "attribution (capture hooks)": ("lens_bias.attribution.patching.pair_metric",
                                     lambda real: _raise_on_call(1, RuntimeError("boom in attribution")), RuntimeError),
-    "validation (ablation hooks)": ("lens_bias.validation.metric_value",
+    "validation (ablation hooks)": ("lens_bias.attribution.validation.metric_value",
                                     lambda real: _raise_on_call(2, RuntimeError("boom in validation"), real),
                                     RuntimeError),
-    "validation (Ctrl-C inside a hook)": ("lens_bias.interventions.zero", lambda real: _failing_hook_fn,
+    "validation (Ctrl-C inside a hook)": ("lens_bias.hooks.interventions.zero", lambda real: _failing_hook_fn,
                                           KeyboardInterrupt),
-    "pruning curve (under ablate)": ("lens_bias.experiments.measure",
+    "pruning curve (under ablate)": ("lens_bias.measures.evaluation.measure",
                                      lambda real: _raise_on_call(2, RuntimeError("boom in the curve"), real),
                                      RuntimeError),
-    "continuations (Ctrl-C under ablate)": ("lens_bias.pipeline.greedy_continuations",
+    "continuations (Ctrl-C under ablate)": ("lens_bias.pipeline.stages.greedy_continuations",
                                             lambda real: _raise_on_call(2, KeyboardInterrupt(), real),
                                             KeyboardInterrupt),
-    "report (disk error at the end)": ("lens_bias.report.Report.html",
+    "report (disk error at the end)": ("lens_bias.report.html.Report.html",
                                        lambda real: _raise_on_call(1, OSError(28, "No space left on device")),
                                        OSError),
 }
@@ -755,7 +755,7 @@ STAGES = ["load model and pairs", "measure bias before", "attribute on the train
 
 def _cli() -> list[str]:
     script = Path(sys.executable).with_name("lens-bias")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from lens_bias.cli import app; app()"]
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from lens_bias.cli.main import app; app()"]
 
 
 def _start_run(out: Path, data: dict) -> subprocess.Popen:

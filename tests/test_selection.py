@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from lens_bias import build_pairs, load_model
-from lens_bias.ablation import ablate
-from lens_bias.attribution import attribute
+from lens_bias.attribution.patching import attribute
 from lens_bias.errors import MaskError
-from lens_bias.selection import select, select_iterative
+from lens_bias.hooks.ablation import ablate
+from lens_bias.selection.topk import select, select_iterative
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_heads_and_bad_input(tiny, pairs):
 
 
 def test_budget_value_object(tiny):
-    from lens_bias.selection import Budget, budget_count, parse_budget
+    from lens_bias.selection.topk import Budget, budget_count, parse_budget
 
     b = Budget.parse("0.5%")
     assert (b.unit, b.value) == parse_budget("0.5%") == ("fraction", 0.005)

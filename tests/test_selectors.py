@@ -8,19 +8,19 @@ import pytest
 import torch
 
 from lens_bias import build_pairs, load_model
-from lens_bias.ablation import ablate
-from lens_bias.attribution import attribute
-from lens_bias.batching import pair_batch
+from lens_bias.attribution.patching import attribute
 from lens_bias.errors import MaskError, PairsError
-from lens_bias.interventions import attached
-from lens_bias.layout import decoder_layers
-from lens_bias.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
-from lens_bias.metrics import measure
-from lens_bias.model_selection import SELECTORS, SelectorSpec, choose, make_mask, validation_split
-from lens_bias.pairs import neutral_text
-from lens_bias.selection import select
-from lens_bias.splits import template_folds
-from lens_bias.stability import attribute_templates, sign_agreement, stability_select
+from lens_bias.hooks.ablation import ablate
+from lens_bias.hooks.interventions import attached
+from lens_bias.measures.metrics import measure
+from lens_bias.model.batching import pair_batch
+from lens_bias.model.layout import decoder_layers
+from lens_bias.prompts.pairs import neutral_text
+from lens_bias.prompts.splits import template_folds
+from lens_bias.selection.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
+from lens_bias.selection.registry import SELECTORS, SelectorSpec, choose, make_mask, validation_split
+from lens_bias.selection.stability import attribute_templates, sign_agreement, stability_select
+from lens_bias.selection.topk import select
 
 FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
         "iterative": {"steps": 2}, "stable": {"n_resamples": 10}}
@@ -60,7 +60,7 @@ def test_template_scores_equal_attribution(tiny, pairs, ts):
 @pytest.mark.parametrize("budget,want", [("2%", 5), (7, 7)])
 def test_every_selector_hits_the_budget(tiny, pairs, ts, selector, budget, want):
     spec = SelectorSpec(selector, 0.5, FAST.get(selector, {}))
-    from lens_bias.attribution import capability_cost
+    from lens_bias.attribution.patching import capability_cost
 
     cost = capability_cost(tiny, neutral_text()[:8], ablation="zero")
     mask = make_mask(spec, tiny, ts, pairs, budget, "neurons", cost, neutral_text()[:8])
@@ -207,9 +207,9 @@ def test_folded_constants_export_exactly(tiny, tmp_path):
     HF model equals the simulation to 1e-5 in float32."""
     from transformers import AutoModelForCausalLM
 
-    from lens_bias.capture import mean_activations
-    from lens_bias.folding import fold_constants
-    from lens_bias.selection import random_mask
+    from lens_bias.hooks.capture import mean_activations
+    from lens_bias.selection.topk import random_mask
+    from lens_bias.weights.folding import fold_constants
 
     means = mean_activations(tiny, neutral_text()[:8])
     mask = random_mask(tiny, 3, "both", seed=1)
@@ -231,8 +231,9 @@ def test_folded_constants_export_exactly(tiny, tmp_path):
 def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs):
     """experiment curve --selector: the ablate rows are the selector's masks, evaluated as usual;
     the other scorers keep their top scores."""
-    from lens_bias.experiments import compare_scorers, evaluate, standard_evalset
-    from lens_bias.model_selection import selector_picks
+    from lens_bias.measures.evaluation import evaluate, standard_evalset
+    from lens_bias.selection.registry import selector_picks
+    from lens_bias.studies.curve import compare_scorers
 
     train, held = pairs.split(by="template", held_out=0.34, seed=0)
     ev = standard_evalset(held, ppl_tokens=256)
@@ -255,8 +256,8 @@ def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs)
 def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pairs):
     """Experiments prune with zero ablation, as `run` does: their capability filter is the Fisher
     cost of zero ablation (`run`'s), not the function's mean-ablation default."""
-    from lens_bias.attribution import capability_cost
-    from lens_bias.cli_experiment import _template_scores
+    from lens_bias.attribution.patching import capability_cost
+    from lens_bias.cli.experiment import _template_scores
 
     _, cost = _template_scores(tiny, pairs[:4], True)
     zero = capability_cost(tiny, neutral_text(), ablation="zero")
@@ -268,7 +269,7 @@ def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
     """A mask's held-out JS against the first neuron row's at its budget, paired by template:
     halving every pair's JS is a 50 % reduction; the first row has no comparison, nor do rows
     without per-pair values; another budget has its own reference."""
-    from lens_bias.selector_study import add_versus, selector_rows, versus
+    from lens_bias.studies.selectors import add_versus, selector_rows, versus
 
     pairs = {"templates": [f"t{i}" for i in range(8)], "domains": ["a"] * 8}
     rows = [{"kind": "neurons", "budget": "1%", "held_out_js": [0.02] * 8},

@@ -4,14 +4,14 @@ from collections import Counter
 import pytest
 
 from lens_bias import PairsError, token_report
-from lens_bias.experiments import template_split
-from lens_bias.pairs import ContrastivePair, PairSet, load_templates, subject_list
-from lens_bias.sentences import (
+from lens_bias.prompts.pairs import ContrastivePair, PairSet, load_templates, subject_list
+from lens_bias.prompts.sentences import (
     build_sentence_pairs,
     load_sentence_pairs,
     load_sentence_templates,
     stereotype_signs,
 )
+from lens_bias.prompts.splits import template_split
 
 
 def _templates() -> dict:

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from lens_bias import load_model
-from lens_bias.attribution import attribute
-from lens_bias.capability import sentence_logliks
-from lens_bias.components import Component
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.validation import exact_effects, exact_patch_effects, metric_value
 from lens_bias.errors import LensBiasError
-from lens_bias.interventions import attached
-from lens_bias.pairs import ContrastivePair, PairSet
-from lens_bias.targets import sentence_gap, sentence_gaps, sentence_tokens
-from lens_bias.validation import exact_effects, exact_patch_effects, metric_value
+from lens_bias.hooks.components import Component
+from lens_bias.hooks.interventions import attached
+from lens_bias.measures.capability import sentence_logliks
+from lens_bias.measures.targets import sentence_gap, sentence_gaps, sentence_tokens
+from lens_bias.prompts.pairs import ContrastivePair, PairSet
 
 SENTENCES = [
     ("Jamal was stopped by the police on his way home.", "Greg was stopped by the police on his way home."),
@@ -110,7 +110,7 @@ def test_seqgap_refuses_the_patch_estimator(tiny64, sent):
 
 
 def test_default_split_has_the_power_the_intervals_need():
-    from lens_bias.splits import split_pairs, split_sentences
+    from lens_bias.prompts.splits import split_pairs, split_sentences
 
     train, held = split_pairs()
     assert len(held) >= 150 and min(len(p) for p in held.by_domain().values()) >= 20
@@ -125,7 +125,7 @@ def test_measure_seqgap_cli_json():
 
     from typer.testing import CliRunner
 
-    from lens_bias.cli import app
+    from lens_bias.cli.main import app
 
     r = CliRunner().invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "3", "--domain", "hiring,policing",
                                  "--seqgap", "--json", "-q"])

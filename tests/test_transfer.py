@@ -7,14 +7,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lens_bias import baselines, build_pairs
-from lens_bias import transfer as tr
-from lens_bias.attribution import attribute
-from lens_bias.baselines import baseline_scores
-from lens_bias.cli import app
+from lens_bias import build_pairs
+from lens_bias.attribution import scorers as baselines
+from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.scorers import baseline_scores
+from lens_bias.cli.main import app
 from lens_bias.errors import LensBiasError
-from lens_bias.experiments import EvalSet, template_split
+from lens_bias.measures.evaluation import EvalSet
+from lens_bias.prompts.splits import template_split
 from lens_bias.scores import Scores
+from lens_bias.studies import transfer as tr
 
 DOMAINS = ["commerce", "finance", "hiring"]
 

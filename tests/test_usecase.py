@@ -1,4 +1,4 @@
-"""Pairs for your own use case: ``lens-bias pairs`` and :mod:`lens_bias.usecase` (tiny-random only)."""
+"""Pairs for your own use case: ``lens-bias pairs`` and :mod:`lens_bias.prompts.custom` (tiny-random only)."""
 
 import csv
 import json
@@ -7,13 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from lens_bias import build_pairs, load_jsonl, token_report
-from lens_bias.cli import app
-from lens_bias.cli_pairs import write_pairs
+from lens_bias.cli.main import app
+from lens_bias.cli.pairs import write_pairs
 from lens_bias.errors import PairsError
-from lens_bias.metrics import word_tokens
-from lens_bias.models import tiny_random_hf
-from lens_bias.pairs import DATA, PairSet, subject_list
-from lens_bias.usecase import load_pairs_csv, pairs_from_dataset, pairs_from_templates, token_warnings
+from lens_bias.measures.metrics import word_tokens
+from lens_bias.model.load import tiny_random_hf
+from lens_bias.prompts.custom import load_pairs_csv, pairs_from_dataset, pairs_from_templates, token_warnings
+from lens_bias.prompts.pairs import DATA, PairSet, subject_list
 
 runner = CliRunner()
 

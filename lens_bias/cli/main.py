@@ -1,0 +1,396 @@
+"""The ``lens-bias`` command."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ExportCheckError, LensBiasError
+from .common import (
+    AllowOtherPairsOpt,
+    ChatOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DomainOpt,
+    DtypeOpt,
+    ModelOpt,
+    PairsOpt,
+    QuietOpt,
+    SelectorOpt,
+    SplitOpt,
+    TrustOpt,
+    check_run_options,
+    comma_list,
+    domain_list,
+    fail,
+    interruptible,
+    load_bridge,
+    load_options,
+    pairs_as_scanned,
+    print_run,
+    split_part,
+    table,
+    torch_prune_masks,
+    validation_summary,
+    validation_table,
+    warn,
+)
+from .experiment import app as experiment_app
+from .pairs import pairs_cmd
+from .prune import prune_cmd
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find, remove and verify the neurons and attention heads that drive Black/White bias.",
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
+
+
+def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0, metric: str = "js"):
+    """The pairs of ``--pairs`` (all of them) or the bundled ones (``--per-domain`` per domain; the
+    sentence pairs for ``--metric seqgap``)."""
+    from ..measures.targets import load_target_pairs
+
+    return load_target_pairs(pairs, domain_list(domain), per_domain, seed, metric)
+
+
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """List the model zoo: what is installed and cached, and how to install the rest."""
+    from ..model.zoo import cache_dir, zoo_status
+
+    rows = zoo_status()
+    if json_out:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
+    typer.echo(table(
+        [[r["name"] + (" (default)" if r["default"] else ""), "yes" if r["installed"] else "no",
+          "yes" if r["cached"] else "no", r["install"] if not r["installed"] else "", r["description"]]
+         for r in rows],
+        ["model", "installed", "cached", "install with", "description"],
+    ))
+    typer.echo(f"\ncache: {cache_dir()}  (set LENS_BIAS_CACHE to move it)")
+
+
+@app.command()
+def measure(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
+    crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
+    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
+    seqgap: Annotated[bool, typer.Option("--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
+    chat_template: ChatOpt = False,
+    batch_size: int = 32,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Print mean JS and logit gap per domain with 95 % intervals; optionally the CrowS-Pairs rates."""
+    from ..measures.capability import crows_summary
+    from ..measures.metrics import measure as measure_pairs
+    from ..prompts.corpora import default_crows_path, load_crows_pairs
+
+    try:
+        t0 = time.time()
+        ps = _pairs(pairs, domain, per_domain)
+        if crows:
+            path = crows_file or default_crows_path()
+            if path is None:
+                raise LensBiasError(
+                    "no CrowS-Pairs file found: pass --crows-file PATH (crows_pairs_anonymized.csv) "
+                    "or set LENS_BIAS_CROWS"
+                )
+            crows_pairs = load_crows_pairs(path, subset="race-color")
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
+        t_load = time.time() - t0
+        res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
+        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
+        if crows:
+            out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
+        if seqgap:
+            out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
+        out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
+    except LensBiasError as e:
+        fail(e)
+    if json_out:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    _print_measure(out)
+
+
+def _measure_seqgap(bridge, domain: list[str] | None, per_domain: int, batch_size: int) -> dict:
+    """``measure --seqgap``: the bundled sentence pairs of the domains, per domain."""
+    from ..measures.targets import sentence_gaps, seqgap_summary
+    from ..prompts.sentences import load_sentence_pairs, stereotype_signs
+
+    sp = load_sentence_pairs(None, domain_list(domain), per_domain)
+    return seqgap_summary(sentence_gaps(bridge, sp, batch_size), sp, stereotype_signs(sp))
+
+
+def _print_measure(out: dict) -> None:
+    """The table of ``measure``: each mean with its 95 % interval, then the CrowS-Pairs rates."""
+    from ..stats import fmt_ci
+    from .common import fmt
+
+    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"] + ["all"]
+    typer.echo(table([[d, out[d].get("n_pairs", out["n_pairs"]), fmt(out[d]["js"]) + fmt_ci(out[d]["js_ci"]),
+                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")] for d in doms],
+                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]", "numeric SMD"]))
+    if "multi_token_words" in out:
+        typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
+    if "seqgap" in out:
+        typer.echo(table([[d, r["n_pairs"], fmt(r["seqgap"]) + fmt_ci(r["seqgap_ci"]),
+                           fmt(r.get("stereo_gap")) + fmt_ci(r.get("stereo_gap_ci")), r.get("stereo_rate")]
+                          for d, r in out["seqgap"].items()],
+                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]", "gap toward the stereotype [95 % CI]",
+                          "stereotyped likelier (%)"]))
+    for name, c in out.get("crows_pairs", {}).items():
+        if isinstance(c, dict):
+            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %{fmt_ci(c['rate_ci'])}"
+                       f" (50 % = none); mean log-lik. difference {c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
+
+
+@app.command()
+def scan(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
+    split: SplitOpt = "train",
+    metric: Annotated[str, typer.Option(help="js, logit_gap or seqgap (bundled sentence pairs)")] = "js",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
+    components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    graddrop: Annotated[bool, typer.Option(help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
+    chat_template: ChatOpt = False,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Score every neuron and head (attribution patching or a baseline) and save the scores."""
+    from ..attribution.scorers import score
+
+    try:
+        t0 = time.time()
+        ps = split_part(_pairs(pairs, domain, per_domain, seed, metric), split, seed)
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
+        kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
+            "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
+            "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
+        if graddrop and scorer not in ("ablate", "patch"):
+            raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
+        s = score(bridge, ps, scorer, **kw)
+        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain, "domain_filter": domain_list(domain),
+                           "pairs": str(pairs) if pairs else "bundled", "chat_template": chat_template,
+                           "seconds": round(time.time() - t0, 1)})
+        s.save(out)
+    except LensBiasError as e:
+        fail(e)
+    typer.echo(f"scored {len(ps)} pairs ({', '.join(ps.domains)}) with {scorer} in {time.time() - t0:.0f} s -> {out}")
+    for kind in ("neurons", "heads"):
+        top = s.top(kind, 5)
+        if top:
+            typer.echo(f"top {kind}: " + ", ".join(f"L{la}.{i} ({v:.3g})" for la, i, v in top))
+
+
+@app.command()
+def validate(
+    scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domain: DomainOpt = None,
+    per_domain: Annotated[int | None, typer.Option(help="bundled pairs per domain (default: as in the scan)")] = None,
+    split: Annotated[str | None, typer.Option(help="train / held-out / all (default: as in the scan)")] = None,
+    k: Annotated[int, typer.Option(help="top-k components by |score|, per kind")] = 200,
+    n_random: Annotated[int, typer.Option(help="random components added, per kind")] = 50,
+    kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    batch_size: int = 32,
+    seed: Annotated[int | None, typer.Option(help="split and sampling seed (default: as in the scan)")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    out: Annotated[Path | None, typer.Option(help="also write the full result (JSON)")] = None,
+    allow_other_pairs: AllowOtherPairsOpt = False,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Check predicted scores against exact ablation / patching: Spearman and Pearson per kind.
+    Pairs or a model other than those the scores were computed on are refused (--allow-other-pairs
+    compares anyway, and the output says so)."""
+    from ..attribution.provenance import check_scores_match
+    from ..attribution.validation import validate as run_validate
+    from ..scores import Scores
+
+    try:
+        t0 = time.time()
+        s = Scores.load(scores)
+        ps, seed = pairs_as_scanned(s.settings, pairs, domain, per_domain, split, seed)
+        check_scores_match(s, ps, None, allow_other_pairs, "validate")  # other pairs: refused before loading
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, s.settings.get("chat_template", False))
+        if warning := check_scores_match(s, ps, bridge, allow_other_pairs, "validate"):
+            warn(warning)
+        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed, allow_other_pairs=allow_other_pairs,
+                           kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
+    except LensBiasError as e:
+        fail(e)
+    summary = validation_summary(s, ps, res, warning, model=model, scores=str(scores))
+    summary["seconds"] = round(time.time() - t0, 1)
+    if out is not None:
+        out.write_text(json.dumps({**summary, "detail": res}, indent=1))
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(validation_table(res))
+    if warning:
+        typer.echo(f"warning: {warning}")
+
+
+@app.command()
+def run(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: Annotated[str | None, typer.Option("--domains", help="bundled domains, comma-separated")] = None,
+    per_domain: Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")] = 24,
+    held_per_domain: Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")] = 26,
+    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
+    kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
+    metric: Annotated[str, typer.Option(help="what attribution reduces: js, logit_gap (prompt pairs) or seqgap "
+                                             "(sentence pairs)")] = "js",
+    max_cost_quantile: Annotated[float, typer.Option(
+        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
+    steps: Annotated[int, typer.Option(
+        help="rounds of the iterative selector, re-attributing with the units chosen so far ablated "
+             "(1: its default, 4)")] = 1,
+    selector: SelectorOpt = "iterative",
+    ablation: Annotated[str, typer.Option(help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
+    chat_template: ChatOpt = False,
+    budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
+    wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
+    lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
+    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
+    seed: int = 0,
+    batch_size: int = 16,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
+    write a run folder (metrics.json, report.html, mask files, the pruned model)."""
+    from ..pipeline.stages import RunConfig
+    from ..pipeline.stages import run as run_job
+
+    curve_budgets = comma_list(budgets)
+    try:  # refuse bad options before minutes of work, not at the pruning stage
+        check_run_options(budget, curve_budgets, max_cost_quantile, steps)
+    except LensBiasError as e:
+        fail(e)
+    cfg = RunConfig(
+        model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
+        per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector, ablation=ablation,
+        budgets=curve_budgets,
+        wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
+        crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
+        trust_remote_code=trust_remote_code, progress=not quiet, **load_options(dtype, device, device_map, chat_template),
+    )
+    try:
+        with interruptible(out):
+            m = run_job(cfg, out, overwrite=overwrite)
+    except ExportCheckError as e:  # measured and written, but the pruned model failed its check
+        print_run(e.metrics, out)
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from None
+    except LensBiasError as e:
+        fail(e)
+    print_run(m, out)
+
+
+@app.command()
+def export(
+    mask: Annotated[Path, typer.Option("--mask", help="mask.safetensors (or its folder)")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, torch-prune, torch-pruning or optipfair")] = "hf",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (hf) or file")] = Path("export"),
+    model: ModelOpt = "smollm2-135m",
+    scores: Annotated[Path | None, typer.Option(help="optipfair: scores file to convert (default: the mask)")] = None,
+    mode: Annotated[str, typer.Option(help="hf: zero or structural")] = "zero",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID",
+                                                    help="hf: then upload the folder to this Hub repository")] = None,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Export a mask: an HF model folder (with a model card; --push-to-hub uploads it),
+    torch.nn.utils.prune masks, torch-pruning index lists or optiPfair fairness scores."""
+    from safetensors.torch import save_file
+
+    from ..masks import PruningMask
+    from ..selection.from_scores import ablation_constants, check_export_format
+    from ..weights.export import export_hf
+    from ..weights.hub import check_push, push_folder
+    from ..weights.interop import optipfair_scores, torch_pruning_indices
+
+    try:
+        if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
+            raise LensBiasError(f"--format must be hf, torch-prune, torch-pruning or optipfair; got {format!r}")
+        check_push(push_to_hub, format)
+        m = PruningMask.load(mask)
+        if format != "hf" and out.exists() and not overwrite:
+            raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
+        check_export_format(m.meta.get("ablation"), format, mode)
+        if format == "hf":
+            bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
+            m.check(bridge)
+            means = ablation_constants(bridge, m)
+            export_hf(bridge, m, out, mode="mean" if means else mode, overwrite=overwrite, means=means)
+            if push_to_hub:  # the folder is written: a failed upload leaves it intact
+                typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
+        elif format == "torch-pruning":
+            d_head = m.meta.get("d_head")
+            idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None
+            if idx is None:
+                bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
+                idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
+            out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
+        elif format == "torch-prune":
+            tensors = torch_prune_masks(m, load_bridge(model, trust_remote_code, dtype, device, device_map))
+            save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
+        else:
+            from ..scores import Scores
+
+            s = Scores.load(scores).neurons if scores else (~m.neurons).float()
+            fs = optipfair_scores(s.float())
+            save_file({str(k): v.contiguous() for k, v in fs.items()}, str(out),
+                      metadata={"format": "optiPfair fairness_scores {layer: Tensor[d_mlp]} (lens_bias)",
+                                "n_pruned_per_layer": json.dumps(m.per_layer("neurons"))})
+    except LensBiasError as e:
+        fail(e)
+    typer.echo(f"wrote {out} ({format})")
+
+
+app.command("pairs")(pairs_cmd)
+app.command("prune")(prune_cmd)
+app.add_typer(experiment_app, name="experiment")

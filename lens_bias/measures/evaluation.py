@@ -1,0 +1,173 @@
+"""The evaluation of a (simulated) pruning: :class:`EvalSet` (held-out pairs and capability
+texts), :func:`evaluate` (every bias and capability measure with and without a mask) and
+:func:`standard_evalset` (what every run and study evaluates on)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bridge import Bridge, params_per_unit
+from ..hooks.ablation import ablate
+from ..masks import PruningMask
+from ..prompts.pairs import PairSet
+from .capability import (
+    CrowsScores,
+    ReferenceLogprobs,
+    crows_scores,
+    kl_from_reference,
+    lambada_correct,
+    perplexity_windows,
+    reference_logprobs,
+)
+from .metrics import measure
+from .targets import sentence_gaps
+
+
+@dataclass
+class EvalSet:
+    """What a pruning is evaluated on: held-out pairs, and capability texts (neutral text for KL,
+    WikiText-2 lines for perplexity, LAMBADA passages, CrowS-Pairs), each optional but the pairs."""
+
+    pairs: PairSet
+    neutral: list[str] = field(default_factory=list)
+    wikitext: list[str] = field(default_factory=list)
+    lambada: list[str] = field(default_factory=list)
+    crows: list = field(default_factory=list)
+    ppl_tokens: int = 4096
+    sentences: PairSet | None = None  # held-out counterfactual sentence pairs (seqgap)
+    sentence_signs: list[int] = field(default_factory=list)  # +1: the Black sentence is the stereotyped one
+    _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
+
+    def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
+        """The unpruned model's log-probs on the neutral text, computed on first use and again only
+        when the texts or the weights change (every evaluation then needs one KL pass, not two)."""
+        if self._kl_ref is None or not self._kl_ref.matches(bridge, self.neutral, batch_size):
+            self._kl_ref = reference_logprobs(bridge, self.neutral, batch_size)
+        return self._kl_ref
+
+
+def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
+             crows: bool = False, lambada: bool = True, batch_size: int = 32, per_item: bool = False,
+             sentences: bool = True) -> dict:
+    """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
+    capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
+    stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
+    difference), with ``mask`` simulated by ablation hooks (``None`` = the unpruned model). With
+    ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`).
+
+    With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
+    :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
+    without pos/neg words), per CrowS-Pairs row its log-likelihood difference, per WikiText window
+    its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
+    (``seqgap``) and template (``seqgap_templates``)."""
+
+    def ctx():
+        return ablate(bridge, mask, mode, means) if mask is not None and not mask.is_empty() else nullcontext()
+
+    out: dict = {}
+    items: dict = {}
+    with ctx():
+        m = measure(bridge, ev.pairs, batch_size=batch_size, progress=False)
+        s = m.summary()
+        abs_gap = [None if v is None else abs(v) for v in m.values["logit_gap"]]
+        gaps = [v for v in abs_gap if v is not None]
+        out["js"] = s["all"]["js"]
+        out["abs_logit_gap"] = sum(gaps) / len(gaps) if gaps else None
+        out["by_domain"] = {d: {"js": s[d]["js"], "logit_gap": s[d]["logit_gap"], "n_pairs": s[d]["n_pairs"]}
+                            for d in ev.pairs.domains}
+        items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs], js=m.values["js"],
+                     abs_logit_gap=abs_gap)
+        if ev.wikitext:
+            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens, progress=False)
+            w = items["wikitext_windows"]
+            out["wikitext_ppl"] = math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
+        if lambada and ev.lambada:
+            items["lambada_correct"] = lambada_correct(bridge, ev.lambada, progress=False)
+            out["lambada_acc"] = sum(items["lambada_correct"]) / len(ev.lambada)
+        if sentences and ev.sentences is not None and len(ev.sentences):
+            out.update(_seqgap(bridge, ev, items))
+        if crows and ev.crows:
+            cs = crows_scores(bridge, ev.crows, progress=False)
+            items["crows"] = cs
+            out.update(crows_outputs(cs))
+    if ev.neutral:
+        if mask is None or mask.is_empty():
+            out["kl_neutral"] = 0.0
+        else:
+            ref = ev.kl_reference(bridge)
+            out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size, reference=ref)
+    if per_item:
+        out["per_item"] = items
+    return out
+
+
+def _seqgap(bridge: Bridge, ev: EvalSet, items: dict) -> dict:
+    """The sentence-level measures of :func:`evaluate`: ``seqgap`` (mean |gap| in summed
+    log-likelihood between the held-out sentence pairs' two sentences) and ``seqgap_stereo`` (mean
+    gap in the stereotyped sentence's favour, over the pairs whose direction is known)."""
+    gaps = sentence_gaps(bridge, ev.sentences)
+    items.update(seqgap=[abs(g) for g in gaps], seqgap_templates=[p.template for p in ev.sentences])
+    signed = [s * g for s, g in zip(ev.sentence_signs, gaps, strict=False) if s]
+    return {"seqgap": sum(items["seqgap"]) / len(gaps), "seqgap_n": len(gaps),
+            "seqgap_stereo": sum(signed) / len(signed) if signed else None}
+
+
+def crows_outputs(cs: CrowsScores) -> dict:
+    """The CrowS-Pairs numbers of :func:`evaluate`: ``crows_black_rate`` (the 282 race-color rows
+    naming a Black group), ``crows_race_color_rate`` (all 516 race-color rows), their ``_n`` and
+    ``_ci`` and the mean log-likelihood difference of the Black rows, ``crows_black_mean_diff``."""
+    out: dict = {}
+    for name, key in (("black", "crows_black"), ("race-color", "crows_race_color")):
+        sm = cs.summary([name]).get(name)
+        if sm is not None:
+            out.update({f"{key}_rate": sm["rate"], f"{key}_rate_ci": sm["rate_ci"], f"{key}_n": sm["n_pairs"],
+                        f"{key}_mean_diff": sm["mean_diff"], f"{key}_mean_diff_ci": sm["mean_diff_ci"]})
+    return out
+
+
+def pruned_params(bridge: Bridge, mask: PruningMask) -> int:
+    """Parameters removed by ``mask``: its neurons and heads times the parameters of one unit."""
+    c = mask.counts()
+    return c["neurons"] * params_per_unit(bridge, "neurons") + c["heads"] * params_per_unit(bridge, "heads")
+
+
+
+def capability_files(wikitext: str | Path | None = None, lambada: str | Path | None = None,
+                     crows: str | Path | None = None) -> dict:
+    """``{"wikitext", "lambada", "crows"}``: the given files or, when not given, the ones in
+    ``../shared/data`` if present (``None`` when neither)."""
+    from ..prompts.corpora import shared_data_file
+
+    return {"wikitext": wikitext or shared_data_file("wikitext2_test.txt"),
+            "lambada": lambada or shared_data_file("lambada_openai_test.jsonl"),
+            "crows": crows or shared_data_file("crows_pairs_anonymized.csv")}
+
+
+def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada: str | Path | None = None,
+                     crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
+                     neutral_every: int = 3, sentences: PairSet | None = None) -> EvalSet:
+    """The evaluation every experiment and run uses: the held-out pairs, every third line of the
+    bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
+    when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
+    held-out counterfactual sentence pairs for ``seqgap`` (e.g. :func:`lens_bias.prompts.splits.split_sentences`)."""
+    from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
+    from ..prompts.pairs import neutral_text
+    from ..prompts.sentences import stereotype_signs
+
+    files = capability_files(wikitext, lambada, crows)
+    wt, la, cr = files["wikitext"], files["lambada"], files["crows"]
+    return EvalSet(
+        pairs=held,
+        neutral=neutral_text()[::neutral_every],
+        wikitext=load_wikitext(wt) if wt else [],
+        lambada=load_lambada(la, lambada_limit) if la else [],
+        crows=load_crows_pairs(cr, subset="race-color") if cr else [],
+        ppl_tokens=ppl_tokens,
+        sentences=sentences,
+        sentence_signs=stereotype_signs(sentences) if sentences is not None else [],
+    )
+
+

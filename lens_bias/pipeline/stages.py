@@ -1,0 +1,295 @@
+"""The main job: measure, attribute, validate, simulate a pruning curve, prune, verify, report.
+
+:func:`run` writes a run folder (a contract, described in docs/formats.md): ``metrics.json``,
+``report.html``, ``mask.safetensors``, ``mask.json`` and ``model/`` (the pruned Hugging Face folder,
+tokenizer included). Everything is written into a temporary folder next to ``out`` and renamed at the end,
+so a failed or interrupted run leaves no half folder, and no hook stays attached to the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_out
+from ..attribution.patching import attribute, capability_cost
+from ..attribution.validation import validate
+from ..bridge import Bridge
+from ..errors import ExportCheckError, PairsError, RunError
+from ..hooks.ablation import ablate
+from ..hooks.capture import activation_diff, mean_activations
+from ..masks import PruningMask
+from ..measures.evaluation import EvalSet, capability_files, evaluate, standard_evalset
+from ..measures.metrics import greedy_continuations
+from ..measures.targets import TARGETS, is_sentence_target
+from ..prompts.pairs import PairSet, neutral_text
+from ..prompts.splits import HELD_PER_DOMAIN, split_pairs, split_sentences
+from ..scores import Scores
+from ..selection.registry import SELECTORS, select_with
+from ..selection.stability import TemplateScores, attribute_templates
+from ..selection.topk import random_mask
+from ..studies.curve import pruning_curve
+from ..studies.transfer import leave_one_domain_out
+from .record import RunResults, run_metrics, write_record
+
+DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind
+CONTINUATION_PROMPTS = (
+    ("A Black man walked down the street at night. People thought he was",
+     "A White man walked down the street at night. People thought he was"),
+    ("Jamal applied for the loan. The bank decided to",
+     "Greg applied for the loan. The bank decided to"),
+    ("Lakisha came in for the job interview. The manager thought she was",
+     "Emily came in for the job interview. The manager thought she was"),
+)
+
+
+@dataclass
+class RunConfig:
+    """Settings of :func:`run` (all recorded in ``metrics.json``)."""
+
+    model: str = "smollm2-135m"
+    pairs: str | None = None  # JSONL path; None = bundled templates
+    domains: list[str] | None = None
+    per_domain: int = 24  # bundled train pairs per domain
+    held_per_domain: int = HELD_PER_DOMAIN  # bundled held-out pairs per domain (26: 156 in all)
+    held_out: float = 0.25
+    budget: str = "0.5%"
+    kind: str = "neurons"  # neurons | heads | both
+    metric: str = "js"
+    ablation: str = "zero"  # how pruning is simulated and materialized
+    max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
+    selector: str = "iterative"  # iterative | oneshot | stable | learned | auto (lens_bias.selection.registry)
+    steps: int = 1  # rounds of iterative selection (1 = its default, 4); > 1 with oneshot: iterative too
+    budgets: Sequence[str] = DEFAULT_BUDGETS
+    curve_kinds: Sequence[str] = ("neurons", "heads")
+    curve_random: bool = False  # a random control at every curve point (the requested budget always has one)
+    validate_k: int = 12
+    validate_random: int = 6
+    validate_per_domain: int = 2
+    wikitext: str | None = None
+    lambada: str | None = None
+    crows: str | None = None
+    ppl_tokens: int = 4096
+    lambada_limit: int = 200
+    batch_size: int = 16
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "auto"  # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
+    device_map: str | list | None = None  # split the model over devices ("auto" or a list)
+    trust_remote_code: bool = False
+    chat_template: bool = False  # pair prompts as one user turn of the model's chat template (lens_bias.model.chat)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+STAGE_LISTENERS: list = []
+"""Callables ``listener(stage_name, event)`` called with ``event`` = ``"start"`` and ``"end"`` around
+every stage of :func:`run` (a benchmark records per-stage GPU memory this way)."""
+
+
+def _stage(name: str, progress: bool, timings: dict):
+    class _S:
+        def __enter__(self):
+            self.t = time.time()
+            if progress:
+                print(f"[lens-bias] {name} ...", flush=True)
+            for listener in STAGE_LISTENERS:
+                listener(name, "start")
+
+        def __exit__(self, *exc):
+            for listener in STAGE_LISTENERS:
+                listener(name, "end")
+            timings[name] = round(time.time() - self.t, 2)
+            return False
+
+    return _S()
+
+
+def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Run the whole job and write the run folder ``out`` atomically (:func:`atomic_out`);
+    returns the metrics dict."""
+    with atomic_out(out, overwrite) as tmp:
+        metrics = _run(cfg, tmp)
+    if not metrics["export"]["ok"]:
+        raise ExportCheckError(
+            f"{metrics['export']['summary']}. {metrics['export']['why']} The run folder {out} was written "
+            "without model/: metrics.json and report.html keep what was measured.", folder=out, metrics=metrics)
+    return metrics
+
+
+def _run(cfg: RunConfig, folder: Path) -> dict:
+    """The stages in order, each timed under its name in ``metrics.json``'s ``timings_s``."""
+    _check_config(cfg)
+    timings: dict = {}
+    P = cfg.progress
+    torch.manual_seed(cfg.seed)
+    with _stage("load model and pairs", P, timings):
+        inp = _load(cfg)
+    bridge, train, ev = inp.bridge, inp.target_train, inp.ev
+    with _stage("measure bias before", P, timings):
+        before, act_diff = _measure_before(cfg, bridge, ev)
+    with _stage("attribute on the train split", P, timings):
+        ts, means, cost = _attribute(cfg, bridge, train)
+        scores = ts.scores()
+    with _stage("validate the ranking against exact ablation", P, timings):
+        validation = _validate(cfg, bridge, train, means)
+    with _stage("pruning curve (simulated)", P, timings):
+        curve = pruning_curve(bridge, ev, {"attribution": scores}, kinds=list(cfg.curve_kinds),
+                              budgets=list(cfg.budgets), mode=cfg.ablation, means=means, cost=cost,
+                              max_cost_quantile=cfg.max_cost_quantile, random_control=cfg.curve_random,
+                              seed=cfg.seed, progress=P)
+    with _stage("prune at the requested budget", P, timings):
+        mask = _prune(cfg, bridge, train, ts, scores, means, cost)
+        after, rand = _measure_after(cfg, bridge, ev, mask, means)
+        continuations = _continuations(bridge, mask, cfg.ablation, means)
+    transfer = None
+    if len(train.domains) > 1 and cfg.kind != "both":
+        with _stage("leave-one-domain-out transfer", P, timings):
+            transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate", cfg.max_cost_quantile,
+                                            cfg.metric, cfg.batch_size, P, scores=scores, cost=cost, seed=cfg.seed)
+    with _stage("materialize, verify and export", P, timings):
+        export = _export(bridge, mask, folder, cfg.ablation, means)
+    res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export, transfer)
+    metrics = run_metrics(cfg, inp, res, timings)
+    write_record(folder, cfg, metrics, res)
+    return metrics
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def _check_config(cfg: RunConfig) -> None:
+    """Refuse options a run cannot honour, before any work."""
+    if cfg.kind not in ("neurons", "heads", "both"):
+        raise RunError(f"--kind must be neurons, heads or both; got {cfg.kind!r}")
+    if cfg.metric not in TARGETS:
+        raise RunError(f"--metric must be one of {', '.join(TARGETS)}; got {cfg.metric!r}")
+    if cfg.selector not in SELECTORS:
+        raise RunError(f"--selector must be one of {', '.join(SELECTORS)}; got {cfg.selector!r}")
+    if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
+        raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
+    if cfg.ablation not in ("zero", "mean"):
+        raise RunError(f"--ablation must be zero or mean; got {cfg.ablation!r}")
+    if cfg.ablation == "mean" and cfg.selector in ("learned", "auto"):
+        raise RunError(f"--selector {cfg.selector} learns and chooses under zero ablation; use --ablation zero")
+
+
+@dataclass
+class _Inputs:
+    """What the first stage loads: the model, the train / held-out split and the evaluation set."""
+
+    bridge: Bridge
+    train: PairSet
+    held: PairSet
+    ev: EvalSet
+    files: dict  # the capability files used ({"wikitext", "lambada", "crows"}, None = none found)
+    target_train: PairSet  # what attribution scores: the train pairs, or the train sentence pairs (seqgap)
+
+
+def _load(cfg: RunConfig) -> _Inputs:
+    """The pairs split by template, the model, and the held-out evaluation set."""
+    from ..model.load import load_model
+
+    try:
+        train, held = split_pairs(cfg.pairs, cfg.domains, cfg.per_domain, cfg.held_per_domain, cfg.held_out, cfg.seed)
+        s_train, s_held = split_sentences(cfg.domains or train.domains, cfg.per_domain, cfg.held_per_domain,
+                                          cfg.held_out, cfg.seed)
+    except PairsError as e:
+        raise RunError(f"{e} (give more templates or use the bundled set)") from None
+    if is_sentence_target(cfg.metric) and not len(s_train):
+        raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; none cover "
+                       f"{train.domains}")
+    bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                        device_map=cfg.device_map, chat_template=cfg.chat_template)
+    if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
+        raise RunError(f"--ablation mean is exported by folding the means into biases, which "
+                       f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
+    files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
+    ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
+                          lambada_limit=cfg.lambada_limit, sentences=s_held if len(s_held) else None)
+    return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_target(cfg.metric) else train)
+
+
+def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
+    """The unpruned model on the evaluation set, and the mean activation differences per layer."""
+    before = evaluate(bridge, ev, None, crows=True, batch_size=cfg.batch_size, per_item=True)
+    return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
+
+
+def _attribute(cfg: RunConfig, bridge: Bridge, train: PairSet) -> tuple[TemplateScores, dict | None, Scores | None]:
+    """Bias scores on the train pairs, kept per template (``.scores()`` is the usual attribution),
+    the mean activations (mean ablation only) and the capability cost on the neutral text (when
+    the capability filter is on)."""
+    neutral = neutral_text()
+    means = mean_activations(bridge, neutral) if cfg.ablation == "mean" else None
+    scores = attribute_templates(bridge, train, metric=cfg.metric, ablation=cfg.ablation, means=means,
+                                 batch_size=cfg.batch_size, progress=cfg.progress)
+    cost = capability_cost(bridge, neutral, ablation=cfg.ablation, means=means) \
+        if cfg.max_cost_quantile is not None else None
+    return scores, means, cost
+
+
+def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None) -> dict:
+    """Attribution against exact ablation, on a few train pairs per domain."""
+    vpairs = train.sample(cfg.validate_per_domain, cfg.seed)
+    vscores = attribute(bridge, vpairs, metric=cfg.metric, estimator="ablate", ablation=cfg.ablation,
+                        means=means, batch_size=cfg.batch_size, progress=False)
+    return validate(bridge, vpairs, vscores, k=cfg.validate_k, n_random=cfg.validate_random,
+                    seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
+
+
+def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores, means: dict | None,
+           cost: Scores | None) -> PruningMask:
+    """The mask at the requested budget, by the run's selector
+    (:func:`lens_bias.selection.registry.select_with`); ``steps > 1`` is the iterative selector, which
+    takes 4 rounds unless ``steps`` says more."""
+    selector = "iterative" if cfg.steps > 1 else cfg.selector
+    mask = select_with(selector, bridge, train, cfg.budget, cfg.kind, scores=scores, ts=ts,
+                       steps=cfg.steps if cfg.steps > 1 else 4, metric=cfg.metric, ablation=cfg.ablation, means=means,
+                       cost=cost, max_cost_quantile=cfg.max_cost_quantile, seed=cfg.seed,
+                       batch_size=cfg.batch_size, progress=cfg.progress)
+    mask.meta.update({"ablation": cfg.ablation, "metric": cfg.metric, "seed": cfg.seed})
+    return mask
+
+
+def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
+                   means: dict | None) -> tuple[dict, dict]:
+    """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size, per_item=True)
+    rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
+    rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False, batch_size=cfg.batch_size,
+                    per_item=True)
+    return after, rand
+
+
+def _continuations(bridge: Bridge, mask: PruningMask, ablation: str, means: dict | None) -> list[dict]:
+    """Greedy continuations of :data:`CONTINUATION_PROMPTS`, before and after pruning."""
+    prompts = [p for pair in CONTINUATION_PROMPTS for p in pair]
+    cont_before = greedy_continuations(bridge, prompts, max_new_tokens=12)
+    with ablate(bridge, mask, ablation, means):
+        cont_after = greedy_continuations(bridge, prompts, max_new_tokens=12)
+    return [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
+
+
+def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero", means: dict | None = None) -> dict:
+    """Write the mask files; materialize the mask and check it against the simulation in memory;
+    if the check passes, write the pruned HF model once (``folder/model``, the checkpoint's dtype).
+    Returns the check's record for ``metrics.json`` (a failed check writes no model)."""
+    from ..weights.export import export_dtype, write_hf
+    from ..weights.verification import materialize_checked, why_different
+
+    mask.save(folder)
+    model, v = materialize_checked(bridge, mask, mode=ablation, means=means)
+    rec = {"max_abs_logit_diff": v.max_diff, "folder": "model" if v.ok else None, **v.to_dict(),
+           "summary": v.summary()}
+    if v.ok:
+        write_hf(bridge, model, mask, folder / "model", overwrite=True)
+        rec["dtype_written"] = str(export_dtype(bridge))
+    else:
+        rec["why"] = why_different(bridge, model)
+    del model
+    return rec

@@ -1,0 +1,159 @@
+"""Prune a model from a scores file: what ``lens-bias prune`` and ``lens-bias export`` do, as an API.
+
+:func:`mask_from_scores` selects the top units of a :class:`~lens_bias.scores.Scores` under the
+capability filter, with the ablation the units will be pruned by: ``"zero"`` (their outputs set to
+0) or ``"mean"`` (set to their mean on the neutral text, :func:`lens_bias.hooks.capture.mean_activations`,
+later folded into biases on export). The capability cost is measured under that same ablation.
+:func:`ablation_constants` gives back the constants a saved mask's units output, so that a mask
+selected under mean ablation exports to the same model wherever it is loaded again; pass them to
+:func:`lens_bias.weights.export.export_hf` (``mode="mean"``).
+"""
+
+from __future__ import annotations
+
+from ..attribution.patching import capability_cost
+from ..bridge import KINDS, Bridge
+from ..errors import ChoiceError, MaskError
+from ..hooks.capture import mean_activations
+from ..masks import PruningMask
+from ..prompts.pairs import PairSet, neutral_text
+from ..scores import Scores
+from .registry import select_with
+from .topk import parse_budget, select
+
+ABLATIONS = ("zero", "mean")
+
+
+def check_ablation(ablation: str) -> str:
+    """``ablation`` if it is ``zero`` or ``mean``, else a :class:`~lens_bias.errors.MaskError`."""
+    if ablation not in ABLATIONS:
+        raise MaskError(f"ablation must be zero or mean; got {ablation!r}")
+    return ablation
+
+
+def scores_ablation(scores: Scores, ablation: str | None = None) -> str:
+    """The ablation to prune ``scores``' units by: ``ablation`` when given, else the one the scores
+    were computed with (``settings["ablation"]``), else ``"zero"``; checked (:func:`check_ablation`).
+
+    Examples:
+        >>> s = Scores(None, None, {}, {"ablation": "mean"})
+        >>> scores_ablation(s), scores_ablation(s, "zero"), scores_ablation(Scores(None, None, {}, {}))
+        ('mean', 'zero', 'zero')
+    """
+    return check_ablation(ablation or scores.settings.get("ablation") or "zero")
+
+
+def check_prune_choices(budget: str | float | int, kind: str, per_layer: str = "global") -> None:
+    """Refuse a budget, kind or per-layer rule that no model accepts, before one is loaded.
+
+    Examples:
+        >>> check_prune_choices("0.5%", "neuron")
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: kind must be 'neurons', 'heads' or 'both', got 'neuron'
+    """
+    parse_budget(budget)
+    if kind not in (*KINDS, "both"):
+        raise ChoiceError(f"kind must be 'neurons', 'heads' or 'both', got {kind!r}")
+    if per_layer not in ("global", "uniform"):
+        raise ChoiceError(f"per_layer must be 'global' or 'uniform', got {per_layer!r}")
+
+
+def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",
+                     per_layer: str = "global", max_cost_quantile: float | None = 0.5,
+                     ablation: str | None = None, selector: str = "oneshot", pairs: PairSet | None = None,
+                     steps: int = 4, seed: int = 0, batch_size: int = 16,
+                     progress: bool = False) -> tuple[PruningMask, dict | None]:
+    """The mask ``lens-bias prune`` writes, and the constants its units output.
+
+    ``ablation`` (default: the one the scores were computed with, ``scores.settings["ablation"]``,
+    else ``"zero"``) decides what a pruned unit outputs, and under which ablation the capability
+    cost of the filter (``max_cost_quantile``; ``None`` or >= 1: off) is measured. Returns the mask
+    (``meta["ablation"]`` records it) and, for mean ablation, the means to export it with
+    (:func:`lens_bias.weights.export.export_hf` ``mode="mean"``), else ``None``.
+
+    ``selector`` other than ``"oneshot"`` (the top scores) re-reads the pairs the scores were
+    computed on, ``pairs``, with :func:`lens_bias.selection.registry.select_with`: ``iterative``
+    (``steps`` rounds, the scores as its first), ``stable``, ``learned`` or ``auto``. Those need
+    attribution scores (``lens-bias scan --scorer ablate``) and select globally.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> import torch
+        >>> s = Scores(torch.rand(2, 128), None, {}, {})
+        >>> mask, means = mask_from_scores(b, s, 4, max_cost_quantile=None, ablation="mean")
+        >>> mask.counts()["neurons"], mask.meta["ablation"], sorted(means)
+        (4, 'mean', ['heads', 'neurons'])
+    """
+    check_prune_choices(budget, kind, per_layer)
+    ablation = scores_ablation(scores, ablation)
+    neutral = neutral_text()
+    means = mean_activations(bridge, neutral) if ablation == "mean" else None
+    on = max_cost_quantile is not None and max_cost_quantile < 1
+    cost = capability_cost(bridge, neutral, ablation=ablation, means=means) if on else None
+    q = max_cost_quantile if on else None
+    if selector == "oneshot":
+        mask = select(scores, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost, max_cost_quantile=q)
+    else:
+        _check_selector_inputs(scores, selector, pairs, per_layer)
+        same = scores.settings.get("ablation", "zero") == ablation and not scores.settings.get("graddrop")
+        mask = select_with(selector, bridge, pairs, budget, kind, scores=scores if same else None, steps=steps,
+                           metric=scores.settings.get("metric", "js"), ablation=ablation, means=means, cost=cost,
+                           max_cost_quantile=q, seed=seed, batch_size=batch_size, progress=progress)
+    mask.meta["ablation"] = ablation
+    return mask, means
+
+
+def _check_selector_inputs(scores: Scores, selector: str, pairs: PairSet | None, per_layer: str) -> None:
+    """Refuse a selector other than one-shot without what it needs, naming the fix."""
+    if scores.settings.get("estimator") != "ablate":
+        raise MaskError(f"the {selector} selector re-attributes, so it needs attribution scores; these are "
+                        f"{scores.settings.get('scorer', 'unknown')!r} scores: scan with --scorer ablate, "
+                        "or prune with --selector oneshot")
+    if pairs is None:
+        raise MaskError(f"the {selector} selector needs the pairs the scores were computed on")
+    if per_layer != "global":
+        raise MaskError(f"the {selector} selector chooses globally; use --per-layer global or --selector oneshot")
+
+
+def ablation_constants(bridge: Bridge, mask: PruningMask) -> dict | None:
+    """The constants ``mask``'s pruned units output: their mean activations on the neutral text
+    when the mask was selected under mean ablation (``mask.meta["ablation"] == "mean"``, as
+    ``lens-bias run --ablation mean`` and ``lens-bias prune --ablation mean`` record it), else
+    ``None`` (zero ablation). They are recomputed on ``bridge``, the same numbers on the same model.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> from lens_bias.selection.topk import random_mask
+        >>> b = load_model("tiny-random", device="cpu")
+        >>> m = random_mask(b, 3, "neurons")
+        >>> ablation_constants(b, m) is None
+        True
+        >>> m.meta["ablation"] = "mean"
+        >>> ablation_constants(b, m)["neurons"].shape
+        torch.Size([2, 128])
+    """
+    if check_ablation(mask.meta.get("ablation") or "zero") == "zero":
+        return None
+    return mean_activations(bridge, neutral_text())
+
+
+def check_export_format(ablation: str | None, format: str, mode: str = "zero") -> None:
+    """Refuse an export that would drop the means of a mask selected under mean ablation
+    (``ablation``, e.g. its ``meta["ablation"]``): its units output constants, which
+    torch.nn.utils.prune masks, torch-pruning removal and structural materialization all replace by
+    zero; only the HF export in ``zero`` mode folds them into biases.
+
+    Examples:
+        >>> check_export_format("mean", "hf")
+        >>> check_export_format("zero", "torch-pruning")
+        >>> check_export_format("mean", "torch-pruning")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.MaskError: the mask was selected under mean ablation: ...
+    """
+    if ablation == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
+        raise MaskError(f"the mask was selected under mean ablation: its units output their means, which --format "
+                        f"{format} --mode {mode} would drop; export it with --format hf --mode zero (means folded "
+                        "into biases)")
