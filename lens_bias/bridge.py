@@ -13,11 +13,11 @@ and ``"heads"`` (one slice of ``blocks.L.attn.hook_z``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 
-from .errors import ChoiceError
+from .vocab import Kind, check_kind
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -28,21 +28,6 @@ else:
     # time (beartype in the tests) ``Bridge`` checks the base class, an nn.Module.
     Bridge: TypeAlias = torch.nn.Module
 
-Kind: TypeAlias = Literal["neurons", "heads"]
-KINDS: tuple[Kind, ...] = ("neurons", "heads")
-
-
-def check_kind(kind: str) -> Kind:
-    """``kind`` itself if it is ``"neurons"`` or ``"heads"``; a
-    :class:`~lens_bias.errors.ChoiceError` naming both otherwise.
-
-    Examples:
-        >>> check_kind("heads")
-        'heads'
-    """
-    if kind not in KINDS:
-        raise ChoiceError(f"kind must be 'neurons' or 'heads', got {kind!r}")
-    return kind  # type: ignore[return-value]
 
 
 def tokenizer_of(bridge: Bridge):

@@ -102,10 +102,10 @@ class RunError(LensBiasError):
 
     Examples:
         >>> from lens_bias.pipeline.stages import RunConfig, run
-        >>> run(RunConfig(model="tiny-random", kind="layers"), "/tmp/lens_bias_doc_run", overwrite=True)  # doctest: +ELLIPSIS
+        >>> run(RunConfig(model="tiny-random", selector="stable", steps=3), "/tmp/lens_bias_doc_run")
         Traceback (most recent call last):
         ...
-        lens_bias.errors.RunError: --kind must be neurons, heads or both; got 'layers'
+        lens_bias.errors.RunError: --steps > 1 is the iterative selector; it cannot be combined with --selector stable
     """
 
 

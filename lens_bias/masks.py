@@ -20,8 +20,9 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from .bridge import Bridge, Kind, check_kind, model_meta, shape_of
+from .bridge import Bridge, model_meta, shape_of
 from .errors import MaskError
+from .vocab import Kind, check_kind
 
 MASK_VERSION = 1
 

@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .bridge import KINDS, Kind, check_kind
 from .errors import LensBiasError
+from .vocab import KINDS, Kind, check_kind
 
 SCORES_VERSION = 1
 

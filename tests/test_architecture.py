@@ -159,3 +159,14 @@ def test_module_and_function_sizes(path):
     long = [f"{fn.name} ({_code_lines(fn)} lines)" for fn in ast.walk(ast.parse(text))
             if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(fn) > MAX_FUNCTION_LINES]
     assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines (docstrings aside): {', '.join(long)}"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A leading underscore means 'this module only': what another module needs gets a public name."""
+    bad = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lens_bias")):
+                bad += [f"{path.relative_to(PKG)}:{node.lineno} {a.name}" for a in node.names
+                        if a.name.startswith("_") and a.name != "_moved"]
+    assert not bad, "private names imported from another module: " + ", ".join(bad)

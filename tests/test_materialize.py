@@ -9,6 +9,7 @@ import torch
 from jaxtyping import install_import_hook
 
 from lens_bias import LensBiasError, MaskError, RunError
+from lens_bias.errors import ChoiceError
 from lens_bias.hooks.ablation import ablate
 from lens_bias.masks import PruningMask
 from lens_bias.selection.topk import random_mask
@@ -145,7 +146,7 @@ def test_empty_mask_is_identity(tiny):
 
 def test_bad_inputs_are_refused(tiny):
     mask = masks_for(tiny, "neurons")
-    with pytest.raises(MaskError, match="mode must be one of"):
+    with pytest.raises(ChoiceError, match="mode must be one of"):
         MZ.materialize(tiny, mask, mode="mean")
     wrong = PruningMask(torch.ones(3, 128, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(MaskError, match="does not fit the model"):

@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from lens_bias import RunError
+from lens_bias.errors import ChoiceError
 from lens_bias.pipeline import stages as pl
 from lens_bias.pipeline.stages import RunConfig, run
 
@@ -155,7 +156,7 @@ def test_run_reports_seqgap_and_leave_one_domain_out(run_folder):
 
 
 def test_unknown_metric_is_refused_before_any_work(tmp_path):
-    with pytest.raises(RunError, match="--metric must be one of js, logit_gap, seqgap; got 'vibes'"):
+    with pytest.raises(ChoiceError, match="--metric must be one of js, logit_gap, seqgap; got 'vibes'"):
         run(small_config(metric="vibes"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

@@ -11,16 +11,17 @@ from lens_bias.attribution.patching import capability_cost
 from lens_bias.attribution.provenance import check_scores_match
 from lens_bias.cli.common import pairs_as_scanned
 from lens_bias.cli.main import app
-from lens_bias.errors import MaskError
+from lens_bias.errors import ChoiceError, MaskError
 from lens_bias.hooks.ablation import ablate
 from lens_bias.hooks.capture import mean_activations
 from lens_bias.masks import PruningMask
 from lens_bias.model.batching import pair_batch
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.scores import Scores
-from lens_bias.selection.from_scores import ablation_constants, check_ablation, mask_from_scores
+from lens_bias.selection.from_scores import ablation_constants, mask_from_scores
 from lens_bias.selection.registry import select_with
 from lens_bias.selection.topk import select
+from lens_bias.vocab import check_ablation
 from lens_bias.weights.export import export_hf
 
 runner = CliRunner()
@@ -87,7 +88,7 @@ def test_prune_default_ablation_is_the_scans_and_zero_stays_zero(scanned, tiny, 
 
 
 def test_bad_ablation_and_missing_means_are_refused(tiny, tmp_path):
-    with pytest.raises(MaskError, match="zero or mean"):
+    with pytest.raises(ChoiceError, match="ablation must be one of zero, mean; got 'resample'"):
         check_ablation("resample")
     mask, _ = mask_from_scores(tiny, Scores(torch.rand(2, 128), None, {}, {}), 3, max_cost_quantile=None)
     with pytest.raises(MaskError, match="needs the units' means"):
@@ -129,10 +130,10 @@ def test_cli_prune_refuses_a_selector_without_what_it_needs(scanned, tmp_path, e
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--kind", "neuron"], "kind must be 'neurons', 'heads' or 'both', got 'neuron'"),
+    (["--kind", "neuron"], "kind must be one of neurons, heads, both; got 'neuron'"),
     (["--budget", "0"], "budget must be positive"),
     (["--budget", "half"], "invalid budget 'half'"),
-    (["--per-layer", "diagonal"], "per_layer must be 'global' or 'uniform'"),
+    (["--per-layer", "diagonal"], "per_layer must be one of global, uniform; got 'diagonal'"),
     (["--ablation", "half"], "ablation"),
     (["--selector", "bogus"], "--selector must be one of"),
 ])
@@ -156,7 +157,7 @@ def test_prune_selector_needs_attribution_scores(tiny):
 
 def test_select_with_refuses_an_unknown_selector_and_mean_ablation_where_unsupported(tiny):
     ps = build_pairs(["hiring"])[:4]
-    with pytest.raises(MaskError, match="selector must be one of"):
+    with pytest.raises(ChoiceError, match="selector must be one of"):
         select_with("bogus", tiny, ps, 4)
     with pytest.raises(MaskError, match="works under zero ablation"):
         select_with("stable", tiny, ps, 4, ablation="mean", means=mean_activations(tiny, neutral_text()[:4]))

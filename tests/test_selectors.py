@@ -18,9 +18,10 @@ from lens_bias.model.layout import decoder_layers
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.prompts.splits import template_folds
 from lens_bias.selection.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
-from lens_bias.selection.registry import SELECTORS, SelectorSpec, choose, make_mask, validation_split
+from lens_bias.selection.registry import SelectorSpec, choose, make_mask, validation_split
 from lens_bias.selection.stability import attribute_templates, sign_agreement, stability_select
 from lens_bias.selection.topk import select
+from lens_bias.vocab import SELECTORS
 
 FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
         "iterative": {"steps": 2}, "stable": {"n_resamples": 10}}

@@ -38,9 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..bridge import (
-    KINDS,
     Bridge,
-    Kind,
     model_device,
     model_dtype,
     n_params,
@@ -53,7 +51,6 @@ from ..hooks.components import hook_name
 from ..hooks.interventions import attached, collect
 from ..measures.targets import (
     directional_only,
-    is_sentence_target,
     pair_metric,
     sentence_gap,
     sentence_tokens,
@@ -70,10 +67,8 @@ from ..model.batching import (
 )
 from ..prompts.pairs import PairSet
 from ..scores import Scores
+from ..vocab import ESTIMATORS, KINDS, Kind, check_ablation, check_choice, is_sentence_target
 from .provenance import provenance
-
-ESTIMATORS = ("ablate", "patch")
-
 
 # ---------------------------------------------------------------- alignment for the patch estimator
 
@@ -254,8 +249,8 @@ def attribute(
         >>> tuple(s.neurons.shape), tuple(s.heads.shape)
         ((2, 128), (2, 4))
     """
-    kinds, pairs, means = _attribution_inputs(bridge, pairs, metric, estimator, ablation, components, means)
-    sums, metric_sum = _running_sums(bridge, pairs, metric, estimator, ablation, means, kinds, batch_size,
+    kinds, pairs, means = attribution_inputs(bridge, pairs, metric, estimator, ablation, components, means)
+    sums, metric_sum = running_sums(bridge, pairs, metric, estimator, ablation, means, kinds, batch_size,
                                      graddrop, progress)
     counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
     overall, by_domain = _finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
@@ -272,14 +267,12 @@ def attribute(
                   overall.get("heads", None) if "heads" in kinds else None, by_domain, settings)
 
 
-def _attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str,
+def attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str,
                         components: Sequence[str], means: dict | None) -> tuple[list[Kind], PairSet, dict | None]:
     """:func:`attribute`'s checked inputs: the kinds to score, the pairs the metric can use, and
     the mean activations (computed on neutral text for mean ablation when not given)."""
-    if estimator not in ESTIMATORS:
-        raise LensBiasError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if ablation not in ("zero", "mean"):
-        raise LensBiasError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    check_choice(estimator, ESTIMATORS, "estimator")
+    check_ablation(ablation)
     if is_sentence_target(metric) and estimator != "ablate":
         raise LensBiasError(f"metric {metric!r} is attributed with the 'ablate' estimator only (sentence pairs "
                             f"have no aligned suffix to patch); got {estimator!r}")
@@ -320,7 +313,7 @@ def activation_token_cap(bridge: Bridge) -> int | None:
     return max(64, int(ACTIVATION_SHARE * n_params(bridge) * elem / per_token))
 
 
-def _running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
+def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
                   kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool,
                   by: str = "domain") -> tuple[dict, Tensor]:
     """Every batch's contributions added to its pairs' groups (``by``: the pair attribute

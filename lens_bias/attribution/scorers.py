@@ -20,16 +20,13 @@ import torch
 from einops import reduce
 from torch import Tensor, nn
 
-from ..bridge import KINDS, Bridge, shape_of
-from ..errors import LensBiasError
+from ..bridge import Bridge, shape_of
 from ..model.layout import decoder_layers
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from .patching import ESTIMATORS, attribute
+from ..vocab import BASELINES, ESTIMATORS, KINDS, SCORERS, check_choice
+from .patching import attribute
 from .provenance import provenance
-
-BASELINES = ("actdiff", "wanda", "random")
-SCORERS = ESTIMATORS + BASELINES
 
 Scorer = Callable[..., Scores]
 
@@ -55,8 +52,7 @@ def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int
         g = torch.Generator().manual_seed(seed)
         return Scores(torch.rand(shape_of(bridge, "neurons"), generator=g),
                       torch.rand(shape_of(bridge, "heads"), generator=g), {}, {**settings, "seed": seed})
-    if scorer not in _FROM_ACTIVATIONS:
-        raise LensBiasError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+    check_choice(scorer, BASELINES, "baseline scorer")
     per_domain = _FROM_ACTIVATIONS[scorer]
     by_domain = {d: per_domain(bridge, last_token_activations(bridge, sub, batch_size))
                  for d, sub in pairs.by_domain().items()}
@@ -117,8 +113,7 @@ def score(bridge: Bridge, pairs: PairSet, scorer: str = "ablate", **kwargs) -> S
         >>> score(b, build_pairs(["hiring"]).sample(2), "magic")
         Traceback (most recent call last):
         ...
-        lens_bias.errors.LensBiasError: scorer must be one of ('ablate', 'patch', 'actdiff', 'wanda', 'random'), got 'magic'
+        lens_bias.errors.ChoiceError: scorer must be one of ablate, patch, actdiff, wanda, random; got 'magic'
     """
-    if scorer not in REGISTRY:
-        raise LensBiasError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+    check_choice(scorer, SCORERS, "scorer")
     return REGISTRY[scorer](bridge, pairs, **kwargs)

@@ -19,16 +19,17 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..bridge import KINDS, Bridge, Kind, tokenizer_of
+from ..bridge import Bridge, tokenizer_of
 from ..errors import LensBiasError
 from ..hooks.ablation import ablate
 from ..hooks.components import Component, hook_name
 from ..hooks.interventions import attached, patch
 from ..masks import PruningMask
-from ..measures.targets import TARGETS, directional_only, is_sentence_target, pair_metric, sentence_gaps
+from ..measures.targets import directional_only, pair_metric, sentence_gaps
 from ..model.batching import check_finite, chunks, last_logits, pair_batch, widened
 from ..prompts.pairs import PairSet
 from ..scores import Scores
+from ..vocab import KINDS, TARGETS, Kind, is_sentence_target
 from .patching import aligned_suffix
 from .provenance import check_scores_match
 

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import LensBiasError
+from ..vocab import check_selector
 from .common import (
     DeviceMapOpt,
     DeviceOpt,
@@ -36,10 +37,8 @@ def selector_pairs(scores, selector: str, pairs: Path | None) -> tuple:
     the scan's pairs as its settings record them, checked against its fingerprint before any model
     is loaded."""
     from ..attribution.provenance import check_scores_match
-    from ..selection.registry import SELECTORS
 
-    if selector not in SELECTORS:
-        raise LensBiasError(f"--selector must be one of {', '.join(SELECTORS)}; got {selector!r}")
+    check_selector(selector, "--selector")
     if selector == "oneshot":
         return None, scores.settings.get("seed", 0)
     ps, seed = pairs_as_scanned(scores.settings, pairs, None, None, None, None)
@@ -81,28 +80,23 @@ def prune_cmd(
     from ..atomic import atomic_out, prepare_out
     from ..attribution.provenance import check_scores_match
     from ..scores import Scores
-    from ..selection.from_scores import (
-        check_export_format,
-        check_prune_choices,
-        mask_from_scores,
-        scores_ablation,
-    )
+    from ..selection import from_scores as fs
     from ..weights.export import export_hf
 
     try:
         if out.exists() and not overwrite:
             prepare_out(out, overwrite)  # refuses, before the model is loaded
-        check_prune_choices(budget, kind, per_layer)  # so do bad choices
+        fs.check_prune_choices(budget, kind, per_layer)  # so do bad choices
         s = Scores.load(scores)
-        ablation = scores_ablation(s, ablation)
-        check_export_format(ablation, "hf", mode)  # before the model is loaded
+        ablation = fs.scores_ablation(s, ablation)
+        fs.check_export_format(ablation, "hf", mode)  # before the model is loaded
         ps, seed = selector_pairs(s, selector, pairs)
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map,
                                  s.settings.get("chat_template", False) if ps is not None else False)
             if warning := check_scores_match(s, ps, bridge, allow_other_model, "prune", "--allow-other-model"):
                 warn(warning)
-            mask, means = mask_from_scores(bridge, s, budget, kind, per_layer, max_cost_quantile, ablation,
+            mask, means = fs.mask_from_scores(bridge, s, budget, kind, per_layer, max_cost_quantile, ablation,
                                            selector=selector, pairs=ps, steps=steps, seed=seed,
                                            batch_size=batch_size, progress=not quiet)
             mask.meta.update(scores_pairs_hash=s.settings.get("pairs_hash"), provenance_warning=warning,

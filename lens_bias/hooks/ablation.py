@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..bridge import KINDS, Bridge
+from ..bridge import Bridge
 from ..errors import MaskError
 from ..masks import PruningMask
+from ..vocab import KINDS, check_ablation
 from . import interventions
 from .components import hook_name
 from .interventions import attached
-
-MODES = ("zero", "mean")
 
 
 def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> list:
@@ -37,8 +36,7 @@ def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means:
         >>> [name for name, _ in ablation_hooks(b, m)]
         ['blocks.0.attn.hook_z', 'blocks.1.mlp.hook_post']
     """
-    if mode not in MODES:
-        raise MaskError(f"ablation mode must be one of {MODES}, got {mode!r}")
+    check_ablation(mode, "ablation mode")
     if mode == "mean" and means is None:
         raise MaskError("mean ablation needs means=mean_activations(bridge, texts) (see lens_bias.hooks.capture)")
     mask.check(bridge)

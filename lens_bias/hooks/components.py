@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bridge import Kind, check_kind
+from ..vocab import Kind, check_kind
 
 
 def neuron_hook(layer: int) -> str:

@@ -20,7 +20,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ..bridge import Bridge, Kind, check_kind
+from ..bridge import Bridge
+from ..vocab import Kind, check_kind
 
 HookFn = Callable[..., Tensor | None]
 

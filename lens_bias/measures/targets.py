@@ -27,27 +27,9 @@ from ..bridge import Bridge, tokenizer_of
 from ..errors import LensBiasError
 from ..model.batching import Batch, PairTokens, pad_id, widened
 from ..prompts.pairs import ContrastivePair, PairSet
+from ..vocab import check_target, is_sentence_target
 from .capability import sentence_logliks, sentence_rows
 from .metrics import js_divergence, logit_gap, word_tokens
-
-TARGETS = ("js", "logit_gap", "seqgap")
-SENTENCE_TARGETS = ("seqgap",)
-
-
-def check_target(target) -> None:
-    """A clear error for an unknown target name (callables pass)."""
-    if not callable(target) and target not in TARGETS:
-        raise LensBiasError(f"metric must be one of {TARGETS}, got {target!r}")
-
-
-def is_sentence_target(target) -> bool:
-    """Whether ``target`` scores whole sentences (so its pairs are sentence pairs).
-
-    Examples:
-        >>> is_sentence_target("seqgap"), is_sentence_target("js")
-        (True, False)
-    """
-    return isinstance(target, str) and target in SENTENCE_TARGETS
 
 
 def directional_only(pairs: PairSet, target) -> PairSet:
@@ -82,7 +64,8 @@ def pair_metric(target, last_logits: Float[Tensor, "rows vocab"], pairs: Sequenc
             g = logit_gap(logp_b[has], logp_w[has], [wt.pos[i] for i in has], [wt.neg[i] for i in has])
             out = out.index_put((torch.tensor(has, device=out.device),), g.abs())
         return out
-    raise LensBiasError(f"metric must be one of {TARGETS}, got {target!r}")
+    check_target(target)
+    raise LensBiasError(f"target {target!r} has no per-pair value")  # unreachable: every name has one
 
 
 # ---------------------------------------------------------------- sentence pairs

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..bridge import Kind, check_kind
 from ..errors import ModelLoadError
+from ..vocab import Kind, check_kind
 
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
 PARTS = (*(f"mlp.{n}" for n in MLP_PARTS), "self_attn.o_proj")

@@ -25,15 +25,15 @@ from ..hooks.capture import activation_diff, mean_activations
 from ..masks import PruningMask
 from ..measures.evaluation import EvalSet, capability_files, evaluate, standard_evalset
 from ..measures.metrics import greedy_continuations
-from ..measures.targets import TARGETS, is_sentence_target
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import HELD_PER_DOMAIN, split_pairs, split_sentences
 from ..scores import Scores
-from ..selection.registry import SELECTORS, select_with
+from ..selection.registry import select_with
 from ..selection.stability import TemplateScores, attribute_templates
 from ..selection.topk import random_mask
 from ..studies.curve import pruning_curve
 from ..studies.transfer import leave_one_domain_out
+from ..vocab import KINDS, check_ablation, check_choice, check_selector, check_target, is_sentence_target
 from .record import RunResults, run_metrics, write_record
 
 DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind
@@ -164,16 +164,12 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
 
 def _check_config(cfg: RunConfig) -> None:
     """Refuse options a run cannot honour, before any work."""
-    if cfg.kind not in ("neurons", "heads", "both"):
-        raise RunError(f"--kind must be neurons, heads or both; got {cfg.kind!r}")
-    if cfg.metric not in TARGETS:
-        raise RunError(f"--metric must be one of {', '.join(TARGETS)}; got {cfg.metric!r}")
-    if cfg.selector not in SELECTORS:
-        raise RunError(f"--selector must be one of {', '.join(SELECTORS)}; got {cfg.selector!r}")
+    check_choice(cfg.kind, (*KINDS, "both"), "--kind")
+    check_target(cfg.metric, "--metric")
+    check_selector(cfg.selector, "--selector")
     if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
         raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
-    if cfg.ablation not in ("zero", "mean"):
-        raise RunError(f"--ablation must be zero or mean; got {cfg.ablation!r}")
+    check_ablation(cfg.ablation, "--ablation")
     if cfg.ablation == "mean" and cfg.selector in ("learned", "auto"):
         raise RunError(f"--selector {cfg.selector} learns and chooses under zero ablation; use --ablation zero")
 

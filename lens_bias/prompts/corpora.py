@@ -78,7 +78,6 @@ def default_crows_path() -> Path | None:
 
 
 CROWS_SUBSETS = ("race-color", "black", "black-white", "all")
-CROWS_HEADLINE = "black"  # the subset lens_bias reports first (282 pairs of the standard file)
 
 
 def in_subset(pair: CrowsPair, subset: str) -> bool:

@@ -17,11 +17,11 @@ from .pairs import (
     SUBJECT,
     ContrastivePair,
     PairSet,
-    _check_text,
-    _parse_pair,
     add_unique,
+    check_text,
     fill_templates,
     load_names,
+    parse_pair,
 )
 
 EXAMPLE = ('{"id": "housing-01", "domain": "housing", "text": "{subject} applied to rent the apartment. '
@@ -61,7 +61,7 @@ def _words(v: object, where: str, key: str) -> list[str]:
     if not isinstance(v, list | tuple) or not all(isinstance(x, str) and x.strip() for x in v):
         raise PairsError(f'{where}: "{key}" must be a list of words, e.g. "{key}": ["approve"]')
     for x in v:
-        _check_text(x, where, key)
+        check_text(x, where, key)
     return [x.strip() for x in v]
 
 
@@ -72,7 +72,7 @@ def _check_template(t: dict, where: str) -> tuple[dict, list[str]]:
     if not isinstance(t.get("text"), str) or SUBJECT not in t["text"]:
         raise PairsError(f"{where}: the text has no {SUBJECT}; write {SUBJECT} where the name or group phrase goes, "
                          f"e.g. \"{SUBJECT} applied to rent the apartment. The landlord decided to\"")
-    _check_text(t["text"], where, "text")
+    check_text(t["text"], where, "text")
     out = {"id": str(t["id"]), "domain": t["domain"].strip(), "text": t["text"],
            "pos": _words(t.get("pos", []), where, "pos"), "neg": _words(t.get("neg", []), where, "neg")}
     if bool(out["pos"]) != bool(out["neg"]):
@@ -256,7 +256,7 @@ def _row_pairs(rows: Iterable[tuple[str, object]], source: str) -> PairSet:
         for k in ("pos", "neg"):
             v = row.get(k) or []
             obj[k] = [x.strip() for x in v.split("|") if x.strip()] if isinstance(v, str) else v
-        add_unique(pairs, ids, _parse_pair(obj, where), where)
+        add_unique(pairs, ids, parse_pair(obj, where), where)
     if not pairs:
         raise PairsError(f"{source}: no pairs (no rows); give one pair a row with columns {', '.join(CSV_COLUMNS)}")
     return PairSet(pairs)

@@ -327,7 +327,7 @@ def build_pairs(domains: Sequence[str] | None = None, subjects: str = "both") ->
 _REQUIRED = ("black", "white")
 
 
-def _check_text(text: str, where: str, key: str) -> None:
+def check_text(text: str, where: str, key: str) -> None:
     """Refuse text that cannot be encoded (an unpaired UTF-16 surrogate such as ``"\\ud800"`` is
     valid JSON but no tokenizer can read it)."""
     try:
@@ -338,7 +338,7 @@ def _check_text(text: str, where: str, key: str) -> None:
                          "write the character itself or a valid \\uXXXX\\uXXXX pair") from e
 
 
-def _parse_pair(obj: object, where: str) -> ContrastivePair:
+def parse_pair(obj: object, where: str) -> ContrastivePair:
     if not isinstance(obj, dict):
         raise PairsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in _REQUIRED if k not in obj]
@@ -347,7 +347,7 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
     for k in ("black", "white"):
         if not isinstance(obj[k], str) or not obj[k].strip():
             raise PairsError(f"{where}: '{k}' must be a non-empty string")
-        _check_text(obj[k], where, k)
+        check_text(obj[k], where, k)
     if obj["black"] == obj["white"]:
         raise PairsError(f"{where}: 'black' and 'white' prompts are identical; they must differ in the group word or name")
     words = {}
@@ -358,7 +358,7 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
         if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
             raise PairsError(f"{where}: '{k}' must be a list of words")
         for x in v:
-            _check_text(x, where, k)
+            check_text(x, where, k)
         words[k] = tuple(x.strip() for x in v)
     if bool(words["pos"]) != bool(words["neg"]):
         raise PairsError(f"{where}: give both 'pos' and 'neg' words, or neither")
@@ -366,7 +366,7 @@ def _parse_pair(obj: object, where: str) -> ContrastivePair:
         if k in obj and not isinstance(obj[k], str | int):
             raise PairsError(f"{where}: '{k}' must be a string")
         if isinstance(obj.get(k), str):
-            _check_text(obj[k], where, k)
+            check_text(obj[k], where, k)
     return ContrastivePair(
         id=str(obj.get("id", where)), domain=str(obj.get("domain", "custom")),
         template=str(obj.get("template", obj.get("id", where))), black=obj["black"], white=obj["white"],
@@ -411,7 +411,7 @@ def load_jsonl(path: str | Path) -> PairSet:
             raise PairsError(f"{where}: malformed JSON ({e})") from e
         except RecursionError as e:
             raise PairsError(f"{where}: malformed JSON (nested too deeply)") from e
-        add_unique(pairs, ids, _parse_pair(obj, where), where)
+        add_unique(pairs, ids, parse_pair(obj, where), where)
     if not pairs:
         raise PairsError(f"{path}: no pairs (the file is empty); write one JSON object a line")
     return PairSet(pairs)

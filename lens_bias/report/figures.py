@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..bridge import Kind
 from ..scores import Scores
+from ..vocab import Kind
 
 
 def neuron_scores_by_layer(scores: Scores, top_per_layer: int = 15, title: str | None = None) -> go.Figure:

@@ -12,23 +12,15 @@ selected under mean ablation exports to the same model wherever it is loaded aga
 from __future__ import annotations
 
 from ..attribution.patching import capability_cost
-from ..bridge import KINDS, Bridge
-from ..errors import ChoiceError, MaskError
+from ..bridge import Bridge
+from ..errors import MaskError
 from ..hooks.capture import mean_activations
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet, neutral_text
 from ..scores import Scores
+from ..vocab import KINDS, PER_LAYER, check_ablation, check_choice
 from .registry import select_with
 from .topk import parse_budget, select
-
-ABLATIONS = ("zero", "mean")
-
-
-def check_ablation(ablation: str) -> str:
-    """``ablation`` if it is ``zero`` or ``mean``, else a :class:`~lens_bias.errors.MaskError`."""
-    if ablation not in ABLATIONS:
-        raise MaskError(f"ablation must be zero or mean; got {ablation!r}")
-    return ablation
 
 
 def scores_ablation(scores: Scores, ablation: str | None = None) -> str:
@@ -50,13 +42,11 @@ def check_prune_choices(budget: str | float | int, kind: str, per_layer: str = "
         >>> check_prune_choices("0.5%", "neuron")
         Traceback (most recent call last):
         ...
-        lens_bias.errors.ChoiceError: kind must be 'neurons', 'heads' or 'both', got 'neuron'
+        lens_bias.errors.ChoiceError: kind must be one of neurons, heads, both; got 'neuron'
     """
     parse_budget(budget)
-    if kind not in (*KINDS, "both"):
-        raise ChoiceError(f"kind must be 'neurons', 'heads' or 'both', got {kind!r}")
-    if per_layer not in ("global", "uniform"):
-        raise ChoiceError(f"per_layer must be 'global' or 'uniform', got {per_layer!r}")
+    check_choice(kind, (*KINDS, "both"), "kind")
+    check_choice(per_layer, PER_LAYER, "per_layer")
 
 
 def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",

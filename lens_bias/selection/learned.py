@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..bridge import Bridge, Kind
+from ..bridge import Bridge
 from ..errors import MaskError
 from ..hooks.ablation import ablate
 from ..hooks.components import hook_name
@@ -42,7 +42,8 @@ from ..measures.metrics import js_divergence
 from ..model.batching import last_logits, pair_batch, widened
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from .topk import Budget, _allowed
+from ..vocab import Kind
+from .topk import Budget, allowed_units
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _pair_js(bridge: Bridge, pairs: Sequence) -> Tensor:
     return js_divergence(logp[:n], logp[n:])
 
 
-def _val_js(bridge: Bridge, val: PairSet, mask: PruningMask | None, batch_size: int = 16) -> float:
+def validation_js(bridge: Bridge, val: PairSet, mask: PruningMask | None, batch_size: int = 16) -> float:
     ctx = ablate(bridge, mask) if mask is not None else torch.no_grad()
     total = 0.0
     with ctx, torch.no_grad():
@@ -125,18 +126,18 @@ def learn_mask(bridge: Bridge, fit: PairSet, val: PairSet, budget: str | float |
     if s0 is None:
         raise MaskError(f"the initial scores have no {kind}")
     k = Budget.parse(budget).count(bridge, kind)
-    allowed = _allowed(s0.float(), kind, None, cost, max_cost_quantile)
+    allowed = allowed_units(s0.float(), kind, None, cost, max_cost_quantile)
     z = s0.double()[allowed]
     theta = ((s0.double() - z.mean()) / (z.std() + 1e-30)).float().masked_fill(~allowed, 0.0).requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     domains = fit.by_domain()
-    base = {d: _val_js(bridge, sub, None) for d, sub in domains.items()}
+    base = {d: validation_js(bridge, sub, None) for d, sub in domains.items()}
     q = torch.ones(len(domains), dtype=torch.float64) / len(domains)
     meta = {"selector": "learned", "budget": str(budget), "kind": kind, "max_cost_quantile": max_cost_quantile,
             "metric": "js", "domains": fit.domains, **{f"learn_{k_}": v for k_, v in vars(cfg).items()}}
     ppl0 = perplexity(bridge, neutral, progress=False)
-    val0 = _val_js(bridge, val, None)
+    val0 = validation_js(bridge, val, None)
     history: list[dict] = []
     best = {"val_js": math.inf, "mask": None, "step": None}
     bad = 0
@@ -163,7 +164,7 @@ def learn_mask(bridge: Bridge, fit: PairSet, val: PairSet, budget: str | float |
 
 
 def _evaluate_step(bridge, val, mask, neutral, ppl0, val0, step, cfg) -> dict:
-    js = _val_js(bridge, val, mask)
+    js = validation_js(bridge, val, mask)
     with ablate(bridge, mask):
         ppl = perplexity(bridge, neutral, progress=False)
     dppl = 100 * (ppl / ppl0 - 1)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..bridge import Bridge, Kind
+from ..bridge import Bridge
 from ..errors import MaskError
 from ..hooks.ablation import ablate
 from ..masks import PruningMask
@@ -33,11 +33,11 @@ from ..measures.capability import perplexity
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import template_folds, template_split
 from ..scores import Scores
-from .learned import LearnConfig, _val_js, learn_mask
+from ..vocab import Kind, check_selector
+from .learned import LearnConfig, learn_mask, validation_js
 from .stability import TemplateScores, attribute_templates, stability_select
 from .topk import select, select_iterative
 
-SELECTORS = ("oneshot", "stable", "iterative", "learned", "auto")
 QUANTILES = (0.25, 0.5)
 VAL_SHARE = 1 / 3
 FOLDS = 3
@@ -62,8 +62,7 @@ def make_mask(spec: SelectorSpec, bridge: Bridge, ts: TemplateScores, pairs: Pai
               progress: bool = False) -> PruningMask:
     """The mask of ``spec`` from the template scores ``ts`` of ``pairs`` (the pairs are re-scored
     only by ``iterative``, and split into fit and validation templates by ``learned``)."""
-    if spec.selector not in SELECTORS:
-        raise MaskError(f"selector must be one of {', '.join(SELECTORS)}; got {spec.selector!r}")
+    check_selector(spec.selector)
     q, o = spec.max_cost_quantile, spec.options
     if spec.selector == "auto":
         res = choose(bridge, ts, pairs, budget, kind, cost, neutral, seed=seed, batch_size=batch_size)
@@ -103,8 +102,7 @@ def select_with(selector: str, bridge: Bridge, pairs: PairSet, budget: str | int
     reuses it as its first round; ``ts`` is the same attribution kept per template, which
     ``stable``, ``learned`` and ``auto`` need (computed here when not given; they work under zero
     ablation only)."""
-    if selector not in SELECTORS:
-        raise MaskError(f"selector must be one of {', '.join(SELECTORS)}; got {selector!r}")
+    check_selector(selector)
     if ablation != "zero" and selector not in ("oneshot", "iterative"):
         raise MaskError(f"the {selector} selector works under zero ablation; use zero ablation, or the oneshot "
                         "or iterative selector")
@@ -154,11 +152,11 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
     candidates = list(candidates or default_candidates())
     folds = min(folds, len({(p.domain, p.template) for p in train}))  # a small user file: fewer folds
     splits = template_folds(train, folds, seed + 1) if folds > 1 else [validation_split(train, seed)]
-    base = [_val_js(bridge, val, None, batch_size) * len(val) for _, val in splits]
+    base = [validation_js(bridge, val, None, batch_size) * len(val) for _, val in splits]
     ppl0 = perplexity(bridge, neutral, progress=False)
     rows, masks = [], []
     for spec in candidates:
-        after = [_val_js(bridge, val, make_mask(spec, bridge, ts.restrict(fit.templates), fit, budget, kind, cost,
+        after = [validation_js(bridge, val, make_mask(spec, bridge, ts.restrict(fit.templates), fit, budget, kind, cost,
                                                 neutral, seed, batch_size), batch_size) * len(val)
                  for fit, val in splits]
         masks.append(make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size))

@@ -21,13 +21,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..attribution.patching import _attribution_inputs, _running_sums
+from ..attribution.patching import attribution_inputs, running_sums
 from ..attribution.provenance import provenance
-from ..bridge import KINDS, Bridge, Kind, score_dtype
+from ..bridge import Bridge, score_dtype
 from ..errors import MaskError
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..scores import Scores
+from ..vocab import KINDS, Kind
 from .topk import Budget, select
 
 
@@ -116,8 +117,8 @@ def attribute_templates(bridge: Bridge, pairs: PairSet, metric: str = "js", abla
         >>> len(ts.templates) > 1, tuple(ts.sums["neurons"].shape[1:])
         (True, (2, 128))
     """
-    kinds, pairs, means = _attribution_inputs(bridge, pairs, metric, "ablate", ablation, components, means)
-    sums, metric_sums = _running_sums(bridge, pairs, metric, "ablate", ablation, means, kinds, batch_size, False, progress,
+    kinds, pairs, means = attribution_inputs(bridge, pairs, metric, "ablate", ablation, components, means)
+    sums, metric_sums = running_sums(bridge, pairs, metric, "ablate", ablation, means, kinds, batch_size, False, progress,
                             by="template")
     templates = pairs.templates
     dom = {p.template: p.domain for p in pairs}

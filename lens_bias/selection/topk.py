@@ -25,12 +25,13 @@ import torch
 from torch import Tensor
 
 from ..attribution.patching import attribute
-from ..bridge import KINDS, Bridge, Kind, n_params, params_per_unit, shape_of
+from ..bridge import Bridge, n_params, params_per_unit, shape_of
 from ..errors import MaskError
 from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..scores import Scores
+from ..vocab import KINDS, Kind
 
 BudgetUnit = Literal["count", "fraction", "params"]
 
@@ -201,7 +202,7 @@ def select(
             raise MaskError(f"the scores have no {k}; scan with components including {k!r}")
         s = s.detach().float().clone()
         n = Budget.parse(budget).count(bridge, k, stacklevel=3)
-        allowed = _allowed(s, k, layers, cost, max_cost_quantile)
+        allowed = allowed_units(s, k, layers, cost, max_cost_quantile)
         s[~allowed] = -float("inf")
         if per_layer == "global":
             keep, per = _top_global(s, n, allowed, k), None
@@ -214,7 +215,7 @@ def select(
     return mask
 
 
-def _allowed(s: Tensor, kind: Kind, layers: list[int] | None, cost: Scores | None,
+def allowed_units(s: Tensor, kind: Kind, layers: list[int] | None, cost: Scores | None,
              max_cost_quantile: float | None) -> Tensor:
     """Which units of ``kind`` may be pruned: those of ``layers`` whose capability cost is at most
     the ``max_cost_quantile`` quantile."""

@@ -7,13 +7,14 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..bridge import Bridge, Kind, n_params
+from ..bridge import Bridge, n_params
 from ..masks import PruningMask
 from ..measures.changes import js_reduction, reduction_pct, without_items
 from ..measures.evaluation import EvalSet, evaluate, pruned_params
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..selection.topk import budget_count, random_mask, select
+from ..vocab import Kind
 
 
 def pruning_curve(

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-from ..bridge import Bridge, Kind
+from ..bridge import Bridge
 from ..errors import LensBiasError
 from ..masks import PruningMask
 from ..measures.changes import js_reduction, matrix_noise, reduction_pct
 from ..measures.evaluation import EvalSet, evaluate
 from ..prompts.pairs import PairSet
 from ..selection.topk import select
+from ..vocab import Kind
 
 
 def generalization_matrix(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..bridge import Bridge, Kind
+from ..bridge import Bridge
 from ..masks import PruningMask
 from ..measures.changes import js_reduction, run_tests
 from ..measures.evaluation import EvalSet, evaluate, pruned_params
@@ -29,6 +29,7 @@ from ..scores import Scores
 from ..selection.registry import SelectorSpec, make_mask
 from ..selection.stability import TemplateScores
 from ..selection.topk import select
+from ..vocab import Kind
 
 
 def _js_items(bridge: Bridge, pairs: PairSet, mask: PruningMask | None, batch_size: int) -> dict:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..bridge import KINDS, Bridge, Kind
+from ..bridge import Bridge
 from ..errors import LensBiasError
 from ..masks import PruningMask
 from ..measures.changes import js_reduction
@@ -28,6 +28,7 @@ from ..measures.evaluation import EvalSet, evaluate
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..stats import bootstrap_ci, paired_permutation_test
+from ..vocab import KINDS, Kind
 
 #: scorers whose overall score is the pair-weighted mean of their per-domain scores (GradDrop aside)
 SEPARABLE = ("ablate", "patch", "actdiff", "wanda")

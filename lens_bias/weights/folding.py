@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..bridge import KINDS, Bridge
+from ..bridge import Bridge
 from ..errors import MaskError
 from ..masks import PruningMask
+from ..vocab import KINDS
 from .materialize import check_fits, clean_hf_model, pruned, zero_units
 
 BIAS_FLAGS = {"neurons": ("mlp_bias", ("gate_proj", "up_proj", "down_proj")),

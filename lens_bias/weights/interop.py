@@ -20,10 +20,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..bridge import KINDS
 from ..errors import MaskError
 from ..masks import PruningMask
 from ..model.layout import unit_channels, unit_slices
+from ..vocab import KINDS
 from .materialize import check_fits, pruned, uniform_count, warn_heads_zeroed, zero_units
 
 TORCH_PRUNING_INSTALL = "pip install torch-pruning==1.6.1"

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from ..bridge import Bridge
-from ..errors import LensBiasError, MaskError
+from ..errors import ChoiceError, LensBiasError, MaskError
 from ..masks import PruningMask
 from ..model.layout import find_decoder_layers, missing_parts, unit_slices
+from ..vocab import MATERIALIZATIONS
 
-MODES = ("zero", "structural")
 STRUCTURAL_ATOL = 1e-4  # float32 summation-order differences of structurally pruned matrices
 
 DEFAULT_TEXTS = (
@@ -296,11 +296,9 @@ def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
         >>> verify(b, small, m) <= 1e-5
         True
     """
-    if mode not in MODES:
-        raise MaskError(
-            f"materialize mode must be one of {MODES}, got {mode!r} (mean ablation has no exact weight form; "
-            "use mode='zero')"
-        )
+    if mode not in MATERIALIZATIONS:
+        raise ChoiceError(f"materialize mode must be one of {', '.join(MATERIALIZATIONS)}; got {mode!r} (mean "
+                          "ablation has no exact weight form; use mode='zero')")
     if not isinstance(mask, PruningMask):
         raise MaskError(f"materialize needs a PruningMask, got {type(mask).__name__}")
     mask.check(bridge)

@@ -9,11 +9,12 @@ import os
 import shlex
 from pathlib import Path
 
-from ..bridge import KINDS, Bridge, model_meta, n_params, params_per_unit
+from ..bridge import Bridge, model_meta, n_params, params_per_unit
 from ..errors import LensBiasError
 from ..masks import PruningMask
 from ..measures.changes import summary_rows
 from ..model.zoo import TINY, ZOO
+from ..vocab import KINDS
 
 TAGS = ("lens_bias", "bias-mitigation", "pruning")
 METHOD_KEYS = ("scorer", "metric", "budget", "kind", "per_layer", "selector", "selector_chosen", "steps", "ablation",

@@ -27,13 +27,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..bridge import KINDS, Bridge, model_device, tokenizer_of
+from ..bridge import Bridge, model_device, tokenizer_of
 from ..errors import MaskError
 from ..hooks.ablation import ablation_hooks
 from ..hooks.capture import mean_activations
 from ..masks import PruningMask
 from ..measures.capability import neutral_kl
 from ..model.batching import encode
+from ..vocab import KINDS
 
 
 def constants_kl(bridge: Bridge, mask: PruningMask, constants: dict, texts: Sequence[str],

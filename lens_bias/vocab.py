@@ -1,0 +1,93 @@
+"""The choices a user makes, each defined once: a ``Literal`` type, the tuple of its values and
+a checker that raises :class:`~lens_bias.errors.ChoiceError` listing the valid ones.
+
+========================  ==============================================  ==========================
+choice                    values                                          where it is chosen
+========================  ==============================================  ==========================
+:data:`Kind`              neurons, heads                                  ``--kind``, ``kind=``
+:data:`Ablation`          zero, mean: what a pruned unit outputs          ``--ablation``, ``mode=``
+:data:`Materialization`   zero, structural: how a mask enters the weights  ``--mode`` of prune
+:data:`Estimator`         ablate, patch: the attribution estimators       ``--estimator``
+:data:`Scorer`            the estimators and the baselines                ``--scorer``
+:data:`Target`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
+:data:`Selector`          oneshot, stable, iterative, learned, auto       ``--selector``
+:data:`PerLayer`          global, uniform                                 ``--per-layer``
+========================  ==============================================  ==========================
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+from .errors import ChoiceError
+
+Kind: TypeAlias = Literal["neurons", "heads"]
+KINDS: tuple[Kind, ...] = ("neurons", "heads")
+Ablation: TypeAlias = Literal["zero", "mean"]
+ABLATIONS: tuple[Ablation, ...] = ("zero", "mean")
+Materialization: TypeAlias = Literal["zero", "structural"]
+MATERIALIZATIONS: tuple[Materialization, ...] = ("zero", "structural")
+Estimator: TypeAlias = Literal["ablate", "patch"]
+ESTIMATORS: tuple[Estimator, ...] = ("ablate", "patch")
+Baseline: TypeAlias = Literal["actdiff", "wanda", "random"]
+BASELINES: tuple[Baseline, ...] = ("actdiff", "wanda", "random")
+SCORERS: tuple[str, ...] = ESTIMATORS + BASELINES
+Target: TypeAlias = Literal["js", "logit_gap", "seqgap"]
+TARGETS: tuple[Target, ...] = ("js", "logit_gap", "seqgap")
+SENTENCE_TARGETS: tuple[Target, ...] = ("seqgap",)
+Selector: TypeAlias = Literal["oneshot", "stable", "iterative", "learned", "auto"]
+SELECTORS: tuple[Selector, ...] = ("oneshot", "stable", "iterative", "learned", "auto")
+PerLayer: TypeAlias = Literal["global", "uniform"]
+PER_LAYER: tuple[PerLayer, ...] = ("global", "uniform")
+
+
+def check_choice(value, valid: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``valid``; else a :class:`ChoiceError` ``"<what> must be one of
+    <valid>; got <value>"``.
+
+    Examples:
+        >>> check_choice("mean", ABLATIONS, "ablation")
+        'mean'
+        >>> check_choice("half", ABLATIONS, "--ablation")
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: --ablation must be one of zero, mean; got 'half'
+    """
+    if not isinstance(value, str) or value not in valid:
+        raise ChoiceError(f"{what} must be one of {', '.join(valid)}; got {value!r}")
+    return value
+
+
+def check_kind(kind) -> Kind:
+    """``kind`` itself if it is ``"neurons"`` or ``"heads"``; a :class:`ChoiceError` otherwise.
+
+    Examples:
+        >>> check_kind("heads")
+        'heads'
+    """
+    if kind not in KINDS:
+        raise ChoiceError(f"kind must be 'neurons' or 'heads', got {kind!r}")
+    return kind
+
+
+def check_ablation(ablation, what: str = "ablation") -> Ablation:
+    return check_choice(ablation, ABLATIONS, what)  # type: ignore[return-value]
+
+
+def check_selector(selector, what: str = "selector") -> Selector:
+    return check_choice(selector, SELECTORS, what)  # type: ignore[return-value]
+
+
+def check_target(target, what: str = "metric") -> Target:
+    """A target name (callable targets pass through: attribution accepts a function of logits)."""
+    return target if callable(target) else check_choice(target, TARGETS, what)  # type: ignore[return-value]
+
+
+def is_sentence_target(target) -> bool:
+    """Whether ``target`` scores whole sentences (so its pairs are sentence pairs).
+
+    Examples:
+        >>> is_sentence_target("seqgap"), is_sentence_target("js")
+        (True, False)
+    """
+    return isinstance(target, str) and target in SENTENCE_TARGETS
