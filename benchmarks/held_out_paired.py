@@ -12,19 +12,19 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias.cli.experiment import _setup, _template_scores
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import SelectorSpec, make_mask
 from lens_bias.studies import selectors as S
+from lens_bias.studies.setup import study_inputs, template_scores
 
 SEED, BATCH = 0, 16
 
 
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
-    bridge, train, ev = _setup(a.model, None, None, a.per_domain, 26, SEED, {}, ppl_tokens=512)
-    ts, cost = _template_scores(bridge, train, True)
+    bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=512)
+    ts, cost = template_scores(bridge, train, progress=False)
     before = S._js_items(bridge, ev.pairs, None, BATCH)
     res = {"model": a.model, "held_out_pairs": S.held_out_pairs(before), "rows": [],
            "settings": {"seed": SEED, "per_domain": a.per_domain}}

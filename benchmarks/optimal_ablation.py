@@ -24,12 +24,12 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias.cli.experiment import _setup, _template_scores
 from lens_bias.hooks.capture import mean_activations
 from lens_bias.measures.changes import evaluation_changes, js_reduction
 from lens_bias.measures.evaluation import evaluate
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import select_with
+from lens_bias.studies.setup import study_inputs, template_scores
 from lens_bias.weights.optimal_ablation import fit_constants
 
 SEED, BATCH = 0, 16
@@ -38,8 +38,8 @@ SHOWN = ("js", "abs_logit_gap", "seqgap", "crows_black_rate", "crows_race_color_
 
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
-    bridge, train, ev = _setup(a.model, None, None, a.per_domain, 26, SEED, {}, ppl_tokens=4096)
-    ts, cost = _template_scores(bridge, train, True)
+    bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=4096)
+    ts, cost = template_scores(bridge, train, progress=False)
     mask = select_with(a.selector, bridge, train, a.budget, "neurons", scores=ts.scores(), ts=ts, cost=cost,
                        max_cost_quantile=0.5, seed=SEED, batch_size=BATCH, progress=True)
     seen = set(ev.neutral or ())

@@ -20,11 +20,11 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias.cli.experiment import _setup, _template_scores
 from lens_bias.measures.evaluation import evaluate
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import SelectorSpec
 from lens_bias.studies import selectors as S
+from lens_bias.studies.setup import study_inputs, template_scores
 
 SEED, BATCH = 0, 16
 
@@ -32,8 +32,8 @@ SEED, BATCH = 0, 16
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
     budgets, methods, lodo = a.budgets.split(","), a.methods.split(","), set(filter(None, a.lodo.split(",")))
-    bridge, train, ev = _setup(a.model, None, None, a.per_domain, 26, SEED, {}, ppl_tokens=4096)
-    ts, cost = _template_scores(bridge, train, True)
+    bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=4096)
+    ts, cost = template_scores(bridge, train, progress=False)
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
     train_before = S._js_items(bridge, train, None, BATCH)
     base_dom = {d: S._js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}

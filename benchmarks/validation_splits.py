@@ -15,17 +15,17 @@ import json
 import time
 from pathlib import Path
 
-from lens_bias.cli.experiment import _setup, _template_scores
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import default_candidates, make_mask, validation_split
 from lens_bias.studies import selectors as S
+from lens_bias.studies.setup import study_inputs, template_scores
 
 
 def main(a: argparse.Namespace) -> None:
     t0 = time.time()
-    bridge, train, ev = _setup(a.model, None, None, 24, 26, 0, {}, ppl_tokens=512)
-    ts, cost = _template_scores(bridge, train, True)
+    bridge, train, ev = study_inputs(a.model, None, None, 24, 26, 0, ppl_tokens=512)
+    ts, cost = template_scores(bridge, train, progress=False)
     held_before = S._js_items(bridge, ev.pairs, None, 16)
     rows = []
     for seed in range(a.seeds):

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ..errors import LensBiasError
+from ..studies.setup import study_inputs, template_scores
 from .common import (
     ChatOpt,
     DeviceMapOpt,
@@ -45,23 +46,6 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder (result
 CostOpt = Annotated[float, typer.Option(help="capability filter: keep units above this Fisher-cost quantile "
                                              "(1 = off)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
-
-
-def _setup(model: str, pairs: Path | None, domains: str | None, per_domain: int, held_per_domain: int, seed: int,
-           load: dict, ppl_tokens: int = 2048):
-    """The model, the train pairs and the held-out evaluation set of an experiment: bundled pairs
-    split by template, then ``per_domain`` train and ``held_per_domain`` held-out pairs sampled per domain
-    (:func:`lens_bias.prompts.splits.split_pairs`; JSONL pairs are sampled ``per_domain`` first, then split);
-    the held-out sentence pairs of the same domains too (``seqgap``)."""
-    from ..measures.evaluation import standard_evalset
-    from ..model.load import load_model
-    from ..prompts.splits import split_pairs, split_sentences
-
-    doms = domain_list([domains]) if domains else None
-    train, held = split_pairs(pairs, doms, per_domain, held_per_domain, seed=seed, sample_file=True)
-    s_held = split_sentences(held.domains, held_per_domain=held_per_domain, seed=seed)[1]
-    return load_model(model, **load), train, standard_evalset(held, ppl_tokens=ppl_tokens,
-                                                              sentences=s_held if len(s_held) else None)
 
 
 def _write(out: Path, overwrite: bool, result: dict, report) -> None:
@@ -107,7 +91,7 @@ def curve(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                               budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed,
@@ -173,7 +157,7 @@ def generalize(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
         gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                    max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
@@ -232,7 +216,7 @@ def overlap_cmd(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
         masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
                              _quantile(max_cost_quantile), progress=not quiet)
@@ -279,7 +263,7 @@ def transfer(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
         lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                   max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet, seed=seed)
@@ -294,15 +278,6 @@ def transfer(
     typer.echo(table(transfer_rows(res), TRANSFER_HEADER))
     typer.echo(transfer_reading(res))
     typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
-
-
-def _template_scores(bridge, train, quiet: bool):
-    """Attribution per template on the train pairs, and the capability cost on neutral text."""
-    from ..attribution.patching import capability_cost
-    from ..prompts.pairs import neutral_text
-    from ..selection.stability import attribute_templates
-
-    return attribute_templates(bridge, train, progress=not quiet), capability_cost(bridge, neutral_text(), ablation="zero")
 
 
 @app.command()
@@ -338,9 +313,9 @@ def selectors(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template), ppl_tokens=4096)
-        ts, cost = _template_scores(bridge, train, quiet)
+        ts, cost = template_scores(bridge, train, not quiet)
         specs = [SelectorSpec(m, _quantile(max_cost_quantile)) for m in comma_list(methods)]
         res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
                                 comma_list(lodo_budgets), comma_list(lodo_methods), seed=seed, progress=not quiet)
@@ -385,9 +360,9 @@ def wording(
 
     t0 = time.time()
     try:
-        bridge, train, ev = _setup(model, pairs, domains, per_domain, held_per_domain, seed,
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
                                    load_options(dtype, device, device_map, chat_template))
-        ts, cost = _template_scores(bridge, train, quiet)
+        ts, cost = template_scores(bridge, train, not quiet)
         res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, _quantile(max_cost_quantile),
                             [int(k) for k in comma_list(ks)], draws, seed, progress=not quiet)
         res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
