@@ -91,7 +91,7 @@ def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
 
 
 def test_bad_kind_is_refused(tmp_path):
-    with pytest.raises(RunError, match="--kind"):
+    with pytest.raises(ChoiceError, match="--kind must be one of neurons, heads, both"):
         run(small_config(kind="layers"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
     assert RunConfig().budget in pl.DEFAULT_BUDGETS  # the run's own budget is a point of its curve
@@ -169,7 +169,7 @@ def test_run_with_the_auto_selector_records_its_choice(tmp_path):
     assert sel["selector"] == "auto" and sel["chosen"] and "cross-validation" in sel["why"]
     assert sum(r["chosen"] for r in sel["candidates"]) == 1 and m["pruned"]["neurons"] == 5
     assert "How the selector was chosen" in (tmp_path / "auto" / "report.html").read_text()
-    with pytest.raises(RunError, match="--selector"):
+    with pytest.raises(ChoiceError, match="--selector must be one of"):
         run(small_config(selector="magic"), tmp_path / "bad")
 
 
