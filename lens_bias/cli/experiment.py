@@ -91,8 +91,8 @@ def curve(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template))
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
         res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                               budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed,
                               progress=not quiet, selector=selector)
@@ -157,8 +157,8 @@ def generalize(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template))
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
         gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                    max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
         ov = overlap(gm["pruned"], bridge.cfg.n_layers)
@@ -216,8 +216,8 @@ def overlap_cmd(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template))
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
         masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
                              _quantile(max_cost_quantile), progress=not quiet)
         ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)
@@ -263,8 +263,8 @@ def transfer(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template))
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
         lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                                   max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet, seed=seed)
         res = {**lo, "model": model, "chat_template": chat_template, "seconds": round(time.time() - t0, 1)}
@@ -313,8 +313,8 @@ def selectors(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template), ppl_tokens=4096)
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template), ppl_tokens=4096)
         ts, cost = template_scores(bridge, train, not quiet)
         specs = [SelectorSpec(m, _quantile(max_cost_quantile)) for m in comma_list(methods)]
         res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
@@ -360,8 +360,8 @@ def wording(
 
     t0 = time.time()
     try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain, held_per_domain, seed,
-                                   load_options(dtype, device, device_map, chat_template))
+        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
+                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
         ts, cost = template_scores(bridge, train, not quiet)
         res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, _quantile(max_cost_quantile),
                             [int(k) for k in comma_list(ks)], draws, seed, progress=not quiet)
