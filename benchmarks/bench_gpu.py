@@ -68,8 +68,8 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
     """Where the time of ``attribute`` goes: the bridge's own forward/backward against the plain
     model's, with and without the activation hooks."""
     from lens_bias.attribution.patching import attribute
-    from lens_bias.vocab import KINDS
     from lens_bias.hooks.interventions import attached
+    from lens_bias.vocab import KINDS
 
     ids = batch.ids
     L = bridge.cfg.n_layers
@@ -179,8 +179,8 @@ def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 
     (``vs_float32_weights``): that is what a user comparing a bf16 checkpoint with its float32
     original would see."""
     from lens_bias.attribution.patching import attribute
-    from lens_bias.vocab import KINDS
     from lens_bias.model.load import wrap
+    from lens_bias.vocab import KINDS
 
     plain, twin = build_models(CHECK_SHAPE, "cpu", torch.float32, seed=3)
     low = copy.deepcopy(plain).to(device=dev, dtype=dtype)
