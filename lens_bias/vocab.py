@@ -32,6 +32,8 @@ ESTIMATORS: tuple[Estimator, ...] = ("ablate", "patch")
 Baseline: TypeAlias = Literal["actdiff", "wanda", "random"]
 BASELINES: tuple[Baseline, ...] = ("actdiff", "wanda", "random")
 SCORERS: tuple[str, ...] = ESTIMATORS + BASELINES
+#: what a budget may apply to: one kind of unit, or each kind separately
+KIND_CHOICES: tuple[str, ...] = (*KINDS, "both")
 Target: TypeAlias = Literal["js", "logit_gap", "seqgap"]
 TARGETS: tuple[Target, ...] = ("js", "logit_gap", "seqgap")
 SENTENCE_TARGETS: tuple[Target, ...] = ("seqgap",)

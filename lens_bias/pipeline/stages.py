@@ -33,7 +33,14 @@ from ..selection.stability import TemplateScores, attribute_templates
 from ..selection.topk import random_mask
 from ..studies.curve import pruning_curve
 from ..studies.transfer import leave_one_domain_out
-from ..vocab import KINDS, check_ablation, check_choice, check_selector, check_target, is_sentence_target
+from ..vocab import (
+    KIND_CHOICES,
+    check_ablation,
+    check_choice,
+    check_selector,
+    check_target,
+    is_sentence_target,
+)
 from .record import RunResults, run_metrics, write_record
 
 DEFAULT_BUDGETS = ("0.25%", "0.5%", "1%", "2%")  # four points a kind
@@ -164,7 +171,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
 
 def _check_config(cfg: RunConfig) -> None:
     """Refuse options a run cannot honour, before any work."""
-    check_choice(cfg.kind, (*KINDS, "both"), "--kind")
+    check_choice(cfg.kind, KIND_CHOICES, "--kind")
     check_target(cfg.metric, "--metric")
     check_selector(cfg.selector, "--selector")
     if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):

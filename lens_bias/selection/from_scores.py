@@ -18,7 +18,7 @@ from ..hooks.capture import mean_activations
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet, neutral_text
 from ..scores import Scores
-from ..vocab import KINDS, PER_LAYER, check_ablation, check_choice
+from ..vocab import KIND_CHOICES, PER_LAYER, check_ablation, check_choice
 from .registry import select_with
 from .topk import parse_budget, select
 
@@ -45,7 +45,7 @@ def check_prune_choices(budget: str | float | int, kind: str, per_layer: str = "
         lens_bias.errors.ChoiceError: kind must be one of neurons, heads, both; got 'neuron'
     """
     parse_budget(budget)
-    check_choice(kind, (*KINDS, "both"), "kind")
+    check_choice(kind, KIND_CHOICES, "kind")
     check_choice(per_layer, PER_LAYER, "per_layer")
 
 

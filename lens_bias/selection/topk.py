@@ -31,7 +31,7 @@ from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..vocab import KINDS, Kind
+from ..vocab import KINDS, PER_LAYER, Kind, check_choice
 
 BudgetUnit = Literal["count", "fraction", "params"]
 
@@ -187,8 +187,7 @@ def select(
     """
     if not isinstance(scores, Scores):
         raise MaskError("select needs a Scores object (from attribute / a baseline scorer)")
-    if per_layer not in ("global", "uniform"):
-        raise MaskError(f"per_layer must be 'global' or 'uniform', got {per_layer!r}")
+    check_choice(per_layer, PER_LAYER, "per_layer")
     kinds = list(KINDS) if kind == "both" else [kind]
     if bridge is None:
         raise MaskError("select needs the bridge (for shapes and parameter counts)")
