@@ -20,13 +20,13 @@ import time
 
 from lens_bias import load_model
 from lens_bias.attribution.patching import capability_cost
+from lens_bias.attribution.per_template import attribute_templates
 from lens_bias.measures.changes import js_reduction
 from lens_bias.measures.evaluation import EvalSet, evaluate
 from lens_bias.prompts.corpora import load_wikitext, shared_data_file
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.prompts.splits import split_pairs
-from lens_bias.selection.registry import SelectorSpec, make_mask
-from lens_bias.selection.stability import attribute_templates
+from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.selection.topk import random_mask
 
 
@@ -62,7 +62,8 @@ def main() -> None:
             mask = random_mask(bridge, "0.5%", "neurons")
         else:
             pairs, ts = scored[n]
-            mask = make_mask(spec, bridge, ts, pairs, "0.5%", "neurons", cost, neutral_text())
+            inputs = SelectionInputs(bridge, pairs, "0.5%", "neurons", cost, neutral_text(), template_scores=ts)
+            mask = select_units(spec, inputs).mask
         seconds = time.time() - t0
         after, after_train = measure(mask)
         ppl = 100 * (after["wikitext_ppl"] / base["wikitext_ppl"] - 1) if wt else None

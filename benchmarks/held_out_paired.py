@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
-from lens_bias.selection.registry import SelectorSpec, make_mask
+from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.studies import selectors as S
 from lens_bias.studies.setup import study_inputs, template_scores
 
@@ -31,7 +31,9 @@ def main(a: argparse.Namespace) -> None:
     for budget in a.budgets.split(","):
         for m in a.methods.split(","):
             spec = SelectorSpec(m, 0.5)
-            mask = make_mask(spec, bridge, ts, train, budget, "neurons", cost, neutral_text(), SEED, BATCH)
+            inputs = SelectionInputs(bridge, train, budget, "neurons", cost, neutral_text(), template_scores=ts,
+                                     seed=SEED, batch_size=BATCH)
+            mask = select_units(spec, inputs).mask
             after = S._js_items(bridge, ev.pairs, mask, BATCH)
             res["rows"].append({"label": spec.label(), "budget": budget, "kind": "neurons",
                                 "held_out": js_reduction(before, after, seed=SEED),

@@ -28,7 +28,7 @@ from lens_bias.hooks.capture import mean_activations
 from lens_bias.measures.changes import evaluation_changes, js_reduction
 from lens_bias.measures.evaluation import evaluate
 from lens_bias.prompts.pairs import neutral_text
-from lens_bias.selection.registry import select_with
+from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.studies.setup import study_inputs, template_scores
 from lens_bias.weights.optimal_ablation import fit_constants
 
@@ -40,8 +40,9 @@ def main(a: argparse.Namespace) -> None:
     t0 = time.time()
     bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=4096)
     ts, cost = template_scores(bridge, train, progress=False)
-    mask = select_with(a.selector, bridge, train, a.budget, "neurons", scores=ts.scores(), ts=ts, cost=cost,
-                       max_cost_quantile=0.5, seed=SEED, batch_size=BATCH, progress=True)
+    inputs = SelectionInputs(bridge, train, a.budget, "neurons", cost, scores=ts.scores(), template_scores=ts,
+                             seed=SEED, batch_size=BATCH, progress=True)
+    mask = select_units(SelectorSpec(a.selector, 0.5), inputs).mask
     seen = set(ev.neutral or ())
     fit_texts = [t for t in neutral_text() if t not in seen]
     t1 = time.time()

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
-from lens_bias.selection.registry import default_candidates, make_mask, validation_split
+from lens_bias.prompts.splits import validation_split
+from lens_bias.selection.auto import default_candidates
+from lens_bias.selection.registry import SelectionInputs, select_units
 from lens_bias.studies import selectors as S
 from lens_bias.studies.setup import study_inputs, template_scores
 
@@ -32,7 +34,9 @@ def main(a: argparse.Namespace) -> None:
         fit, val = validation_split(train, seed)
         val_before = S._js_items(bridge, val, None, 16)
         for spec in default_candidates():
-            m = make_mask(spec, bridge, ts.restrict(fit.templates), fit, a.budget, "neurons", cost, neutral_text(), 0, 16)
+            inputs = SelectionInputs(bridge, fit, a.budget, "neurons", cost, neutral_text(),
+                                     template_scores=ts.restrict(fit.templates))
+            m = select_units(spec, inputs).mask
             rv = js_reduction(val_before, S._js_items(bridge, val, m, 16))
             rh = js_reduction(held_before, S._js_items(bridge, ev.pairs, m, 16))
             rows.append({"seed": seed, "candidate": spec.label(), "n_val_templates": len(val.templates),

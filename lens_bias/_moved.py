@@ -22,7 +22,7 @@ MOVED = {
     "attribution": "attribution.patching", "baselines": "attribution.scorers",
     "validation": "attribution.validation", "provenance": "attribution.provenance",
     "selection": "selection.topk", "stability": "selection.stability", "learned": "selection.learned",
-    "model_selection": "selection.registry", "pruning": "selection.from_scores",
+    "model_selection": "selection.auto", "pruning": "selection.from_scores",
     "materialize": "weights.materialize", "folding": "weights.folding",
     "optimal_ablation": "weights.optimal_ablation", "verification": "weights.verification",
     "export": "weights.export", "interop": "weights.interop", "model_card": "weights.model_card",

@@ -10,9 +10,11 @@ choice                    values                                          where 
 :data:`Estimator`         ablate, patch: the attribution estimators       ``--estimator``
 :data:`Scorer`            the estimators and the baselines                ``--scorer``
 :data:`Target`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
-:data:`Selector`          oneshot, stable, iterative, learned, auto       ``--selector``
+:data:`Selector`          oneshot, stable, iterative, learned, auto (+)   ``--selector``
 :data:`PerLayer`          global, uniform                                 ``--per-layer``
 ========================  ==============================================  ==========================
+
+(+) selectors are an open set: their registry, :mod:`lens_bias.selection.registry`, checks them.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ KIND_CHOICES: tuple[str, ...] = (*KINDS, "both")
 Target: TypeAlias = Literal["js", "logit_gap", "seqgap"]
 TARGETS: tuple[Target, ...] = ("js", "logit_gap", "seqgap")
 SENTENCE_TARGETS: tuple[Target, ...] = ("seqgap",)
+#: the built-in selectors; the set is open: :mod:`lens_bias.selection.registry` holds every registered
+#: one and checks a name against it (``check_selector``)
 Selector: TypeAlias = Literal["oneshot", "stable", "iterative", "learned", "auto"]
-SELECTORS: tuple[Selector, ...] = ("oneshot", "stable", "iterative", "learned", "auto")
+BUILTIN_SELECTORS: tuple[Selector, ...] = ("oneshot", "stable", "iterative", "learned", "auto")
 PerLayer: TypeAlias = Literal["global", "uniform"]
 PER_LAYER: tuple[PerLayer, ...] = ("global", "uniform")
 
@@ -74,10 +78,6 @@ def check_kind(kind) -> Kind:
 
 def check_ablation(ablation, what: str = "ablation") -> Ablation:
     return check_choice(ablation, ABLATIONS, what)  # type: ignore[return-value]
-
-
-def check_selector(selector, what: str = "selector") -> Selector:
-    return check_choice(selector, SELECTORS, what)  # type: ignore[return-value]
 
 
 def check_target(target, what: str = "metric") -> Target:

@@ -22,6 +22,19 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def small_run_config(**kw):
+    """A RunConfig for a run of seconds on tiny-random (keywords override)."""
+    from lens_bias.pipeline.stages import RunConfig
+
+    base = dict(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
+                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False, curve_random=True,
+                device="cpu")
+    base.update(kw)
+    return RunConfig(**base)
+
+
 CROWS = SHARED / "crows_pairs_anonymized.csv"
 
 

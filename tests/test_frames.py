@@ -133,8 +133,8 @@ def test_transfer_frame_rows_and_pooled(tiny, split, ev):
 
 
 def test_selectors_frame_flattens_the_tests(tiny, split, ev):
+    from lens_bias.attribution.per_template import attribute_templates
     from lens_bias.selection.registry import SelectorSpec
-    from lens_bias.selection.stability import attribute_templates
     from lens_bias.studies.selectors import compare_selectors
 
     ts = attribute_templates(tiny, split[0], progress=False)

@@ -3,19 +3,12 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import small_run_config as small_config
 
 from lens_bias import RunError
 from lens_bias.errors import ChoiceError
 from lens_bias.pipeline import stages as pl
 from lens_bias.pipeline.stages import RunConfig, run
-
-
-def small_config(**kw):
-    base = dict(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
-                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False, curve_random=True,
-                device="cpu")
-    base.update(kw)
-    return RunConfig(**base)
 
 
 @pytest.fixture(scope="module")

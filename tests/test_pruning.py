@@ -19,7 +19,7 @@ from lens_bias.model.batching import pair_batch
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.scores import Scores
 from lens_bias.selection.from_scores import ablation_constants, mask_from_scores
-from lens_bias.selection.registry import select_with
+from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.selection.topk import select
 from lens_bias.vocab import check_ablation
 from lens_bias.weights.export import export_hf
@@ -98,7 +98,7 @@ def test_bad_ablation_and_missing_means_are_refused(tiny, tmp_path):
 
 def test_cli_prune_with_a_selector_rereads_the_scans_pairs(scanned, tiny, tmp_path):
     """--selector iterative re-attributes on the pairs the scan recorded: the CLI's mask is
-    select_with's on those pairs (its first round the scan's scores), at the budget exactly, and
+    the registry's on those pairs (its first round the scan's scores), at the budget exactly, and
     not the one-shot mask."""
     r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--selector", "iterative", "--steps", "3", "-q",
                             "-o", str(tmp_path / "it")])
@@ -107,7 +107,8 @@ def test_cli_prune_with_a_selector_rereads_the_scans_pairs(scanned, tiny, tmp_pa
     ps, _ = pairs_as_scanned(s.settings, None, None, None, None, None)
     assert check_scores_match(s, ps, tiny) is None  # the very pairs scored
     cost = capability_cost(tiny, neutral_text())
-    want = select_with("iterative", tiny, ps, 6, scores=s, steps=3, cost=cost, max_cost_quantile=0.5)
+    want = select_units(SelectorSpec("iterative", 0.5, {"steps": 3}),
+                        SelectionInputs(tiny, ps, 6, cost=cost, scores=s)).mask
     got = PruningMask.load(tmp_path / "it")
     assert got.counts()["neurons"] == 6 and torch.equal(got.neurons, want.neurons)
     assert got.meta["selector"] == "iterative"
@@ -155,17 +156,20 @@ def test_prune_selector_needs_attribution_scores(tiny):
         mask_from_scores(tiny, s, 4, max_cost_quantile=None, selector="stable", pairs=build_pairs(["hiring"])[:4])
 
 
-def test_select_with_refuses_an_unknown_selector_and_mean_ablation_where_unsupported(tiny):
+def test_select_units_refuses_an_unknown_selector_and_mean_ablation_where_unsupported(tiny):
     ps = build_pairs(["hiring"])[:4]
-    with pytest.raises(ChoiceError, match="selector must be one of"):
-        select_with("bogus", tiny, ps, 4)
-    with pytest.raises(MaskError, match="works under zero ablation"):
-        select_with("stable", tiny, ps, 4, ablation="mean", means=mean_activations(tiny, neutral_text()[:4]))
+    with pytest.raises(ChoiceError, match="selector must be one of oneshot, "):
+        select_units("bogus", SelectionInputs(tiny, ps, 4))
+    mean = SelectionInputs(tiny, ps, 4, ablation="mean", means=mean_activations(tiny, neutral_text()[:4]))
+    with pytest.raises(ChoiceError, match="works under zero ablation only"):
+        select_units("stable", mean)
+    with pytest.raises(ChoiceError, match="takes no option 'steps'"):
+        select_units(SelectorSpec("stable", None, {"steps": 3}), SelectionInputs(tiny, ps, 4))
 
 
-def test_select_with_attributes_oneshot_under_its_ablation(tiny):
+def test_select_units_attributes_oneshot_under_its_ablation(tiny):
     """Without scores, one-shot attributes the pairs itself, under the ablation it was given."""
-    from lens_bias.selection.stability import attribute_templates
+    from lens_bias.attribution.per_template import attribute_templates
 
     ps = build_pairs(["hiring"])[:4]
     means = mean_activations(tiny, neutral_text()[:4])
@@ -174,5 +178,5 @@ def test_select_with_attributes_oneshot_under_its_ablation(tiny):
     zero = select(attribute_templates(tiny, ps, progress=False).scores(), 16, kind="neurons", bridge=tiny,
                   max_cost_quantile=None)
     assert not torch.equal(want.neurons, zero.neurons)  # the two ablations rank differently here
-    got = select_with("oneshot", tiny, ps, 16, ablation="mean", means=means, max_cost_quantile=None)
-    assert torch.equal(got.neurons, want.neurons)
+    got = select_units(SelectorSpec("oneshot", None), SelectionInputs(tiny, ps, 16, ablation="mean", means=means))
+    assert torch.equal(got.mask.neurons, want.neurons)

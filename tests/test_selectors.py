@@ -9,6 +9,7 @@ import torch
 
 from lens_bias import build_pairs, load_model
 from lens_bias.attribution.patching import attribute
+from lens_bias.attribution.per_template import attribute_templates
 from lens_bias.errors import MaskError, PairsError
 from lens_bias.hooks.ablation import ablate
 from lens_bias.hooks.interventions import attached
@@ -16,15 +17,24 @@ from lens_bias.measures.metrics import measure
 from lens_bias.model.batching import pair_batch
 from lens_bias.model.layout import decoder_layers
 from lens_bias.prompts.pairs import neutral_text
-from lens_bias.prompts.splits import template_folds
+from lens_bias.prompts.splits import template_folds, validation_split
+from lens_bias.selection.auto import choose
 from lens_bias.selection.learned import LearnConfig, _prune_indicator, gate_hooks, learn_mask
-from lens_bias.selection.registry import SelectorSpec, choose, make_mask, validation_split
-from lens_bias.selection.stability import attribute_templates, sign_agreement, stability_select
+from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units, selectors
+from lens_bias.selection.stability import sign_agreement, stability_select
 from lens_bias.selection.topk import select
-from lens_bias.vocab import SELECTORS
+from lens_bias.vocab import BUILTIN_SELECTORS
 
 FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral_batch": 4},
         "iterative": {"steps": 2}, "stable": {"n_resamples": 10}}
+
+
+def run_selector(spec, bridge, ts, pairs, budget, cost, neutral):
+    return select_units(spec, SelectionInputs(bridge, pairs, budget, "neurons", cost, neutral, template_scores=ts))
+
+
+def test_the_builtin_selectors_are_registered():
+    assert set(BUILTIN_SELECTORS) <= set(selectors())
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +67,16 @@ def test_template_scores_equal_attribution(tiny, pairs, ts):
     torch.testing.assert_close(ts.subset(sub).neurons, want, rtol=1e-5, atol=1e-4 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("selector", SELECTORS)
+@pytest.mark.parametrize("selector", BUILTIN_SELECTORS)
 @pytest.mark.parametrize("budget,want", [("2%", 5), (7, 7)])
 def test_every_selector_hits_the_budget(tiny, pairs, ts, selector, budget, want):
     spec = SelectorSpec(selector, 0.5, FAST.get(selector, {}))
     from lens_bias.attribution.patching import capability_cost
 
     cost = capability_cost(tiny, neutral_text()[:8], ablation="zero")
-    mask = make_mask(spec, tiny, ts, pairs, budget, "neurons", cost, neutral_text()[:8])
-    assert mask.counts() == {"neurons": want, "heads": 0}
-    assert mask.meta["selector"] == selector
+    got = run_selector(spec, tiny, ts, pairs, budget, cost, neutral_text()[:8])
+    assert got.mask.counts() == {"neurons": want, "heads": 0}
+    assert got.record["selector"] == selector and got.record["options"] == FAST.get(selector, {})
 
 
 def test_stability_selection_is_deterministic_for_a_seed(tiny, ts):
@@ -129,13 +139,12 @@ def test_planted_unit_carries_the_bias(planted):
     assert after < 0.75 * before
 
 
-@pytest.mark.parametrize("selector", SELECTORS)
+@pytest.mark.parametrize("selector", BUILTIN_SELECTORS)
 def test_every_selector_finds_the_planted_unit(planted, selector):
     b, p, unit = planted
     ts = attribute_templates(b, p, progress=False)
-    mask = make_mask(SelectorSpec(selector, None, FAST.get(selector, {})), b, ts, p, 3, "neurons", None,
-                     neutral_text()[:8])
-    assert unit in mask.pruned("neurons")
+    got = run_selector(SelectorSpec(selector, None, FAST.get(selector, {})), b, ts, p, 3, None, neutral_text()[:8])
+    assert unit in got.mask.pruned("neurons")
 
 
 def test_learned_mask_ablation_equals_the_simulation(tiny, pairs, ts):
@@ -233,8 +242,7 @@ def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs)
     """experiment curve --selector: the ablate rows are the selector's masks, evaluated as usual;
     the other scorers keep their top scores."""
     from lens_bias.measures.evaluation import evaluate, standard_evalset
-    from lens_bias.selection.registry import selector_picks
-    from lens_bias.studies.curve import compare_scorers
+    from lens_bias.studies.curve import compare_scorers, selector_picks
 
     train, held = pairs.split(by="template", held_out=0.34, seed=0)
     ev = standard_evalset(held, ppl_tokens=256)

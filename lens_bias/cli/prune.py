@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import LensBiasError
-from ..vocab import check_selector
 from .common import (
     DeviceMapOpt,
     DeviceOpt,
@@ -28,17 +27,19 @@ from .common import (
 )
 
 SelectorPruneOpt = Annotated[str, typer.Option(
-    "--selector", help="oneshot (the top scores), or iterative, stable, learned or auto, which re-read the pairs "
-                       "the scores were computed on (as the scan recorded them)")]
+    "--selector", help="oneshot (the top scores), or iterative, stable, learned, auto or a registered selector, "
+                       "which re-read the pairs the scores were computed on (as the scan recorded them)")]
 
 
-def selector_pairs(scores, selector: str, pairs: Path | None) -> tuple:
+def selector_pairs(scores, selector: str, pairs: Path | None, ablation: str) -> tuple:
     """The pairs ``--selector`` re-reads (``None`` for ``oneshot``, which needs none) and the seed:
     the scan's pairs as its settings record them, checked against its fingerprint before any model
-    is loaded."""
+    is loaded. A selector that is not registered, or does not work under ``ablation``, is refused
+    first."""
     from ..attribution.provenance import check_scores_match
+    from ..selection.registry import check_selector
 
-    check_selector(selector, "--selector")
+    check_selector(selector, ablation, "--selector")
     if selector == "oneshot":
         return None, scores.settings.get("seed", 0)
     ps, seed = pairs_as_scanned(scores.settings, pairs, None, None, None, None)
@@ -90,7 +91,7 @@ def prune_cmd(
         s = Scores.load(scores)
         ablation = fs.scores_ablation(s, ablation)
         fs.check_export_format(ablation, "hf", mode)  # before the model is loaded
-        ps, seed = selector_pairs(s, selector, pairs)
+        ps, seed = selector_pairs(s, selector, pairs, ablation)
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map,
                                  s.settings.get("chat_template", False) if ps is not None else False)

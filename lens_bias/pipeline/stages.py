@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import atomic_out
 from ..attribution.patching import attribute, capability_cost
+from ..attribution.per_template import TemplateScores, attribute_templates
 from ..attribution.validation import validate
 from ..bridge import Bridge
 from ..errors import ExportCheckError, PairsError, RunError
@@ -28,8 +29,7 @@ from ..measures.metrics import greedy_continuations
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import HELD_PER_DOMAIN, split_pairs, split_sentences
 from ..scores import Scores
-from ..selection.registry import select_with
-from ..selection.stability import TemplateScores, attribute_templates
+from ..selection.registry import SelectionInputs, SelectorSpec, check_selector, select_units
 from ..selection.topk import random_mask
 from ..studies.curve import pruning_curve
 from ..studies.transfer import leave_one_domain_out
@@ -37,7 +37,6 @@ from ..vocab import (
     KIND_CHOICES,
     check_ablation,
     check_choice,
-    check_selector,
     check_target,
     is_sentence_target,
 )
@@ -173,12 +172,10 @@ def _check_config(cfg: RunConfig) -> None:
     """Refuse options a run cannot honour, before any work."""
     check_choice(cfg.kind, KIND_CHOICES, "--kind")
     check_target(cfg.metric, "--metric")
-    check_selector(cfg.selector, "--selector")
+    check_ablation(cfg.ablation, "--ablation")
+    check_selector(cfg.selector, cfg.ablation, "--selector")  # also: one that works under this ablation
     if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
         raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
-    check_ablation(cfg.ablation, "--ablation")
-    if cfg.ablation == "mean" and cfg.selector in ("learned", "auto"):
-        raise RunError(f"--selector {cfg.selector} learns and chooses under zero ablation; use --ablation zero")
 
 
 @dataclass
@@ -248,13 +245,14 @@ def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None
 def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores, means: dict | None,
            cost: Scores | None) -> PruningMask:
     """The mask at the requested budget, by the run's selector
-    (:func:`lens_bias.selection.registry.select_with`); ``steps > 1`` is the iterative selector, which
+    (:func:`lens_bias.selection.registry.select_units`); ``steps > 1`` is the iterative selector, which
     takes 4 rounds unless ``steps`` says more."""
     selector = "iterative" if cfg.steps > 1 else cfg.selector
-    mask = select_with(selector, bridge, train, cfg.budget, cfg.kind, scores=scores, ts=ts,
-                       steps=cfg.steps if cfg.steps > 1 else 4, metric=cfg.metric, ablation=cfg.ablation, means=means,
-                       cost=cost, max_cost_quantile=cfg.max_cost_quantile, seed=cfg.seed,
-                       batch_size=cfg.batch_size, progress=cfg.progress)
+    options = {"steps": cfg.steps if cfg.steps > 1 else 4} if selector == "iterative" else {}
+    inputs = SelectionInputs(bridge, train, cfg.budget, cfg.kind, cost, scores=scores, template_scores=ts,
+                             metric=cfg.metric, ablation=cfg.ablation, means=means, seed=cfg.seed,
+                             batch_size=cfg.batch_size, progress=cfg.progress)
+    mask = select_units(SelectorSpec(selector, cfg.max_cost_quantile, options), inputs).mask
     mask.meta.update({"ablation": cfg.ablation, "metric": cfg.metric, "seed": cfg.seed})
     return mask
 

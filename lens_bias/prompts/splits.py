@@ -41,6 +41,16 @@ def template_split(pairs: PairSet, held_out: float = 0.25, seed: int = 0,
     return train, held
 
 
+VAL_SHARE = 1 / 3  # the validation templates' share of the train templates
+
+
+def validation_split(train: PairSet, seed: int = 0, share: float = VAL_SHARE) -> tuple[PairSet, PairSet]:
+    """(fit, validation) pairs: the train pairs split again by template, with another seed than
+    the held-out split's (``seed + 1``), so that a selector can stop early or choose on templates
+    it did not fit on."""
+    return template_split(train, held_out=share, seed=seed + 1)
+
+
 def template_folds(pairs: PairSet, k: int = 3, seed: int = 0) -> list[tuple[PairSet, PairSet]]:
     """``k`` (fit, validation) splits by template for cross-validation: within each domain the
     templates are shuffled (seeded) and dealt to the folds in turn, so every template is validated

@@ -19,8 +19,8 @@ from ..masks import PruningMask
 from ..prompts.pairs import PairSet, neutral_text
 from ..scores import Scores
 from ..vocab import KIND_CHOICES, PER_LAYER, check_ablation, check_choice
-from .registry import select_with
-from .topk import parse_budget, select
+from .registry import SelectionInputs, SelectorSpec, check_selector, select_units
+from .topk import parse_budget
 
 
 def scores_ablation(scores: Scores, ablation: str | None = None) -> str:
@@ -63,7 +63,7 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     (:func:`lens_bias.weights.export.export_hf` ``mode="mean"``), else ``None``.
 
     ``selector`` other than ``"oneshot"`` (the top scores) re-reads the pairs the scores were
-    computed on, ``pairs``, with :func:`lens_bias.selection.registry.select_with`: ``iterative``
+    computed on, ``pairs``, through :func:`lens_bias.selection.registry.select_units`: ``iterative``
     (``steps`` rounds, the scores as its first), ``stable``, ``learned`` or ``auto``. Those need
     attribution scores (``lens-bias scan --scorer ablate``) and select globally.
 
@@ -78,19 +78,23 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     """
     check_prune_choices(budget, kind, per_layer)
     ablation = scores_ablation(scores, ablation)
+    check_selector(selector, ablation)
+    if selector != "oneshot":
+        _check_selector_inputs(scores, selector, pairs, per_layer)
     neutral = neutral_text()
     means = mean_activations(bridge, neutral) if ablation == "mean" else None
     on = max_cost_quantile is not None and max_cost_quantile < 1
     cost = capability_cost(bridge, neutral, ablation=ablation, means=means) if on else None
     q = max_cost_quantile if on else None
-    if selector == "oneshot":
-        mask = select(scores, budget, kind=kind, per_layer=per_layer, bridge=bridge, cost=cost, max_cost_quantile=q)
-    else:
-        _check_selector_inputs(scores, selector, pairs, per_layer)
-        same = scores.settings.get("ablation", "zero") == ablation and not scores.settings.get("graddrop")
-        mask = select_with(selector, bridge, pairs, budget, kind, scores=scores if same else None, steps=steps,
-                           metric=scores.settings.get("metric", "js"), ablation=ablation, means=means, cost=cost,
-                           max_cost_quantile=q, seed=seed, batch_size=batch_size, progress=progress)
+    # one-shot takes these scores; the others re-read the pairs and reuse the scores only when
+    # they are the attribution under this very ablation
+    same = selector == "oneshot" or (scores.settings.get("ablation", "zero") == ablation
+                                     and not scores.settings.get("graddrop"))
+    options = {"per_layer": per_layer} if selector == "oneshot" else {"steps": steps} if selector == "iterative" else {}
+    inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, scores=scores if same else None,
+                             metric=scores.settings.get("metric", "js"), ablation=ablation, means=means, seed=seed,
+                             batch_size=batch_size, progress=progress)
+    mask = select_units(SelectorSpec(selector, q, options), inputs).mask
     mask.meta["ablation"] = ablation
     return mask, means
 

@@ -41,8 +41,10 @@ from ..measures.capability import neutral_kl, perplexity
 from ..measures.metrics import js_divergence
 from ..model.batching import last_logits, pair_batch, widened
 from ..prompts.pairs import PairSet
+from ..prompts.splits import validation_split
 from ..scores import Scores
 from ..vocab import Kind
+from .registry import Selection, SelectionInputs, SelectorSpec, register
 from .topk import Budget, allowed_units
 
 
@@ -192,3 +194,16 @@ def _train_step(bridge, domains, base, theta, allowed, k, kind, neutral, q, opt,
         loss.backward()
     opt.step()
     return q
+
+
+@register("learned", "a straight-through top-k mask learned on part of the train templates, stopped on the rest",
+          options=tuple(f for f in LearnConfig.__dataclass_fields__ if f != "seed"))
+def learned_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
+    """:func:`learn_mask` on a fit/validation split of the train templates
+    (:func:`lens_bias.prompts.splits.validation_split`), started from the fit templates' scores."""
+    fit, val = validation_split(inputs.pairs, inputs.seed)
+    cfg = LearnConfig(**spec.options, seed=inputs.seed)
+    mask, history = learn_mask(inputs.bridge, fit, val, inputs.budget, inputs.kind,
+                               inputs.per_template().subset(fit.templates), inputs.neutral_text(), inputs.cost,
+                               spec.max_cost_quantile, cfg, progress=inputs.progress)
+    return Selection(mask, {"history": history})

@@ -1,51 +1,49 @@
-"""Selectors by name, and honest model selection among them by cross-validation on the train templates.
+"""The selectors by name: one signature, one result, one dispatcher.
 
-A *selector* turns attribution into a mask at a budget:
+A *selector* turns the attribution of the train pairs into a mask at a budget. Every selector is
+a function ``(spec: SelectorSpec, inputs: SelectionInputs) -> Selection`` registered under its
+name with :func:`register`; :func:`select_units` runs one by name, and ``lens-bias run``,
+``lens-bias prune``, ``lens-bias experiment curve`` and ``selectors`` all go through it.
 
-* ``oneshot``: the top units of one attribution on all train pairs (:func:`lens_bias.selection.topk.select`);
-* ``stable``: stability selection over resampled train templates (:mod:`lens_bias.selection.stability`);
-* ``iterative``: re-attribute after each part of the budget (:func:`lens_bias.selection.topk.select_iterative`);
-* ``learned``: a straight-through top-k mask learned with safeguards (:mod:`lens_bias.selection.learned`);
-* ``auto``: whichever of :func:`default_candidates` :func:`choose` picks by cross-validation on the train templates.
+* :class:`SelectorSpec` says *how* to select: the selector's name, its capability quantile and
+  its options (``{"steps": 4}`` for ``iterative``);
+* :class:`SelectionInputs` says *from what*: the model, the train pairs, the budget and kind,
+  the attribution (whole, and per template), the capability cost, the ablation;
+* :class:`Selection` is what comes back: the mask and a record of how it was chosen.
 
-:func:`choose` picks a selector and its capability quantile the honest way, by cross-validation
-over the train templates: they are dealt by template into :data:`FOLDS` folds; in each fold every
-candidate selects on the other folds' templates only (template-level scores make that free, no
-new attribution) and is measured exactly on the fold's pairs (JS with the mask simulated), so
-every train template is validated once, by a mask that never saw it. The candidate's mask on all
-train templates is measured on neutral text (perplexity). The largest pooled validation JS
-reduction among the candidates within the perplexity limit wins; the held-out split and
-CrowS-Pairs are never looked at. One validation split of a third of the templates is too noisy
-for this: on SmolLM2 the same one-shot mask removed 10 % of one such split's JS and 38 % of
-another's, so every template is used.
+The built-in selectors register when :mod:`lens_bias.selection` is imported: ``oneshot`` and
+``iterative`` (:mod:`~lens_bias.selection.topk`), ``stable``
+(:mod:`~lens_bias.selection.stability`), ``learned`` (:mod:`~lens_bias.selection.learned`) and
+``auto`` (:mod:`~lens_bias.selection.auto`). Adding one is one new module whose function carries
+``@register("name", "what it does")``, imported from ``lens_bias/selection/__init__.py``; code
+outside lens_bias calls :func:`register` before it runs or prunes.
+
+Examples:
+    >>> from lens_bias import build_pairs, load_model
+    >>> b = load_model("tiny-random", device="cpu")
+    >>> inputs = SelectionInputs(b, build_pairs(["finance"]).sample(4), budget=3, cost=None)
+    >>> got = select_units(SelectorSpec("oneshot", None), inputs)
+    >>> got.mask.counts()["neurons"], got.record["selector"]
+    (3, 'oneshot')
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..attribution.per_template import TemplateScores, attribute_templates
 from ..bridge import Bridge
-from ..errors import MaskError
-from ..hooks.ablation import ablate
+from ..errors import ChoiceError
 from ..masks import PruningMask
-from ..measures.capability import perplexity
 from ..prompts.pairs import PairSet, neutral_text
-from ..prompts.splits import template_folds, template_split
 from ..scores import Scores
-from ..vocab import Kind, check_selector
-from .learned import LearnConfig, learn_mask, validation_js
-from .stability import TemplateScores, attribute_templates, stability_select
-from .topk import select, select_iterative
-
-QUANTILES = (0.25, 0.5)
-VAL_SHARE = 1 / 3
-FOLDS = 3
+from ..vocab import KIND_CHOICES, KINDS, check_ablation, check_choice
 
 
 @dataclass
 class SelectorSpec:
-    """One way of selecting: a selector name, its capability quantile (None: no filter) and options."""
+    """How to select: a selector name, its capability quantile (None: no filter) and its options."""
 
     selector: str = "oneshot"
     max_cost_quantile: float | None = 0.5
@@ -57,142 +55,164 @@ class SelectorSpec:
         return f"{self.selector} (cost quantile {q}{extra})"
 
 
-def make_mask(spec: SelectorSpec, bridge: Bridge, ts: TemplateScores, pairs: PairSet, budget: str | int | float, kind: Kind,
-              cost: Scores | None, neutral: Sequence[str] = (), seed: int = 0, batch_size: int = 16,
-              progress: bool = False) -> PruningMask:
-    """The mask of ``spec`` from the template scores ``ts`` of ``pairs`` (the pairs are re-scored
-    only by ``iterative``, and split into fit and validation templates by ``learned``)."""
-    check_selector(spec.selector)
-    q, o = spec.max_cost_quantile, spec.options
-    if spec.selector == "auto":
-        res = choose(bridge, ts, pairs, budget, kind, cost, neutral, seed=seed, batch_size=batch_size)
-        mask = res["mask"]
-        mask.meta["model_selection"] = {k: v for k, v in res.items() if k not in ("chosen", "mask")}
-        mask.meta.update({"selector": "auto", "selector_chosen": res["chosen"].label()})
-        return mask
-    if spec.selector == "oneshot":
-        mask = select(ts.scores(), budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=q)
-    elif spec.selector == "stable":
-        mask = stability_select(ts, budget, kind, bridge, n_resamples=o.get("n_resamples", 100),
-                                fraction=o.get("fraction", 0.5), min_sign_share=o.get("min_sign_share"),
-                                cost=cost, max_cost_quantile=q, seed=seed)[0]
-    elif spec.selector == "iterative":
-        mask = select_iterative(bridge, pairs, budget, kind, o.get("steps", 4), ts.settings.get("metric", "js"),
-                                cost=cost, max_cost_quantile=q, batch_size=batch_size, first=ts.scores(),
-                                progress=progress)[0]
-    else:
-        fit, val = validation_split(pairs, seed)
-        cfg = LearnConfig(**{k: v for k, v in o.items() if k in LearnConfig.__dataclass_fields__}, seed=seed)
-        mask = learn_mask(bridge, fit, val, budget, kind, ts.subset(fit.templates), list(neutral), cost, q, cfg,
-                          progress=progress)[0]
-    mask.meta.update({"selector": spec.selector, "max_cost_quantile": q, **{f"selector_{k}": v for k, v in o.items()}})
-    return mask
+@dataclass
+class SelectionInputs:
+    """What a selector selects from.
+
+    ``pairs`` are the train pairs (``None`` for ``oneshot`` on given ``scores``); ``budget`` a count, ``"0.5%"`` or ``"0.13%params"``; ``kind``
+    ``neurons``, ``heads`` or ``both`` (each kind at the budget, joined). ``scores`` is the
+    attribution of ``pairs`` under ``ablation`` and ``template_scores`` the same kept per template
+    (each computed when a selector needs it and it is not given). ``cost`` is the capability cost
+    of :func:`lens_bias.attribution.patching.capability_cost` (``None``: no filter); ``neutral``
+    the neutral text for selectors that check perplexity (``None``: the bundled text); ``metric``
+    the target (``None``: the attribution's, else ``js``)."""
+
+    bridge: Bridge
+    pairs: PairSet | None
+    budget: str | int | float
+    kind: str = "neurons"
+    cost: Scores | None = None
+    neutral: Sequence[str] | None = None
+    scores: Scores | None = None
+    template_scores: TemplateScores | None = None
+    metric: str | None = None
+    ablation: str = "zero"
+    means: dict | None = None
+    seed: int = 0
+    batch_size: int = 16
+    progress: bool = False
+
+    def target(self) -> str:
+        """The metric selection lowers: ``metric``, else the attribution's, else ``js``."""
+        for source in (self.scores, self.template_scores):
+            if self.metric is None and source is not None:
+                return source.settings.get("metric", "js")
+        return self.metric or "js"
+
+    def per_template(self) -> TemplateScores:
+        """The attribution kept per template (computed on first use under ``ablation``)."""
+        if self.template_scores is None:
+            self.template_scores = attribute_templates(self.bridge, self.pairs, metric=self.target(),
+                                                       ablation=self.ablation, means=self.means,
+                                                       batch_size=self.batch_size, progress=self.progress)
+        return self.template_scores
+
+    def attribution(self) -> Scores:
+        """The attribution of all the pairs: ``scores``, else the per-template one's sum."""
+        return self.scores if self.scores is not None else self.per_template().scores()
+
+    def neutral_text(self) -> list[str]:
+        return list(self.neutral) if self.neutral is not None else neutral_text()
 
 
-def select_with(selector: str, bridge: Bridge, pairs: PairSet, budget: str | int | float, kind: str = "neurons", *,
-                scores: Scores | None = None, ts: TemplateScores | None = None, steps: int = 4, metric: str = "js",
-                ablation: str = "zero", means: dict | None = None, cost: Scores | None = None,
-                max_cost_quantile: float | None = 0.5, seed: int = 0, batch_size: int = 16,
-                progress: bool = False) -> PruningMask:
-    """The mask ``selector`` chooses from ``pairs`` at ``budget`` of ``kind`` (``neurons``, ``heads``
-    or ``both``: one mask a kind, joined), what ``lens-bias run`` and ``lens-bias prune`` prune.
+@dataclass
+class Selection:
+    """A selector's result: the mask and how it was chosen (``selector``, ``max_cost_quantile``,
+    ``options`` and what the selector adds, e.g. ``auto``'s comparison or ``learned``'s history)."""
 
-    ``scores`` is the attribution of ``pairs`` (the ``ablate`` estimator under ``ablation``):
-    ``oneshot`` takes its top units and ``iterative`` (``steps`` rounds, under ``ablation``)
-    reuses it as its first round; ``ts`` is the same attribution kept per template, which
-    ``stable``, ``learned`` and ``auto`` need (computed here when not given; they work under zero
-    ablation only)."""
-    check_selector(selector)
-    if ablation != "zero" and selector not in ("oneshot", "iterative"):
-        raise MaskError(f"the {selector} selector works under zero ablation; use zero ablation, or the oneshot "
-                        "or iterative selector")
-    kinds = ["neurons", "heads"] if kind == "both" else [kind]
-    q = max_cost_quantile
-    def per_template() -> TemplateScores:  # the attribution under the same ablation, unless given
-        return ts if ts is not None else attribute_templates(bridge, pairs, metric=metric, ablation=ablation,
-                                                             means=means, batch_size=batch_size, progress=progress)
-
-    if selector == "oneshot":
-        return select(scores if scores is not None else per_template().scores(), budget, kind=kind, bridge=bridge,
-                      cost=cost, max_cost_quantile=q)
-    if selector == "iterative":
-        parts = [select_iterative(bridge, pairs, budget, k, steps, metric, ablation, means, cost, q, batch_size,
-                                  first=scores, progress=progress)[0] for k in kinds]
-    else:
-        tts = per_template()
-        parts = [make_mask(SelectorSpec(selector, q), bridge, tts, pairs, budget, k, cost, neutral_text(), seed,
-                           batch_size, progress) for k in kinds]
-    return parts[0] if len(parts) == 1 else parts[0] | parts[1]
+    mask: PruningMask
+    record: dict = field(default_factory=dict)
 
 
-def validation_split(train: PairSet, seed: int = 0, share: float = VAL_SHARE) -> tuple[PairSet, PairSet]:
-    """(fit, validation) pairs: the train pairs split again by template (another seed than the
-    held-out split)."""
-    return template_split(train, held_out=share, seed=seed + 1)
+SelectorFn = Callable[[SelectorSpec, SelectionInputs], Selection]
 
 
-def default_candidates() -> list[SelectorSpec]:
-    """What :func:`choose` compares by default: one-shot and stability selection, each at the
-    capability quantiles :data:`QUANTILES`."""
-    return [SelectorSpec(s, q) for s in ("oneshot", "stable") for q in QUANTILES]
+@dataclass(frozen=True)
+class Entry:
+    """A registered selector: its function, a one-line summary, the ablations it works under, the
+    options it takes and whether it selects ``kind="both"`` itself (else once a kind, joined)."""
+
+    name: str
+    fn: SelectorFn
+    summary: str
+    ablations: tuple[str, ...] = ("zero",)
+    options: tuple[str, ...] = ()
+    joint_kinds: bool = False
 
 
-def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int | float, kind: Kind, cost: Scores | None,
-           neutral: Sequence[str], candidates: Sequence[SelectorSpec] | None = None, max_ppl_increase: float = 2.0,
-           seed: int = 0, batch_size: int = 16, progress: bool = False, folds: int = FOLDS) -> dict:
-    """Pick the candidate with the largest cross-validated JS reduction on the train templates,
-    among those whose mask (selected on all train templates) raised neutral-text perplexity by at
-    most ``max_ppl_increase`` % (see the module docstring). ``folds=1``: one fit / validation split
-    (:func:`validation_split`) instead of ``folds``-fold cross-validation by template (fewer folds
-    when the train pairs have fewer templates).
-
-    Returns ``{"chosen": SelectorSpec, "mask": its mask on all train templates, "rows": [...],
-    "why": str, "folds", "n_fit_templates", "n_val_templates"}``; each row has the candidate, its validation JS reduction (%, pooled over
-    the folds), the reduction of each fold and the neutral perplexity change (%)."""
-    candidates = list(candidates or default_candidates())
-    folds = min(folds, len({(p.domain, p.template) for p in train}))  # a small user file: fewer folds
-    splits = template_folds(train, folds, seed + 1) if folds > 1 else [validation_split(train, seed)]
-    base = [validation_js(bridge, val, None, batch_size) * len(val) for _, val in splits]
-    ppl0 = perplexity(bridge, neutral, progress=False)
-    rows, masks = [], []
-    for spec in candidates:
-        after = [validation_js(bridge, val, make_mask(spec, bridge, ts.restrict(fit.templates), fit, budget, kind, cost,
-                                                neutral, seed, batch_size), batch_size) * len(val)
-                 for fit, val in splits]
-        masks.append(make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size))
-        with ablate(bridge, masks[-1]):
-            ppl = perplexity(bridge, neutral, progress=False)
-        rows.append({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "label": spec.label(),
-                     "val_reduction_pct": 100 * (1 - sum(after) / sum(base)),
-                     "fold_reduction_pct": [100 * (1 - a / b) for a, b in zip(after, base, strict=True)],
-                     "neutral_ppl_change_pct": 100 * (ppl / ppl0 - 1)})
-    ok = [i for i, r in enumerate(rows) if r["neutral_ppl_change_pct"] <= max_ppl_increase]
-    n_val = sum(len(val.templates) for _, val in splits)
-    how = f"{folds}-fold cross-validation over the {n_val} train templates" if folds > 1 else f"{n_val} validation templates"
-    if ok:
-        i = max(ok, key=lambda j: rows[j]["val_reduction_pct"])
-        why = (f"largest JS reduction by {how} ({rows[i]['val_reduction_pct']:.1f} %) among the {len(ok)} "
-               f"candidates within +{max_ppl_increase:g} % neutral-text perplexity")
-    else:
-        i = min(range(len(rows)), key=lambda j: rows[j]["neutral_ppl_change_pct"])
-        why = f"no candidate stayed within +{max_ppl_increase:g} % neutral-text perplexity; the least damaging"
-    for j, r in enumerate(rows):
-        r["chosen"] = j == i
-    return {"chosen": candidates[i], "mask": masks[i], "rows": rows, "why": why, "folds": folds,
-            "n_fit_templates": len(splits[0][0].templates), "n_val_templates": n_val}
+_REGISTRY: dict[str, Entry] = {}
 
 
-def selector_picks(bridge: Bridge, train: PairSet, neutral: Sequence[str], selector: str, metric: str,
-                    cost: Scores | None, max_cost_quantile: float | None, seed: int, batch_size: int,
-                   progress: bool) -> tuple[Scores, Callable[[str, str, str], PruningMask | None]]:
-    """The ``ablate`` scores of ``train`` (kept per template) and the ``pick`` of
-    :func:`lens_bias.studies.curve.pruning_curve` that chooses the ``ablate`` scorer's units with
-    ``selector`` (:func:`make_mask`; ``None`` for the other scorers, which keep their top scores)."""
-    ts = attribute_templates(bridge, train, metric=metric, batch_size=batch_size, progress=progress)
-    spec = SelectorSpec(selector, max_cost_quantile)
+def register(name: str, summary: str, *, ablations: Sequence[str] = ("zero",), options: Sequence[str] = (),
+             joint_kinds: bool = False, replace_existing: bool = False) -> Callable[[SelectorFn], SelectorFn]:
+    """Register the decorated function as the selector ``name`` (see the module docstring).
 
-    def pick(name: str, kind: str, budget: str) -> PruningMask | None:
-        return make_mask(spec, bridge, ts, train, budget, kind, cost, neutral, seed, batch_size) \
-            if name == "ablate" else None
+    ``ablations``: the ablations it selects under (a selector that learns or compares under zero
+    ablation only says ``("zero",)``); ``options``: the keys of :attr:`SelectorSpec.options` it
+    reads (others are refused); ``joint_kinds``: it handles ``kind="both"`` itself."""
+    for a in ablations:
+        check_ablation(a)
 
-    return ts.scores(), pick
+    def decorate(fn: SelectorFn) -> SelectorFn:
+        if name in _REGISTRY and not replace_existing:
+            raise ChoiceError(f"a selector named {name!r} is already registered; pick another name, or pass "
+                              "replace_existing=True")
+        _REGISTRY[name] = Entry(name, fn, summary, tuple(ablations), tuple(options), joint_kinds)
+        return fn
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove the selector ``name`` (a no-op when it is not registered)."""
+    _REGISTRY.pop(name, None)
+
+
+def selectors() -> dict[str, Entry]:
+    """The registered selectors, by name, in registration order."""
+    return dict(_REGISTRY)
+
+
+def check_selector(name, ablation: str | None = None, what: str = "selector") -> Entry:
+    """The entry of the selector ``name``; a :class:`~lens_bias.errors.ChoiceError` naming the
+    registered ones when there is none, or when it does not work under ``ablation``.
+
+    Examples:
+        >>> check_selector("stable", "mean", "--selector")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: --selector stable works under zero ablation only; ...
+    """
+    check_choice(name, tuple(_REGISTRY), what)
+    entry = _REGISTRY[name]
+    if ablation is not None and check_ablation(ablation) not in entry.ablations:
+        works = [n for n, e in _REGISTRY.items() if ablation in e.ablations]
+        raise ChoiceError(f"{what} {name} works under {' or '.join(entry.ablations)} ablation only; use that "
+                          f"ablation, or one of the selectors that work under {ablation} ablation: {', '.join(works)}")
+    return entry
+
+
+def check_options(spec: SelectorSpec, entry: Entry | None = None) -> None:
+    """Refuse options the selector does not read, naming the ones it does."""
+    entry = entry or check_selector(spec.selector)
+    unknown = sorted(set(spec.options) - set(entry.options))
+    if unknown:
+        takes = ", ".join(entry.options) or "none"
+        raise ChoiceError(f"the {entry.name} selector takes no option {', '.join(map(repr, unknown))} "
+                          f"(its options: {takes})")
+
+
+def select_units(spec: SelectorSpec | str, inputs: SelectionInputs) -> Selection:
+    """Run the selector ``spec`` (a :class:`SelectorSpec`, or a name with the default quantile
+    0.5 and no options) on ``inputs``. With ``kind="both"`` a selector that selects one kind runs
+    once a kind and the masks are joined (the record keeps each kind's under ``per_kind``)."""
+    spec = spec if isinstance(spec, SelectorSpec) else SelectorSpec(spec)
+    entry = check_selector(spec.selector, inputs.ablation)
+    check_options(spec, entry)
+    check_choice(inputs.kind, KIND_CHOICES, "kind")
+    if inputs.kind != "both" or entry.joint_kinds:
+        got = entry.fn(spec, inputs)
+        return Selection(got.mask, _record(spec, got.record))
+    parts = {}
+    for k in KINDS:
+        one = replace(inputs, kind=k)
+        parts[k] = entry.fn(spec, one)
+        inputs.template_scores = one.template_scores  # computed once, shared by the kinds
+    mask = parts["neurons"].mask | parts["heads"].mask
+    return Selection(mask, _record(spec, {"per_kind": {k: p.record for k, p in parts.items()}}))
+
+
+def _record(spec: SelectorSpec, extra: dict) -> dict:
+    return {"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "options": dict(spec.options),
+            **extra}
+

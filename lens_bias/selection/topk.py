@@ -10,6 +10,9 @@
   (two neurons that carry the same bias signal) are both ranked high and the second one buys
   little once the first is gone. Re-scoring under the ablation of what is already chosen lets the
   later rounds see the model as it will be. ``steps=1`` is the plain one-shot selection.
+
+Both are registered selectors (:mod:`lens_bias.selection.registry`): ``oneshot`` (option
+``per_layer``) and ``iterative`` (option ``steps``, default 4).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..vocab import KINDS, PER_LAYER, Kind, check_choice
+from ..vocab import ABLATIONS, KINDS, PER_LAYER, Kind, check_choice
+from .registry import Selection, SelectionInputs, SelectorSpec, register
 
 BudgetUnit = Literal["count", "fraction", "params"]
 
@@ -355,3 +359,25 @@ def _check_layers(mask: PruningMask, kind: Kind) -> None:
     empty = [la for la, row in enumerate(mask.tensor(kind)) if not bool(row.any())]
     if empty:
         raise MaskError(f"iterative selection removed every {kind[:-1]} of layer(s) {empty}; use a smaller budget")
+
+
+@register("oneshot", "the top units of one attribution of the train pairs (any scorer's scores)",
+          ablations=ABLATIONS, options=("per_layer",), joint_kinds=True)
+def oneshot_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
+    """:func:`select` on the attribution of the inputs, globally unless ``per_layer="uniform"``."""
+    return Selection(select(inputs.attribution(), inputs.budget, kind=inputs.kind,
+                            per_layer=spec.options.get("per_layer", "global"), bridge=inputs.bridge,
+                            cost=inputs.cost, max_cost_quantile=spec.max_cost_quantile))
+
+
+@register("iterative", "re-attribute after each of `steps` parts of the budget (default 4)", ablations=ABLATIONS,
+          options=("steps",))
+def iterative_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
+    """:func:`select_iterative` in ``steps`` rounds; the inputs' attribution, when given, is round 1."""
+    ts = inputs.template_scores
+    first = inputs.scores if inputs.scores is not None else (ts.scores() if ts is not None else None)
+    mask, rounds = select_iterative(inputs.bridge, inputs.pairs, inputs.budget, inputs.kind,
+                                    spec.options.get("steps", 4), inputs.target(), inputs.ablation, inputs.means,
+                                    inputs.cost, spec.max_cost_quantile, inputs.batch_size, first=first,
+                                    progress=inputs.progress)
+    return Selection(mask, {"rounds": len(rounds)})

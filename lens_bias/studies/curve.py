@@ -93,9 +93,9 @@ def compare_scorers(
     head and the neurons it is compared with remove the same number of parameters. The same
     capability filter (Fisher cost on neutral text, ``max_cost_quantile``) applies to every
     scorer, ``random`` included, so the comparison isolates the bias ranking. ``selector``
-    (:data:`lens_bias.selection.registry.SELECTORS`) picks the ``ablate`` scorer's units from its
-    scores kept per template (:func:`lens_bias.selection.registry.make_mask`); the other scorers keep
-    their top scores. Each row records the ``selector`` it used.
+    (a registered selector, :mod:`lens_bias.selection.registry`) picks the ``ablate`` scorer's units
+    from its scores kept per template (:func:`selector_picks`); the other scorers keep their top
+    scores (``oneshot``). Each row records the ``selector`` it used.
 
     Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
     with its 95 % interval ``js_reduction_ci`` (templates resampled), ``js_p`` and
@@ -104,8 +104,6 @@ def compare_scorers(
     from ..attribution.patching import capability_cost
     from ..attribution.scorers import score
     from ..prompts.pairs import neutral_text
-    from ..selection.registry import selector_picks
-
     before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True)
     cost = None
     if max_cost_quantile is not None:
@@ -152,3 +150,27 @@ def winners(rows: Sequence[dict]) -> dict:
             "neurons_minus_heads_pct_points": nvh}
 
 
+
+
+def selector_picks(bridge: Bridge, train: PairSet, neutral: Sequence[str], selector: str, metric: str,
+                   cost: Scores | None, max_cost_quantile: float | None, seed: int, batch_size: int,
+                   progress: bool) -> tuple[Scores, Callable[[str, str, str], PruningMask | None]]:
+    """The ``ablate`` scores of ``train`` (kept per template) and the ``pick`` of
+    :func:`pruning_curve` that chooses the ``ablate`` scorer's units with ``selector``
+    (:func:`lens_bias.selection.registry.select_units`; ``None`` for the other scorers, which
+    keep their top scores)."""
+    from ..attribution.per_template import attribute_templates
+    from ..selection.registry import SelectionInputs, SelectorSpec, check_selector, select_units
+
+    check_selector(selector)
+    ts = attribute_templates(bridge, train, metric=metric, batch_size=batch_size, progress=progress)
+    spec = SelectorSpec(selector, max_cost_quantile)
+
+    def pick(name: str, kind: str, budget: str) -> PruningMask | None:
+        if name != "ablate":
+            return None
+        inputs = SelectionInputs(bridge, train, budget, kind, cost, neutral, template_scores=ts, seed=seed,
+                                 batch_size=batch_size)
+        return select_units(spec, inputs).mask
+
+    return ts.scores(), pick

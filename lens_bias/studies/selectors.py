@@ -7,7 +7,7 @@ selectors, every number with its interval.
   train, held-out and leave-one-domain-out JS, |logit gap|, seqgap, CrowS-Pairs (McNemar),
   WikiText-2 perplexity, KL and the time the selection took.
 
-Scores are computed once, per template (:func:`lens_bias.selection.stability.attribute_templates`); every
+Scores are computed once, per template (:func:`lens_bias.attribution.per_template.attribute_templates`); every
 subset of templates (a draw of the curve, the domains a leave-out mask may see) is a weighted sum
 of them.
 """
@@ -20,14 +20,14 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..attribution.per_template import TemplateScores
 from ..bridge import Bridge
 from ..masks import PruningMask
 from ..measures.changes import js_reduction, run_tests
 from ..measures.evaluation import EvalSet, evaluate, pruned_params
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..selection.registry import SelectorSpec, make_mask
-from ..selection.stability import TemplateScores
+from ..selection.registry import SelectionInputs, SelectorSpec, select_units
 from ..selection.topk import select
 from ..vocab import Kind
 
@@ -127,7 +127,9 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
 def _row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, before, train_before, base_dom, with_lodo, seed,
          batch_size) -> dict:
     def pick(sub: TemplateScores, pairs: PairSet) -> PruningMask:
-        return make_mask(spec, bridge, sub, pairs, budget, kind, cost, neutral, seed, batch_size)
+        inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, template_scores=sub, seed=seed,
+                                 batch_size=batch_size)
+        return select_units(spec, inputs).mask
 
     t0 = time.time()
     mask = pick(ts, train)

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..attribution.patching import capability_cost
+from ..attribution.per_template import TemplateScores, attribute_templates
 from ..bridge import Bridge
 from ..measures.evaluation import EvalSet, standard_evalset
 from ..model.load import load_model
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import split_pairs, split_sentences
 from ..scores import Scores
-from ..selection.stability import TemplateScores, attribute_templates
 
 
 def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[str] | None = None,
