@@ -187,8 +187,10 @@ def memory_child(system: str, n: int, args) -> dict:
     out = {
         "system": system, "pairs": n, "seconds": secs,
         "rss_after_load_mib": (rss_loaded or 0) / 1024,
-        "peak_rss_mib": (proc_status_kib()["VmHWM"] if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024,
-        "peak_rss_source": "VmHWM after clear_refs (peak during the run)" if reset else "ru_maxrss (includes loading)",
+        "peak_rss_mib": (proc_status_kib()["VmHWM"] if reset
+                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024,
+        "peak_rss_source": ("VmHWM after clear_refs (peak during the run)" if reset
+                            else "ru_maxrss (includes loading)"),
     }
     if cuda:
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -207,14 +209,16 @@ def measure_memory(args, systems) -> list[dict]:
                    "--memory-child", f"{system}:{n}"]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env={**os.environ, "TQDM_DISABLE": "1"})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
                 raise SystemExit(f"memory run {system}:{n} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(lines[-1])
             print(f"  memory {system:<12} {n:>5} pairs: peak RSS {row['peak_rss_mib']:8.0f} MiB"
                   + (f", peak GPU {row['peak_gpu_mib']:8.0f} MiB" if "peak_gpu_mib" in row else "")
-                  + (f", largest batch {row['largest_batch_tokens']} tokens" if "largest_batch_tokens" in row else "")
+                  + (f", largest batch {row['largest_batch_tokens']} tokens"
+                     if "largest_batch_tokens" in row else "")
                   + f"  ({row['seconds']:.0f} s)", flush=True)
             rows.append(row)
     return rows
@@ -257,7 +261,8 @@ def main() -> None:
     ap.add_argument("--mem-pairs", default="64,256,1024")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="skip the timing; measure memory only")
-    ap.add_argument("--mem-systems", default="scan,attribution", help="lens_bias systems whose memory is measured")
+    ap.add_argument("--mem-systems", default="scan,attribution",
+                    help="lens_bias systems whose memory is measured")
     ap.add_argument("--peer-memory", action="store_true", help="measure optiPfair's memory too (slow)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -285,7 +290,8 @@ def main() -> None:
         print(f"{'peak memory (MiB)':<38}" + "".join(f"{f'{n} pairs':>12}" for n in counts)
               + f"{f'{counts[-1]}/{counts[0]}':>12}")
         for s, m in mem.items():
-            for key, label, rkey in (("peak_rss_mib", "RSS", "peak_rss_ratio"), ("peak_gpu_mib", "GPU", "peak_gpu_ratio")):
+            for key, label, rkey in (("peak_rss_mib", "RSS", "peak_rss_ratio"),
+                                     ("peak_gpu_mib", "GPU", "peak_gpu_ratio")):
                 if key in m:
                     print(f"{NAMES[s] + ' ' + label:<38}" + "".join(f"{m[key].get(n, float('nan')):>12.0f}"
                                                                    for n in counts) + f"{m[rkey]:>12.3f}")
@@ -323,7 +329,8 @@ def timing(args) -> dict:
     pps = {s: n / med[s] for s in SYSTEMS}
     ratio = {s: pps[s] / pps["optipfair"] for s in OURS}
     # the same ratio taken within each repeat, then the median: robust to load that drifts
-    paired = {s: statistics.median(times["optipfair"][i] / times[s][i] for i in range(args.repeats)) for s in OURS}
+    paired = {s: statistics.median(times["optipfair"][i] / times[s][i] for i in range(args.repeats))
+              for s in OURS}
     goals = {"scan": 10.0, "attribution": 2.0}
 
     print()

@@ -59,7 +59,8 @@ def main() -> None:
     parts = {
         "held-out pairs": pairs,
         "perplexity": ppl,
-        "KL, reference kept": lambda: kl_from_reference(bridge, ev.neutral, ctx, reference=ev.kl_reference(bridge)),
+        "KL, reference kept": lambda: kl_from_reference(bridge, ev.neutral, ctx,
+                                                        reference=ev.kl_reference(bridge)),
         "KL, two passes": lambda: kl_from_reference(bridge, ev.neutral, ctx),
         "evaluate (all of it)": lambda: evaluate(bridge, ev, mask, lambada=False),
     }
@@ -80,7 +81,8 @@ def main() -> None:
     }
     for name, t in times.items():
         print(f"{name:<24} {t:7.2f} s")
-    print(f"tokens: {record['tokens']}; the unembedding is {100 * record['unembedding_share_of_full_logit_forward']:.0f} % "
+    print(f"tokens: {record['tokens']}; the unembedding is "
+          f"{100 * record['unembedding_share_of_full_logit_forward']:.0f} % "
           f"of a full-logit forward's matrix work; keeping the KL reference: {record['kl_speedup']}x")
     if args.json:
         emit(record)

@@ -80,7 +80,8 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
 
     def bridge_fwdbwd_embed():
         store = {}
-        with attached(bridge, [("hook_embed", lambda t, hook: store.setdefault("e", t))]), torch.enable_grad():
+        with (attached(bridge, [("hook_embed", lambda t, hook: store.setdefault("e", t))]),
+              torch.enable_grad()):
             out = bridge(ids, logits_to_keep=1)
             torch.autograd.grad(out.float().logsumexp(-1).sum(), store["e"])
 
@@ -108,7 +109,8 @@ def breakdown(bridge, plain, batch, pairs, n: int, dev: str, repeats: int, warmu
     def fwd_rows(model, rows):
         def f():
             with torch.no_grad():
-                model(ids[:rows], logits_to_keep=1) if model is bridge else model(input_ids=ids[:rows], logits_to_keep=1)
+                (model(ids[:rows], logits_to_keep=1) if model is bridge
+                 else model(input_ids=ids[:rows], logits_to_keep=1))
         return f
 
     def bridge_fwd_hooks_white():
@@ -208,8 +210,9 @@ def check_against_float32(dev: str, dtype: torch.dtype, n: int = 16, seq: int = 
                 top = max(5, r.numel() // 100)  # what pruning uses: the top 1 % (at least 5 units)
                 a = set(torch.topk(r.flatten(), top).indices.tolist())
                 b = set(torch.topk(x.flatten(), top).indices.tolist())
-                ranks[f"{est}_{k}"] = {"spearman": round(float(spearmanr(r.flatten(), x.flatten()).statistic), 5),
-                                       "top1pct_overlap": round(len(a & b) / top, 3)}
+                ranks[f"{est}_{k}"] = {
+                    "spearman": round(float(spearmanr(r.flatten(), x.flatten()).statistic), 5),
+                    "top1pct_overlap": round(len(a & b) / top, 3)}
     ranks["vs_float32_weights"] = extra
     ranks["plain_model_floor"] = floor
     print(f"  the plain HF model's own error in {dtype} (no lens_bias code): {floor}")
@@ -227,7 +230,8 @@ def plain_precision_floor(ref, low, n: int, seq: int, dev: str) -> dict:
     such gradients, so their error cannot be much below this."""
     vocab = ref.config.vocab_size
     g = torch.Generator().manual_seed(5)
-    black = torch.cat([torch.ones(n, 1, dtype=torch.long), torch.randint(3, vocab, (n, seq - 1), generator=g)], 1)
+    black = torch.cat([torch.ones(n, 1, dtype=torch.long),
+                       torch.randint(3, vocab, (n, seq - 1), generator=g)], 1)
     white = black.clone()
     white[:, 2] = 3 + (white[:, 2] - 2) % (vocab - 3)
     ids = torch.cat([black, white])
@@ -281,7 +285,8 @@ def main() -> None:
     plain, twin = build_models(shape, dev, dtype)
     weights_mib = torch.cuda.memory_allocated() / 2**20 if cuda else None
     tok = word_tokenizer(shape["vocab_size"])
-    bridge = wrap(twin, tok, name="llama3-8b-shaped-random" if not args.tiny else "tiny-shaped-random", device=dev)
+    bridge = wrap(twin, tok, name="llama3-8b-shaped-random" if not args.tiny else "tiny-shaped-random",
+                  device=dev)
     build_s = time.perf_counter() - t0
     after_wrap_mib = torch.cuda.memory_allocated() / 2**20 if cuda else None
     assert type(plain.model.layers[0].mlp).__name__ == "LlamaMLP", "the plain model must stay unwrapped"
@@ -341,7 +346,8 @@ def main() -> None:
     mem_ratio = mem[hi]["peak_gpu_mib"] / mem[lo]["peak_gpu_mib"] if cuda else None
 
     check, check_ranks = check_against_float32(dev, dtype)
-    extra = breakdown(bridge, plain, batch, pairs, n, dev, args.repeats, args.warmup) if args.breakdown else None
+    extra = (breakdown(bridge, plain, batch, pairs, n, dev, args.repeats, args.warmup) if args.breakdown
+             else None)
 
     prof_rows = []
     if args.profile:  # last, and never fatal: the numbers above are the result
@@ -362,8 +368,8 @@ def main() -> None:
             prof_rows = [{"error": repr(e)}]
 
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"\n{'tiny' if args.tiny else 'Llama-3-8B-shaped'} {args.dtype} on {device_name}: {n} pairs x {args.seq} "
-          f"tokens, median of {args.repeats} (ms)")
+    print(f"\n{'tiny' if args.tiny else 'Llama-3-8B-shaped'} {args.dtype} on {device_name}: "
+          f"{n} pairs x {args.seq} tokens, median of {args.repeats} (ms)")
     labels = {
         "floor_fwd_white": "floor: no-grad fwd, n White rows",
         "floor_fwdbwd_black": "floor: fwd+bwd to embeddings, n Black",

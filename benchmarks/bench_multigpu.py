@@ -70,7 +70,8 @@ def split_copy(plain, devices, hf_layout: bool = False):
     dm = split_device_map(model, devices)
     if hf_layout:
         dm["model.norm"] = dm["lm_head"] = devices[-1]
-    model.load_state_dict({k: v.to(_owner(k, dm)) for k, v in plain.state_dict().items()}, assign=True, strict=True)
+    model.load_state_dict({k: v.to(_owner(k, dm)) for k, v in plain.state_dict().items()}, assign=True,
+                          strict=True)
     for name, buf in plain.named_buffers():  # non-persistent buffers (rotary inv_freq)
         mod, _, leaf = name.rpartition(".")
         model.get_submodule(mod).register_buffer(leaf, buf.to(_owner(name, dm)).clone(), persistent=False)
@@ -103,7 +104,8 @@ def build_split_random(shape: dict, devices, dtype: torch.dtype, seed: int = 0):
 
 
 def _allocated(devices) -> dict:
-    return {d: round(torch.cuda.memory_allocated(d) / 2**20, 1) for d in dict.fromkeys(devices) if d.startswith("cuda")}
+    return {d: round(torch.cuda.memory_allocated(d) / 2**20, 1) for d in dict.fromkeys(devices)
+            if d.startswith("cuda")}
 
 
 def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup: int) -> dict:
@@ -142,7 +144,8 @@ def part_check(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warm
     out = {"shape": shape, "layers_per_device": layers, "build_seconds": round(build_s, 1),
            "n_devices_seen_by_transformer_lens": getattr(split.cfg, "n_devices", None),
            "rel_error": err, "bit_identical": equal, "max_abs_diff": mx, "median_ms": med, "ms": all_ms,
-           "peak_mib": mem, "other_paths_bit_identical": other_paths(one, split, plain, tok, pairs, devices, ref, n)}
+           "peak_mib": mem,
+           "other_paths_bit_identical": other_paths(one, split, plain, tok, pairs, devices, ref, n)}
     del systems, one, split, plain, twin, model
     gc.collect()
     torch.cuda.empty_cache()
@@ -165,7 +168,8 @@ def other_paths(one, split, plain, tok, pairs, devices, ref: dict, n: int) -> di
     model, dm = split_copy(plain, devices, hf_layout=True)
     hf = wrap(model, tok, name="split-hf-layout", device_map=dm)
     for est in ("ablate", "patch"):
-        out[f"hf_layout_{est}"] = same(ref[est], attribute(hf, pairs, estimator=est, batch_size=n, progress=False))
+        out[f"hf_layout_{est}"] = same(ref[est],
+                                       attribute(hf, pairs, estimator=est, batch_size=n, progress=False))
     # without lens_bias's hook that returns the last hidden states to the first GPU
     hooks = model.model._forward_hooks
     ours = final_hidden_to_input_device.__qualname__ + "."
@@ -205,12 +209,14 @@ def part_big(shape: dict, devices, dtype, n: int, seq: int, repeats: int, warmup
     pairs = random_pairs(n, seq, shape["vocab_size"])
     out = {"shape": shape, "n_params": n_params, "weights_gib": round(n_params * 2 / 2**30, 1),
            "layers_per_device": layers, "weights_mib": weights, "build_seconds": round(built_s, 1),
-           "wrap_seconds": round(wrap_s, 1), "n_devices_seen_by_transformer_lens": getattr(bridge.cfg, "n_devices", None)}
+           "wrap_seconds": round(wrap_s, 1),
+           "n_devices_seen_by_transformer_lens": getattr(bridge.cfg, "n_devices", None)}
     batch = n
     while True:
         try:
-            systems = {est: (lambda est=est, bs=batch: attribute(bridge, pairs, estimator=est, components=KINDS,
-                                                                 batch_size=bs, progress=False))
+            systems = {est: (lambda est=est, bs=batch: attribute(bridge, pairs, estimator=est,
+                                                                 components=KINDS, batch_size=bs,
+                                                                 progress=False))
                        for est in ("ablate", "patch")}
             mem = {k: peak_mib(f, devices) for k, f in systems.items()}
             med, all_ms = interleaved_ms(systems, devices, repeats, warmup)
@@ -240,7 +246,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--small", action="store_true", help="small shapes for both parts (smoke test)")
-    ap.add_argument("--tiny", action="store_true", help="tiny shapes (with --devices cpu,cpu: a CPU test of the script)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny shapes (with --devices cpu,cpu: a CPU test of the script)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -253,15 +260,18 @@ def main() -> None:
                                                                torch.device(devices[1]).index)
               if len(devices) == 2 and all(d.startswith("cuda") for d in devices) else None,
               "dtype": args.dtype, "pairs": args.pairs, "seq": args.seq, "repeats": args.repeats,
-              "warmup": args.warmup, "small": args.small, **versions("accelerate"), "datasets_import": datasets_mode}
+              "warmup": args.warmup, "small": args.small, **versions("accelerate"),
+              "datasets_import": datasets_mode}
     size = "tiny" if args.tiny else "small" if args.small else None
     record["size"] = size or "full"
     part_args = (devices, dtype, args.pairs, args.seq, args.repeats, args.warmup)
     if args.part in ("check", "both"):
-        c = part_check(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA3_8B_SHAPE, *part_args)
+        c = part_check(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA3_8B_SHAPE,
+                       *part_args)
         record["check"] = c
         print(f"\ncheck ({size or 'Llama-3-8B'} shape, {args.dtype}): one GPU ({devices[0]}) "
-              f"against split over {devices} (layers {c['layers_per_device']}), {args.pairs} pairs x {args.seq} tokens")
+              f"against split over {devices} (layers {c['layers_per_device']}), "
+              f"{args.pairs} pairs x {args.seq} tokens")
         for k in c["rel_error"]:
             print(f"  {k:<16} rel. error {c['rel_error'][k]:.3g}  max |diff| {c['max_abs_diff'][k]:.3g}  "
                   f"bit-identical {c['bit_identical'][k]}")
@@ -275,11 +285,14 @@ def main() -> None:
         b = part_big(TINY_SHAPE if args.tiny else SMALL_SHAPE if args.small else LLAMA_70B_SHAPE, *part_args)
         record["big"] = b
         print(f"\nbig ({size or 'Llama-70B'} shape, {b['weights_gib']} GiB of weights, "
-              f"{args.dtype}) split over {devices} (layers {b['layers_per_device']}; weights MiB {b['weights_mib']}; "
-              f"built in {b['build_seconds']} s, wrapped in {b['wrap_seconds']} s): {args.pairs} pairs x {args.seq} "
-              f"tokens, batches of {b['batch_size']}, median of {args.repeats}")
+              f"{args.dtype}) split over {devices} (layers {b['layers_per_device']}; "
+              f"weights MiB {b['weights_mib']}; "
+              f"built in {b['build_seconds']} s, wrapped in {b['wrap_seconds']} s): "
+              f"{args.pairs} pairs x {args.seq} tokens, batches of {b['batch_size']}, "
+              f"median of {args.repeats}")
         for k, v in b["median_ms"].items():
-            print(f"  attribute ({k:<6}) {v:10.1f} ms  {b['pairs_per_s'][k]:7.2f} pairs/s  peak MiB {b['peak_mib'][k]}")
+            print(f"  attribute ({k:<6}) {v:10.1f} ms  {b['pairs_per_s'][k]:7.2f} pairs/s  "
+                  f"peak MiB {b['peak_mib'][k]}")
     emit(record, args.out)
 
 

@@ -99,7 +99,7 @@ STAGE_RE = re.compile(r"^\[lens-bias\] (.+?) \.\.\.\s*$")
 # sys.argv[1:] (after ``-c``) are the CLI's. BENCH_RUN_GPU_STATS names the JSON file to write;
 # BENCH_RUN_GPU_HERE is this folder, where ``common`` is (after the working directory, whose
 # lens_bias comes first).
-LAUNCHER = r'''
+LAUNCHER = (r'''
 import atexit, json, os, resource, sys, time
 STATS = {"datasets_import": None, "stages": {}, "t_start": time.time()}
 sys.path.insert(1, os.environ["BENCH_RUN_GPU_HERE"])
@@ -117,12 +117,16 @@ def _dump():
     t = _cuda()
     if t is not None:
         try:
-            STATS["max_memory_allocated"] = sum(t.cuda.max_memory_allocated(i) for i in range(t.cuda.device_count()))
-            STATS["max_memory_reserved"] = sum(t.cuda.max_memory_reserved(i) for i in range(t.cuda.device_count()))
+            STATS["max_memory_allocated"] = sum(t.cuda.max_memory_allocated(i) '''
+            r'''for i in range(t.cuda.device_count()))
+            STATS["max_memory_reserved"] = sum(t.cuda.max_memory_reserved(i) '''
+            r'''for i in range(t.cuda.device_count()))
             STATS["overall_max_allocated"] = max([STATS.get("max_memory_allocated", 0)]
-                                                 + [s.get("max_allocated", 0) for s in STATS["stages"].values()])
+                                                 + [s.get("max_allocated", 0) '''
+            r'''for s in STATS["stages"].values()])
             STATS["overall_max_reserved"] = max([STATS.get("max_memory_reserved", 0)]
-                                                + [s.get("max_reserved", 0) for s in STATS["stages"].values()])
+                                                + [s.get("max_reserved", 0) '''
+            r'''for s in STATS["stages"].values()])
         except Exception as e:
             STATS["cuda_error"] = repr(e)
     STATS["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -170,7 +174,7 @@ except Exception as e:
 
 sys.argv[0] = "lens-bias"
 _cli.app()
-'''
+''')
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -224,9 +228,9 @@ def ensure_checkpoint(args, dest: Path) -> dict:
                 return {**old, "reused": True, "build_wall_s": 0.0}
         except (OSError, ValueError):
             pass
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_build", "--shape", args.shape, "--tokenizer",
-           str(args.tokenizer), "--dtype", args.dtype, "--seed", str(args.seed), "--max-shard", args.max_shard,
-           "--work", str(args.work)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_build", "--shape", args.shape,
+           "--tokenizer", str(args.tokenizer), "--dtype", args.dtype, "--seed", str(args.seed),
+           "--max-shard", args.max_shard, "--work", str(args.work)]
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -242,8 +246,8 @@ def _nvidia_smi(query: str) -> list[str] | None:
     if not exe:
         return None
     try:
-        r = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"], capture_output=True,
-                           text=True, timeout=20)
+        r = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     if r.returncode != 0:
@@ -278,7 +282,8 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float, gpu: bool):
         super().__init__(daemon=True)
         self.pid, self.interval, self.gpu = pid, interval, gpu
-        self.samples: list[tuple[float, float | None, int | None, int | None]] = []  # t, gpu MiB sum, hwm, rss
+        # t, gpu MiB sum, hwm, rss
+        self.samples: list[tuple[float, float | None, int | None, int | None]] = []
         self.gpu_peak_per_device: list[float] | None = None
         self.stop = threading.Event()
 
@@ -287,8 +292,9 @@ class Sampler(threading.Thread):
             t = time.time()
             g = _gpu_used_mib() if self.gpu else None
             if g is not None:
-                self.gpu_peak_per_device = (g if self.gpu_peak_per_device is None else
-                                            [max(a, b) for a, b in zip(self.gpu_peak_per_device, g, strict=False)])
+                self.gpu_peak_per_device = (
+                    g if self.gpu_peak_per_device is None else
+                    [max(a, b) for a, b in zip(self.gpu_peak_per_device, g, strict=False)])
             hwm, rss = _proc_mem_kib(self.pid)
             self.samples.append((t, sum(g) if g is not None else None, hwm, rss))
             self.stop.wait(max(0.0, self.interval - (time.time() - t)))
@@ -308,7 +314,8 @@ def _find_timings(metrics: dict) -> dict | None:
         if isinstance(v, dict) and v:
             return v
     for k, v in metrics.items():  # a renamed key: the first dict of numbers whose name says timing
-        if "timing" in k.lower() and isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
+        if ("timing" in k.lower() and isinstance(v, dict)
+                and all(isinstance(x, (int, float)) for x in v.values())):
             return v
     return None
 
@@ -333,7 +340,8 @@ def measure(args, ckpt: Path, run_dir: Path, extra: list[str]) -> dict:
     data_args: list[str] = []
     data = None if args.data in ("none", "") else Path(args.data)
     if data is not None and data.is_dir():
-        for flag, name in (("--wikitext", "wikitext2_test.txt"), ("--crows-file", "crows_pairs_anonymized.csv"),
+        for flag, name in (("--wikitext", "wikitext2_test.txt"),
+                           ("--crows-file", "crows_pairs_anonymized.csv"),
                            ("--lambada", "lambada_openai_test.jsonl")):
             if (data / name).is_file() and not _has(extra, flag):
                 data_args += [flag, str(data / name)]
@@ -465,7 +473,8 @@ def measure(args, ckpt: Path, run_dir: Path, extra: list[str]) -> dict:
             "run_folder_bytes": _du(run_dir),
         },
         "run_folder_files": sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else [],
-        "launcher": {k: launcher.get(k) for k in ("datasets_import", "stage_hook", "lens_bias_file", "cuda_error")
+        "launcher": {k: launcher.get(k)
+                     for k in ("datasets_import", "stage_hook", "lens_bias_file", "cuda_error")
                      if k in launcher},
         "command": [c if c != LAUNCHER else "<launcher>" for c in cmd],
     }
@@ -541,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder with wikitext2_test.txt / crows_pairs_anonymized.csv ('none': pass nothing)")
     ap.add_argument("--cli", default=None, help="command line of lens-bias (default: python -c <launcher>)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between memory samples")
-    ap.add_argument("--clean", action="store_true", help="delete the checkpoint and the run folder afterwards")
+    ap.add_argument("--clean", action="store_true",
+                    help="delete the checkpoint and the run folder afterwards")
     ap.add_argument("--silent", action="store_true", help="do not echo the run's output")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--copy-to", type=Path, default=None,
@@ -560,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     binfo = ensure_checkpoint(args, ckpt)
     print(f"[bench] checkpoint {ckpt}: {'reused' if binfo['reused'] else 'built'} "
-          f"({binfo.get('params', 0) / 1e9:.3f} B params, init {binfo.get('init_s')} s, save {binfo.get('save_s')} s, "
+          f"({binfo.get('params', 0) / 1e9:.3f} B params, init {binfo.get('init_s')} s, "
+          f"save {binfo.get('save_s')} s, "
           f"{time.time() - t0:.1f} s)", flush=True)
     res = measure(args, ckpt, args.work / "run", extra)
     out = {

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 # Llama shapes of real models (random weights are built in them; nothing is downloaded)
-LLAMA32_1B_SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                        num_key_value_heads=8, vocab_size=128256)
-LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256)
-LLAMA_70B_SHAPE = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                       num_key_value_heads=8, vocab_size=128256)
+LLAMA32_1B_SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+LLAMA_70B_SHAPE = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, vocab_size=128256)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -118,7 +118,8 @@ def timed(fn: Callable[[], object], devices: str | Iterable[str]) -> float:
 
 
 def interleaved(systems: dict[str, Callable[[], object]], devices: str | Iterable[str], repeats: int,
-                warmup: int = 0, after_round: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+                warmup: int = 0,
+                after_round: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
     """Seconds of each system's calls, side by side: ``warmup`` rounds (not kept), then ``repeats``
     rounds, each call :func:`timed`; the order rotates by one each round so no system always runs
     first. ``after_round(r, times)`` is called after round ``r``."""
@@ -220,8 +221,8 @@ def word_tokenizer(vocab_size: int):
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<pad>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<pad>")
     fast.init_kwargs["name_or_path"] = "word-ids"  # in memory only: TransformerLens must not reload it
     fast.init_kwargs["add_bos_token"] = True
     return fast

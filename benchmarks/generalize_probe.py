@@ -52,7 +52,8 @@ def main() -> None:
 
     base, base_train = measure(None)
     variants = [(n, q, SelectorSpec(s, q, o)) for q in map(float, args.quantiles.split(",")) for n in scored
-                for s, o in (("oneshot", {}), ("stable", {"n_resamples": 1, "fraction": 1.0, "min_sign_share": 0.8}),
+                for s, o in (("oneshot", {}),
+                             ("stable", {"n_resamples": 1, "fraction": 1.0, "min_sign_share": 0.8}),
                              ("stable", {}), ("stable", {"min_sign_share": 0.8}))]
     if args.learned:
         variants.append(("24", 0.5, SelectorSpec("learned", 0.5)))
@@ -62,13 +63,15 @@ def main() -> None:
             mask = random_mask(bridge, "0.5%", "neurons")
         else:
             pairs, ts = scored[n]
-            inputs = SelectionInputs(bridge, pairs, "0.5%", "neurons", cost, neutral_text(), template_scores=ts)
+            inputs = SelectionInputs(bridge, pairs, "0.5%", "neurons", cost, neutral_text(),
+                                     template_scores=ts)
             mask = select_units(spec, inputs).mask
         seconds = time.time() - t0
         after, after_train = measure(mask)
         ppl = 100 * (after["wikitext_ppl"] / base["wikitext_ppl"] - 1) if wt else None
-        print(json.dumps({"selection": "random" if spec is None else spec.label(), "train_pairs_per_domain": n,
-                          "held_out": js_reduction(base, after), "train": js_reduction(base_train, after_train),
+        print(json.dumps({"selection": "random" if spec is None else spec.label(),
+                          "train_pairs_per_domain": n, "held_out": js_reduction(base, after),
+                          "train": js_reduction(base_train, after_train),
                           "wikitext_ppl_change_pct": ppl, "select_seconds": round(seconds, 1)}), flush=True)
 
 

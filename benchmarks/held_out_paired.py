@@ -25,22 +25,22 @@ def main(a: argparse.Namespace) -> None:
     t0 = time.time()
     bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=512)
     ts, cost = template_scores(bridge, train, progress=False)
-    before = S._js_items(bridge, ev.pairs, None, BATCH)
+    before = S.js_items(bridge, ev.pairs, None, BATCH)
     res = {"model": a.model, "held_out_pairs": S.held_out_pairs(before), "rows": [],
            "settings": {"seed": SEED, "per_domain": a.per_domain}}
     for budget in a.budgets.split(","):
         for m in a.methods.split(","):
             spec = SelectorSpec(m, 0.5)
-            inputs = SelectionInputs(bridge, train, budget, "neurons", cost, neutral_text(), template_scores=ts,
-                                     seed=SEED, batch_size=BATCH)
+            inputs = SelectionInputs(bridge, train, budget, "neurons", cost, neutral_text(),
+                                     template_scores=ts, seed=SEED, batch_size=BATCH)
             mask = select_units(spec, inputs).mask
-            after = S._js_items(bridge, ev.pairs, mask, BATCH)
+            after = S.js_items(bridge, ev.pairs, mask, BATCH)
             res["rows"].append({"label": spec.label(), "budget": budget, "kind": "neurons",
                                 "held_out": js_reduction(before, after, seed=SEED),
                                 "held_out_js": [float(x) for x in after["per_item"]["js"]]})
             r = S.add_versus(res)["rows"][-1]
-            print(f"{budget:6s} {spec.label():32s} held-out {S._cell(r['held_out'])}  vs first {S._cell(r['vs_first'])}",
-                  flush=True)
+            print(f"{budget:6s} {spec.label():32s} held-out {S.format_cell(r['held_out'])}  "
+                  f"vs first {S.format_cell(r['vs_first'])}", flush=True)
             res["seconds"] = round(time.time() - t0, 1)
             a.out.write_text(json.dumps(res, indent=1))
 

@@ -42,8 +42,8 @@ def main() -> None:
     for b in args.budgets.split(","):
         for steps in [int(x) for x in args.steps.split(",")]:
             t = time.time()
-            mask, _ = select_iterative(bridge, train, b, steps=steps, cost=cost, max_cost_quantile=args.quantile,
-                                       first=first, progress=False)
+            mask, _ = select_iterative(bridge, train, b, steps=steps, cost=cost,
+                                       max_cost_quantile=args.quantile, first=first, progress=False)
             r = evaluate(bridge, ev, mask)
             rows.append({"budget": b, "steps": steps, "js": r["js"], "abs_logit_gap": r["abs_logit_gap"],
                          "ppl": r.get("wikitext_ppl"), "kl_neutral": r.get("kl_neutral"),
@@ -54,7 +54,8 @@ def main() -> None:
         return 100 * (b - a) / a if a and b is not None else float("nan")
 
     print(f"{'budget':7} {'steps':>5} {'JS':>9} {'change':>8} {'|gap| change':>12} {'ppl':>7} {'change':>8}")
-    print(f"{'-':7} {'-':>5} {base['js']:9.5f} {'':>8} {'':>12} {base.get('wikitext_ppl') or float('nan'):7.2f}")
+    print(f"{'-':7} {'-':>5} {base['js']:9.5f} {'':>8} {'':>12} "
+          f"{base.get('wikitext_ppl') or float('nan'):7.2f}")
     for r in rows:
         print(f"{r['budget']:7} {r['steps']:5d} {r['js']:9.5f} {pct(base['js'], r['js']):+7.1f}% "
               f"{pct(base['abs_logit_gap'], r['abs_logit_gap']):+11.1f}% {r['ppl'] or float('nan'):7.2f} "

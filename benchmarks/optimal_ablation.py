@@ -51,8 +51,8 @@ def main(a: argparse.Namespace) -> None:
     ways = {"zero": ("zero", None), "mean": ("mean", mean_activations(bridge, neutral_text())),
             "fitted": ("mean", fitted)}
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
-    res = {"model": a.model, "selector": a.selector, "budget": a.budget, "n_neurons": mask.counts()["neurons"],
-           "per_domain": a.per_domain, "n_train_pairs": len(train),
+    res = {"model": a.model, "selector": a.selector, "budget": a.budget,
+           "n_neurons": mask.counts()["neurons"], "per_domain": a.per_domain, "n_train_pairs": len(train),
            "fit": {**{k: v for k, v in info.items() if k != "losses"}, "steps": a.steps, "lr": a.lr,
                    "n_texts": len(fit_texts), "seconds": round(fit_s, 1), "losses": info["losses"]},
            "rows": []}

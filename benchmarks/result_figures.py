@@ -24,7 +24,8 @@ from lens_bias.studies.selectors import selector_rows, wording_rows
 
 FIGURES = {"selectors": ({"frontier": viz.selector_frontier, "gap": viz.train_vs_held_out}, selector_rows),
            "wording": ({"curve": viz.wording_curve}, wording_rows)}
-RENDER = "import plotly.io as pio, sys; pio.read_json(sys.argv[1]).write_image(sys.argv[2], width=900, scale=1)"
+RENDER = ("import plotly.io as pio, sys; "
+          "pio.read_json(sys.argv[1]).write_image(sys.argv[2], width=900, scale=1)")
 
 
 def merged(files: list[str]) -> dict:

@@ -40,12 +40,14 @@ def main() -> None:
     neutral = neutral_text()
     rows = []
     base = evaluate(bridge, ev, None)
-    rows.append({"mode": "-", "filter": "unpruned", "q": None, "js": base["js"], "ppl": base.get("wikitext_ppl")})
+    rows.append({"mode": "-", "filter": "unpruned", "q": None, "js": base["js"],
+                 "ppl": base.get("wikitext_ppl")})
     for mode in args.modes.split(","):
         means = mean_activations(bridge, neutral) if mode == "mean" else None
         scores = attribute(bridge, train, ablation=mode, means=means, progress=False)
         r = evaluate(bridge, ev, random_mask(bridge, args.budget, "neurons"), mode, means)
-        rows.append({"mode": mode, "filter": "random", "q": None, "js": r["js"], "ppl": r.get("wikitext_ppl")})
+        rows.append({"mode": mode, "filter": "random", "q": None, "js": r["js"],
+                     "ppl": r.get("wikitext_ppl")})
         r = evaluate(bridge, ev, select(scores, args.budget, bridge=bridge), mode, means)
         rows.append({"mode": mode, "filter": "none", "q": None, "js": r["js"], "ppl": r.get("wikitext_ppl")})
         for est in ("first_order", "fisher"):

@@ -35,18 +35,19 @@ def main(a: argparse.Namespace) -> None:
     bridge, train, ev = study_inputs(a.model, None, None, a.per_domain, 26, SEED, ppl_tokens=4096)
     ts, cost = template_scores(bridge, train, progress=False)
     before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=BATCH, per_item=True)
-    train_before = S._js_items(bridge, train, None, BATCH)
-    base_dom = {d: S._js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}
+    train_before = S.js_items(bridge, train, None, BATCH)
+    base_dom = {d: S.js_items(bridge, ev.pairs.filter(domains=[d]), None, BATCH) for d in ev.pairs.domains}
     res = {"rows": [], "before": {k: v for k, v in before.items() if k != "per_item"}, "model": a.model,
            "held_out_pairs": S.held_out_pairs(before),
-           "settings": {"budgets": budgets, "lodo_budgets": budgets, "lodo_selectors": sorted(lodo), "seed": SEED,
-                        "per_domain": a.per_domain, "n_train": len(train), "n_held_out": len(ev.pairs),
-                        "n_train_templates": len(train.templates), "n_held_out_templates": len(ev.pairs.templates)}}
+           "settings": {"budgets": budgets, "lodo_budgets": budgets, "lodo_selectors": sorted(lodo),
+                        "seed": SEED, "per_domain": a.per_domain, "n_train": len(train),
+                        "n_held_out": len(ev.pairs), "n_train_templates": len(train.templates),
+                        "n_held_out_templates": len(ev.pairs.templates)}}
     total = sum(p.numel() for p in bridge.parameters())
 
     def row(spec, budget, kind, with_lodo):
-        res["rows"].append(S._row(bridge, ts, train, ev, spec, budget, kind, cost, neutral_text(), before,
-                                  train_before, base_dom, with_lodo, SEED, BATCH))
+        res["rows"].append(S.selector_row(bridge, ts, train, ev, spec, budget, kind, cost, neutral_text(),
+                                          before, train_before, base_dom, with_lodo, SEED, BATCH))
         S.add_versus(res)
         res["seconds"] = round(time.time() - t0, 1)
         a.out.write_text(json.dumps(res, indent=1, default=float))

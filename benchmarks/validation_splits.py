@@ -28,22 +28,23 @@ def main(a: argparse.Namespace) -> None:
     t0 = time.time()
     bridge, train, ev = study_inputs(a.model, None, None, 24, 26, 0, ppl_tokens=512)
     ts, cost = template_scores(bridge, train, progress=False)
-    held_before = S._js_items(bridge, ev.pairs, None, 16)
+    held_before = S.js_items(bridge, ev.pairs, None, 16)
     rows = []
     for seed in range(a.seeds):
         fit, val = validation_split(train, seed)
-        val_before = S._js_items(bridge, val, None, 16)
+        val_before = S.js_items(bridge, val, None, 16)
         for spec in default_candidates():
             inputs = SelectionInputs(bridge, fit, a.budget, "neurons", cost, neutral_text(),
                                      template_scores=ts.restrict(fit.templates))
             m = select_units(spec, inputs).mask
-            rv = js_reduction(val_before, S._js_items(bridge, val, m, 16))
-            rh = js_reduction(held_before, S._js_items(bridge, ev.pairs, m, 16))
+            rv = js_reduction(val_before, S.js_items(bridge, val, m, 16))
+            rh = js_reduction(held_before, S.js_items(bridge, ev.pairs, m, 16))
             rows.append({"seed": seed, "candidate": spec.label(), "n_val_templates": len(val.templates),
                          "validation": rv["reduction_pct"], "validation_ci": rv["reduction_ci"],
                          "held_out": rh["reduction_pct"], "held_out_ci": rh["reduction_ci"]})
             print(f"split {seed}  {spec.label():32s} validation {rv['reduction_pct']:5.1f} % "
-                  f"[{rv['reduction_ci'][0]:.1f}, {rv['reduction_ci'][1]:.1f}]  held-out {rh['reduction_pct']:5.1f} % "
+                  f"[{rv['reduction_ci'][0]:.1f}, {rv['reduction_ci'][1]:.1f}]  "
+                  f"held-out {rh['reduction_pct']:5.1f} % "
                   f"[{rh['reduction_ci'][0]:.1f}, {rh['reduction_ci'][1]:.1f}]", flush=True)
             a.out.write_text(json.dumps({"rows": rows, "seconds": round(time.time() - t0, 1)}, indent=1))
 

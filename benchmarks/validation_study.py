@@ -112,14 +112,16 @@ def main() -> None:
         rows.append((label, summary(r)))
 
     print(f"\n{args.model}, {len(train)} train pairs, top-{args.k} + {args.n_random} random per kind")
-    print(f"{'setting':30s} {'kind':8s} {'n':>4s} {'vs':8s} {'Spearman':>9s} {'Pearson':>8s} {'Sp |.|':>7s} {'Pe |.|':>7s} {'Sp top':>7s} {'Sp rand':>7s} {'sign':>7s}")
+    print(f"{'setting':30s} {'kind':8s} {'n':>4s} {'vs':8s} {'Spearman':>9s} {'Pearson':>8s} "
+          f"{'Sp |.|':>7s} {'Pe |.|':>7s} {'Sp top':>7s} {'Sp rand':>7s} {'sign':>7s}")
     for name, res in rows:
         for kind, r in res.items():
-            print(f"{name:30s} {kind:8s} {r['n']:4d} {r['compared_with']:8s} {r['spearman']:9.3f} {r['pearson']:8.3f} "
-                  f"{r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f} {r['spearman_top']:7.3f} "
-                  f"{r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}")
+            print(f"{name:30s} {kind:8s} {r['n']:4d} {r['compared_with']:8s} {r['spearman']:9.3f} "
+                  f"{r['pearson']:8.3f} {r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f} "
+                  f"{r['spearman_top']:7.3f} {r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}")
     result = {"model": args.model, "n_pairs": len(train), "k": args.k, "n_random": args.n_random,
-              "results": {name: res for name, res in rows}, "seconds": {k: round(v, 1) for k, v in times.items()}}
+              "results": {name: res for name, res in rows},
+              "seconds": {k: round(v, 1) for k, v in times.items()}}
     emit(result)
     if args.out:
         args.out.write_text(json.dumps({**result, "detail": detail}))

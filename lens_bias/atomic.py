@@ -48,7 +48,8 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
     next to it (renamed into place by :func:`finish_out`)."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise RunError(f"output folder {out} already exists; pass --overwrite to replace it or choose another --out")
+        raise RunError(f"output folder {out} already exists; pass --overwrite to replace it or choose "
+                       "another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
@@ -66,7 +67,8 @@ def finish_out(tmp: Path, out: Path, overwrite: bool = True) -> None:
     _publish_modes(tmp)
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise RunError(f"output folder {out} appeared while the run was going; pass --overwrite to replace it")
+            raise RunError(f"output folder {out} appeared while the run was going; pass --overwrite to "
+                           "replace it")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
         out.rename(old)
         try:

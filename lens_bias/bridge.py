@@ -131,8 +131,9 @@ def model_meta(bridge: Bridge) -> dict:
 
     Examples:
         >>> from lens_bias import load_model
-        >>> model_meta(load_model("tiny-random", device="cpu"))
-        {'model': 'tiny-random', 'architecture': 'LlamaForCausalLM', 'n_layers': 2, 'd_mlp': 128, 'n_heads': 4}
+        >>> model_meta(load_model("tiny-random", device="cpu"))  # doctest: +NORMALIZE_WHITESPACE
+        {'model': 'tiny-random', 'architecture': 'LlamaForCausalLM', 'n_layers': 2, 'd_mlp': 128,
+         'n_heads': 4}
     """
     hf = bridge.original_model.config
     return {

@@ -77,10 +77,12 @@ class ProvenanceError(LensBiasError):
         >>> from lens_bias.scores import Scores
         >>> from lens_bias import build_pairs
         >>> ps = build_pairs(["hiring"]).sample(2)
-        >>> check_scores_match(Scores(None, None, {}, {"pairs_hash": "0" * 16, "n_pairs": 9}), ps)  # doctest: +ELLIPSIS
+        >>> check_scores_match(Scores(None, None, {}, {"pairs_hash": "0" * 16, "n_pairs": 9}),
+        ...                    ps)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.ProvenanceError: the scores were computed on 9 pairs (hash 0000000000000000, ...) but validate was given 2 other pairs ...
+        lens_bias.errors.ProvenanceError: the scores were computed on 9 pairs (hash 0000000000000000, ...)
+            but validate was given 2 other pairs ...
     """
 
 
@@ -102,10 +104,12 @@ class RunError(LensBiasError):
 
     Examples:
         >>> from lens_bias.pipeline.stages import RunConfig, run
-        >>> run(RunConfig(model="tiny-random", selector="stable", steps=3), "/tmp/lens_bias_doc_run")
+        >>> run(RunConfig(model="tiny-random", selector="stable", steps=3),
+        ...     "/tmp/lens_bias_doc_run")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.RunError: --steps > 1 is the iterative selector; it cannot be combined with --selector stable
+        lens_bias.errors.RunError: --steps > 1 is the iterative selector; it cannot be combined with
+            --selector stable
     """
 
 

@@ -6,8 +6,8 @@ the install command. :meth:`lens_bias.measures.metrics.PairMetrics.to_pandas` an
 :meth:`lens_bias.scores.Scores.to_pandas` use it too.
 
 * :func:`curve_frame`: :func:`lens_bias.studies.curve.pruning_curve`'s records, one row per point;
-* :func:`validation_frame`: :func:`lens_bias.attribution.validation.validate`'s result, one row per sampled unit
-  with its predicted and exact effect;
+* :func:`validation_frame`: :func:`lens_bias.attribution.validation.validate`'s result, one row per
+  sampled unit with its predicted and exact effect;
 * :func:`transfer_frame`: :func:`lens_bias.studies.transfer.leave_one_domain_out`'s rows, one per domain,
   and the pooled row;
 * :func:`selectors_frame`: :func:`lens_bias.studies.selectors.compare_selectors`' rows, each row's
@@ -50,8 +50,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
     Two keys that would make the same column are refused.
 
     Examples:
-        >>> flatten({"js": {"pct": -50.0, "pct_ci": [-60.0, -40.0], "p": 0.01}, "loss": {"ci": None}})
-        {'js_pct': -50.0, 'js_pct_lo': -60.0, 'js_pct_hi': -40.0, 'js_p': 0.01, 'loss_lo': None, 'loss_hi': None}
+        >>> flatten({"js": {"pct": -50.0, "pct_ci": [-60.0, -40.0], "p": 0.01},
+        ...          "loss": {"ci": None}})  # doctest: +NORMALIZE_WHITESPACE
+        {'js_pct': -50.0, 'js_pct_lo': -60.0, 'js_pct_hi': -40.0, 'js_p': 0.01, 'loss_lo': None,
+         'loss_hi': None}
     """
     out: dict = {}
 
@@ -106,7 +108,8 @@ def validation_frame(result: dict):
     rows = []
     for kind, r in result.items():
         n_top = None if r.get("spearman_top") is None else min(r["k"], r["n"])
-        for i, ((layer, index), pred, exact) in enumerate(zip(r["components"], r["predicted"], r["exact"], strict=True)):
+        for i, ((layer, index), pred, exact) in enumerate(zip(r["components"], r["predicted"], r["exact"],
+                                                              strict=True)):
             part = "given" if n_top is None else "top" if i < n_top else "random"
             rows.append({"kind": kind, "layer": layer, "index": index, "part": part, "predicted": pred,
                          "exact": exact})

@@ -105,7 +105,8 @@ class PruningMask:
             >>> import torch
             >>> from lens_bias import load_model
             >>> b = load_model("tiny-random", device="cpu")
-            >>> PruningMask(torch.ones(2, 64, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)).check(b)  # doctest: +ELLIPSIS
+            >>> PruningMask(torch.ones(2, 64, dtype=torch.bool),
+            ...             torch.ones(2, 4, dtype=torch.bool)).check(b)  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
             lens_bias.errors.MaskError: mask does not fit the model: ...
@@ -115,7 +116,8 @@ class PruningMask:
         if want != got:
             raise MaskError(
                 f"mask does not fit the model: mask shapes {got} (model {self.meta.get('model', '?')}), "
-                f"model shapes {want} ({getattr(bridge, 'lens_bias_name', '?')}). Build the mask for this model."
+                f"model shapes {want} ({getattr(bridge, 'lens_bias_name', '?')}). "
+                "Build the mask for this model."
             )
         arch = self.meta.get("architecture")
         mine = model_meta(bridge)["architecture"]
@@ -210,13 +212,15 @@ def _sniff(path: Path) -> str:
 def _keep_tensor(t: Tensor, name: str, path: Path) -> Tensor:
     """A 0/1 tensor of any dtype as a boolean keep-mask; anything else is refused."""
     if t.ndim != 2 or 0 in t.shape:
-        raise MaskError(f"{path}: '{name}' must be a non-empty 2-D [n_layers, units] tensor, got shape {tuple(t.shape)}")
+        raise MaskError(f"{path}: '{name}' must be a non-empty 2-D [n_layers, units] tensor, "
+                        f"got shape {tuple(t.shape)}")
     try:
         v = t.to(torch.float32)
     except (RuntimeError, TypeError) as e:
         raise MaskError(f"{path}: '{name}' has dtype {t.dtype}, which is not a 0/1 mask") from e
     if not ((v == 0) | (v == 1)).all():
-        raise MaskError(f"{path}: '{name}' holds values other than 0 and 1; not a lens_bias mask (corrupted?)")
+        raise MaskError(f"{path}: '{name}' holds values other than 0 and 1; not a lens_bias mask "
+                        "(corrupted?)")
     return v.bool()
 
 
@@ -262,7 +266,8 @@ def _read_json(path: Path) -> PruningMask:
         raise MaskError(f"{path}: not a readable mask.json ({e}); was the file truncated?") from e
     except OSError as e:
         raise MaskError(f"cannot read mask file {path}: {e.strerror or e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("shapes"), dict) or not isinstance(data.get("pruned"), dict):
+    if (not isinstance(data, dict) or not isinstance(data.get("shapes"), dict)
+            or not isinstance(data.get("pruned"), dict)):
         raise MaskError(f"{path}: not a lens_bias mask.json (needs 'shapes' and 'pruned' objects, as "
                         "PruningMask.save writes them)")
     keep = {}
@@ -270,7 +275,8 @@ def _read_json(path: Path) -> PruningMask:
         shape = data["shapes"].get(k)
         if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(x) and x > 0 for x in shape)
                 and shape[0] * shape[1] <= _MAX_UNITS):
-            raise MaskError(f"{path}: shapes.{k} must be two positive integers [n_layers, units], got {shape!r}")
+            raise MaskError(f"{path}: shapes.{k} must be two positive integers [n_layers, units], "
+                            f"got {shape!r}")
         t = torch.ones(shape, dtype=torch.bool)
         pruned = data["pruned"].get(k, [])
         if not isinstance(pruned, list):
@@ -278,7 +284,8 @@ def _read_json(path: Path) -> PruningMask:
         for item in pruned:
             if not (isinstance(item, list) and len(item) == 2 and all(_is_int(x) for x in item)
                     and 0 <= item[0] < shape[0] and 0 <= item[1] < shape[1]):
-                raise MaskError(f"{path}: pruned.{k} entry {item!r} is not a [layer, index] pair inside {shape}")
+                raise MaskError(f"{path}: pruned.{k} entry {item!r} is not a [layer, index] pair "
+                                f"inside {shape}")
             t[item[0], item[1]] = False
         keep[k] = t
     _check_layers(keep["neurons"], keep["heads"], path)

@@ -1,10 +1,10 @@
 """The :class:`Scores` file type: one score per MLP neuron and attention head (higher = prune first).
 
 Every scorer (the attribution estimators of :mod:`lens_bias.attribution.patching` and the baselines of
-:mod:`lens_bias.attribution.scorers`) returns a :class:`Scores`; selection (:mod:`lens_bias.selection.topk`) reads
-one. On disk it is one safetensors file: the tensors ``neurons`` and ``heads``, the per-domain tensors
-as ``domain/<domain>/<kind>``, and the settings as JSON in the header (key ``lens_bias_scores``, with
-a ``version``).
+:mod:`lens_bias.attribution.scorers`) returns a :class:`Scores`; selection
+(:mod:`lens_bias.selection.topk`) reads one. On disk it is one safetensors file: the tensors ``neurons``
+and ``heads``, the per-domain tensors as ``domain/<domain>/<kind>``, and the settings as JSON in the
+header (key ``lens_bias_scores``, with a ``version``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class Scores:
         and ``score``. Needs pandas (``pip install 'lens_bias[pandas]'``).
 
         Examples:
-            >>> s = Scores(torch.tensor([[0.25, 0.75]]), None, {"finance": {"neurons": torch.tensor([[1.0, 2.0]])}})
+            >>> s = Scores(torch.tensor([[0.25, 0.75]]), None,
+            ...            {"finance": {"neurons": torch.tensor([[1.0, 2.0]])}})
             >>> s.to_pandas().values.tolist()  # doctest: +NORMALIZE_WHITESPACE
             [['neurons', 0, 0, 'all', 0.25], ['neurons', 0, 1, 'all', 0.75],
              ['neurons', 0, 0, 'finance', 1.0], ['neurons', 0, 1, 'finance', 2.0]]
@@ -109,7 +110,8 @@ class Scores:
                 tensors[f"domain/{d}/{k}"] = t.float().contiguous().cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp), metadata={"lens_bias_scores": json.dumps({"version": SCORES_VERSION, **self.settings})})
+        save_file(tensors, str(tmp),
+                  metadata={"lens_bias_scores": json.dumps({"version": SCORES_VERSION, **self.settings})})
         tmp.replace(path)
         return path
 

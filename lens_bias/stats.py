@@ -50,7 +50,8 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return weights @ values / weights.sum(axis=1)
 
 
-def resample_weights(n: int, groups: Sequence | None = None, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+def resample_weights(n: int, groups: Sequence | None = None, n_boot: int = N_BOOT,
+                     seed: int = 0) -> np.ndarray:
     """How many times each of ``n`` items is drawn in each of ``n_boot`` bootstrap resamples,
     [n_boot, n]. With ``groups`` (one label per item), whole clusters are drawn with replacement
     (as many as there are clusters) and every item of a drawn cluster comes with it.
@@ -131,8 +132,8 @@ def _pct(before, after):
         return 100.0 * (np.asarray(after) / np.asarray(before) - 1.0)
 
 
-def paired_bootstrap_change(before: Values, after: Values, groups: Sequence | None = None, n_boot: int = N_BOOT,
-                            seed: int = 0, stat: Stat = weighted_mean) -> dict:
+def paired_bootstrap_change(before: Values, after: Values, groups: Sequence | None = None,
+                            n_boot: int = N_BOOT, seed: int = 0, stat: Stat = weighted_mean) -> dict:
     """The change ``stat(after) - stat(before)`` of paired values and the relative change in %
     (``100 * (stat(after) / stat(before) - 1)``, a ratio of means), each with a 95 % interval from
     resampling the pairs (or clusters) jointly.
@@ -184,8 +185,8 @@ def _cluster_sums(d: np.ndarray, groups: Sequence | None) -> np.ndarray:
     return np.bincount(codes, weights=d)
 
 
-def paired_permutation_test(before: Values, after: Values, groups: Sequence | None = None, n_perm: int = N_PERM,
-                            seed: int = 0, wilcoxon: bool = True) -> dict:
+def paired_permutation_test(before: Values, after: Values, groups: Sequence | None = None,
+                            n_perm: int = N_PERM, seed: int = 0, wilcoxon: bool = True) -> dict:
     """Two-sided sign-flip permutation test of the mean paired difference ``after - before``:
     under no effect each pair's difference (with ``groups``, each cluster's summed differences) is
     as likely negated. Exact (every sign vector) for at most 16 pairs / clusters, else ``n_perm``
@@ -221,7 +222,8 @@ def paired_permutation_test(before: Values, after: Values, groups: Sequence | No
             hits += int((np.abs(signs @ s) >= observed - tol).sum())
         p = (hits + 1) / (n_perm + 1)
         test = f"sign-flip permutation ({n_perm} random)"
-    out = {"p": p, "test": test + (", by cluster" if groups is not None else ""), "n": int(len(d)), "n_flipped": k}
+    out = {"p": p, "test": test + (", by cluster" if groups is not None else ""), "n": int(len(d)),
+           "n_flipped": k}
     if wilcoxon:
         out["wilcoxon_p"] = _wilcoxon(d)
     return out
@@ -265,7 +267,8 @@ class Change:
 
     def __post_init__(self):
         if self.within_noise is None and self.diff_ci is not None and not any(map(math.isnan, self.diff_ci)):
-            self.within_noise = bool(self.diff_ci[0] <= 0 <= self.diff_ci[1]) or (self.p is not None and self.p >= 0.05)
+            self.within_noise = (bool(self.diff_ci[0] <= 0 <= self.diff_ci[1])
+                                 or (self.p is not None and self.p >= 0.05))
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (intervals as ``[lo, hi]`` lists, ``extra`` merged in)."""

@@ -93,3 +93,27 @@ def is_sentence_target(target) -> bool:
         (True, False)
     """
     return isinstance(target, str) and target in SENTENCE_TARGETS
+
+
+def renamed(new_value, old_value, new: str, old: str, default):
+    """The value of a keyword that was renamed from ``old`` to ``new``: ``old_value`` with a
+    :class:`DeprecationWarning` when only the old name was used, else ``new_value`` (``None``:
+    ``default``); both at once is refused.
+
+    Examples:
+        >>> renamed(None, None, "ablation", "mode", "zero")
+        'zero'
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     renamed(None, "mean", "ablation", "mode", "zero"), str(w[0].message)
+        ('mean', 'mode= is now ablation=; the old name will be removed')
+    """
+    import warnings
+
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise ChoiceError(f"{old}= is the old name of {new}=; pass only {new}=")
+    warnings.warn(f"{old}= is now {new}=; the old name will be removed", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -70,7 +70,7 @@ def test_fitted_constants_export_exactly(tiny, tmp_path):
     m.neurons[1, 3:9] = False
     m.heads[0, 1] = False
     fitted, _ = fit_constants(tiny, m, TEXTS, steps=5, lr=0.05, batch_size=3, progress=False)
-    out = export_hf(tiny, m, tmp_path / "model", mode="mean", means=fitted)
+    out = export_hf(tiny, m, tmp_path / "model", ablation="mean", means=fitted)
     back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = pair_batch(tiny, build_pairs(["hiring"]).pairs[:3]).ids[:, :6]
     with torch.no_grad():

@@ -49,7 +49,7 @@ def test_cli_prune_mean_equals_the_api_and_the_simulation(scanned, tiny, tmp_pat
     mask, means = mask_from_scores(tiny, Scores.load(scanned), 6, max_cost_quantile=0.5, ablation="mean")
     cli_mask = PruningMask.load(tmp_path / "p")
     assert torch.equal(cli_mask.neurons, mask.neurons) and cli_mask.meta["ablation"] == "mean"
-    api = export_hf(tiny, mask, tmp_path / "api", mode="mean", means=means)
+    api = export_hf(tiny, mask, tmp_path / "api", ablation="mean", means=means)
     cli_w, api_w = _weights(tmp_path / "p" / "model"), _weights(api)
     assert cli_w.keys() == api_w.keys() and all(torch.equal(cli_w[k], api_w[k]) for k in cli_w)
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "p" / "model", dtype=torch.float32)
@@ -92,7 +92,7 @@ def test_bad_ablation_and_missing_means_are_refused(tiny, tmp_path):
         check_ablation("resample")
     mask, _ = mask_from_scores(tiny, Scores(torch.rand(2, 128), None, {}, {}), 3, max_cost_quantile=None)
     with pytest.raises(MaskError, match="needs the units' means"):
-        export_hf(tiny, mask, tmp_path / "x", mode="mean")
+        export_hf(tiny, mask, tmp_path / "x", ablation="mean")
     assert not (tmp_path / "x").exists()
 
 

@@ -1,8 +1,8 @@
 """Attribution patching: rank every MLP neuron and attention head by how much it drives the
 Black/White difference, from one forward and one backward pass per batch of pairs.
 
-Target: m = mean over pairs of a pair metric (:mod:`lens_bias.measures.targets`): ``js`` or ``logit_gap`` (as mean
-|gap|) at the prompts' last token, or ``seqgap`` (mean |gap| in summed sentence log-likelihood) on
+Target: m = mean over pairs of a pair metric (:mod:`lens_bias.measures.targets`): ``js`` or ``logit_gap`` (as
+mean |gap|) at the prompts' last token, or ``seqgap`` (mean |gap| in summed sentence log-likelihood) on
 sentence pairs.
 A score is the *estimated reduction* of m when the component is removed (higher = prune first):
 
@@ -20,11 +20,11 @@ exact softmax when a head's *queries or keys* are patched) does not apply to len
 nodes: a head is scored at ``hook_z``, after its own softmax, so its attention pattern is not on
 the linearised path.
 
-:func:`capability_cost` estimates, the same way, what removing each unit costs language modelling.
-Every scorer returns a :class:`~lens_bias.scores.Scores`. The baseline scorers and the one entry
-point for all of them (:func:`lens_bias.attribution.scorers.score`) are in :mod:`lens_bias.attribution.scorers`; the
-slow exact reference (one ablated forward per component) and :func:`lens_bias.attribution.validation.validate`,
-which correlates the two, in :mod:`lens_bias.attribution.validation`.
+:func:`capability_cost` estimates, the same way, what removing each unit costs language modelling. Every
+scorer returns a :class:`~lens_bias.scores.Scores`. The baseline scorers and the one entry point for all of
+them (:func:`lens_bias.attribution.scorers.score`) are in :mod:`lens_bias.attribution.scorers`; the slow exact
+reference (one ablated forward per component) and :func:`lens_bias.attribution.validation.validate`, which
+correlates the two, in :mod:`lens_bias.attribution.validation`.
 """
 
 from __future__ import annotations
@@ -257,7 +257,8 @@ def attribute(
     metric_sum = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
     total = sum(counts.values())
     settings = {
-        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation, "graddrop": graddrop,
+        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation,
+        "graddrop": graddrop,
         **provenance(bridge, pairs),  # pairs_hash, n_pairs, domains, model, model_shape
         "metric_before": sum(metric_sum.values()) / total,
         "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
@@ -268,14 +269,15 @@ def attribute(
 
 
 def attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str,
-                        components: Sequence[str], means: dict | None) -> tuple[list[Kind], PairSet, dict | None]:
+                        components: Sequence[str],
+                        means: dict | None) -> tuple[list[Kind], PairSet, dict | None]:
     """:func:`attribute`'s checked inputs: the kinds to score, the pairs the metric can use, and
     the mean activations (computed on neutral text for mean ablation when not given)."""
     check_choice(estimator, ESTIMATORS, "estimator")
     check_ablation(ablation)
     if is_sentence_target(metric) and estimator != "ablate":
-        raise LensBiasError(f"metric {metric!r} is attributed with the 'ablate' estimator only (sentence pairs "
-                            f"have no aligned suffix to patch); got {estimator!r}")
+        raise LensBiasError(f"metric {metric!r} is attributed with the 'ablate' estimator only (sentence "
+                            f"pairs have no aligned suffix to patch); got {estimator!r}")
     kinds = [k for k in KINDS if k in components]
     if not kinds:
         raise LensBiasError(f"components must include 'neurons' and/or 'heads', got {components}")
@@ -296,10 +298,10 @@ ACTIVATION_SHARE = 0.15
 
 
 def activation_token_cap(bridge: Bridge) -> int | None:
-    """The most padded tokens in one attribution batch: None on a CPU (:data:`lens_bias.model.batching.BATCH_MAX_TOKENS`
-    applies there), else the count whose saved activations (about ``n_layers x (4 d_mlp + 8 d_model)``
-    values a token, in the model's dtype) fit in :data:`ACTIVATION_SHARE` of the weights' bytes, at
-    least 64.
+    """The most padded tokens in one attribution batch: None on a CPU
+    (:data:`lens_bias.model.batching.BATCH_MAX_TOKENS` applies there), else the count whose saved activations
+    (about ``n_layers x (4 d_mlp + 8 d_model)`` values a token, in the model's dtype) fit in
+    :data:`ACTIVATION_SHARE` of the weights' bytes, at least 64.
 
     Examples:
         >>> from lens_bias import load_model
@@ -327,17 +329,20 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
     which = {d: i for i, d in enumerate(domains)}
     lead = (n_layers,) if graddrop else ()
     # running sums per domain: [domains, (dropped layer,) layer, units], on the device
-    sums = {k: torch.zeros(len(domains), *lead, *shape_of(bridge, k), dtype=acc, device=device) for k in kinds}
+    sums = {k: torch.zeros(len(domains), *lead, *shape_of(bridge, k), dtype=acc, device=device)
+            for k in kinds}
     metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
     # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
-    tokens = sentence_tokens(bridge, pairs.pairs) if is_sentence_target(metric) else tokenize_pairs(bridge, pairs)
+    tokens = (sentence_tokens(bridge, pairs.pairs) if is_sentence_target(metric)
+              else tokenize_pairs(bridge, pairs))
     cap = activation_token_cap(bridge)  # None on a CPU: the CPU default cap applies
-    jobs = [(idx, [pairs.pairs[i] for i in idx]) for idx in tokens.batches(batch_size, device, -1 if cap is None else cap)]
+    jobs = [(idx, [pairs.pairs[i] for i in idx])
+            for idx in tokens.batches(batch_size, device, -1 if cap is None else cap)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
     for idx, chunk in it:
-        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok, graddrop,
-                                       tokens.batch(idx, device))
+        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok,
+                                       graddrop, tokens.batch(idx, device))
         dom = torch.tensor([which[getattr(p, by)] for p in chunk], device=device)
         for key, c in contrib.items():
             # .to(device): a no-op unless the model is split over devices

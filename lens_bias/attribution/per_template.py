@@ -60,7 +60,8 @@ class TemplateScores:
         def mean(sel: Tensor) -> dict[str, Tensor]:
             ww = w * sel
             n = float((ww * self.counts).sum())
-            return {k: (torch.einsum("t,t...->...", ww, v) / max(n, 1e-12)).to(dt) for k, v in self.sums.items()}
+            return {k: (torch.einsum("t,t...->...", ww, v) / max(n, 1e-12)).to(dt)
+                    for k, v in self.sums.items()}
 
         doms = sorted(set(self.domains))
         dom_of = torch.tensor([doms.index(d) for d in self.domains])
@@ -84,8 +85,8 @@ class TemplateScores:
         keep = [i for i, t in enumerate(self.templates) if t in set(templates)]
         if len(keep) != len(set(templates)):
             raise MaskError(f"templates not scored: {sorted(set(templates) - set(self.templates))}")
-        return TemplateScores([self.templates[i] for i in keep], [self.domains[i] for i in keep], self.counts[keep],
-                              {k: v[keep] for k, v in self.sums.items()},
+        return TemplateScores([self.templates[i] for i in keep], [self.domains[i] for i in keep],
+                              self.counts[keep], {k: v[keep] for k, v in self.sums.items()},
                               {k: v for k, v in self.settings.items() if k != "pairs_hash"},
                               None if self.metric_sums is None else self.metric_sums[keep])
 
@@ -112,12 +113,14 @@ def attribute_templates(bridge: Bridge, pairs: PairSet, metric: str = "js", abla
         (True, (2, 128))
     """
     kinds, pairs, means = attribution_inputs(bridge, pairs, metric, "ablate", ablation, components, means)
-    sums, metric_sums = running_sums(bridge, pairs, metric, "ablate", ablation, means, kinds, batch_size, False, progress,
-                            by="template")
+    sums, metric_sums = running_sums(bridge, pairs, metric, "ablate", ablation, means, kinds, batch_size,
+                                     False, progress, by="template")
     templates = pairs.templates
     dom = {p.template: p.domain for p in pairs}
     counts = torch.tensor([sum(1 for p in pairs if p.template == t) for t in templates], dtype=torch.float64)
-    settings = {"scorer": "ablate", "estimator": "ablate", "metric": metric, "ablation": ablation, "graddrop": False,
-                **provenance(bridge, pairs), "score_dtype": str(score_dtype(bridge)).replace("torch.", "")}
+    settings = {"scorer": "ablate", "estimator": "ablate", "metric": metric, "ablation": ablation,
+                "graddrop": False, **provenance(bridge, pairs),
+                "score_dtype": str(score_dtype(bridge)).replace("torch.", "")}
     return TemplateScores(templates, [dom[t] for t in templates], counts,
-                          {k: v.cpu().double() for k, v in sums.items()}, settings, metric_sums.cpu().double())
+                          {k: v.cpu().double() for k, v in sums.items()}, settings,
+                          metric_sums.cpu().double())

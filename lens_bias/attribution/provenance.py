@@ -27,8 +27,8 @@ from ..scores import Scores
 HASH_CHARS = 16
 SHAPE_KEYS = ("architecture", "n_layers", "d_mlp", "n_heads")
 MODEL_FIX = "use the model the scores were computed on (--model)"
-PAIRS_FIX = ("use the pairs the scores were computed on (the scan's --pairs, --domain, --per-domain, --split, --seed "
-             "and --chat-template)")
+PAIRS_FIX = ("use the pairs the scores were computed on (the scan's --pairs, --domain, --per-domain, "
+             "--split, --seed and --chat-template)")
 
 
 def pairs_fingerprint(pairs: PairSet) -> str:
@@ -98,10 +98,11 @@ def check_scores_match(scores: Scores, pairs: PairSet | None = None, bridge: Bri
         >>> s = Scores(None, None, {}, provenance(b, ps))
         >>> check_scores_match(s, ps, b) is None
         True
-        >>> check_scores_match(s, ps[:2], b)  # doctest: +ELLIPSIS
+        >>> check_scores_match(s, ps[:2], b)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.ProvenanceError: the scores were computed on 4 pairs (hash ..., domains hiring) but validate was given 2 other pairs (hash ..., domains hiring); ...
+        lens_bias.errors.ProvenanceError: the scores were computed on 4 pairs (hash ..., domains hiring) but
+            validate was given 2 other pairs (hash ..., domains hiring); ...
         >>> check_scores_match(Scores(None, None, {}, {}), ps)  # doctest: +ELLIPSIS
         'provenance unknown: the scores file records no pairs hash ...'
     """
@@ -112,9 +113,9 @@ def check_scores_match(scores: Scores, pairs: PairSet | None = None, bridge: Bri
         if st.get("metric") == "logit_gap":
             pairs = pairs.filter(directional=True)
         if not st.get("pairs_hash"):
-            notes.append(f"provenance unknown: the scores file records no pairs hash (written before lens_bias "
-                         f"recorded it), so {what} cannot check that its {len(pairs)} pairs are those the "
-                         f"scores were computed on; run lens-bias scan again to record them")
+            notes.append(f"provenance unknown: the scores file records no pairs hash (written before "
+                         f"lens_bias recorded it), so {what} cannot check that its {len(pairs)} pairs are "
+                         f"those the scores were computed on; run lens-bias scan again to record them")
         elif st["pairs_hash"] != (got := pairs_fingerprint(pairs)):
             other = (f"the scores were computed on {st.get('n_pairs', '?')} pairs (hash {st['pairs_hash']}, "
                      f"domains {_domains(st.get('domains'))}) but {what} was given {len(pairs)} other pairs "
@@ -143,9 +144,9 @@ def _model_problem(scores: Scores, bridge: Bridge, what: str) -> str | None:
             have.setdefault(cols, t.shape[1])
     bad = [k for k in SHAPE_KEYS[1:] if k in have and have[k] != want[k]]
     if bad:
-        raise ProvenanceError(f"the scores were computed on model {st.get('model', '?')!r} ({_shape(have)}) but "
-                              f"{what} was given model {meta['model']!r} ({_shape(want)}): the scores do not fit "
-                              f"it; score this model with lens-bias scan --model {meta['model']}")
+        raise ProvenanceError(f"the scores were computed on model {st.get('model', '?')!r} ({_shape(have)}) "
+                              f"but {what} was given model {meta['model']!r} ({_shape(want)}): the scores do "
+                              f"not fit it; score this model with lens-bias scan --model {meta['model']}")
     named, name = st.get("model"), meta["model"]
     other_name = named not in (None, "?") and name != "?" and named != name
     other_arch = have.get("architecture") not in (None, want["architecture"])

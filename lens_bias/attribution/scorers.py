@@ -31,7 +31,8 @@ from .provenance import provenance
 Scorer = Callable[..., Scores]
 
 
-def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int = 32, seed: int = 0) -> Scores:
+def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int = 32,
+                    seed: int = 0) -> Scores:
     """``actdiff``: mean |a_B - a_W| at the last token (optiPfair-style); ``wanda``: |W_out| column
     norm times the difference of activation norms between Black and White prompts (Ma et al.);
     ``random``: seeded uniform scores.
@@ -45,7 +46,8 @@ def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int
     """
     from ..hooks.capture import last_token_activations
 
-    settings = {"scorer": scorer, "estimator": scorer, "metric": "-", "model": getattr(bridge, "lens_bias_name", "?"),
+    settings = {"scorer": scorer, "estimator": scorer, "metric": "-",
+                "model": getattr(bridge, "lens_bias_name", "?"),
                 **provenance(bridge, pairs),  # pairs_hash, n_pairs, domains, model, model_shape
                 "n_pairs_by_domain": {d: len(sub) for d, sub in pairs.by_domain().items()}}
     if scorer == "random":
@@ -57,7 +59,8 @@ def baseline_scores(bridge: Bridge, pairs: PairSet, scorer: str, batch_size: int
     by_domain = {d: per_domain(bridge, last_token_activations(bridge, sub, batch_size))
                  for d, sub in pairs.by_domain().items()}
     total = len(pairs)
-    overall = {k: sum(by_domain[d][k] * len(pairs.filter(domains=[d])) for d in by_domain) / total for k in KINDS}
+    overall = {k: sum(by_domain[d][k] * len(pairs.filter(domains=[d])) for d in by_domain) / total
+               for k in KINDS}
     return Scores(overall["neurons"], overall["heads"], by_domain, settings)
 
 
@@ -76,7 +79,8 @@ def _wanda(bridge: Bridge, s: dict[str, Tensor]) -> dict[str, Tensor]:
 def _o_proj_head_norms(bridge: Bridge, layer: nn.Module) -> Tensor:
     """|o_proj| summed over each head's columns (and all rows): [n_heads]."""
     w = layer.self_attn.o_proj.weight.detach().abs().float().cpu()
-    return reduce(w, "d_model (head d_head) -> head", "sum", head=bridge.cfg.n_heads, d_head=bridge.cfg.d_head)
+    return reduce(w, "d_model (head d_head) -> head", "sum", head=bridge.cfg.n_heads,
+                  d_head=bridge.cfg.d_head)
 
 
 # the baselines computed from last-token activation statistics (lens_bias.hooks.capture), per domain
@@ -99,7 +103,8 @@ def _baseline(name: str) -> Scorer:
 
 #: scorer name -> ``(bridge, pairs, **kwargs) -> Scores``; the baselines take ``batch_size`` and
 #: ``seed`` and ignore the attribution settings (metric, ablation, progress...)
-REGISTRY: dict[str, Scorer] = {**{e: _estimator(e) for e in ESTIMATORS}, **{b: _baseline(b) for b in BASELINES}}
+REGISTRY: dict[str, Scorer] = {**{e: _estimator(e) for e in ESTIMATORS},
+                               **{b: _baseline(b) for b in BASELINES}}
 
 
 def score(bridge: Bridge, pairs: PairSet, scorer: str = "ablate", **kwargs) -> Scores:

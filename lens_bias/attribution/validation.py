@@ -52,9 +52,9 @@ def metric_value(bridge: Bridge, pairs: PairSet, metric="js", batch_size: int = 
     return total / len(pairs)
 
 
-def exact_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
-                  ablation: str = "zero", means: dict | None = None, batch_size: int = 32,
-                  progress: bool = True) -> Float[Tensor, " n"]:
+def exact_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Component],
+                  metric: str | Callable = "js", ablation: str = "zero", means: dict | None = None,
+                  batch_size: int = 32, progress: bool = True) -> Float[Tensor, " n"]:
     """The slow reference: ablate each component alone and measure the exact reduction of m."""
     if ablation == "mean" and means is None:
         from ..hooks.capture import mean_activations
@@ -72,8 +72,9 @@ def exact_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Component
     return torch.tensor(out, dtype=torch.float64)
 
 
-def exact_patch_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Component], metric: str | Callable = "js",
-                        batch_size: int = 16, progress: bool = True) -> Float[Tensor, " n"]:
+def exact_patch_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Component],
+                        metric: str | Callable = "js", batch_size: int = 16,
+                        progress: bool = True) -> Float[Tensor, " n"]:
     """Exact activation patching: for each component, the White run's activation is patched into
     the Black run on the aligned suffix; returns the exact reduction of m."""
     if is_sentence_target(metric):
@@ -147,7 +148,8 @@ def sample_parts(pred: Float[Tensor, " n"], ref: Float[Tensor, " n"], n_top: int
 
 def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_random: int = 50, seed: int = 0,
              kinds: Sequence[Kind] = KINDS, batch_size: int = 32, progress: bool = True,
-             components: dict[str, Sequence[Component]] | None = None, allow_other_pairs: bool = False) -> dict:
+             components: dict[str, Sequence[Component]] | None = None,
+             allow_other_pairs: bool = False) -> dict:
     """Compare predicted scores with exact ablation (or exact patching for ``patch`` scores) on the
     top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
     ``components`` per kind (to compare two scorers on the same sample).
@@ -166,7 +168,8 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
     otherwise); ``allow_other_pairs=True`` compares anyway, and each kind's result then records the
     mismatch as ``provenance_warning`` (None when the pairs and model match).
     """
-    warning = check_scores_match(scores, pairs, bridge, allow_other_pairs, "validate", "allow_other_pairs=True")
+    warning = check_scores_match(scores, pairs, bridge, allow_other_pairs, "validate",
+                                 "allow_other_pairs=True")
     st = scores.settings
     metric = st.get("metric") if st.get("metric") in TARGETS else "js"
     out = {}
@@ -179,7 +182,8 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
         if st.get("estimator") == "patch":
             true = exact_patch_effects(bridge, pairs, comps, metric, batch_size, progress)
         else:
-            true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size, progress)
+            true = exact_effects(bridge, pairs, comps, metric, st.get("ablation", "zero"), None, batch_size,
+                                 progress)
         magnitude = bool(st.get("graddrop"))  # GradDrop scores are magnitudes: compare with |exact|
         ref = true.abs() if magnitude else true
         sp, pe = correlations(pred, ref)

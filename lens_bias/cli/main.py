@@ -365,7 +365,8 @@ def export(
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
             m.check(bridge)
             means = ablation_constants(bridge, m)
-            export_hf(bridge, m, out, mode="mean" if means else mode, overwrite=overwrite, means=means)
+            export_hf(bridge, m, out, mode=mode, overwrite=overwrite, means=means,
+                      ablation="mean" if means else "zero")
             if push_to_hub:  # the folder is written: a failed upload leaves it intact
                 typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
         elif format == "torch-pruning":

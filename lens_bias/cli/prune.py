@@ -104,7 +104,8 @@ def prune_cmd(
                              selector=selector)
             with atomic_out(out, overwrite) as tmp:
                 mask.save(tmp)
-                export_hf(bridge, mask, tmp / "model", mode="mean" if means else mode, overwrite=True, means=means)
+                export_hf(bridge, mask, tmp / "model", mode=mode, overwrite=True, means=means,
+                          ablation="mean" if means else "zero")
     except LensBiasError as e:
         fail(e)
     c = mask.counts()

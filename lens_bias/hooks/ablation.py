@@ -1,6 +1,6 @@
 """Simulate pruning with TransformerLens hooks.
 
-``with ablate(bridge, mask, mode="zero"|"mean"): ...`` replaces every pruned neuron's activation
+``with ablate(bridge, mask, ablation="zero"|"mean"): ...`` replaces every pruned neuron's activation
 (``blocks.L.mlp.hook_post``) and every pruned head's output (``blocks.L.attn.hook_z``) by zero or
 by its mean over neutral text, at every position. The hooks are removed on exit, also when the
 block raises. Zero ablation is exactly what :mod:`lens_bias.weights.materialize` writes into the weights.
@@ -15,16 +15,17 @@ from contextlib import contextmanager
 from ..bridge import Bridge
 from ..errors import MaskError
 from ..masks import PruningMask
-from ..vocab import KINDS, check_ablation
+from ..vocab import KINDS, check_ablation, renamed
 from . import interventions
 from .components import hook_name
 from .interventions import attached
 
 
-def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> list:
+def ablation_hooks(bridge: Bridge, mask: PruningMask, ablation: str | None = None, means: dict | None = None, *,
+                   mode: str | None = None) -> list:
     """The ``(hook name, function)`` list that removes ``mask``'s pruned units: one hook per layer
     that has pruned neurons (on ``blocks.L.mlp.hook_post`` [batch, pos, d_mlp]) or pruned heads
-    (on ``blocks.L.attn.hook_z`` [batch, pos, n_heads, d_head]). ``mode="mean"`` needs ``means``
+    (on ``blocks.L.attn.hook_z`` [batch, pos, n_heads, d_head]). ``ablation="mean"`` needs ``means``
     from :func:`lens_bias.hooks.capture.mean_activations` (``neurons`` [n_layers, d_mlp], ``heads``
     [n_layers, n_heads, d_head]). Use :func:`ablate` unless you attach hooks yourself.
 
@@ -36,8 +37,8 @@ def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means:
         >>> [name for name, _ in ablation_hooks(b, m)]
         ['blocks.0.attn.hook_z', 'blocks.1.mlp.hook_post']
     """
-    check_ablation(mode, "ablation mode")
-    if mode == "mean" and means is None:
+    ablation = check_ablation(renamed(ablation, mode, "ablation", "mode", "zero"))
+    if ablation == "mean" and means is None:
         raise MaskError("mean ablation needs means=mean_activations(bridge, texts) (see lens_bias.hooks.capture)")
     mask.check(bridge)
     hooks = []
@@ -46,19 +47,21 @@ def ablation_hooks(bridge: Bridge, mask: PruningMask, mode: str = "zero", means:
             keep = mask.tensor(kind)[layer]
             if keep.all():
                 continue
-            fn = interventions.zero(kind, keep) if mode == "zero" else \
+            fn = interventions.zero(kind, keep) if ablation == "zero" else \
                 interventions.mean(kind, keep, means[kind][layer])
             hooks.append((hook_name(kind, layer), fn))
     return hooks
 
 
 @contextmanager
-def ablate(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | None = None) -> Iterator[None]:
+def ablate(bridge: Bridge, mask: PruningMask, ablation: str | None = None, means: dict | None = None, *,
+           mode: str | None = None) -> Iterator[None]:
     """Context manager: inside it, ``bridge`` runs as if ``mask``'s units were pruned.
 
-    ``mode="zero"`` sets the pruned activations to 0 (what :mod:`lens_bias.weights.materialize` writes into
-    the weights); ``mode="mean"`` to their mean on neutral text (``means`` from
-    :func:`lens_bias.hooks.capture.mean_activations`). Exactly these hooks are removed on exit.
+    ``ablation="zero"`` (the default) sets the pruned activations to 0 (what
+    :mod:`lens_bias.weights.materialize` writes into the weights); ``ablation="mean"`` to their
+    mean on neutral text (``means`` from :func:`lens_bias.hooks.capture.mean_activations`).
+    Exactly these hooks are removed on exit. (``mode=`` is the old name of ``ablation=``.)
 
     Examples:
         >>> import torch
@@ -69,5 +72,6 @@ def ablate(bridge: Bridge, mask: PruningMask, mode: str = "zero", means: dict | 
         >>> with ablate(b, m):
         ...     _ = b(torch.tensor([[1, 2, 3]]))
     """
-    with attached(bridge, ablation_hooks(bridge, mask, mode, means)):
+    ablation = renamed(ablation, mode, "ablation", "mode", "zero")
+    with attached(bridge, ablation_hooks(bridge, mask, ablation, means)):
         yield

@@ -13,6 +13,7 @@ from ..bridge import Bridge, params_per_unit
 from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
+from ..vocab import renamed
 from .capability import (
     CrowsScores,
     ReferenceLogprobs,
@@ -49,13 +50,14 @@ class EvalSet:
         return self._kl_ref
 
 
-def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode: str = "zero", means: dict | None = None,
-             crows: bool = False, lambada: bool = True, batch_size: int = 32, per_item: bool = False,
-             sentences: bool = True) -> dict:
+def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablation: str | None = None,
+             means: dict | None = None, crows: bool = False, lambada: bool = True, batch_size: int = 32,
+             per_item: bool = False, sentences: bool = True, *, mode: str | None = None) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
-    difference), with ``mask`` simulated by ablation hooks (``None`` = the unpruned model). With
+    difference), with ``mask`` simulated by ablation hooks under ``ablation`` (``zero``, the default,
+    or ``mean`` with ``means``; ``None`` mask = the unpruned model; ``mode=`` is the old name). With
     ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`).
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
@@ -64,8 +66,10 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, mode:
     its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
     (``seqgap``) and template (``seqgap_templates``)."""
 
+    ablation = renamed(ablation, mode, "ablation", "mode", "zero")
+
     def ctx():
-        return ablate(bridge, mask, mode, means) if mask is not None and not mask.is_empty() else nullcontext()
+        return ablate(bridge, mask, ablation, means) if mask is not None and not mask.is_empty() else nullcontext()
 
     out: dict = {}
     items: dict = {}

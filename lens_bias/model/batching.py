@@ -7,10 +7,9 @@ length (:meth:`PairTokens.batches`, :meth:`PairTokens.sorted_chunks`), each batc
 the ids already computed (:meth:`PairTokens.batch`), and :func:`last_logits` runs the model with
 the unembedding only at each row's last real token.
 
-Right padding keeps every real token at its natural position and, with a causal model, real
-tokens never attend to padding; so a prompt's logits do not depend on what it is batched with and
-no attention mask or position-id bookkeeping is needed. Padded positions are excluded from every
-statistic with :attr:`Batch.mask`.
+Right padding keeps every real token at its natural position and, with a causal model, real tokens never
+attend to padding; so a prompt's logits do not depend on what it is batched with and no attention mask or
+position-id bookkeeping is needed. Padded positions are excluded from every statistic with :attr:`Batch.mask`.
 """
 
 from __future__ import annotations
@@ -146,11 +145,10 @@ def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float 
     padded tokens (``len(batch) * max length in it``; a longer single item still gets a batch of
     its own) that carry little padding.
 
-    The items are sorted by length and cut into contiguous runs that minimise the total padded
-    tokens plus ``overhead`` tokens per batch, by dynamic programming. ``overhead`` and
-    ``max_tokens`` default to :data:`BATCH_OVERHEAD_TOKENS` and :data:`BATCH_MAX_TOKENS` for the
-    device type (``max_tokens=None``: no cap). Every index appears exactly once; within a batch
-    indices are in increasing length order.
+    The items are sorted by length and cut into contiguous runs that minimise the total padded tokens plus
+    ``overhead`` tokens per batch, by dynamic programming. ``overhead`` and ``max_tokens`` default to
+    :data:`BATCH_OVERHEAD_TOKENS` and :data:`BATCH_MAX_TOKENS` for the device type (``max_tokens=None``: no
+    cap). Every index appears exactly once; within a batch indices are in increasing length order.
 
     Examples:
         >>> length_batches([5, 30, 6, 29], 2)
@@ -188,7 +186,8 @@ def length_batches(lengths: Sequence[int], max_size: int, overhead: int | float 
     return out[::-1]
 
 
-def pair_batches(widths: Sequence[int], batch_size: int, device, max_tokens: int | None = -1) -> list[list[int]]:
+def pair_batches(widths: Sequence[int], batch_size: int, device,
+                 max_tokens: int | None = -1) -> list[list[int]]:
     """Pair indices in length-sorted batches (:func:`length_batches`) for a pair scan: ``widths[i]``
     is the longer prompt of pair ``i``, and a pair is two rows, so the token cap (``-1``: the
     device's :data:`BATCH_MAX_TOKENS`; ``None``: no cap) counts both.
@@ -202,7 +201,8 @@ def pair_batches(widths: Sequence[int], batch_size: int, device, max_tokens: int
         [[0, 2], [3, 1]]
     """
     cap = BATCH_MAX_TOKENS.get(torch.device(device).type) if max_tokens == -1 else max_tokens
-    return length_batches(widths, batch_size, device=device, max_tokens=None if cap is None else max(1, cap // 2))
+    return length_batches(widths, batch_size, device=device,
+                          max_tokens=None if cap is None else max(1, cap // 2))
 
 
 # ---------------------------------------------------------------- pairs, tokenized once
@@ -324,7 +324,8 @@ def token_report(pairs: Iterable[ContrastivePair], tokenizer) -> dict:
 # ---------------------------------------------------------------- logits at chosen positions
 
 
-def logits_at(bridge: Bridge, ids: Int[Tensor, "batch pos"], keep: Sequence[int]) -> Float[Tensor, "batch kept vocab"]:
+def logits_at(bridge: Bridge, ids: Int[Tensor, "batch pos"],
+              keep: Sequence[int]) -> Float[Tensor, "batch kept vocab"]:
     """The model's logits at the positions ``keep`` only (sorted, distinct), [batch, len(keep),
     vocab]: the unembedding runs at no other position (``logits_to_keep``).
 
@@ -365,8 +366,8 @@ def widened(t: Tensor) -> Tensor:
 
 
 def last_logprobs(bridge: Bridge, batch: Batch) -> Float[Tensor, "batch vocab"]:
-    """Log-probabilities (float32, float64 for a float64 model) at each row's last real token, [batch, vocab]; raises
-    :class:`~lens_bias.errors.NumericsError` on NaN or inf.
+    """Log-probabilities (float32, float64 for a float64 model) at each row's last real token, [batch, vocab];
+    raises :class:`~lens_bias.errors.NumericsError` on NaN or inf.
 
     Examples:
         >>> from lens_bias import build_pairs, load_model
@@ -407,7 +408,8 @@ def iter_pair_logprobs(bridge: Bridge, pairs: Iterable[ContrastivePair], batch_s
 # ---------------------------------------------------------------- reading results
 
 
-def gather_last(x: Float[Tensor, "batch pos *rest"], lengths: Int[Tensor, " batch"]) -> Float[Tensor, " batch *rest"]:
+def gather_last(x: Float[Tensor, "batch pos *rest"],
+                lengths: Int[Tensor, " batch"]) -> Float[Tensor, " batch *rest"]:
     """``x[i, lengths[i] - 1]`` for every row: [batch, pos, *rest] -> [batch, *rest].
 
     Examples:
@@ -440,8 +442,8 @@ def check_finite(logits: Tensor, where: str = "logits") -> None:
             hint = (f" They are {dtype}, which overflows (float16 above 65504); load the model in float32 "
                     "(load_model(..., dtype=torch.float32)).")
         else:
-            hint = (" If the model runs in float16 or bfloat16, it probably overflowed (float16 above 65504): "
-                    "load it in float32 (load_model(..., dtype=torch.float32)); otherwise check the model "
-                    "weights and the inputs.")
+            hint = (" If the model runs in float16 or bfloat16, it probably overflowed (float16 above "
+                    "65504): load it in float32 (load_model(..., dtype=torch.float32)); otherwise check the "
+                    "model weights and the inputs.")
         raise NumericsError(f"non-finite values (NaN/inf) in {where}: {what}.{hint}")
 

@@ -42,7 +42,8 @@ def chat_text(tokenizer, prompt: str) -> str:
     Examples:
         >>> from lens_bias.model.load import tiny_random_hf
         >>> _, tok = tiny_random_hf()
-        >>> tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n{% endfor %}<assistant>"
+        >>> tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n"
+        ...                      "{% endfor %}<assistant>")
         >>> chat_text(tok, "The bank decided to")
         '<user>The bank decided to\\n<assistant>'
     """
@@ -74,7 +75,8 @@ def chat_rows(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     Examples:
         >>> from lens_bias.model.load import tiny_random_hf
         >>> _, tok = tiny_random_hf()
-        >>> tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n{% endfor %}<assistant>"
+        >>> tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\\n"
+        ...                      "{% endfor %}<assistant>")
         >>> row = chat_rows(tok, ["The bank decided to"])[0]
         >>> row.count(tok.bos_token_id), row[0] == tok.bos_token_id, tok.decode(row[1:])
         (1, True, '<user>The bank decided to\\n<assistant>')
@@ -102,13 +104,16 @@ def check_chat_template(tokenizer, name: str = "the model") -> None:
            "folder or Hub id whose tokenizer_config.json / chat_template.jinja has one, or leave the chat "
            "template off (no --chat-template; chat_template=False)")
     if not getattr(tokenizer, "chat_template", None):
-        raise LensBiasError(f"{name}'s tokenizer has no chat template, so prompts cannot go through it: {fix}")
+        raise LensBiasError(f"{name}'s tokenizer has no chat template, so prompts cannot go through it: "
+                            f"{fix}")
     try:
         text = chat_text(tokenizer, _PROBE)
     except Exception as e:  # jinja2 and transformers raise plain exceptions for a template that fails
-        raise LensBiasError(f"{name}'s chat template fails on one user turn ({type(e).__name__}: {e}): {fix}") from e
+        raise LensBiasError(f"{name}'s chat template fails on one user turn ({type(e).__name__}: {e}): "
+                            f"{fix}") from e
     if not isinstance(text, str) or _PROBE not in text:
-        raise LensBiasError(f"{name}'s chat template does not keep the user's text (rendered {str(text)[:120]!r}): {fix}")
+        raise LensBiasError(f"{name}'s chat template does not keep the user's text "
+                            f"(rendered {str(text)[:120]!r}): {fix}")
 
 
 def use_chat_template(bridge: Bridge, on: bool = True) -> Bridge:
@@ -119,7 +124,8 @@ def use_chat_template(bridge: Bridge, on: bool = True) -> Bridge:
     Examples:
         >>> from lens_bias import load_model
         >>> b = load_model("tiny-random", device="cpu")
-        >>> b.lens_bias_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %} Answer:"
+        >>> b.lens_bias_tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}"
+        ...                                        "{% endfor %} Answer:")
         >>> chat_enabled(use_chat_template(b)), chat_enabled(use_chat_template(b, on=False))
         (True, False)
     """

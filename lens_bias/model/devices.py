@@ -72,7 +72,8 @@ def dispatch(model, device_map):
 
     if isinstance(device_map, str):
         if device_map != "auto":
-            raise ModelLoadError(f"device_map must be a dict, a list of devices or 'auto', got {device_map!r}")
+            raise ModelLoadError(f"device_map must be a dict, a list of devices or 'auto', "
+                                 f"got {device_map!r}")
         device_map = split_device_map(model)
     elif not isinstance(device_map, dict):
         device_map = split_device_map(model, list(device_map))
@@ -112,7 +113,8 @@ def final_hidden_to_input_device(model) -> None:
 
 
 def default_device() -> str:
-    """``"cuda"`` when a GPU is visible, else ``"cpu"``: where :func:`lens_bias.model.load.load_model` puts a model.
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``: where :func:`lens_bias.model.load.load_model`
+    puts a model.
 
     Examples:
         >>> default_device() in ("cuda", "cpu")

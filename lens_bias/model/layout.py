@@ -28,7 +28,8 @@ MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
 PARTS = (*(f"mlp.{n}" for n in MLP_PARTS), "self_attn.o_proj")
 
 UnitChannels = tuple[str, int, list[int]]  # (module name inside a layer, weight dim, channel indices)
-UnitSlice = tuple[nn.Module, int, list[int]]  # (an nn.Linear, or its bridge wrapper; weight dim; channel indices)
+# (an nn.Linear, or its bridge wrapper; weight dim; channel indices)
+UnitSlice = tuple[nn.Module, int, list[int]]
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -110,9 +111,10 @@ def check_layout(model: nn.Module) -> None:
         gated = " its MLP is not gated;" if "mlp.gate_proj" in missing else ""
         found_names = ", ".join(n for n, _ in first.mlp.named_children()) or "-"
         raise ModelLoadError(
-            f"architecture {arch} is not supported:{gated} its decoder layers ({type(first).__name__}) have no "
-            f"{', '.join(missing)} as nn.Linear (the MLP has: {found_names}). lens_bias prunes gated-MLP neurons and "
-            "attention heads through those modules: use a Llama, Gemma, Mistral or Qwen-style model."
+            f"architecture {arch} is not supported:{gated} its decoder layers ({type(first).__name__}) have "
+            f"no {', '.join(missing)} as nn.Linear (the MLP has: {found_names}). lens_bias prunes gated-MLP "
+            "neurons and attention heads through those modules: use a Llama, Gemma, Mistral or Qwen-style "
+            "model."
         )
 
 
@@ -148,7 +150,8 @@ def unit_channels(kind: Kind, units: Sequence[int], d_head: int | None = None) -
     return [("self_attn.o_proj", 1, head_columns(units, d_head))]
 
 
-def unit_slices(layer: nn.Module, kind: Kind, units: Sequence[int], d_head: int | None = None) -> list[UnitSlice]:
+def unit_slices(layer: nn.Module, kind: Kind, units: Sequence[int],
+                d_head: int | None = None) -> list[UnitSlice]:
     """:func:`unit_channels` with the modules of the decoder layer ``layer``:
     ``[(nn.Linear, dim, indices), ...]`` (for neurons: gate rows, up rows, down columns; for heads:
     o_proj columns). On a bridge's ``original_model`` the modules are TransformerLens wrappers that

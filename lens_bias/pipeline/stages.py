@@ -145,7 +145,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
         validation = _validate(cfg, bridge, train, means)
     with _stage("pruning curve (simulated)", P, timings):
         curve = pruning_curve(bridge, ev, {"attribution": scores}, kinds=list(cfg.curve_kinds),
-                              budgets=list(cfg.budgets), mode=cfg.ablation, means=means, cost=cost,
+                              budgets=list(cfg.budgets), ablation=cfg.ablation, means=means, cost=cost,
                               max_cost_quantile=cfg.max_cost_quantile, random_control=cfg.curve_random,
                               seed=cfg.seed, progress=P)
     with _stage("prune at the requested budget", P, timings):
@@ -284,7 +284,7 @@ def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "ze
     from ..weights.verification import materialize_checked, why_different
 
     mask.save(folder)
-    model, v = materialize_checked(bridge, mask, mode=ablation, means=means)
+    model, v = materialize_checked(bridge, mask, means=means, ablation=ablation)
     rec = {"max_abs_logit_diff": v.max_diff, "folder": "model" if v.ok else None, **v.to_dict(),
            "summary": v.summary()}
     if v.ok:

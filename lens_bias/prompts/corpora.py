@@ -104,7 +104,8 @@ def in_subset(pair: CrowsPair, subset: str) -> bool:
     if subset == "black":
         return bool(_BLACK.search(more) or _BLACK.search(less))
     if subset == "black-white":
-        return bool((_BLACK.search(more) and _WHITE.search(less)) or (_WHITE.search(more) and _BLACK.search(less)))
+        return bool((_BLACK.search(more) and _WHITE.search(less))
+                    or (_WHITE.search(more) and _BLACK.search(less)))
     return subset == "race-color"
 
 
@@ -127,7 +128,8 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
     if subset not in CROWS_SUBSETS:
         raise PairsError(f"subset must be one of {', '.join(CROWS_SUBSETS)}; got {subset!r}")
     try:
-        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a spreadsheet's byte-order mark is not a column name
+        # -sig: a spreadsheet's byte-order mark is not a column name
+        f = open(path, encoding="utf-8-sig", newline="")
         with f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
@@ -147,8 +149,10 @@ def load_crows_pairs(path: str | Path, subset: str = "black") -> list[CrowsPair]
     out = []
     for i, r in enumerate(rows):
         more, less, direction, bias = (r.get(c) for c in CROWS_COLUMNS)
-        if not isinstance(more, str) or not isinstance(less, str) or direction not in ("stereo", "antistereo"):
-            raise PairsError(f"{path}: row {i + 2} is malformed (need sent_more, sent_less, stereo_antistereo)")
+        if (not isinstance(more, str) or not isinstance(less, str)
+                or direction not in ("stereo", "antistereo")):
+            raise PairsError(f"{path}: row {i + 2} is malformed (need sent_more, sent_less, "
+                             "stereo_antistereo)")
         pair = CrowsPair(id=str(r.get("") or i), more=more, less=less, direction=direction,
                          bias_type=bias if isinstance(bias, str) else "")
         if in_subset(pair, subset):

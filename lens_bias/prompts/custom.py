@@ -37,7 +37,8 @@ def _read_json(path: Path, what: str) -> object:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeError) as e:
-        raise PairsError(f"cannot read {what} file {path}: {getattr(e, 'strerror', None) or e} (a UTF-8 text file)") from e
+        raise PairsError(f"cannot read {what} file {path}: {getattr(e, 'strerror', None) or e} "
+                         "(a UTF-8 text file)") from e
     if not text.strip():
         raise PairsError(f"{path}: the file is empty; write the {what}s as JSON, e.g. "
                          + (f"[{EXAMPLE}]" if what == "template" else PAIRED))
@@ -68,10 +69,12 @@ def _words(v: object, where: str, key: str) -> list[str]:
 def _check_template(t: dict, where: str) -> tuple[dict, list[str]]:
     """One template, normalized, and the warnings about it (unknown fields)."""
     if not isinstance(t.get("domain"), str) or not t["domain"].strip():
-        raise PairsError(f'{where}: no "domain"; add one, e.g. "domain": "housing" (pairs are counted and split per domain)')
+        raise PairsError(f'{where}: no "domain"; add one, e.g. "domain": "housing" (pairs are counted and '
+                         'split per domain)')
     if not isinstance(t.get("text"), str) or SUBJECT not in t["text"]:
-        raise PairsError(f"{where}: the text has no {SUBJECT}; write {SUBJECT} where the name or group phrase goes, "
-                         f"e.g. \"{SUBJECT} applied to rent the apartment. The landlord decided to\"")
+        raise PairsError(f"{where}: the text has no {SUBJECT}; write {SUBJECT} where the name or group "
+                         f"phrase goes, e.g. \"{SUBJECT} applied to rent the apartment. "
+                         "The landlord decided to\"")
     check_text(t["text"], where, "text")
     out = {"id": str(t["id"]), "domain": t["domain"].strip(), "text": t["text"],
            "pos": _words(t.get("pos", []), where, "pos"), "neg": _words(t.get("neg", []), where, "neg")}
@@ -81,7 +84,8 @@ def _check_template(t: dict, where: str) -> tuple[dict, list[str]]:
         raise PairsError(f"{where}: 'gender' must be one of {', '.join(GENDERS)} and 'numeric' true or false")
     out.update({k: t[k] for k in ("gender", "numeric") if t.get(k) is not None})
     unknown = sorted(set(t) - set(FIELDS))
-    return out, [f"{where}: unknown field(s) {unknown} ignored; a template has {', '.join(FIELDS[:6])}"] if unknown else []
+    return out, ([f"{where}: unknown field(s) {unknown} ignored; a template has {', '.join(FIELDS[:6])}"]
+                 if unknown else [])
 
 
 def check_templates(raw: object, source: str = "templates") -> tuple[list[dict], list[str]]:
@@ -90,20 +94,25 @@ def check_templates(raw: object, source: str = "templates") -> tuple[list[dict],
     and ``gender``; and the warnings. Raises :class:`PairsError` naming ``source``, the template and the fix.
 
     Examples:
-        >>> check_templates([{"id": "t1", "domain": "housing", "text": "The landlord met the tenant."}], "my.json")
+        >>> check_templates([{"id": "t1", "domain": "housing", "text": "The landlord met the tenant."}],
+        ...                 "my.json")  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.PairsError: my.json: template 't1': the text has no {subject}; write {subject} where the name or group phrase goes, e.g. "{subject} applied to rent the apartment. The landlord decided to"
+        lens_bias.errors.PairsError: my.json: template 't1': the text has no {subject}; write {subject} where
+            the name or group phrase goes, e.g. "{subject} applied to rent the apartment. The landlord
+            decided to"
     """
     items = raw.get("templates") if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items:
-        raise PairsError(f'{source}: no templates; write a list of them (or {{"templates": [...]}}), e.g. [{EXAMPLE}]')
+        raise PairsError(f'{source}: no templates; write a list of them (or {{"templates": [...]}}), '
+                         f'e.g. [{EXAMPLE}]')
     out, warnings, seen = [], [], set()
     for i, t in enumerate(items, start=1):
         tid = t.get("id") if isinstance(t, dict) else None
         if not isinstance(tid, str | int) or isinstance(tid, bool) or not str(tid).strip():
-            raise PairsError(f'{source}: template #{i} has no "id" (or is not a JSON object); give every template a '
-                             f'unique id, e.g. {EXAMPLE} (the held-out split holds out whole templates)')
+            raise PairsError(f'{source}: template #{i} has no "id" (or is not a JSON object); give every '
+                             f'template a unique id, e.g. {EXAMPLE} (the held-out split holds out whole '
+                             'templates)')
         where = f"{source}: template {str(tid)!r}"
         if str(tid) in seen:
             raise PairsError(f"{where}: duplicate id (template #{i}); give every template its own id")
@@ -120,11 +129,12 @@ def _paired(black: object, white: object, where: str) -> list[tuple[str, str]]:
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
             raise PairsError(f"{where}: '{side}' must be a non-empty list of strings; write {PAIRED}")
     if len(black) != len(white):
-        raise PairsError(f"{where}: {len(black)} black and {len(white)} white entries; they are paired in order, "
-                         "so give as many of each")
+        raise PairsError(f"{where}: {len(black)} black and {len(white)} white entries; they are paired in "
+                         "order, so give as many of each")
     pairs = list(zip(black, white, strict=True))
     if bad := [b for b, w in pairs if b == w] + [b for i, (b, w) in enumerate(pairs) if (b, w) in pairs[:i]]:
-        raise PairsError(f"{where}: {bad[0]!r} is paired with itself or listed twice; list each differing pair once")
+        raise PairsError(f"{where}: {bad[0]!r} is paired with itself or listed twice; list each differing "
+                         "pair once")
     return pairs
 
 
@@ -137,8 +147,9 @@ def _names(v: object) -> dict:
     if isinstance(b, list) or isinstance(w, list):
         return {"black": {"neutral": [x for x, _ in _paired(b, w, src)]}, "white": {"neutral": w}}
     if not isinstance(b, dict) or not isinstance(w, dict) or set(b) != set(w) or not set(b) <= set(GENDERS):
-        raise PairsError(f'{src}: names must be {PAIRED}, or by gender {{"black": {{"female": [...], "male": [...]}}, '
-                         f'"white": {{...}}}} with the same genders ({", ".join(GENDERS)}) on both sides')
+        raise PairsError(f'{src}: names must be {PAIRED}, or by gender '
+                         f'{{"black": {{"female": [...], "male": [...]}}, "white": {{...}}}} with the same '
+                         f'genders ({", ".join(GENDERS)}) on both sides')
     for g in b:
         _paired(b[g], w[g], f"{src} ({g})")
     return {"black": dict(b), "white": dict(w)}
@@ -149,8 +160,10 @@ def _groups(v: object) -> list[dict]:
     raw, src = (_read_json(Path(v), "groups"), str(v)) if isinstance(v, str | Path) else (v, "groups")
     raw = raw.get("group_phrases", raw) if isinstance(raw, dict) else raw
     if isinstance(raw, dict) and {"black", "white"} <= set(raw):
-        return [{"black": b, "white": w, "gender": "neutral"} for b, w in _paired(raw["black"], raw["white"], src)]
-    if not isinstance(raw, list) or not all(isinstance(g, dict) and g.get("gender", "neutral") in GENDERS for g in raw):
+        return [{"black": b, "white": w, "gender": "neutral"}
+                for b, w in _paired(raw["black"], raw["white"], src)]
+    if not isinstance(raw, list) or not all(isinstance(g, dict) and g.get("gender", "neutral") in GENDERS
+                                            for g in raw):
         raise PairsError(f'{src}: groups must be {PAIRED} or a list of {{"black": "A Black tenant", "white": '
                          f'"A White tenant", "gender": "neutral"}} objects (gender: {", ".join(GENDERS)})')
     _paired([g.get("black") for g in raw], [g.get("white") for g in raw], src)
@@ -158,7 +171,8 @@ def _groups(v: object) -> list[dict]:
 
 
 def pairs_from_templates(templates: str | Path | Sequence[dict] | dict, subjects: str = "both",
-                         names: str | Path | dict | None = None, groups: str | Path | dict | list | None = None,
+                         names: str | Path | dict | None = None,
+                         groups: str | Path | dict | list | None = None,
                          tokenizer=None) -> tuple[PairSet, list[str]]:
     """Fill your templates (a JSON or JSONL file, or the list) with the bundled group phrases and/or
     names (``subjects``), or yours (``names`` / ``groups``: a JSON file or the value, ``{"black": [...],
@@ -187,10 +201,12 @@ def pairs_from_templates(templates: str | Path | Sequence[dict] | dict, subjects
     ps = PairSet(fill_templates({"domains": {}, "templates": tpls}, None, subjects, "template", names=lists))
     for t in tpls:
         if not any(p.template == t["id"] for p in ps):
-            ps.skipped.append({"template": t["id"], "reason": f"no {subjects} subject has gender {t.get('gender')!r}"})
+            ps.skipped.append({"template": t["id"],
+                               "reason": f"no {subjects} subject has gender {t.get('gender')!r}"})
             warnings.append(f"{source}: template {t['id']!r} gave no pairs: {ps.skipped[-1]['reason']}")
     if not ps:
-        raise PairsError(f"{source}: no pairs were built; give the templates no 'gender' or add names of that gender")
+        raise PairsError(f"{source}: no pairs were built; give the templates no 'gender' or add names of "
+                         "that gender")
     return ps, warnings + (token_warnings(ps, tokenizer) if tokenizer is not None else [])
 
 
@@ -215,21 +231,25 @@ def token_warnings(pairs: PairSet | Sequence[ContrastivePair], tokenizer) -> lis
         >>> token_warnings(ps, tiny_random_hf()[1])[0][:97]
         "1 of 1 pairs have Black and White prompts of different token counts: 'Zqxwvbrtlekisha' vs 'Emily'"
     """
-    n = {t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) for p in pairs for t in (p.black, p.white)}
+    n = {t: len(tokenizer(t, add_special_tokens=False)["input_ids"])
+         for p in pairs for t in (p.black, p.white)}
     uneven: dict[tuple[str, str], set[int]] = {}
     for p in pairs:
         if d := n[p.black] - n[p.white]:
             uneven.setdefault(_differing_words(p.black, p.white), set()).add(d)
     out = []
     if uneven:
-        shown = [f"{b!r} vs {w!r} ({'/'.join(f'{d:+d}' for d in sorted(ds))})" for (b, w), ds in uneven.items()]
-        out.append(f"{sum(n[p.black] != n[p.white] for p in pairs)} of {len(pairs)} pairs have Black and White prompts of "
-                   f"different token counts: {', '.join(shown[:12])}{' ...' if len(shown) > 12 else ''} (Black minus White "
-                   "tokens); the patch estimator then aligns the prompts at their end only: prefer names of equal length (--names)")
+        shown = [f"{b!r} vs {w!r} ({'/'.join(f'{d:+d}' for d in sorted(ds))})"
+                 for (b, w), ds in uneven.items()]
+        out.append(f"{sum(n[p.black] != n[p.white] for p in pairs)} of {len(pairs)} pairs have Black and "
+                   f"White prompts of different token counts: {', '.join(shown[:12])}"
+                   f"{' ...' if len(shown) > 12 else ''} (Black minus White tokens); the patch estimator "
+                   "then aligns the prompts at their end only: prefer names of equal length (--names)")
     ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for p in pairs for w in p.pos + p.neg}
     if multi := {w: len(v) for w, v in ids.items() if len(v) > 1}:
-        out.append(f"{len(multi)} pos/neg word(s) are more than one token and are scored by their first token only: "
-                   f"{', '.join(f'{w!r} ({k} tokens)' for w, k in sorted(multi.items()))}; prefer single-token words")
+        out.append(f"{len(multi)} pos/neg word(s) are more than one token and are scored by their first "
+                   f"token only: {', '.join(f'{w!r} ({k} tokens)' for w, k in sorted(multi.items()))}; "
+                   "prefer single-token words")
     if clash := sorted({(w, v) for p in pairs for w in p.pos for v in p.neg if ids[w][0] == ids[v][0]}):
         out.append("pos and neg words share their first token, so the logit gap cannot tell them apart: "
                    f"{', '.join(f'{w!r}/{v!r}' for w, v in clash)}; choose words that start differently")
@@ -238,8 +258,8 @@ def token_warnings(pairs: PairSet | Sequence[ContrastivePair], tokenizer) -> lis
 
 def _require(columns: Iterable, where: str) -> None:
     if missing := [c for c in CSV_COLUMNS if c not in set(columns)]:
-        raise PairsError(f"{where}: missing column(s) {', '.join(missing)}; the columns are {', '.join(CSV_COLUMNS)} "
-                         "and optionally pos, neg (words separated by |), subject")
+        raise PairsError(f"{where}: missing column(s) {', '.join(missing)}; the columns are "
+                         f"{', '.join(CSV_COLUMNS)} and optionally pos, neg (words separated by |), subject")
 
 
 def _row_pairs(rows: Iterable[tuple[str, object]], source: str) -> PairSet:
@@ -252,13 +272,15 @@ def _row_pairs(rows: Iterable[tuple[str, object]], source: str) -> PairSet:
         _require(row, where)
         obj = {k: row[k] for k in CSV_COLUMNS} | {k: row[k] for k in ("subject",) if row.get(k)}
         if empty := [k for k in ("id", "domain", "template") if not str(obj[k] or "").strip()]:
-            raise PairsError(f"{where}: empty {', '.join(empty)}; every row needs an id, a domain and a template id")
+            raise PairsError(f"{where}: empty {', '.join(empty)}; every row needs an id, a domain and a "
+                             "template id")
         for k in ("pos", "neg"):
             v = row.get(k) or []
             obj[k] = [x.strip() for x in v.split("|") if x.strip()] if isinstance(v, str) else v
         add_unique(pairs, ids, parse_pair(obj, where), where)
     if not pairs:
-        raise PairsError(f"{source}: no pairs (no rows); give one pair a row with columns {', '.join(CSV_COLUMNS)}")
+        raise PairsError(f"{source}: no pairs (no rows); give one pair a row with columns "
+                         f"{', '.join(CSV_COLUMNS)}")
     return PairSet(pairs)
 
 
@@ -270,7 +292,8 @@ def load_pairs_csv(path: str | Path) -> PairSet:
         >>> import tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "pairs.csv"
         >>> _ = f.write_text("id,domain,template,black,white,pos,neg\\n"
-        ...                  "1,housing,h1,Jamal rents. The landlord will,Greg rents. The landlord will,approve|accept,reject\\n")
+        ...                  "1,housing,h1,Jamal rents. The landlord will,Greg rents. The landlord will,"
+        ...                  "approve|accept,reject\\n")
         >>> ps = load_pairs_csv(f)
         >>> ps, ps[0].pos
         (PairSet(1 pairs: housing=1), ('approve', 'accept'))
@@ -279,9 +302,11 @@ def load_pairs_csv(path: str | Path) -> PairSet:
     try:
         reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
         _require(reader.fieldnames or ["the file is empty"], str(path))
-        rows = [(f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}) for row in reader]
+        rows = [(f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None})
+                for row in reader]
     except (OSError, UnicodeError) as e:
-        raise PairsError(f"cannot read pairs CSV file {path}: {getattr(e, 'strerror', None) or e} (a UTF-8 text file)") from e
+        raise PairsError(f"cannot read pairs CSV file {path}: {getattr(e, 'strerror', None) or e} "
+                         "(a UTF-8 text file)") from e
     except csv.Error as e:
         raise PairsError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
     return _row_pairs(rows, str(path))

@@ -1,10 +1,9 @@
 """Contrastive Black/White prompt pairs.
 
-A :class:`ContrastivePair` is two prompts that differ only in a group phrase ("A Black man" /
-"A White man") or a first name ("Lakisha" / "Emily"). Pairs are built from the bundled,
-domain-labelled templates (``lens_bias/data/templates.json``), read from a JSONL file (the pairs
-format of ``docs/formats.md``), and split by template and by name so that held-out means unseen
-wording.
+A :class:`ContrastivePair` is two prompts that differ only in a group phrase ("A Black man" / "A White
+man") or a first name ("Lakisha" / "Emily"). Pairs are built from the bundled, domain-labelled templates
+(``lens_bias/data/templates.json``), read from a JSONL file (the pairs format of ``docs/formats.md``), and
+split by template and by name so that held-out means unseen wording.
 
 CrowS-Pairs, an evaluation corpus, is read by :func:`lens_bias.prompts.corpora.load_crows_pairs`.
 """
@@ -122,7 +121,8 @@ class PairSet:
         """
         ds = set(domains) if domains is not None else None
         ts = set(templates) if templates is not None else None
-        return PairSet([p for p in self.pairs if (ds is None or p.domain in ds) and (ts is None or p.template in ts)
+        return PairSet([p for p in self.pairs
+                        if (ds is None or p.domain in ds) and (ts is None or p.template in ts)
                         and (directional is None or bool(p.pos and p.neg) == directional)])
 
     def sample(self, per_domain: int, seed: int = 0) -> PairSet:
@@ -302,7 +302,8 @@ def fill_templates(data: dict, domains: Sequence[str] | None, subjects: str, kin
                             pos=tuple(t.get("pos", ())), neg=tuple(t.get("neg", ())),
                             numeric=bool(t.get("numeric", False)), subject=sid)
             for t in data["templates"] if domains is None or t["domain"] in domains
-            for sid, b, w, gender in subject_list(subjects, names) if not t.get("gender") or gender == t["gender"]]
+            for sid, b, w, gender in subject_list(subjects, names)
+            if not t.get("gender") or gender == t["gender"]]
 
 
 @cache
@@ -349,7 +350,8 @@ def parse_pair(obj: object, where: str) -> ContrastivePair:
             raise PairsError(f"{where}: '{k}' must be a non-empty string")
         check_text(obj[k], where, k)
     if obj["black"] == obj["white"]:
-        raise PairsError(f"{where}: 'black' and 'white' prompts are identical; they must differ in the group word or name")
+        raise PairsError(f"{where}: 'black' and 'white' prompts are identical; they must differ in the group "
+                         "word or name")
     words = {}
     for k in ("pos", "neg"):
         v = obj.get(k, [])

@@ -64,9 +64,11 @@ def validate_sentence_templates(data: object, where: str = "sentence templates")
     Examples:
         >>> validate_sentence_templates({"domains": {"finance": "money"}, "templates": [
         ...     {"id": "s1", "domain": "finance", "text": "{subject} paid.", "stereotyped": "green"}]})
+        ... # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.PairsError: sentence templates: template 's1': 'stereotyped' is 'green'; set it to 'black' or 'white' (the group the sentence's stereotype is about)
+        lens_bias.errors.PairsError: sentence templates: template 's1': 'stereotyped' is 'green'; set it to
+            'black' or 'white' (the group the sentence's stereotype is about)
     """
     if not isinstance(data, dict) or not isinstance(data.get("domains"), dict) \
             or not isinstance(data.get("templates"), list):

@@ -60,7 +60,8 @@ def template_folds(pairs: PairSet, k: int = 3, seed: int = 0) -> list[tuple[Pair
         >>> from lens_bias.prompts.pairs import build_pairs
         >>> pairs = build_pairs(["finance", "hiring"]).sample(20)
         >>> folds = template_folds(pairs, k=3)
-        >>> [set(f.templates) & set(v.templates) for f, v in folds], sum(len(v) for _, v in folds) == len(pairs)
+        >>> ([set(f.templates) & set(v.templates) for f, v in folds],
+        ...  sum(len(v) for _, v in folds) == len(pairs))
         ([set(), set(), set()], True)
     """
     keys = sorted({(p.domain, p.template) for p in pairs})
@@ -91,7 +92,8 @@ def split_pairs(path: str | Path | None = None, domains: Sequence[str] | None = 
         (12, 10, set())
     """
     if path:
-        return template_split(load_pairs(path, domains, per_domain, seed, sample_file=sample_file), held_out, seed)
+        return template_split(load_pairs(path, domains, per_domain, seed, sample_file=sample_file),
+                              held_out, seed)
     train, held = template_split(load_pairs(None, domains, 0, seed), held_out, seed)
     return train.sample(per_domain, seed=seed), held.sample(held_per_domain, seed=seed)
 

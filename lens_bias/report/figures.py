@@ -34,7 +34,8 @@ def neuron_scores_by_layer(scores: Scores, top_per_layer: int = 15, title: str |
         marker={"size": 6, "color": "#c0392b"},
     ))
     fig.update_layout(
-        title=title or f"Neuron scores by layer ({scores.settings.get('scorer', '?')}, {scores.settings.get('metric', '')})",
+        title=title or (f"Neuron scores by layer ({scores.settings.get('scorer', '?')}, "
+                        f"{scores.settings.get('metric', '')})"),
         xaxis_title="layer", yaxis_title="estimated bias reduction if removed", template="plotly_white",
     )
     return fig
@@ -67,8 +68,10 @@ def validation_scatter(result: dict, kind: Kind = "neurons") -> go.Figure:
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "gray"},
                              name="y = x", hoverinfo="skip"))
     fig.update_layout(
-        title=f"{kind}: predicted vs exact (Spearman {r['spearman']:.3f}, Pearson {r['pearson']:.3f}, n={r['n']})",
-        xaxis_title="exact reduction of the metric", yaxis_title="attribution estimate", template="plotly_white",
+        title=f"{kind}: predicted vs exact (Spearman {r['spearman']:.3f}, Pearson {r['pearson']:.3f}, "
+              f"n={r['n']})",
+        xaxis_title="exact reduction of the metric", yaxis_title="attribution estimate",
+        template="plotly_white",
         showlegend=False,
     )
     return fig
@@ -78,7 +81,8 @@ def pruning_curves(rows: Sequence[dict], bias_key: str = "js", capability_key: s
                    before: dict | None = None) -> go.Figure:
     """Held-out bias and capability against the % of parameters removed, one line per scorer/kind;
     points whose JS change is within noise (``js_within_noise``) are drawn hollow."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"held-out bias ({bias_key})", f"capability ({capability_key})"))
+    fig = make_subplots(rows=1, cols=2,
+                        subplot_titles=(f"held-out bias ({bias_key})", f"capability ({capability_key})"))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["scorer"], r["kind"]), []).append(r)
@@ -149,7 +153,8 @@ def generalization_heatmap(gm: dict) -> go.Figure:
     sub += "<br>(n): within noise, the 95 % interval covers 0 or p >= 0.05" if noise else ""
     fig.update_layout(
         title=f"Cross-domain transfer ({gm['kind']} at {gm['budget']}, {gm['scorer']}){sub}",
-        xaxis_title="tested on (held-out templates)", yaxis_title="pruning learned on", template="plotly_white",
+        xaxis_title="tested on (held-out templates)", yaxis_title="pruning learned on",
+        template="plotly_white",
         yaxis={"autorange": "reversed"},
     )
     return fig
@@ -165,8 +170,9 @@ def overlap_heatmap(ov: dict, title: str = "Overlap of the pruned units (Jaccard
         texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, showscale=False,
         hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.2f}<extra></extra>"), row=1, col=1)
     for n in names:
-        fig.add_trace(go.Scatter(x=list(range(len(ov["by_layer"][n]))), y=ov["by_layer"][n], mode="lines+markers",
-                                 name=n, hovertemplate=f"{n}<br>layer %{{x}}: %{{y}} units<extra></extra>"),
+        fig.add_trace(go.Scatter(x=list(range(len(ov["by_layer"][n]))), y=ov["by_layer"][n],
+                                 mode="lines+markers", name=n,
+                                 hovertemplate=f"{n}<br>layer %{{x}}: %{{y}} units<extra></extra>"),
                       row=1, col=2)
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)
@@ -191,10 +197,12 @@ def transfer_bars(res: dict) -> go.Figure:
         up = [None if v is None or c is None else c[1] - v for v, c in zip(y, ci, strict=True)]
         down = [None if v is None or c is None else v - c[0] for v, c in zip(y, ci, strict=True)]
         fig.add_trace(go.Bar(
-            name=label, x=names, y=y, error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
+            name=label, x=names, y=y,
+            error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
             marker={"color": color, "opacity": [0.45 if n else 1.0 for n in noise],
                     "pattern": {"shape": ["/" if n else "" for n in noise]}},
-            customdata=[["-" if i is None else f"[{i[0]:.1f}, {i[1]:.1f}]", "-" if c["p"] is None else f"{c['p']:.3g}",
+            customdata=[["-" if i is None else f"[{i[0]:.1f}, {i[1]:.1f}]",
+                         "-" if c["p"] is None else f"{c['p']:.3g}",
                          "yes" if n else "no"] for i, c, n in zip(ci, cs, noise, strict=True)],
             hovertemplate=f"%{{x}}: {label}<br>JS reduction %{{y:.1f}} %<br>95 % CI %{{customdata[0]}}"
                           "<br>p %{customdata[1]}<br>within noise: %{customdata[2]}<extra></extra>",
@@ -229,18 +237,22 @@ def selector_frontier(res: dict) -> go.Figure:
             js, ppl = [r["tests"]["js"] for r in rs], [r["tests"].get(cap) for r in rs]
             y = [-c["pct"] for c in js]
             x = [c["pct"] for c in ppl] if cap else [r["kl_neutral"] for r in rs]
-            err_x = {"type": "data", "symmetric": False, "array": [c["pct_ci"][1] - v for c, v in zip(ppl, x, strict=True)],
+            err_x = {"type": "data", "symmetric": False,
+                     "array": [c["pct_ci"][1] - v for c, v in zip(ppl, x, strict=True)],
                      "arrayminus": [v - c["pct_ci"][0] for c, v in zip(ppl, x, strict=True)]} if cap else None
             name = sel if kind == "neurons" else f"{sel}, heads"
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines+markers", name=name, text=[r["budget"] for r in rs],
                 line={"dash": "dash"} if kind == "heads" else None, error_x=err_x,
-                error_y={"type": "data", "symmetric": False, "array": [-c["pct_ci"][0] - v for c, v in zip(js, y, strict=True)],
+                error_y={"type": "data", "symmetric": False,
+                         "array": [-c["pct_ci"][0] - v for c, v in zip(js, y, strict=True)],
                          "arrayminus": [v + c["pct_ci"][1] for c, v in zip(js, y, strict=True)]},
-                hovertemplate="%{text}: JS reduction %{y:.1f} %, capability change %{x:.2f}<extra>" + name + "</extra>",
+                hovertemplate=("%{text}: JS reduction %{y:.1f} %, capability change %{x:.2f}<extra>" + name
+                               + "</extra>"),
             ))
     fig.update_layout(title="Bias removed vs capability lost, per selector (budgets along each line)",
-                      xaxis_title="WikiText-2 perplexity change (%)" if cap else "KL on neutral text (nats/token)",
+                      xaxis_title=("WikiText-2 perplexity change (%)" if cap
+                                   else "KL on neutral text (nats/token)"),
                       yaxis_title="held-out JS reduction (%)", template="plotly_white")
     return fig
 
@@ -252,18 +264,21 @@ def train_vs_held_out(res: dict) -> go.Figure:
     rows = [r for r in res["rows"] if r["kind"] == "neurons"]
     names = [f"{r['label'].split(' (')[0]} @ {r['budget']}" for r in rows]
     fig = go.Figure()
-    for key, label, color in (("train", "train pairs (selected on)", "#999999"), ("held", "held-out templates", "#2c7fb8")):
+    for key, label, color in (("train", "train pairs (selected on)", "#999999"),
+                              ("held", "held-out templates", "#2c7fb8")):
         cs = [r["train"] if key == "train" else r["tests"]["js"] for r in rows]
         v = [c["reduction_pct"] if key == "train" else -c["pct"] for c in cs]
         ci = [c["reduction_ci"] if key == "train" else [-c["pct_ci"][1], -c["pct_ci"][0]] for c in cs]
         fig.add_trace(go.Scatter(
             x=v, y=names, mode="markers", name=label, marker={"color": color, "size": 10},
-            error_x={"type": "data", "symmetric": False, "array": [c[1] - x for c, x in zip(ci, v, strict=True)],
+            error_x={"type": "data", "symmetric": False,
+                     "array": [c[1] - x for c, x in zip(ci, v, strict=True)],
                      "arrayminus": [x - c[0] for c, x in zip(ci, v, strict=True)]}))
     for r, n in zip(rows, names, strict=True):
         fig.add_shape(type="line", x0=r["train"]["reduction_pct"], x1=-r["tests"]["js"]["pct"], y0=n, y1=n,
                       line={"color": "#cccccc"}, layer="below")
-    fig.update_layout(title="Train vs held-out JS reduction per selector (the gap is what selection overfits)",
+    fig.update_layout(title="Train vs held-out JS reduction per selector "
+                            "(the gap is what selection overfits)",
                       xaxis_title="JS reduction (%), 95 % interval", template="plotly_white",
                       height=max(300, 60 + 36 * len(rows)), yaxis={"autorange": "reversed"})
     return fig
@@ -280,8 +295,8 @@ def wording_curve(res: dict) -> go.Figure:
         x = [r["templates_per_domain"] for r in rows]
         y = [r[key]["reduction_pct"] for r in rows]
         ci = [r[key]["reduction_ci"] or [v, v] for r, v in zip(rows, y, strict=True)]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"{label} (each draw)", marker={"color": color},
-                                 error_y={"type": "data", "symmetric": False,
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"{label} (each draw)",
+                                 marker={"color": color}, error_y={"type": "data", "symmetric": False,
                                           "array": [c[1] - v for c, v in zip(ci, y, strict=True)],
                                           "arrayminus": [v - c[0] for c, v in zip(ci, y, strict=True)]}))
         ks = sorted(set(x))

@@ -9,9 +9,11 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:2em auto;\
+padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:right}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}\
+td,th{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.92em}.warn{color:#fff;background:#b00020;padding:.6em;font-weight:bold}
 .good{color:#1e7e34}.bad{color:#b02a37}pre{background:#f6f8fa;padding:.6em;overflow-x:auto}
 """

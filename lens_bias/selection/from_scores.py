@@ -6,7 +6,7 @@ capability filter, with the ablation the units will be pruned by: ``"zero"`` (th
 later folded into biases on export). The capability cost is measured under that same ablation.
 :func:`ablation_constants` gives back the constants a saved mask's units output, so that a mask
 selected under mean ablation exports to the same model wherever it is loaded again; pass them to
-:func:`lens_bias.weights.export.export_hf` (``mode="mean"``).
+:func:`lens_bias.weights.export.export_hf` (``ablation="mean"``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     else ``"zero"``) decides what a pruned unit outputs, and under which ablation the capability
     cost of the filter (``max_cost_quantile``; ``None`` or >= 1: off) is measured. Returns the mask
     (``meta["ablation"]`` records it) and, for mean ablation, the means to export it with
-    (:func:`lens_bias.weights.export.export_hf` ``mode="mean"``), else ``None``.
+    (:func:`lens_bias.weights.export.export_hf` ``ablation="mean"``), else ``None``.
 
     ``selector`` other than ``"oneshot"`` (the top scores) re-reads the pairs the scores were
     computed on, ``pairs``, through :func:`lens_bias.selection.registry.select_units`: ``iterative``

@@ -23,7 +23,7 @@ def pruning_curve(
     scorers: dict[str, Scores],
     kinds: Sequence[Kind] = ("neurons", "heads"),
     budgets: Sequence[str] = ("0.1%", "0.25%", "0.5%", "1%", "2%"),
-    mode: str = "zero",
+    ablation: str = "zero",
     means: dict | None = None,
     cost: Scores | None = None,
     max_cost_quantile: float | None = None,
@@ -59,7 +59,7 @@ def pruning_curve(
                 mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
         if key not in seen:
-            seen[key] = evaluate(bridge, ev, mask, mode, means, lambada=False, per_item=before is not None,
+            seen[key] = evaluate(bridge, ev, mask, ablation, means, lambada=False, per_item=before is not None,
                                  sentences=False)  # seqgap is measured at the run's budget, not at each point
         res = seen[key]
         noise = {} if before is None else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()}

@@ -46,7 +46,8 @@ def generalization_matrix(
     """
     shared = set(train.templates) & set(ev.pairs.templates)
     if shared:
-        raise LensBiasError(f"train and held-out pairs share templates {sorted(shared)[:5]}; split by template")
+        raise LensBiasError(f"train and held-out pairs share templates {sorted(shared)[:5]}; "
+                            "split by template")
     train_domains = list(train_domains or train.domains)
     test_domains = list(test_domains or ev.pairs.domains)
     for d in train_domains:
@@ -114,8 +115,9 @@ def domain_masks(bridge: Bridge, train: PairSet, domains: Sequence[str] | None =
 def overlap(pruned: dict[str, Sequence[Sequence[int]]], n_layers: int) -> dict:
     """Jaccard overlap between the unit sets pruned for each name (e.g. each train domain), and
     the count per layer of each set (``mean_offdiag_jaccard`` leaves out a set named ``"all"``,
-    which is learned from every domain and so not a peer). ``pruned`` maps a name to its (layer, index) list, as in
-    ``generalization_matrix(...)["pruned"]`` or ``PruningMask.pruned(kind)``."""
+    which is learned from every domain and so not a peer). ``pruned`` maps a name to its
+    (layer, index) list, as in ``generalization_matrix(...)["pruned"]`` or
+    ``PruningMask.pruned(kind)``."""
     names = list(pruned)
     sets = {n: {(int(la), int(i)) for la, i in pruned[n]} for n in names}
 

@@ -26,8 +26,8 @@ def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[
     (:func:`lens_bias.prompts.splits.split_pairs`; JSONL pairs are sampled ``per_domain`` first,
     then split); the held-out sentence pairs of the same domains too (``seqgap``). ``load``: keyword
     arguments of :func:`lens_bias.model.load.load_model`."""
-    train, held = split_pairs(pairs, list(domains) if domains else None, per_domain, held_per_domain, seed=seed,
-                              sample_file=True)
+    train, held = split_pairs(pairs, list(domains) if domains else None, per_domain, held_per_domain,
+                              seed=seed, sample_file=True)
     s_held = split_sentences(held.domains, held_per_domain=held_per_domain, seed=seed)[1]
     ev = standard_evalset(held, ppl_tokens=ppl_tokens, sentences=s_held if len(s_held) else None)
     return load_model(model, **(load or {})), train, ev
@@ -36,4 +36,5 @@ def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[
 def template_scores(bridge: Bridge, train: PairSet, progress: bool = True) -> tuple[TemplateScores, Scores]:
     """Attribution per template on the train pairs (zero ablation), and the capability cost on
     neutral text under zero ablation: what the selectors of :mod:`lens_bias.selection` take."""
-    return attribute_templates(bridge, train, progress=progress), capability_cost(bridge, neutral_text(), ablation="zero")
+    return (attribute_templates(bridge, train, progress=progress),
+            capability_cost(bridge, neutral_text(), ablation="zero"))

@@ -40,20 +40,22 @@ class NotSeparable(LensBiasError):
 
 
 def _check_separable(scores: Scores) -> dict[str, int]:
-    """The per-domain pair counts of ``scores``, or :class:`NotSeparable` saying why they do not split."""
+    """The per-domain pair counts of ``scores``, or :class:`NotSeparable` saying why they do not
+    split."""
     s = scores.settings
     name = s.get("estimator", s.get("scorer"))
     if s.get("graddrop"):
-        raise NotSeparable("GradDrop scores take |estimate| after the mean over pairs, so the score without a "
-                           "domain does not follow from the per-domain scores; rescore on the other domains' pairs")
+        raise NotSeparable("GradDrop scores take |estimate| after the mean over pairs, so the score "
+                           "without a domain does not follow from the per-domain scores; rescore on the "
+                           "other domains' pairs")
     if name not in SEPARABLE:
-        raise NotSeparable(f"scorer {name!r} is not a mean over pairs kept per domain (those are {SEPARABLE}); "
-                           "rescore on the other domains' pairs")
+        raise NotSeparable(f"scorer {name!r} is not a mean over pairs kept per domain "
+                           f"(those are {SEPARABLE}); rescore on the other domains' pairs")
     counts = s.get("n_pairs_by_domain")
     if not scores.by_domain or not counts:
         raise NotSeparable("these scores have no per-domain scores or no per-domain pair counts "
-                           "(settings['n_pairs_by_domain']; older scores files lack it); rescore on the other "
-                           "domains' pairs, or score again with this version")
+                           "(settings['n_pairs_by_domain']; older scores files lack it); "
+                           "rescore on the other domains' pairs, or score again with this version")
     if set(counts) != set(scores.by_domain):
         raise NotSeparable(f"the pair counts name domains {sorted(counts)} but the per-domain scores "
                            f"{sorted(scores.by_domain)}; rescore on the other domains' pairs")
@@ -74,7 +76,8 @@ def scores_without(scores: Scores, domain: str) -> Scores:
         >>> by = {"a": {"neurons": torch.tensor([[1.0, 0.0]])}, "b": {"neurons": torch.tensor([[4.0, 3.0]])},
         ...       "c": {"neurons": torch.tensor([[0.0, 6.0]])}}
         >>> s = Scores(torch.tensor([[1.5, 2.5]]), None, by, {"scorer": "ablate", "estimator": "ablate",
-        ...            "n_pairs_by_domain": {"a": 2, "b": 1, "c": 1}, "n_pairs": 4, "domains": ["a", "b", "c"]})
+        ...            "n_pairs_by_domain": {"a": 2, "b": 1, "c": 1}, "n_pairs": 4,
+        ...            "domains": ["a", "b", "c"]})
         >>> w = scores_without(s, "c")
         >>> w.neurons.tolist(), w.settings["n_pairs"], w.settings["domains"]
         ([[2.0, 1.0]], 3, ['a', 'b'])
@@ -94,8 +97,8 @@ def scores_without(scores: Scores, domain: str) -> Scores:
             raise NotSeparable(f"some per-domain scores lack {k}; rescore on the other domains' pairs")
         acc = sum(scores.by_domain[d][k].double() * counts[d] for d in rest) / total
         out[k] = acc.to(scores.get(k).dtype)
-    settings = {**scores.settings, "n_pairs": total, "domains": rest, "n_pairs_by_domain": {d: counts[d] for d in rest},
-                "left_out": domain}
+    settings = {**scores.settings, "n_pairs": total, "domains": rest,
+                "n_pairs_by_domain": {d: counts[d] for d in rest}, "left_out": domain}
     before = scores.settings.get("metric_before_by_domain")
     if isinstance(before, dict) and set(rest) <= set(before):
         settings["metric_before_by_domain"] = {d: before[d] for d in rest}
@@ -104,11 +107,12 @@ def scores_without(scores: Scores, domain: str) -> Scores:
 
 
 def _score_kwargs(scorer: str, settings: dict, metric, batch_size: int, progress: bool, seed: int) -> dict:
-    """The keyword arguments of :func:`lens_bias.attribution.scorers.score` that reproduce ``settings`` (the
-    scores being rescored on a subset), or the defaults of ``metric``."""
+    """The keyword arguments of :func:`lens_bias.attribution.scorers.score` that reproduce
+    ``settings`` (the scores being rescored on a subset), or the defaults of ``metric``."""
     if scorer in ("ablate", "patch"):
         return {"metric": settings.get("metric", metric), "ablation": settings.get("ablation", "zero"),
-                "graddrop": bool(settings.get("graddrop", False)), "batch_size": batch_size, "progress": progress}
+                "graddrop": bool(settings.get("graddrop", False)), "batch_size": batch_size,
+                "progress": progress}
     return {"batch_size": batch_size, "seed": settings.get("seed", seed)}
 
 
@@ -117,12 +121,14 @@ def _check_inputs(train: PairSet, ev: EvalSet, scores: Scores | None) -> list[st
     domain has train pairs (and scores), and at least two train domains."""
     shared = set(train.templates) & set(ev.pairs.templates)
     if shared:
-        raise LensBiasError(f"train and held-out pairs share templates {sorted(shared)[:5]}; split by template")
+        raise LensBiasError(f"train and held-out pairs share templates {sorted(shared)[:5]}; "
+                            "split by template")
     domains = ev.pairs.domains
     if not domains:
         raise LensBiasError("no held-out pairs to evaluate on")
     if len(train.domains) < 2:
-        raise LensBiasError(f"leave-one-domain-out needs train pairs of at least two domains; have {train.domains}")
+        raise LensBiasError("leave-one-domain-out needs train pairs of at least two domains; "
+                            f"have {train.domains}")
     for d in domains:
         if d not in train.domains:
             raise LensBiasError(f"held-out domain {d!r} has no train pairs; have {train.domains}")
@@ -130,7 +136,8 @@ def _check_inputs(train: PairSet, ev: EvalSet, scores: Scores | None) -> list[st
         have = scores.settings.get("domains") or sorted(scores.by_domain)
         missing = [d for d in train.domains if d not in have]
         if missing:
-            raise LensBiasError(f"the given scores were not computed on domains {missing}; score on all train pairs")
+            raise LensBiasError(f"the given scores were not computed on domains {missing}; "
+                                "score on all train pairs")
     return domains
 
 
@@ -217,7 +224,8 @@ def _evaluate_domains(bridge: Bridge, ev: EvalSet, domains: Sequence[str], left:
     out = {}
     for d in tqdm(domains, desc="leave one domain out", leave=False) if progress else domains:
         sub = EvalSet(pairs=ev.pairs.filter(domains=[d]))
-        out[d] = {name: _items(evaluate(bridge, sub, m, lambada=False, batch_size=batch_size, per_item=True), d)
+        out[d] = {name: _items(evaluate(bridge, sub, m, lambada=False, batch_size=batch_size,
+                                        per_item=True), d)
                   for name, m in (("before", None), ("left_out", left[d]), ("all", mask_all))}
     return out
 
@@ -234,10 +242,11 @@ def _pooled(items: dict[str, dict[str, dict]], rows: list[dict], seed: int) -> d
     return out
 
 
-def leave_one_domain_out(bridge: Bridge, train: PairSet, ev: EvalSet, budget: str = "0.5%", kind: Kind = "neurons",
-                         scorer: str = "ablate", max_cost_quantile: float | None = 0.5, metric: str = "js",
-                         batch_size: int = 16, progress: bool = True, scores: Scores | None = None,
-                         cost: Scores | None = None, seed: int = 0) -> dict:
+def leave_one_domain_out(bridge: Bridge, train: PairSet, ev: EvalSet, budget: str = "0.5%",
+                         kind: Kind = "neurons", scorer: str = "ablate",
+                         max_cost_quantile: float | None = 0.5, metric: str = "js", batch_size: int = 16,
+                         progress: bool = True, scores: Scores | None = None, cost: Scores | None = None,
+                         seed: int = 0) -> dict:
     """The "unseen use case" number: for every held-out domain d, the held-out JS reduction on d's
     pairs of the mask learned without d (all other domains' train pairs) and of the mask learned
     on all domains, each with its 95 % interval, p and ``within_noise``
@@ -247,12 +256,12 @@ def leave_one_domain_out(bridge: Bridge, train: PairSet, ev: EvalSet, budget: st
 
     ``scores`` (on all of ``train``; scored here when ``None``) are split by :func:`scores_without`
     where exact, else the domain is rescored on the other domains' pairs with the same settings.
-    ``cost`` (:func:`lens_bias.attribution.patching.capability_cost`; computed on ``ev.neutral``, or the bundled
-    neutral text, when ``None`` and ``max_cost_quantile`` is set) and ``select`` as in
-    :func:`lens_bias.studies.generalize.domain_masks`. ``train`` and ``ev.pairs`` must come from a split by
-    template. Returns a JSON-ready dict: ``rows`` (one per domain), ``pooled``, ``n_pairs`` and
-    ``n_train`` per domain, ``n_pruned``, ``jaccard_with_all``, ``pruned``, ``scoring`` (what
-    each mask was scored on) and ``settings``."""
+    ``cost`` (:func:`lens_bias.attribution.patching.capability_cost`; computed on ``ev.neutral``, or
+    the bundled neutral text, when ``None`` and ``max_cost_quantile`` is set) and ``select`` as in
+    :func:`lens_bias.studies.generalize.domain_masks`. ``train`` and ``ev.pairs`` must come from a
+    split by template. Returns a JSON-ready dict: ``rows`` (one per domain), ``pooled``,
+    ``n_pairs`` and ``n_train`` per domain, ``n_pruned``, ``jaccard_with_all``, ``pruned``,
+    ``scoring`` (what each mask was scored on) and ``settings``."""
     from ..attribution.patching import capability_cost
     from ..attribution.scorers import score
     from ..prompts.pairs import neutral_text
@@ -269,16 +278,19 @@ def leave_one_domain_out(bridge: Bridge, train: PairSet, ev: EvalSet, budget: st
         return select(s, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
 
     def rescore(pairs: PairSet) -> Scores:
-        return score(bridge, pairs, name, **_score_kwargs(name, scores.settings, metric, batch_size, progress, seed))
+        return score(bridge, pairs, name,
+                     **_score_kwargs(name, scores.settings, metric, batch_size, progress, seed))
 
     mask_all = pick(scores)
     left, scoring = _left_out_masks(train, scores, domains, pick, rescore)
     scoring["all"] = {"domains": list(scores.settings.get("domains", train.domains)),
-                      "n_pairs_by_domain": dict(scores.settings.get("n_pairs_by_domain") or {}), "rescored": False}
+                      "n_pairs_by_domain": dict(scores.settings.get("n_pairs_by_domain") or {}),
+                      "rescored": False}
     items = _evaluate_domains(bridge, ev, domains, left, mask_all, batch_size, progress)
     return _result(train, ev, domains, items, left, mask_all, scoring, kind, seed,
-                   {"budget": budget, "kind": kind, "scorer": name, "metric": scores.settings.get("metric", metric),
-                    "max_cost_quantile": max_cost_quantile, "batch_size": batch_size, "seed": seed})
+                   {"budget": budget, "kind": kind, "scorer": name,
+                    "metric": scores.settings.get("metric", metric), "max_cost_quantile": max_cost_quantile,
+                    "batch_size": batch_size, "seed": seed})
 
 
 def _result(train: PairSet, ev: EvalSet, domains: list[str], items: dict, left: dict[str, PruningMask],
@@ -286,8 +298,9 @@ def _result(train: PairSet, ev: EvalSet, domains: list[str], items: dict, left: 
     """:func:`leave_one_domain_out`'s JSON-ready result from the per-domain per-pair JS and the masks."""
     n_pruned = {**{d: left[d].counts()[kind] for d in domains}, "all": mask_all.counts()[kind]}
     jac = {d: _jaccard(left[d], mask_all, kind) for d in domains}
-    rows = [{"domain": d, **_changes(items[d], seed), "n_pruned_left_out": n_pruned[d], "jaccard_with_all": jac[d],
-             "scoring_domains": scoring[d]["domains"], "rescored": scoring[d]["rescored"]} for d in domains]
+    rows = [{"domain": d, **_changes(items[d], seed), "n_pruned_left_out": n_pruned[d],
+             "jaccard_with_all": jac[d], "scoring_domains": scoring[d]["domains"],
+             "rescored": scoring[d]["rescored"]} for d in domains]
     return {
         "domains": domains, "rows": rows, "pooled": _pooled(items, rows, seed),
         "n_pairs": {d: len(ev.pairs.filter(domains=[d])) for d in domains},
@@ -307,8 +320,8 @@ def _fmt1(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-TRANSFER_HEADER = ["tested on", "pairs", "JS before", "left out %", "95 % CI", "p", "all domains %", "95 % CI", "p",
-                    "loss (points)", "Jaccard"]
+TRANSFER_HEADER = ["tested on", "pairs", "JS before", "left out %", "95 % CI", "p", "all domains %",
+                   "95 % CI", "p", "loss (points)", "Jaccard"]
 
 
 def transfer_rows(res: dict) -> list[list]:
@@ -335,7 +348,9 @@ def transfer_reading(res: dict) -> str:
     loss = p["loss"]
     return (f"Held-out JS reduction pooled over {len(res['domains'])} domains ({p['n_pairs']} pairs, "
             f"{p['n_templates']} templates), {s['kind']} at {s['budget']}: learned without the tested domain "
-            f"{_fmt1(p['left_out']['reduction_pct'])} %, learned on all domains {_fmt1(p['all']['reduction_pct'])} %; "
+            f"{_fmt1(p['left_out']['reduction_pct'])} %, "
+            f"learned on all domains {_fmt1(p['all']['reduction_pct'])} %; "
             f"an unseen domain loses {_fmt1(loss['points'])} points {fmt_ci(loss['ci']).strip()}"
-            f"{' (within noise)' if loss['within_noise'] else ' (beyond noise)'}. * = within noise (the 95 % interval covers 0 or "
+            f"{' (within noise)' if loss['within_noise'] else ' (beyond noise)'}. "
+            "* = within noise (the 95 % interval covers 0 or "
             f"p >= 0.05; per domain there are only a few held-out templates).")

@@ -21,7 +21,7 @@ from ..masks import PruningMask
 from .folding import fold_constants
 from .materialize import DEFAULT_TEXTS, STRUCTURAL_ATOL, materialize
 from .model_card import write_model_card
-from .verification import materialize_checked, why_different
+from .verification import materialize_checked, mode_and_ablation, why_different
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -39,7 +39,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero", overwrite: bool = False,
               check: bool = True, texts: Sequence[str] = DEFAULT_TEXTS,
               attn_implementation: str | None = "eager", dtype: torch.dtype | None = None,
-              means: dict | None = None) -> Path:
+              means: dict | None = None, ablation: str | None = None) -> Path:
     """Write the materialized model as a Hugging Face folder; return its path.
 
     The folder holds ``config.json``, the weights (``save_pretrained``: sharded safetensors), the
@@ -53,14 +53,15 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
     With ``check`` (default) the model is compared with the bridge in memory before anything is
     written (:func:`lens_bias.weights.verification.materialize_checked`: the allowed difference is
     ``max(atol, 4 x`` the measured rounding between the bridge and a plain HF forward``)``, with
-    ``atol`` 1e-5 for ``mode="zero"`` and ``"mean"``, 1e-4 for ``"structural"``, whose shorter
+    ``atol`` 1e-5 for ``mode="zero"`` (either ablation), 1e-4 for ``"structural"``, whose shorter
     matrices sum in another order). A failed check raises :class:`~lens_bias.errors.MaskError` and
     writes nothing.
 
-    ``mode="mean"`` writes a mask selected under mean ablation: the pruned units output ``means``
+    ``ablation="mean"`` writes a mask selected under mean ablation: the pruned units output ``means``
     (:func:`lens_bias.hooks.capture.mean_activations`, as ``ablate(..., "mean", means)``), folded into
     ``down_proj`` / ``o_proj`` biases (:func:`lens_bias.weights.folding.fold_constants`) and checked
-    against mean ablation; an architecture without those bias flags is refused.
+    against mean ablation; an architecture without those bias flags is refused. (``mode="mean"`` is
+    the old spelling of ``ablation="mean"``.)
 
     ``dtype`` (default: the checkpoint's own dtype, ``bridge.lens_bias_source_dtype``) is the dtype
     the weights are written in: a bfloat16 checkpoint loaded in float32 is written back in bfloat16,
@@ -81,16 +82,17 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
         'LlamaForCausalLM'
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    if mode == "mean" and means is None:
-        raise MaskError("mode='mean' needs the units' means: pass means=mean_activations(bridge, neutral_text()) "
+    mode, ablation = mode_and_ablation(mode, ablation)
+    if ablation == "mean" and means is None:
+        raise MaskError("ablation='mean' needs the units' means: pass means=mean_activations(bridge, neutral_text()) "
                         "(lens_bias.hooks.capture), the constants the mask was selected with")
     _prepare_out_dir(out_dir, overwrite)
     if check:
         atol = STRUCTURAL_ATOL if mode == "structural" else 1e-5
-        model, v = materialize_checked(bridge, mask, mode=mode, texts=texts, atol=atol, means=means)
+        model, v = materialize_checked(bridge, mask, mode=mode, texts=texts, atol=atol, means=means, ablation=ablation)
         if not v.ok:
             raise MaskError(f"{v.summary()}. {why_different(bridge, model)} Nothing was written.")
-    elif mode == "mean":
+    elif ablation == "mean":
         model = fold_constants(bridge, mask, means)
     else:
         model = materialize(bridge, mask, mode=mode)

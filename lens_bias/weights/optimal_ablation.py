@@ -15,7 +15,7 @@ which the fit sees.
 The constants have the layout of :func:`lens_bias.hooks.capture.mean_activations` (``neurons``
 [n_layers, d_mlp], ``heads`` [n_layers, n_heads, d_head]; only the pruned entries differ from the
 means), so they go wherever means go: ``ablate(bridge, mask, "mean", constants)`` simulates the
-pruning and ``export_hf(bridge, mask, out, mode="mean", means=constants)`` folds them into the
+pruning and ``export_hf(bridge, mask, out, ablation="mean", means=constants)`` folds them into the
 biases of ``down_proj`` / ``o_proj``, exactly (tested to 1e-5 in fp32).
 """
 

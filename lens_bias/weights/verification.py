@@ -37,10 +37,11 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from ..bridge import Bridge, model_device, tokenizer_of
-from ..errors import MaskError
+from ..errors import ChoiceError, MaskError
 from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..model.layout import unit_channels
+from ..vocab import MATERIALIZATIONS, check_ablation, check_choice, renamed
 from .materialize import DEFAULT_TEXTS, bridge_tensors, check_fits, clean_hf_model, materialize, pruned
 
 ROUNDING_FACTOR = 4.0  # the tolerance is this many times the measured rounding between the two paths
@@ -233,12 +234,36 @@ def weight_problems(bridge: Bridge, model: nn.Module, mask: PruningMask, most: i
     return tuple(problems[:most])
 
 
+def mode_and_ablation(mode: str, ablation: str | None) -> tuple[str, str]:
+    """How a mask enters the weights (``mode``: ``zero`` or ``structural``) and what its pruned
+    units output (``ablation``: ``zero`` or ``mean``), checked together. ``mode="mean"`` is the old
+    spelling of ``ablation="mean"`` (a :class:`DeprecationWarning`).
+
+    Examples:
+        >>> mode_and_ablation("structural", None)
+        ('structural', 'zero')
+        >>> mode_and_ablation("structural", "mean")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: mean ablation is written into the weights as folded biases...
+    """
+    if mode == "mean":
+        ablation, mode = renamed(ablation, "mean", "ablation", "mode", "zero"), "zero"
+    check_choice(mode, MATERIALIZATIONS, "mode")
+    ablation = check_ablation(ablation or "zero")
+    if ablation == "mean" and mode != "zero":
+        raise ChoiceError("mean ablation is written into the weights as folded biases, with the shapes kept: "
+                          "use mode='zero' (--mode zero) with ablation='mean'")
+    return mode, ablation
+
+
 def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero", texts: Sequence[str] = DEFAULT_TEXTS,
-                        atol: float = ABS_FLOOR, means: dict | None = None) -> tuple[PreTrainedModel, Verification]:
+                        atol: float = ABS_FLOOR, means: dict | None = None,
+                        ablation: str | None = None) -> tuple[PreTrainedModel, Verification]:
     """Materialize ``mask`` and judge it in memory, before anything is written: a clean HF model is
     built, its rounding against the bridge measured (:func:`path_rounding`), then the mask is
     written into it in place and the result compared with the simulation (:func:`compare`).
-    ``mode="mean"``: the pruned units' ``means`` are folded into biases
+    ``ablation="mean"``: the pruned units' ``means`` are folded into biases
     (:func:`lens_bias.weights.folding.fold_constants`) and compared with mean ablation.
     Returns the model and the :class:`Verification`; raises nothing on a failed check (the caller
     decides), only on unusable input.
@@ -251,9 +276,10 @@ def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero", t
         >>> v.ok, v.conclusive, v.max_diff <= 1e-5
         (True, True, True)
     """
+    mode, ablation = mode_and_ablation(mode, ablation)
     model = clean_hf_model(bridge)
     rounding = path_rounding(bridge, model, texts)
-    if mode == "mean":
+    if ablation == "mean":
         from .folding import fold_constants
 
         model = fold_constants(bridge, mask, means, model=model)
