@@ -9,7 +9,7 @@ choice                    values                                          where 
 :data:`Materialization`   zero, structural: how a mask enters the weights  ``--mode`` of prune
 :data:`Estimator`         ablate, patch: the attribution estimators       ``--estimator``
 :data:`Scorer`            the estimators and the baselines                ``--scorer``
-:data:`Target`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
+:data:`Metric`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
 :data:`Selector`          oneshot, stable, iterative, learned, auto (+)   ``--selector``
 :data:`PerLayer`          global, uniform                                 ``--per-layer``
 ========================  ==============================================  ==========================
@@ -36,9 +36,9 @@ BASELINES: tuple[Baseline, ...] = ("actdiff", "wanda", "random")
 SCORERS: tuple[str, ...] = ESTIMATORS + BASELINES
 #: what a budget may apply to: one kind of unit, or each kind separately
 KIND_CHOICES: tuple[str, ...] = (*KINDS, "both")
-Target: TypeAlias = Literal["js", "logit_gap", "seqgap"]
-TARGETS: tuple[Target, ...] = ("js", "logit_gap", "seqgap")
-SENTENCE_TARGETS: tuple[Target, ...] = ("seqgap",)
+Metric: TypeAlias = Literal["js", "logit_gap", "seqgap"]
+METRICS: tuple[Metric, ...] = ("js", "logit_gap", "seqgap")
+SENTENCE_METRICS: tuple[Metric, ...] = ("seqgap",)
 #: the built-in selectors; the set is open: :mod:`lens_bias.selection.registry` holds every registered
 #: one and checks a name against it (``check_selector``)
 Selector: TypeAlias = Literal["oneshot", "stable", "iterative", "learned", "auto"]
@@ -80,19 +80,20 @@ def check_ablation(ablation, what: str = "ablation") -> Ablation:
     return check_choice(ablation, ABLATIONS, what)  # type: ignore[return-value]
 
 
-def check_target(target, what: str = "metric") -> Target:
-    """A target name (callable targets pass through: attribution accepts a function of logits)."""
-    return target if callable(target) else check_choice(target, TARGETS, what)  # type: ignore[return-value]
+def check_metric(metric, what: str = "metric") -> Metric:
+    """A metric name: the bias measure attribution lowers (a callable passes through:
+    attribution accepts any function of the logits as its target)."""
+    return metric if callable(metric) else check_choice(metric, METRICS, what)  # type: ignore[return-value]
 
 
-def is_sentence_target(target) -> bool:
-    """Whether ``target`` scores whole sentences (so its pairs are sentence pairs).
+def is_sentence_metric(metric) -> bool:
+    """Whether ``metric`` scores whole sentences (so its pairs are sentence pairs).
 
     Examples:
-        >>> is_sentence_target("seqgap"), is_sentence_target("js")
+        >>> is_sentence_metric("seqgap"), is_sentence_metric("js")
         (True, False)
     """
-    return isinstance(target, str) and target in SENTENCE_TARGETS
+    return isinstance(metric, str) and metric in SENTENCE_METRICS
 
 
 def renamed(new_value, old_value, new: str, old: str, default):

@@ -1,7 +1,7 @@
 """Attribution patching: rank every MLP neuron and attention head by how much it drives the
 Black/White difference, from one forward and one backward pass per batch of pairs.
 
-Target: m = mean over pairs of a pair metric (:mod:`lens_bias.measures.targets`): ``js`` or ``logit_gap`` (as
+Metric: m = mean over pairs of a pair metric (:mod:`lens_bias.measures.targets`): ``js`` or ``logit_gap`` (as
 mean |gap|) at the prompts' last token, or ``seqgap`` (mean |gap| in summed sentence log-likelihood) on
 sentence pairs.
 A score is the *estimated reduction* of m when the component is removed (higher = prune first):
@@ -67,7 +67,7 @@ from ..model.batching import (
 )
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..vocab import ESTIMATORS, KINDS, Kind, check_ablation, check_choice, is_sentence_target
+from ..vocab import ESTIMATORS, KINDS, Kind, check_ablation, check_choice, is_sentence_metric
 from .provenance import provenance
 
 # ---------------------------------------------------------------- alignment for the patch estimator
@@ -179,7 +179,7 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
     n_layers = bridge.cfg.n_layers
     if batch is None:
         batch = (sentence_tokens(bridge, chunk).batch(range(len(chunk)), model_device(bridge))
-                 if is_sentence_target(target) else pair_batch(bridge, chunk))
+                 if is_sentence_metric(target) else pair_batch(bridge, chunk))
     n = len(chunk)
     lengths = batch.lengths.tolist()
     width = batch.ids.shape[1]
@@ -199,7 +199,7 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
         rows = slice(0, 2 * n)
         mask = None if all(x == width for x in lengths) else batch.mask
     with attached(bridge, hooks), torch.enable_grad():
-        if is_sentence_target(target):  # the whole sequence: each sentence's summed log-likelihood
+        if is_sentence_metric(target):  # the whole sequence: each sentence's summed log-likelihood
             logits = bridge(batch.ids)
             check_finite(logits, "logits during attribution")
             per_pair = sentence_gap(logits, batch).abs()
@@ -275,7 +275,7 @@ def attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, a
     the mean activations (computed on neutral text for mean ablation when not given)."""
     check_choice(estimator, ESTIMATORS, "estimator")
     check_ablation(ablation)
-    if is_sentence_target(metric) and estimator != "ablate":
+    if is_sentence_metric(metric) and estimator != "ablate":
         raise LensBiasError(f"metric {metric!r} is attributed with the 'ablate' estimator only (sentence "
                             f"pairs have no aligned suffix to patch); got {estimator!r}")
     kinds = [k for k in KINDS if k in components]
@@ -333,7 +333,7 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
             for k in kinds}
     metric_sum = torch.zeros(len(domains), dtype=acc, device=device)
     # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
-    tokens = (sentence_tokens(bridge, pairs.pairs) if is_sentence_target(metric)
+    tokens = (sentence_tokens(bridge, pairs.pairs) if is_sentence_metric(metric)
               else tokenize_pairs(bridge, pairs))
     cap = activation_token_cap(bridge)  # None on a CPU: the CPU default cap applies
     jobs = [(idx, [pairs.pairs[i] for i in idx])

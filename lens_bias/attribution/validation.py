@@ -29,14 +29,14 @@ from ..measures.targets import directional_only, pair_metric, sentence_gaps
 from ..model.batching import check_finite, chunks, last_logits, pair_batch, widened
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..vocab import KINDS, TARGETS, Kind, is_sentence_target
+from ..vocab import KINDS, METRICS, Kind, is_sentence_metric
 from .patching import aligned_suffix
 from .provenance import check_scores_match
 
 
 def metric_value(bridge: Bridge, pairs: PairSet, metric="js", batch_size: int = 32) -> float:
     """m = mean over pairs of the target metric, with whatever hooks are attached now."""
-    if is_sentence_target(metric):
+    if is_sentence_metric(metric):
         with torch.inference_mode():
             return sum(abs(g) for g in sentence_gaps(bridge, pairs, batch_size)) / len(pairs)
     pairs = directional_only(pairs, metric)
@@ -77,7 +77,7 @@ def exact_patch_effects(bridge: Bridge, pairs: PairSet, components: Sequence[Com
                         progress: bool = True) -> Float[Tensor, " n"]:
     """Exact activation patching: for each component, the White run's activation is patched into
     the Black run on the aligned suffix; returns the exact reduction of m."""
-    if is_sentence_target(metric):
+    if is_sentence_metric(metric):
         raise LensBiasError(f"metric {metric!r} has no patch estimator (sentence pairs are not aligned); "
                             "validate it with ablation")
     tok = tokenizer_of(bridge)
@@ -171,7 +171,7 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
     warning = check_scores_match(scores, pairs, bridge, allow_other_pairs, "validate",
                                  "allow_other_pairs=True")
     st = scores.settings
-    metric = st.get("metric") if st.get("metric") in TARGETS else "js"
+    metric = st.get("metric") if st.get("metric") in METRICS else "js"
     out = {}
     for kind in kinds:
         if scores.get(kind) is None:

@@ -129,7 +129,7 @@ def pairs_as_scanned(settings: dict, pairs: Path | None, domain: list[str] | Non
         >>> ps, seed
         (PairSet(4 pairs: hiring=4), 0)
     """
-    from ..measures.targets import load_target_pairs
+    from ..measures.targets import load_metric_pairs
 
     seed = settings.get("seed", 0) if seed is None else seed
     per_domain = settings.get("per_domain", 4) if per_domain is None else per_domain
@@ -137,7 +137,7 @@ def pairs_as_scanned(settings: dict, pairs: Path | None, domain: list[str] | Non
     domain = settings.get("domain_filter") if domain is None else domain
     if pairs is None and settings.get("pairs", "bundled") != "bundled":
         pairs = Path(settings["pairs"])
-    ps = load_target_pairs(pairs, domain_list(domain), per_domain, seed, settings.get("metric", "js"))
+    ps = load_metric_pairs(pairs, domain_list(domain), per_domain, seed, settings.get("metric", "js"))
     return split_part(ps, split, seed), seed
 
 

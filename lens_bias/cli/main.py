@@ -55,9 +55,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object ins
 def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0, metric: str = "js"):
     """The pairs of ``--pairs`` (all of them) or the bundled ones (``--per-domain`` per domain; the
     sentence pairs for ``--metric seqgap``)."""
-    from ..measures.targets import load_target_pairs
+    from ..measures.targets import load_metric_pairs
 
-    return load_target_pairs(pairs, domain_list(domain), per_domain, seed, metric)
+    return load_metric_pairs(pairs, domain_list(domain), per_domain, seed, metric)
 
 
 @app.command()

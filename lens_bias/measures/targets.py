@@ -27,7 +27,7 @@ from ..bridge import Bridge, tokenizer_of
 from ..errors import LensBiasError
 from ..model.batching import Batch, PairTokens, pad_id, widened
 from ..prompts.pairs import ContrastivePair, PairSet
-from ..vocab import check_target, is_sentence_target
+from ..vocab import check_metric, is_sentence_metric
 from .capability import sentence_logliks, sentence_rows
 from .metrics import js_divergence, logit_gap, word_tokens
 
@@ -50,7 +50,7 @@ def pair_metric(target, last_logits: Float[Tensor, "rows vocab"], pairs: Sequenc
     n = len(pairs)
     if callable(target):
         return target(last_logits[:n], last_logits[n:], pairs)
-    if is_sentence_target(target):
+    if is_sentence_metric(target):
         raise LensBiasError(f"{target!r} is a sentence target: use sentence_gap on the whole sequence")
     logp = F.log_softmax(last_logits, -1)
     logp_b, logp_w = logp[:n], logp[n:]
@@ -64,7 +64,7 @@ def pair_metric(target, last_logits: Float[Tensor, "rows vocab"], pairs: Sequenc
             g = logit_gap(logp_b[has], logp_w[has], [wt.pos[i] for i in has], [wt.neg[i] for i in has])
             out = out.index_put((torch.tensor(has, device=out.device),), g.abs())
         return out
-    check_target(target)
+    check_metric(target)
     raise LensBiasError(f"target {target!r} has no per-pair value")  # unreachable: every name has one
 
 
@@ -157,19 +157,19 @@ def seqgap_summary(gaps: Sequence[float], pairs: PairSet, signs: Sequence[int] =
     return out
 
 
-def load_target_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None, per_domain: int = 0,
+def load_metric_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None, per_domain: int = 0,
                       seed: int = 0, metric: str = "js") -> PairSet:
     """What a command scores with ``metric``: the pairs of ``path``, else the bundled prompt pairs,
     or the bundled sentence pairs for a sentence target (``seqgap``), at most ``per_domain`` per
     domain (``0`` = all).
 
     Examples:
-        >>> load_target_pairs(domains=["finance"], per_domain=3, metric="seqgap")[0].pos
+        >>> load_metric_pairs(domains=["finance"], per_domain=3, metric="seqgap")[0].pos
         ()
     """
     from ..prompts.pairs import load_pairs
     from ..prompts.sentences import load_sentence_pairs
 
-    if is_sentence_target(metric) and not path:
+    if is_sentence_metric(metric) and not path:
         return load_sentence_pairs(None, domains, per_domain, seed)
     return load_pairs(path, domains, per_domain, seed)

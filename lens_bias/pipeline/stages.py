@@ -37,8 +37,8 @@ from ..vocab import (
     KIND_CHOICES,
     check_ablation,
     check_choice,
-    check_target,
-    is_sentence_target,
+    check_metric,
+    is_sentence_metric,
 )
 from .record import RunResults, run_metrics, write_record
 
@@ -171,7 +171,7 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
 def _check_config(cfg: RunConfig) -> None:
     """Refuse options a run cannot honour, before any work."""
     check_choice(cfg.kind, KIND_CHOICES, "--kind")
-    check_target(cfg.metric, "--metric")
+    check_metric(cfg.metric, "--metric")
     check_ablation(cfg.ablation, "--ablation")
     check_selector(cfg.selector, cfg.ablation, "--selector")  # also: one that works under this ablation
     if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
@@ -200,7 +200,7 @@ def _load(cfg: RunConfig) -> _Inputs:
                                           cfg.held_out, cfg.seed)
     except PairsError as e:
         raise RunError(f"{e} (give more templates or use the bundled set)") from None
-    if is_sentence_target(cfg.metric) and not len(s_train):
+    if is_sentence_metric(cfg.metric) and not len(s_train):
         raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; none cover "
                        f"{train.domains}")
     bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
@@ -211,7 +211,7 @@ def _load(cfg: RunConfig) -> _Inputs:
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
                           lambada_limit=cfg.lambada_limit, sentences=s_held if len(s_held) else None)
-    return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_target(cfg.metric) else train)
+    return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:

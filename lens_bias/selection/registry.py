@@ -82,7 +82,7 @@ class SelectionInputs:
     batch_size: int = 16
     progress: bool = False
 
-    def target(self) -> str:
+    def resolved_metric(self) -> str:
         """The metric selection lowers: ``metric``, else the attribution's, else ``js``."""
         for source in (self.scores, self.template_scores):
             if self.metric is None and source is not None:
@@ -92,7 +92,7 @@ class SelectionInputs:
     def per_template(self) -> TemplateScores:
         """The attribution kept per template (computed on first use under ``ablation``)."""
         if self.template_scores is None:
-            self.template_scores = attribute_templates(self.bridge, self.pairs, metric=self.target(),
+            self.template_scores = attribute_templates(self.bridge, self.pairs, metric=self.resolved_metric(),
                                                        ablation=self.ablation, means=self.means,
                                                        batch_size=self.batch_size, progress=self.progress)
         return self.template_scores

@@ -377,7 +377,7 @@ def iterative_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection
     ts = inputs.template_scores
     first = inputs.scores if inputs.scores is not None else (ts.scores() if ts is not None else None)
     mask, rounds = select_iterative(inputs.bridge, inputs.pairs, inputs.budget, inputs.kind,
-                                    spec.options.get("steps", 4), inputs.target(), inputs.ablation, inputs.means,
+                                    spec.options.get("steps", 4), inputs.resolved_metric(), inputs.ablation, inputs.means,
                                     inputs.cost, spec.max_cost_quantile, inputs.batch_size, first=first,
                                     progress=inputs.progress)
     return Selection(mask, {"rounds": len(rounds)})
