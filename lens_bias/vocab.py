@@ -5,13 +5,14 @@ a checker that raises :class:`~lens_bias.errors.ChoiceError` listing the valid o
 choice                    values                                          where it is chosen
 ========================  ==============================================  ==========================
 :data:`Kind`              neurons, heads                                  ``--kind``, ``kind=``
-:data:`Ablation`          zero, mean: what a pruned unit outputs          ``--ablation``, ``mode=``
-:data:`Materialization`   zero, structural: how a mask enters the weights  ``--mode`` of prune
+:data:`Ablation`          zero, mean: what a pruned unit outputs          ``--ablation``, ``ablation=``
+:data:`Materialization`   zero, structural: how a mask enters weights     ``--mode``, ``mode=``
 :data:`Estimator`         ablate, patch: the attribution estimators       ``--estimator``
 :data:`Scorer`            the estimators and the baselines                ``--scorer``
 :data:`Metric`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
 :data:`Selector`          oneshot, stable, iterative, learned, auto (+)   ``--selector``
 :data:`PerLayer`          global, uniform                                 ``--per-layer``
+:data:`ExportFormat`      hf, torch-prune, torch-pruning, optipfair       ``--format`` of export
 ========================  ==============================================  ==========================
 
 (+) selectors are an open set: their registry, :mod:`lens_bias.selection.registry`, checks them.
@@ -45,6 +46,8 @@ Selector: TypeAlias = Literal["oneshot", "stable", "iterative", "learned", "auto
 BUILTIN_SELECTORS: tuple[Selector, ...] = ("oneshot", "stable", "iterative", "learned", "auto")
 PerLayer: TypeAlias = Literal["global", "uniform"]
 PER_LAYER: tuple[PerLayer, ...] = ("global", "uniform")
+ExportFormat: TypeAlias = Literal["hf", "torch-prune", "torch-pruning", "optipfair"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("hf", "torch-prune", "torch-pruning", "optipfair")
 
 
 def check_choice(value, valid: tuple[str, ...], what: str) -> str:

@@ -173,7 +173,7 @@ def tiny_with_template(monkeypatch):
 
 def test_cli_measure_with_chat_template(tiny_with_template):
     runner = CliRunner()
-    args = ["measure", "--model", "tiny-random", "--domain", "hiring", "--per-domain", "2", "--device", "cpu",
+    args = ["measure", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "2", "--device", "cpu",
             "--json", "-q"]
     on, off = runner.invoke(app, [*args, "--chat-template"]), runner.invoke(app, args)
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from lens_bias.cli.main import app
@@ -103,3 +104,34 @@ def test_prune_then_export_every_format(tmp_path):
         assert sorted(f.keys()) == ["0", "1"]
     r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "onnx", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--format must be" in r.output
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (["measure", "--domain", "hiring"], "--domains"),
+    (["scan", "--domain", "hiring", "--components", "neurons", "-o", "SCORES"], "--kinds"),
+])
+def test_old_option_spellings_still_work_hidden_and_with_a_warning(tmp_path, old, new):
+    """Renamed options keep their old spelling for a while: it works, says what replaced it, and
+    is not offered by --help."""
+    args = [tmp_path / "s.safetensors" if a == "SCORES" else a for a in old]
+    r = runner.invoke(app, [*map(str, args), "--model", "tiny-random", "--per-domain", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"is now {new}" in r.output
+    helped = runner.invoke(app, [old[0], "--help"], env={"COLUMNS": "200"}).output
+    assert "--domain " not in helped and "--components" not in helped and "--domains" in helped
+    both = runner.invoke(app, [old[0], "--model", "tiny-random", "--domain", "hiring", "--domains", "finance"])
+    assert both.exit_code == 2 and "old spelling of --domains" in both.output
+
+
+def test_experiment_selectors_takes_its_old_option_spelling(monkeypatch, tmp_path):
+    from lens_bias.cli import study
+
+    def stop(self, ppl_tokens=2048):
+        raise study.LensBiasError("stopped before loading")
+
+    monkeypatch.setattr(study.StudyOptions, "inputs", stop)
+    r = runner.invoke(app, ["experiment", "selectors", "--methods", "oneshot,bogus", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--methods is now --selectors" in r.output
+    assert "--selectors must be one of oneshot" in r.output and "got 'bogus'" in r.output, r.output
+    r = runner.invoke(app, ["experiment", "selectors", "--selectors", "oneshot", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "stopped before loading" in r.output

@@ -181,7 +181,7 @@ def test_export_keeps_the_checkpoint_dtype(tmp_path):
 def test_device_map_cpu_cpu_from_the_cli_equals_one_device():
     """The split path (accelerate's device map over two 'devices') from the command line, as a
     two-GPU run would use it; on a CPU both halves are the CPU, and the numbers must not move."""
-    args = ["measure", "--model", "tiny-random", "--per-domain", "2", "--domain", "hiring", "--json"]
+    args = ["measure", "--model", "tiny-random", "--per-domain", "2", "--domains", "hiring", "--json"]
     one = runner.invoke(app, [*args, "--device", "cpu"])
     split = runner.invoke(app, [*args, "--device-map", "cpu,cpu"])
     assert one.exit_code == 0 and split.exit_code == 0, split.output

@@ -18,7 +18,7 @@ from lens_bias.prompts.pairs import PairSet
 from lens_bias.scores import Scores
 
 runner = CliRunner()
-SCAN = ["scan", "--model", "tiny-random", "--domain", "hiring,finance", "--per-domain", "4", "--components", "heads",
+SCAN = ["scan", "--model", "tiny-random", "--domains", "hiring,finance", "--per-domain", "4", "--kinds", "heads",
         "-q"]
 VALIDATE = ["validate", "--model", "tiny-random", "--k", "2", "--n-random", "1", "--kinds", "heads", "-q"]
 

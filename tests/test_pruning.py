@@ -18,11 +18,12 @@ from lens_bias.masks import PruningMask
 from lens_bias.model.batching import pair_batch
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.scores import Scores
-from lens_bias.selection.from_scores import ablation_constants, mask_from_scores
+from lens_bias.selection.from_scores import mask_from_scores
 from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.selection.topk import select
 from lens_bias.vocab import check_ablation
 from lens_bias.weights.export import export_hf
+from lens_bias.weights.formats import ablation_constants
 
 runner = CliRunner()
 PRUNE = ["prune", "--model", "tiny-random", "--budget", "6", "--max-cost-quantile", "0.5"]
@@ -31,8 +32,8 @@ PRUNE = ["prune", "--model", "tiny-random", "--budget", "6", "--max-cost-quantil
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory):
     path = tmp_path_factory.mktemp("scan") / "s.safetensors"
-    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domain", "hiring", "--per-domain", "4",
-                            "--components", "neurons", "-q", "-o", str(path)])
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "4",
+                            "--kinds", "neurons", "-q", "-o", str(path)])
     assert r.exit_code == 0, r.output
     return path
 

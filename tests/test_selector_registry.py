@@ -74,8 +74,8 @@ def test_a_registered_selector_runs_through_run(tmp_path, toy):
 
 def test_a_registered_selector_runs_through_prune(tiny, tmp_path, toy):
     scan = tmp_path / "s.safetensors"
-    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domain", "hiring", "--per-domain", "4",
-                            "--components", "neurons", "-q", "-o", str(scan)])
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "4",
+                            "--kinds", "neurons", "-q", "-o", str(scan)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scan), "--budget", "6", "--selector", toy,
                             "-q", "-o", str(tmp_path / "p")])

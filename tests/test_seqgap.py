@@ -127,7 +127,7 @@ def test_measure_seqgap_cli_json():
 
     from lens_bias.cli.main import app
 
-    r = CliRunner().invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "3", "--domain", "hiring,policing",
+    r = CliRunner().invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "3", "--domains", "hiring,policing",
                                  "--seqgap", "--json", "-q"])
     assert r.exit_code == 0, r.output
     sg = json.loads(r.stdout)["seqgap"]

@@ -225,20 +225,6 @@ def validation_table(res: dict) -> str:
                   "Spearman top-k", "Spearman random", "same sign"])
 
 
-def torch_prune_masks(m, bridge) -> dict:
-    """``<module>.weight_mask`` tensors of mask ``m`` on ``bridge``'s model, as
-    ``torch.nn.utils.prune.custom_from_mask`` takes them (``lens-bias export -f torch-prune``)."""
-    from ..weights.interop import to_torch_prune
-    from ..weights.materialize import clean_hf_model
-
-    m.check(bridge)
-    hf = clean_hf_model(bridge)
-    to_torch_prune(hf, m)
-    return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
-            for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
-            if bname == "weight_mask"}
-
-
 def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
     """Refuse bad ``run`` options (budgets, capability quantile, steps) with a message naming the option."""
     from ..selection.topk import parse_budget
@@ -253,7 +239,25 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
         raise LensBiasError(f"--steps must be at least 1, got {steps}")
 
 
-DomainOpt = Annotated[list[str] | None, typer.Option("--domain", "-d", help="bundled domain(s); repeat or comma-separate")]
+DomainsOpt = Annotated[list[str] | None, typer.Option(
+    "--domains", "-d", help="bundled domains, comma-separated or the option repeated (default: all)")]
+OldDomainOpt = Annotated[list[str] | None, typer.Option("--domain", hidden=True, help="old spelling of --domains")]
+
+
+def old_spelling(new_value, old_value, new: str, old: str):
+    """The value of an option renamed from ``old`` to ``new``: the old spelling still works,
+    hidden from ``--help``, with a warning on stderr; both at once is refused.
+
+    Examples:
+        >>> old_spelling(["hiring"], None, "--domains", "--domain")
+        ['hiring']
+    """
+    if old_value is None or old_value == []:
+        return new_value
+    if new_value is not None and new_value != []:
+        raise LensBiasError(f"{old} is the old spelling of {new}; pass only {new}")
+    warn(f"{old} is now {new}; the old spelling will be removed")
+    return old_value
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
 SelectorOpt = Annotated[str, typer.Option(
     help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "

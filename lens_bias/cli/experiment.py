@@ -4,117 +4,76 @@ selection generalizes (selectors compared; the learning curve over training word
 
 Each command scores on the train templates, evaluates on held-out templates and writes ``OUT/``
 with ``result.json`` and ``report.html`` (written to a temporary folder and renamed at the end).
+The options they share are declared once (:mod:`lens_bias.cli.study`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..errors import LensBiasError
-from ..studies.setup import study_inputs, template_scores
-from .common import (
-    ChatOpt,
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    PairsOpt,
-    QuietOpt,
-    SelectorOpt,
-    comma_list,
-    domain_list,
-    fail,
-    fmt1,
-    fmt2,
-    load_options,
-    table,
-)
+from ..studies.setup import template_scores
+from .common import SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
+from .study import StudyOptions, study_command
 
 app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
                                               "(curve), cross-domain transfer (generalize), overlap between domains, "
-                                              "leave-one-domain-out transfer (transfer).")
+                                              "leave-one-domain-out transfer (transfer), selectors compared "
+                                              "(selectors) and the learning curve over wording (wording).")
 
-DomainsOpt = Annotated[str | None, typer.Option("--domains", help="domains, comma-separated (default: all)")]
-PerDomainOpt = Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")]
-HeldOpt = Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder (result.json, report.html)")]
-CostOpt = Annotated[float, typer.Option(help="capability filter: keep units above this Fisher-cost quantile "
-                                             "(1 = off)")]
-OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing output folder")]
+BudgetOpt = Annotated[str, typer.Option(help="count, % of units or %params")]
+KindOpt = Annotated[str, typer.Option(help="neurons or heads")]
+ScorerOpt = Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")]
 
 
-def _write(out: Path, overwrite: bool, result: dict, report) -> None:
-    """Write ``result.json`` and ``report.html`` into ``out``, atomically (:func:`atomic_out`)."""
-    from ..atomic import atomic_out
-
-    with atomic_out(out, overwrite) as tmp:
-        (tmp / "result.json").write_text(json.dumps(result, indent=1, default=float))
-        (tmp / "report.html").write_text(report.html(), encoding="utf-8")
+def _done(out, t0: float) -> None:
+    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
 
 
-def _quantile(q: float) -> float | None:
-    return None if q >= 1 else q
-
-
-@app.command()
+@study_command(app, "curve", "experiments/curve")
 def curve(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 24,
-    held_per_domain: HeldOpt = 26,
+    opts: StudyOptions,
     scorers: Annotated[str, typer.Option(help="comma-separated: ablate, patch, actdiff, wanda, random")] =
     "ablate,patch,actdiff,wanda,random",
     kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
     budgets: Annotated[str, typer.Option(help="comma-separated; %params keeps kinds parameter-matched")] =
     "0.1%params,0.2%params,0.5%params,1%params",
-    max_cost_quantile: CostOpt = 0.5,
     selector: SelectorOpt = "oneshot",
-    seed: int = 0,
-    out: OutOpt = Path("experiments/curve"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
 ) -> None:
     """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters."""
     from ..report import figures as viz
     from ..report.html import Report
+    from ..selection.registry import check_selector
     from ..studies.curve import compare_scorers
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
-        res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
-                              budgets=comma_list(budgets), max_cost_quantile=_quantile(max_cost_quantile), seed=seed,
-                              progress=not quiet, selector=selector)
-        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
-        rep = Report(f"lens_bias experiment: scorers and kinds on {model}")
-        rep.text(_curve_reading(res), "note")
-        rep.figure(viz.pruning_curves(res["rows"], "js", "wikitext_ppl" if ev.wikitext else "kl_neutral",
-                                      before={"js": res["before"]["js"], "wikitext_ppl": res["before"].get("wikitext_ppl"),
-                                              "kl_neutral": 0.0}))
-        rep.table(_curve_rows(res), ["scorer", "kind", "budget", "units", "% params", "JS", "JS reduction %",
-                                     "ppl change %", "KL neutral"])
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    check_selector(selector, what="--selector")
+    bridge, train, ev = opts.inputs()
+    res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
+                          budgets=comma_list(budgets), max_cost_quantile=opts.quantile, seed=opts.seed,
+                          progress=opts.progress, selector=selector)
+    res.update(model=opts.model, chat_template=opts.chat_template, seconds=round(time.time() - t0, 1))
+    rep = Report(f"lens_bias experiment: scorers and kinds on {opts.model}")
+    rep.text(_curve_reading(res), "note")
+    capability = "wikitext_ppl" if ev.wikitext else "kl_neutral"
+    before = {"js": res["before"]["js"], "wikitext_ppl": res["before"].get("wikitext_ppl"), "kl_neutral": 0.0}
+    rep.figure(viz.pruning_curves(res["rows"], "js", capability, before=before))
+    rep.table(_curve_rows(res), ["scorer", "kind", "budget", "units", "% params", "JS", "JS reduction %",
+                                 "ppl change %", "KL neutral"])
+    opts.write(res, rep)
     typer.echo(table(_curve_rows(res), ["scorer", "kind", "budget", "units", "%params", "JS", "JS red. %",
                                          "ppl %", "KL"]))
     typer.echo(_curve_reading(res))
-    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+    _done(opts.out, t0)
 
 
 def _curve_rows(res: dict) -> list[list]:
-    return [[r["scorer"] if r.get("selector", "oneshot") == "oneshot" else f"{r['scorer']} ({r['selector']})", r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
+    def name(r: dict) -> str:
+        return r["scorer"] if r.get("selector", "oneshot") == "oneshot" else f"{r['scorer']} ({r['selector']})"
+
+    return [[name(r), r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
              r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral")] for r in res["rows"]]
 
 
@@ -129,26 +88,9 @@ def _curve_reading(res: dict) -> str:
     return ". ".join(parts) + "."
 
 
-@app.command()
-def generalize(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 24,
-    held_per_domain: HeldOpt = 26,
-    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
-    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
-    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
-    max_cost_quantile: CostOpt = 0.5,
-    seed: int = 0,
-    out: OutOpt = Path("experiments/generalize"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
-) -> None:
+@study_command(app, "generalize", "experiments/generalize")
+def generalize(opts: StudyOptions, budget: BudgetOpt = "0.5%", kind: KindOpt = "neurons",
+               scorer: ScorerOpt = "ablate") -> None:
     """Cross-domain transfer: prune on each domain, measure the bias reduction on every domain's
     held-out templates (Ma et al.'s finance -> commerce question, for all domain pairs)."""
     from ..report import figures as viz
@@ -156,24 +98,21 @@ def generalize(
     from ..studies.generalize import generalization_matrix, overlap
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
-        gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
-                                   max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet)
-        ov = overlap(gm["pruned"], bridge.cfg.n_layers)
-        res = {**gm, "overlap": ov, "model": model, "chat_template": chat_template, "seconds": round(time.time() - t0, 1)}
-        rep = Report(f"lens_bias experiment: cross-domain transfer on {model}")
-        rep.text(_gen_reading(res), "note")
-        rep.figure(viz.generalization_heatmap(gm))
-        rep.table(_gen_rows(gm), ["learned on \\ tested on", *gm["test_domains"], "WikiText ppl"])
-        rep.figure(viz.overlap_heatmap(ov))
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    bridge, train, ev = opts.inputs()
+    gm = generalization_matrix(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
+                               max_cost_quantile=opts.quantile, progress=opts.progress)
+    ov = overlap(gm["pruned"], bridge.cfg.n_layers)
+    res = {**gm, "overlap": ov, "model": opts.model, "chat_template": opts.chat_template,
+           "seconds": round(time.time() - t0, 1)}
+    rep = Report(f"lens_bias experiment: cross-domain transfer on {opts.model}")
+    rep.text(_gen_reading(res), "note")
+    rep.figure(viz.generalization_heatmap(gm))
+    rep.table(_gen_rows(gm), ["learned on \\ tested on", *gm["test_domains"], "WikiText ppl"])
+    rep.figure(viz.overlap_heatmap(ov))
+    opts.write(res, rep)
     typer.echo(table(_gen_rows(gm), ["learned on", *gm["test_domains"], "ppl"]))
     typer.echo(_gen_reading(res))
-    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+    _done(opts.out, t0)
 
 
 def _gen_rows(gm: dict) -> list[list]:
@@ -189,71 +128,34 @@ def _gen_reading(res: dict) -> str:
             f"Perplexity before {fmt1(res['wikitext_ppl_before'])}.")
 
 
-@app.command("overlap")
-def overlap_cmd(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 24,
-    held_per_domain: HeldOpt = 26,
-    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
-    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
-    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
-    max_cost_quantile: CostOpt = 0.5,
-    seed: int = 0,
-    out: OutOpt = Path("experiments/overlap"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
-) -> None:
+@study_command(app, "overlap", "experiments/overlap")
+def overlap_cmd(opts: StudyOptions, budget: BudgetOpt = "0.5%", kind: KindOpt = "neurons",
+                scorer: ScorerOpt = "ablate") -> None:
     """Which units each domain's pruning picks: Jaccard overlap between domains, and by layer."""
     from ..report import figures as viz
     from ..report.html import Report
     from ..studies.generalize import domain_masks, overlap
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
-        masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral,
-                             _quantile(max_cost_quantile), progress=not quiet)
-        ov = overlap({t: m.pruned(kind) for t, m in masks.items()}, bridge.cfg.n_layers)
-        res = {**ov, "pruned": {t: m.pruned(kind) for t, m in masks.items()}, "model": model, "chat_template": chat_template, "budget": budget,
-               "kind": kind, "scorer": scorer, "seconds": round(time.time() - t0, 1)}
-        rep = Report(f"lens_bias experiment: overlap of domain prunings on {model}")
-        rep.figure(viz.overlap_heatmap(ov, f"Overlap of the {kind} pruned per domain ({budget}, {scorer})"))
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    bridge, train, ev = opts.inputs()
+    masks = domain_masks(bridge, train, None, budget, kind, scorer, True, ev.neutral, opts.quantile,
+                         progress=opts.progress)
+    pruned = {t: m.pruned(kind) for t, m in masks.items()}
+    ov = overlap(pruned, bridge.cfg.n_layers)
+    res = {**ov, "pruned": pruned, "model": opts.model, "chat_template": opts.chat_template, "budget": budget,
+           "kind": kind, "scorer": scorer, "seconds": round(time.time() - t0, 1)}
+    rep = Report(f"lens_bias experiment: overlap of domain prunings on {opts.model}")
+    rep.figure(viz.overlap_heatmap(ov, f"Overlap of the {kind} pruned per domain ({budget}, {scorer})"))
+    opts.write(res, rep)
     names = ov["names"]
     typer.echo(table([[a, *[round(v, 2) for v in row]] for a, row in zip(names, ov["jaccard"], strict=True)],
                       ["Jaccard", *names]))
-    typer.echo(f"mean overlap between domains: {fmt2(ov['mean_offdiag_jaccard'])}; wrote {out}/")
+    typer.echo(f"mean overlap between domains: {fmt2(ov['mean_offdiag_jaccard'])}; wrote {opts.out}/")
 
 
-@app.command()
-def transfer(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 24,
-    held_per_domain: HeldOpt = 26,
-    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
-    kind: Annotated[str, typer.Option(help="neurons or heads")] = "neurons",
-    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
-    max_cost_quantile: CostOpt = 0.5,
-    seed: int = 0,
-    out: OutOpt = Path("experiments/transfer"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
-) -> None:
+@study_command(app, "transfer", "experiments/transfer")
+def transfer(opts: StudyOptions, budget: BudgetOpt = "0.5%", kind: KindOpt = "neurons",
+             scorer: ScorerOpt = "ablate") -> None:
     """Leave-one-domain-out transfer (the unseen use case): for each domain, prune with the mask
     learned on all the other domains and measure the bias reduction on its held-out templates,
     next to the mask learned on all domains; pooled over every domain with a 95 % interval."""
@@ -262,45 +164,33 @@ def transfer(
     from ..studies.transfer import TRANSFER_HEADER, leave_one_domain_out, transfer_reading, transfer_rows
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
-        lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
-                                  max_cost_quantile=_quantile(max_cost_quantile), progress=not quiet, seed=seed)
-        res = {**lo, "model": model, "chat_template": chat_template, "seconds": round(time.time() - t0, 1)}
-        rep = Report(f"lens_bias experiment: leave-one-domain-out transfer on {model}")
-        rep.text(transfer_reading(res), "note")
-        rep.figure(viz.transfer_bars(res))
-        rep.table(transfer_rows(res), TRANSFER_HEADER)
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    bridge, train, ev = opts.inputs()
+    lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
+                              max_cost_quantile=opts.quantile, progress=opts.progress, seed=opts.seed)
+    res = {**lo, "model": opts.model, "chat_template": opts.chat_template, "seconds": round(time.time() - t0, 1)}
+    rep = Report(f"lens_bias experiment: leave-one-domain-out transfer on {opts.model}")
+    rep.text(transfer_reading(res), "note")
+    rep.figure(viz.transfer_bars(res))
+    rep.table(transfer_rows(res), TRANSFER_HEADER)
+    opts.write(res, rep)
     typer.echo(table(transfer_rows(res), TRANSFER_HEADER))
     typer.echo(transfer_reading(res))
-    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+    _done(opts.out, t0)
 
 
-@app.command()
+@study_command(app, "selectors", "experiments/selectors")
 def selectors(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 24,
-    held_per_domain: HeldOpt = 26,
-    methods: Annotated[str, typer.Option(help="selectors, comma-separated (oneshot, stable, iterative, learned, "
-                                              "auto); the first is the others' paired reference")] = "oneshot,iterative,stable,learned,auto",
+    opts: StudyOptions,
+    selectors: Annotated[str | None, typer.Option(
+        help="selectors, comma-separated (oneshot, stable, iterative, learned, auto or a registered one); "
+             "the first is the others' paired reference (default: oneshot,iterative,stable,learned,auto)")] = None,
     budgets: Annotated[str, typer.Option(help="neuron budgets, comma-separated")] = "0.25%,0.5%,1%",
     lodo_budgets: Annotated[str, typer.Option(help="budgets with a leave-one-domain-out measure")] = "0.5%",
-    lodo_methods: Annotated[str, typer.Option(help="selectors measured leave-one-domain-out")] = "oneshot,stable,auto",
-    max_cost_quantile: CostOpt = 0.5,
-    seed: int = 0,
-    out: OutOpt = Path("experiments/selectors"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
+    lodo_selectors: Annotated[str | None, typer.Option(
+        help="selectors measured leave-one-domain-out (default: oneshot,stable,auto)")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", hidden=True, help="old spelling of --selectors")] = None,
+    lodo_methods: Annotated[str | None, typer.Option("--lodo-methods", hidden=True,
+                                                     help="old spelling of --lodo-selectors")] = None,
 ) -> None:
     """Compare selectors at several budgets (plus heads at the parameters of the 0.5 % neuron
     masks): train, held-out and leave-one-domain-out JS, |logit gap|, seqgap, CrowS-Pairs,
@@ -308,49 +198,38 @@ def selectors(
     from ..prompts.pairs import neutral_text
     from ..report import figures as viz
     from ..report.html import Report
-    from ..selection.registry import SelectorSpec
+    from ..selection.registry import SelectorSpec, check_selector
     from ..studies.selectors import compare_selectors, selector_rows
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template), ppl_tokens=4096)
-        ts, cost = template_scores(bridge, train, not quiet)
-        specs = [SelectorSpec(m, _quantile(max_cost_quantile)) for m in comma_list(methods)]
-        res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
-                                comma_list(lodo_budgets), comma_list(lodo_methods), seed=seed, progress=not quiet)
-        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
-        rows, header = selector_rows(res)
-        rep = Report(f"lens_bias experiment: selectors compared on {model}")
-        rep.figure(viz.selector_frontier(res))
-        rep.figure(viz.train_vs_held_out(res))
-        rep.table(rows, header)
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    chosen = comma_list(old_spelling(selectors, methods, "--selectors", "--methods")
+                        or "oneshot,iterative,stable,learned,auto")
+    lodo = comma_list(old_spelling(lodo_selectors, lodo_methods, "--lodo-selectors", "--lodo-methods")
+                      or "oneshot,stable,auto")
+    for name in chosen + lodo:
+        check_selector(name, what="--selectors")
+    bridge, train, ev = opts.inputs(ppl_tokens=4096)
+    ts, cost = template_scores(bridge, train, opts.progress)
+    specs = [SelectorSpec(m, opts.quantile) for m in chosen]
+    res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
+                            comma_list(lodo_budgets), lodo, seed=opts.seed, progress=opts.progress)
+    res.update(model=opts.model, chat_template=opts.chat_template, seconds=round(time.time() - t0, 1))
+    rows, header = selector_rows(res)
+    rep = Report(f"lens_bias experiment: selectors compared on {opts.model}")
+    rep.figure(viz.selector_frontier(res))
+    rep.figure(viz.train_vs_held_out(res))
+    rep.table(rows, header)
+    opts.write(res, rep)
     typer.echo(table(rows, header))
-    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+    _done(opts.out, t0)
 
 
-@app.command()
+@study_command(app, "wording", "experiments/wording", per_domain=96)
 def wording(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    per_domain: PerDomainOpt = 96,
-    held_per_domain: HeldOpt = 26,
+    opts: StudyOptions,
     ks: Annotated[str, typer.Option(help="train templates per domain, comma-separated (0 = all)")] = "1,2,4,8,0",
     draws: Annotated[int, typer.Option(help="random draws of templates per point")] = 3,
-    budget: Annotated[str, typer.Option(help="count, % of units or %params")] = "0.5%",
-    max_cost_quantile: CostOpt = 0.5,
-    seed: int = 0,
-    out: OutOpt = Path("experiments/wording"),
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    chat_template: ChatOpt = False,
+    budget: BudgetOpt = "0.5%",
 ) -> None:
     """The learning curve over training wording: one-shot neuron masks from the scores of k train
     templates per domain (random draws), measured on held-out templates and leave-one-domain-out."""
@@ -359,19 +238,15 @@ def wording(
     from ..studies.selectors import wording_curve, wording_rows
 
     t0 = time.time()
-    try:
-        bridge, train, ev = study_inputs(model, pairs, domain_list([domains] if domains else None), per_domain,
-                                         held_per_domain, seed, load_options(dtype, device, device_map, chat_template))
-        ts, cost = template_scores(bridge, train, not quiet)
-        res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, _quantile(max_cost_quantile),
-                            [int(k) for k in comma_list(ks)], draws, seed, progress=not quiet)
-        res.update(model=model, chat_template=chat_template, seconds=round(time.time() - t0, 1))
-        rows, header = wording_rows(res)
-        rep = Report(f"lens_bias experiment: training wording on {model}")
-        rep.figure(viz.wording_curve(res))
-        rep.table(rows, header)
-        _write(out, overwrite, res, rep)
-    except LensBiasError as e:
-        fail(e)
+    bridge, train, ev = opts.inputs()
+    ts, cost = template_scores(bridge, train, opts.progress)
+    res = wording_curve(bridge, ts, train, ev.pairs, budget, "neurons", cost, opts.quantile,
+                        [int(k) for k in comma_list(ks)], draws, opts.seed, progress=opts.progress)
+    res.update(model=opts.model, chat_template=opts.chat_template, seconds=round(time.time() - t0, 1))
+    rows, header = wording_rows(res)
+    rep = Report(f"lens_bias experiment: training wording on {opts.model}")
+    rep.figure(viz.wording_curve(res))
+    rep.table(rows, header)
+    opts.write(res, rep)
     typer.echo(table(rows, header))
-    typer.echo(f"wrote {out}/ (result.json, report.html) in {time.time() - t0:.0f} s")
+    _done(opts.out, t0)

@@ -15,9 +15,10 @@ from .common import (
     ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
-    DomainOpt,
+    DomainsOpt,
     DtypeOpt,
     ModelOpt,
+    OldDomainOpt,
     PairsOpt,
     QuietOpt,
     SelectorOpt,
@@ -30,11 +31,11 @@ from .common import (
     interruptible,
     load_bridge,
     load_options,
+    old_spelling,
     pairs_as_scanned,
     print_run,
     split_part,
     table,
-    torch_prune_masks,
     validation_summary,
     validation_table,
     warn,
@@ -82,7 +83,8 @@ def models(json_out: JsonOpt = False) -> None:
 def measure(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
-    domain: DomainOpt = None,
+    domains: DomainsOpt = None,
+    domain: OldDomainOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
     crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
@@ -103,6 +105,7 @@ def measure(
     from ..prompts.corpora import default_crows_path, load_crows_pairs
 
     try:
+        domain = old_spelling(domains, domain, "--domains", "--domain")
         t0 = time.time()
         ps = _pairs(pairs, domain, per_domain)
         if crows:
@@ -166,13 +169,15 @@ def _print_measure(out: dict) -> None:
 def scan(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
-    domain: DomainOpt = None,
+    domains: DomainsOpt = None,
+    domain: OldDomainOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
     split: SplitOpt = "train",
     metric: Annotated[str, typer.Option(help="js, logit_gap or seqgap (bundled sentence pairs)")] = "js",
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
-    components: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
+    kinds: Annotated[str | None, typer.Option(help="neurons,heads (default: both)")] = None,
+    components: Annotated[str | None, typer.Option("--components", hidden=True, help="old spelling of --kinds")] = None,
     graddrop: Annotated[bool, typer.Option(help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
     chat_template: ChatOpt = False,
     batch_size: int = 16,
@@ -188,12 +193,14 @@ def scan(
     from ..attribution.scorers import score
 
     try:
+        domain = old_spelling(domains, domain, "--domains", "--domain")
         t0 = time.time()
         ps = split_part(_pairs(pairs, domain, per_domain, seed, metric), split, seed)
         bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
         kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
             "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
-            "components": tuple(c.strip() for c in components.split(",")), "progress": not quiet}
+            "components": tuple(comma_list(old_spelling(kinds, components, "--kinds", "--components")
+                                           or "neurons,heads")), "progress": not quiet}
         if graddrop and scorer not in ("ablate", "patch"):
             raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)
@@ -215,7 +222,8 @@ def validate(
     scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
-    domain: DomainOpt = None,
+    domains: DomainsOpt = None,
+    domain: OldDomainOpt = None,
     per_domain: Annotated[int | None, typer.Option(help="bundled pairs per domain (default: as in the scan)")] = None,
     split: Annotated[str | None, typer.Option(help="train / held-out / all (default: as in the scan)")] = None,
     k: Annotated[int, typer.Option(help="top-k components by |score|, per kind")] = 200,
@@ -240,6 +248,7 @@ def validate(
     from ..scores import Scores
 
     try:
+        domain = old_spelling(domains, domain, "--domains", "--domain")
         t0 = time.time()
         s = Scores.load(scores)
         ps, seed = pairs_as_scanned(s.settings, pairs, domain, per_domain, split, seed)
@@ -267,7 +276,7 @@ def validate(
 def run(
     model: ModelOpt = "smollm2-135m",
     pairs: PairsOpt = None,
-    domains: Annotated[str | None, typer.Option("--domains", help="bundled domains, comma-separated")] = None,
+    domains: DomainsOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")] = 24,
     held_per_domain: Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")] = 26,
     budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
@@ -307,7 +316,7 @@ def run(
     except LensBiasError as e:
         fail(e)
     cfg = RunConfig(
-        model=model, pairs=str(pairs) if pairs else None, domains=domain_list([domains]) if domains else None,
+        model=model, pairs=str(pairs) if pairs else None, domains=domain_list(domains),
         per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector, ablation=ablation,
         budgets=curve_budgets,
@@ -345,48 +354,23 @@ def export(
 ) -> None:
     """Export a mask: an HF model folder (with a model card; --push-to-hub uploads it),
     torch.nn.utils.prune masks, torch-pruning index lists or optiPfair fairness scores."""
-    from safetensors.torch import save_file
-
     from ..masks import PruningMask
-    from ..selection.from_scores import ablation_constants, check_export_format
-    from ..weights.export import export_hf
+    from ..scores import Scores
+    from ..weights.formats import check_export, export_mask
     from ..weights.hub import check_push, push_folder
-    from ..weights.interop import optipfair_scores, torch_pruning_indices
 
     try:
-        if format not in ("hf", "torch-prune", "torch-pruning", "optipfair"):
-            raise LensBiasError(f"--format must be hf, torch-prune, torch-pruning or optipfair; got {format!r}")
         check_push(push_to_hub, format)
         m = PruningMask.load(mask)
-        if format != "hf" and out.exists() and not overwrite:
-            raise LensBiasError(f"{out} exists; pass --overwrite to replace it")
-        check_export_format(m.meta.get("ablation"), format, mode)
-        if format == "hf":
-            bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
-            m.check(bridge)
-            means = ablation_constants(bridge, m)
-            export_hf(bridge, m, out, mode=mode, overwrite=overwrite, means=means,
-                      ablation="mean" if means else "zero")
-            if push_to_hub:  # the folder is written: a failed upload leaves it intact
-                typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
-        elif format == "torch-pruning":
-            d_head = m.meta.get("d_head")
-            idx = torch_pruning_indices(m, d_head=d_head) if m.heads.all() or d_head else None
-            if idx is None:
-                bridge = load_bridge(model, trust_remote_code, dtype, device, device_map)
-                idx = torch_pruning_indices(m, d_head=bridge.cfg.d_head)
-            out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
-        elif format == "torch-prune":
-            tensors = torch_prune_masks(m, load_bridge(model, trust_remote_code, dtype, device, device_map))
-            save_file(tensors, str(out), metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})
-        else:
-            from ..scores import Scores
+        check_export(m.meta.get("ablation"), format, mode)  # before the model is loaded
 
-            s = Scores.load(scores).neurons if scores else (~m.neurons).float()
-            fs = optipfair_scores(s.float())
-            save_file({str(k): v.contiguous() for k, v in fs.items()}, str(out),
-                      metadata={"format": "optiPfair fairness_scores {layer: Tensor[d_mlp]} (lens_bias)",
-                                "n_pruned_per_layer": json.dumps(m.per_layer("neurons"))})
+        def load():
+            return load_bridge(model, trust_remote_code, dtype, device, device_map)
+
+        export_mask(m, out, format, load, mode=mode, overwrite=overwrite,
+                    scores=Scores.load(scores) if scores else None)
+        if push_to_hub:  # the folder is written: a failed upload leaves it intact
+            typer.echo(f"uploaded {out} to {push_folder(out, push_to_hub)}")
     except LensBiasError as e:
         fail(e)
     typer.echo(f"wrote {out} ({format})")

@@ -83,6 +83,7 @@ def prune_cmd(
     from ..scores import Scores
     from ..selection import from_scores as fs
     from ..weights.export import export_hf
+    from ..weights.formats import check_export
 
     try:
         if out.exists() and not overwrite:
@@ -90,7 +91,7 @@ def prune_cmd(
         fs.check_prune_choices(budget, kind, per_layer)  # so do bad choices
         s = Scores.load(scores)
         ablation = fs.scores_ablation(s, ablation)
-        fs.check_export_format(ablation, "hf", mode)  # before the model is loaded
+        check_export(ablation, "hf", mode)  # before the model is loaded
         ps, seed = selector_pairs(s, selector, pairs, ablation)
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map,

@@ -1,12 +1,12 @@
-"""Prune a model from a scores file: what ``lens-bias prune`` and ``lens-bias export`` do, as an API.
+"""Prune a model from a scores file: what ``lens-bias prune`` selects, as an API.
 
 :func:`mask_from_scores` selects the top units of a :class:`~lens_bias.scores.Scores` under the
 capability filter, with the ablation the units will be pruned by: ``"zero"`` (their outputs set to
 0) or ``"mean"`` (set to their mean on the neutral text, :func:`lens_bias.hooks.capture.mean_activations`,
 later folded into biases on export). The capability cost is measured under that same ablation.
-:func:`ablation_constants` gives back the constants a saved mask's units output, so that a mask
-selected under mean ablation exports to the same model wherever it is loaded again; pass them to
-:func:`lens_bias.weights.export.export_hf` (``ablation="mean"``).
+:func:`lens_bias.weights.formats.ablation_constants` gives back the constants a saved mask's units
+output, so that a mask selected under mean ablation exports to the same model wherever it is
+loaded again.
 """
 
 from __future__ import annotations
@@ -109,45 +109,3 @@ def _check_selector_inputs(scores: Scores, selector: str, pairs: PairSet | None,
         raise MaskError(f"the {selector} selector needs the pairs the scores were computed on")
     if per_layer != "global":
         raise MaskError(f"the {selector} selector chooses globally; use --per-layer global or --selector oneshot")
-
-
-def ablation_constants(bridge: Bridge, mask: PruningMask) -> dict | None:
-    """The constants ``mask``'s pruned units output: their mean activations on the neutral text
-    when the mask was selected under mean ablation (``mask.meta["ablation"] == "mean"``, as
-    ``lens-bias run --ablation mean`` and ``lens-bias prune --ablation mean`` record it), else
-    ``None`` (zero ablation). They are recomputed on ``bridge``, the same numbers on the same model.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> from lens_bias.selection.topk import random_mask
-        >>> b = load_model("tiny-random", device="cpu")
-        >>> m = random_mask(b, 3, "neurons")
-        >>> ablation_constants(b, m) is None
-        True
-        >>> m.meta["ablation"] = "mean"
-        >>> ablation_constants(b, m)["neurons"].shape
-        torch.Size([2, 128])
-    """
-    if check_ablation(mask.meta.get("ablation") or "zero") == "zero":
-        return None
-    return mean_activations(bridge, neutral_text())
-
-
-def check_export_format(ablation: str | None, format: str, mode: str = "zero") -> None:
-    """Refuse an export that would drop the means of a mask selected under mean ablation
-    (``ablation``, e.g. its ``meta["ablation"]``): its units output constants, which
-    torch.nn.utils.prune masks, torch-pruning removal and structural materialization all replace by
-    zero; only the HF export in ``zero`` mode folds them into biases.
-
-    Examples:
-        >>> check_export_format("mean", "hf")
-        >>> check_export_format("zero", "torch-pruning")
-        >>> check_export_format("mean", "torch-pruning")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        lens_bias.errors.MaskError: the mask was selected under mean ablation: ...
-    """
-    if ablation == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
-        raise MaskError(f"the mask was selected under mean ablation: its units output their means, which --format "
-                        f"{format} --mode {mode} would drop; export it with --format hf --mode zero (means folded "
-                        "into biases)")

@@ -20,11 +20,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from ..bridge import Bridge
 from ..errors import MaskError
 from ..masks import PruningMask
 from ..model.layout import unit_channels, unit_slices
 from ..vocab import KINDS
-from .materialize import check_fits, pruned, uniform_count, warn_heads_zeroed, zero_units
+from .materialize import check_fits, clean_hf_model, pruned, uniform_count, warn_heads_zeroed, zero_units
 
 TORCH_PRUNING_INSTALL = "pip install torch-pruning==1.6.1"
 
@@ -243,3 +244,14 @@ def optipfair_neuron_indices(mask: PruningMask) -> dict[int, list[int]]:
         {1: [2]}
     """
     return {i: idx for i in range(mask.neurons.shape[0]) if (idx := pruned(mask.neurons[i]))}
+
+
+def torch_prune_masks(m: PruningMask, bridge: Bridge) -> dict:
+    """``<module>.weight_mask`` tensors of mask ``m`` on ``bridge``'s model, as
+    ``torch.nn.utils.prune.custom_from_mask`` takes them (``lens-bias export -f torch-prune``)."""
+    m.check(bridge)
+    hf = clean_hf_model(bridge)
+    to_torch_prune(hf, m)
+    return {f"{name}.weight_mask": buf.to(dtype=buf.dtype).contiguous()
+            for name, mod in hf.named_modules() for bname, buf in mod.named_buffers(recurse=False)
+            if bname == "weight_mask"}
