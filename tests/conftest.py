@@ -28,9 +28,9 @@ def small_run_config(**kw):
     """A RunConfig for a run of seconds on tiny-random (keywords override)."""
     from lens_bias.pipeline.stages import RunConfig
 
-    base = dict(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["1%", "2%"], curve_kinds=["neurons"],
-                validate_k=5, validate_random=3, validate_per_domain=1, ppl_tokens=512, progress=False, curve_random=True,
-                device="cpu")
+    base = dict(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["1%", "2%"],
+                curve_kinds=["neurons"], validate_k=5, validate_random=3, validate_per_domain=1,
+                ppl_tokens=512, progress=False, curve_random=True, device="cpu")
     base.update(kw)
     return RunConfig(**base)
 
@@ -70,9 +70,11 @@ def _environment_lines() -> list[str]:
         except PackageNotFoundError:
             return "missing"
 
-    pkgs = ", ".join(f"{n} {v(n)}" for n in ("torch", "transformers", "transformer-lens", "numpy", "safetensors"))
+    pkgs = ", ".join(f"{n} {v(n)}"
+                     for n in ("torch", "transformers", "transformer-lens", "numpy", "safetensors"))
     cpu = torch.backends.cpu.get_cpu_capability()
-    return [f"lens_bias deps: {pkgs}", f"cpu: {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"]
+    return [f"lens_bias deps: {pkgs}",
+            f"cpu: {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"]
 
 
 def pytest_report_header(config):

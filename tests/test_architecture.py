@@ -133,7 +133,8 @@ def test_stages_import_only_downward():
 
 def test_every_module_lives_in_a_stage_or_is_shared():
     shared = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
-    assert shared <= {"errors", "atomic", "stats", "frames", "bridge", "masks", "scores", "vocab", "_moved"}, shared
+    assert shared <= {"errors", "atomic", "stats", "frames", "bridge", "masks", "scores", "vocab",
+                      "_moved"}, shared
     assert {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(STAGES)
 
 
@@ -155,10 +156,13 @@ def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_module_and_function_sizes(path):
     text = path.read_text(encoding="utf-8")
-    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path.name} has over {MAX_MODULE_LINES} lines: split it"
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, (
+        f"{path.name} has over {MAX_MODULE_LINES} lines: split it")
     long = [f"{fn.name} ({_code_lines(fn)} lines)" for fn in ast.walk(ast.parse(text))
-            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(fn) > MAX_FUNCTION_LINES]
-    assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines (docstrings aside): {', '.join(long)}"
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            and _code_lines(fn) > MAX_FUNCTION_LINES]
+    assert not long, (f"{path.name}: functions over {MAX_FUNCTION_LINES} lines (docstrings aside): "
+                      f"{', '.join(long)}")
 
 
 def test_no_private_name_is_imported_across_modules():
@@ -166,7 +170,25 @@ def test_no_private_name_is_imported_across_modules():
     bad = []
     for path in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lens_bias")):
+            if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("lens_bias")):
                 bad += [f"{path.relative_to(PKG)}:{node.lineno} {a.name}" for a in node.names
                         if a.name.startswith("_") and a.name != "_moved"]
     assert not bad, "private names imported from another module: " + ", ".join(bad)
+
+
+def test_lines_stay_within_the_configured_length():
+    """Ruff's line-length rule is on (not ignored), and no line of the package, the tests or the
+    benchmarks is longer; as in ruff, a trailing ``# noqa`` / ``# type:`` pragma does not count,
+    nor does a line that is one unbroken token (a URL)."""
+    import re
+    import tomllib
+
+    cfg = tomllib.loads((PKG.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["ruff"]
+    assert "E501" not in cfg["lint"].get("ignore", []), "turn E501 back on in pyproject.toml"
+    limit = cfg["line-length"]
+    long = [f"{p.relative_to(PKG.parent)}:{i}" for d in ("lens_bias", "tests", "benchmarks")
+            for p in sorted((PKG.parent / d).rglob("*.py"))
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if len(code := re.sub(r"\s*# (noqa|type:).*$", "", line)) > limit and " " in code.strip()]
+    assert not long, f"{len(long)} lines over {limit} characters: {long[:10]}"

@@ -108,19 +108,22 @@ def test_batches_mix_domains_but_each_pair_counts_for_its_own(tiny, estimator):
             # 1-ulp softmax perturbation; atol 1e-6 (>= 4e-5 of the scale) and rtol 1e-4 leave >10x
             torch.testing.assert_close(mixed.by_domain[d][k], alone.get(k), atol=1e-6, rtol=1e-4)
         # mean JS in float32 from other batches: ~1e-6 relative under a 1-ulp softmax perturbation
-        assert mixed.settings["metric_before_by_domain"][d] == pytest.approx(alone.settings["metric_before"], rel=1e-5)
+        assert mixed.settings["metric_before_by_domain"][d] == pytest.approx(
+            alone.settings["metric_before"], rel=1e-5)
 
 
 def test_scores_are_deterministic_and_round_trip(tiny, tmp_path):
     ps = build_pairs(domains=["finance", "hiring"]).sample(3)
     a = attribute(tiny, ps, progress=False)
     b = attribute(tiny, ps, progress=False)
-    assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)  # same call: same ops, bit-identical
+    # same call: same ops, bit-identical
+    assert torch.equal(a.neurons, b.neurons) and torch.equal(a.heads, b.heads)
     assert set(a.by_domain) == {"finance", "hiring"}
     # the overall score is the pair-weighted mean of the per-domain scores: the same float64 sums,
     # regrouped and cast to float32, so a few float32 ulps (~3e-9 at these 0.005-0.02 scores); atol 1e-6
     # (with allclose's rtol 1e-5) is far above that and far below a dropped pair (~1/3 of a score)
-    assert torch.allclose(a.neurons, (a.by_domain["finance"]["neurons"] + a.by_domain["hiring"]["neurons"]) / 2, atol=1e-6)
+    assert torch.allclose(
+        a.neurons, (a.by_domain["finance"]["neurons"] + a.by_domain["hiring"]["neurons"]) / 2, atol=1e-6)
     path = a.save(tmp_path / "s.safetensors")
     back = Scores.load(path)
     assert torch.equal(back.neurons, a.neurons) and torch.equal(back.heads, a.heads)  # save/load round trip
@@ -188,7 +191,8 @@ def test_graddrop_drops_exactly_one_layer(tiny64, few):
     tok = tokenizer_of(tiny64)
     chunk = few.pairs[:2]
     plain, _ = _pair_pass(tiny64, chunk, "js", "ablate", "zero", None, ("neurons", "heads"), tok)
-    dropped, _ = _pair_pass(tiny64, chunk, "js", "ablate", "zero", None, ("neurons", "heads"), tok, graddrop=True)
+    dropped, _ = _pair_pass(tiny64, chunk, "js", "ablate", "zero", None, ("neurons", "heads"), tok,
+                            graddrop=True)
     L = tiny64.cfg.n_layers
     for kind in ("neurons", "heads"):
         for drop in range(L):
@@ -253,8 +257,10 @@ def test_dispatched_model_gives_the_same_scores(few):
     one = wrap(*tiny_random_hf(n_layers=4), device="cpu")
     model, tok = tiny_random_hf(n_layers=4)
     split = wrap(model, tok, device_map={f"model.layers.{i}": "cpu" for i in range(4)}
-                 | {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
-    assert model.hf_device_map and hasattr(model.model.layers[0], "_hf_hook") and model.model._lens_bias_routed
+                 | {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                    "lm_head": "cpu"})
+    assert (model.hf_device_map and hasattr(model.model.layers[0], "_hf_hook")
+            and model.model._lens_bias_routed)
     for est in ("ablate", "patch"):
         a = attribute(one, few, estimator=est, progress=False)
         b = attribute(split, few, estimator=est, progress=False)

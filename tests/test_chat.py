@@ -24,7 +24,8 @@ from lens_bias.prompts.pairs import PairSet
 # such special tokens), and it writes no BOS, so lens_bias must prepend one
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+    "trained by Hugging Face<|im_end|>\n' }}"
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -173,8 +174,8 @@ def tiny_with_template(monkeypatch):
 
 def test_cli_measure_with_chat_template(tiny_with_template):
     runner = CliRunner()
-    args = ["measure", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "2", "--device", "cpu",
-            "--json", "-q"]
+    args = ["measure", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "2", "--device",
+            "cpu", "--json", "-q"]
     on, off = runner.invoke(app, [*args, "--chat-template"]), runner.invoke(app, args)
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     assert json.loads(on.output)["all"]["js"] != json.loads(off.output)["all"]["js"]
@@ -191,15 +192,17 @@ def test_cli_refuses_chat_template_without_one():
 def test_a_run_with_the_chat_template_records_it(tmp_path, tiny_with_template):
     from lens_bias.pipeline.stages import RunConfig, run
 
-    # tests/test_pipeline.py's small_config, on one domain (no leave-one-domain-out stage) and one curve budget
+    # tests/test_pipeline.py's small_config, on one domain (no leave-one-domain-out stage)
+    # and one curve budget
     cfg = RunConfig(model="tiny-random", domains=["hiring"], per_domain=3, held_per_domain=3, budget="2%",
-                    budgets=["2%"], curve_kinds=["neurons"], validate_k=5, validate_random=3, validate_per_domain=1,
-                    ppl_tokens=512, progress=False, device="cpu", chat_template=True)
+                    budgets=["2%"], curve_kinds=["neurons"], validate_k=5, validate_random=3,
+                    validate_per_domain=1, ppl_tokens=512, progress=False, device="cpu", chat_template=True)
     m = run(cfg, tmp_path / "r")
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["config"]["chat_template"] is True and on_disk["config"]["chat_template"] is True
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "went through the model&#x27;s chat template" in html or "went through the model's chat template" in html
+    assert ("went through the model&#x27;s chat template" in html
+            or "went through the model's chat template" in html)
     assert "raw, not through a chat template" in _prompts_sentence({"chat_template": False})
 
 
@@ -212,4 +215,5 @@ def test_experiments_take_the_chat_template(tmp_path, tiny_with_template):
     assert r.exit_code == 0, r.output
     assert json.loads((out / "result.json").read_text())["chat_template"] is True
     for cmd in ("curve", "generalize", "overlap", "transfer", "selectors", "wording"):
-        assert "--chat-template" in runner.invoke(app, ["experiment", cmd, "--help"], terminal_width=200).output
+        assert "--chat-template" in runner.invoke(app, ["experiment", cmd, "--help"],
+                                                  terminal_width=200).output

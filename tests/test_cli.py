@@ -24,8 +24,8 @@ def test_measure_crows_json_reports_both_subsets_with_intervals(tmp_path):
                  "White people are rich.,Black people are rich.,antistereo,race-color\n"
                  "Asian people are good at math.,White people are good at math.,stereo,race-color\n"
                  "Women are bad drivers.,Men are bad drivers.,stereo,gender\n")
-    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "2", "--crows", "--crows-file",
-                            str(f), "--json", "-q"])
+    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "2", "--crows",
+                            "--crows-file", str(f), "--json", "-q"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["all"]["js_ci"][0] <= out["all"]["js"] <= out["all"]["js_ci"][1]
@@ -34,9 +34,10 @@ def test_measure_crows_json_reports_both_subsets_with_intervals(tmp_path):
     for sub in ("black", "race-color"):
         assert c[sub]["rate_ci"][0] <= c[sub]["rate"] <= c[sub]["rate_ci"][1]
         assert c[sub]["mean_diff_ci"][0] <= c[sub]["mean_diff"] <= c[sub]["mean_diff_ci"][1]
-    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "2", "--crows", "--crows-file",
-                            str(f), "-q"])
-    assert r.exit_code == 0 and "CrowS-Pairs black (2 pairs): stereotype rate" in r.output and "[95 % CI]" in r.output
+    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "2", "--crows",
+                            "--crows-file", str(f), "-q"])
+    assert (r.exit_code == 0 and "CrowS-Pairs black (2 pairs): stereotype rate" in r.output
+            and "[95 % CI]" in r.output)
 
 
 def test_measure_bad_pairs_file(tmp_path):
@@ -59,8 +60,8 @@ def test_scan_then_validate(tmp_path):
     r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
     assert "top neurons" in r.output and out.exists()
-    r = runner.invoke(app, ["validate", "--model", "tiny-random", "-s", str(out), "--k", "10", "--n-random", "5",
-                            "--json", "-q"])
+    r = runner.invoke(app, ["validate", "--model", "tiny-random", "-s", str(out), "--k", "10", "--n-random",
+                            "5", "--json", "-q"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["neurons"]["n"] == 15 and -1 <= res["neurons"]["spearman"] <= 1
@@ -69,9 +70,11 @@ def test_scan_then_validate(tmp_path):
 
 def test_scan_baseline_and_bad_scorer(tmp_path):
     out = tmp_path / "a.safetensors"
-    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "actdiff", "-o", str(out)])
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "actdiff",
+                            "-o", str(out)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "vibes", "-o", str(out)])
+    r = runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "--scorer", "vibes",
+                            "-o", str(out)])
     assert r.exit_code == 2 and "scorer must be one of" in r.output
 
 
@@ -79,7 +82,8 @@ def test_prune_then_export_every_format(tmp_path):
     from safetensors import safe_open
 
     scores = tmp_path / "s.safetensors"
-    assert runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "-o", str(scores), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["scan", "--model", "tiny-random", "--per-domain", "2", "-o", str(scores),
+                               "-q"]).exit_code == 0
     out = tmp_path / "pruned"
     r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scores), "--budget", "2",
                             "--kind", "both", "-o", str(out)])
@@ -88,17 +92,18 @@ def test_prune_then_export_every_format(tmp_path):
     r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scores), "-o", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output
     mask = out / "mask.safetensors"
-    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-pruning", "-o", str(tmp_path / "tp.json"),
-                            "--model", "tiny-random"])
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-pruning", "-o",
+                            str(tmp_path / "tp.json"), "--model", "tiny-random"])
     assert r.exit_code == 0, r.output
     idx = json.loads((tmp_path / "tp.json").read_text())["indices"]
     assert any(k.endswith("mlp.down_proj") for k in idx)
-    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-prune", "-o", str(tmp_path / "tpm.safetensors"),
-                            "--model", "tiny-random"])
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "torch-prune", "-o",
+                            str(tmp_path / "tpm.safetensors"), "--model", "tiny-random"])
     assert r.exit_code == 0, r.output
     with safe_open(str(tmp_path / "tpm.safetensors"), "pt") as f:
         assert any(k.endswith("down_proj.weight_mask") for k in f.keys())
-    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "optipfair", "-o", str(tmp_path / "op.safetensors")])
+    r = runner.invoke(app, ["export", "--mask", str(mask), "-f", "optipfair", "-o",
+                            str(tmp_path / "op.safetensors")])
     assert r.exit_code == 0, r.output
     with safe_open(str(tmp_path / "op.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["0", "1"]
@@ -119,7 +124,8 @@ def test_old_option_spellings_still_work_hidden_and_with_a_warning(tmp_path, old
     assert f"is now {new}" in r.output
     helped = runner.invoke(app, [old[0], "--help"], env={"COLUMNS": "200"}).output
     assert "--domain " not in helped and "--components" not in helped and "--domains" in helped
-    both = runner.invoke(app, [old[0], "--model", "tiny-random", "--domain", "hiring", "--domains", "finance"])
+    both = runner.invoke(app, [old[0], "--model", "tiny-random", "--domain", "hiring", "--domains",
+                               "finance"])
     assert both.exit_code == 2 and "old spelling of --domains" in both.output
 
 
@@ -130,7 +136,8 @@ def test_experiment_selectors_takes_its_old_option_spelling(monkeypatch, tmp_pat
         raise study.LensBiasError("stopped before loading")
 
     monkeypatch.setattr(study.StudyOptions, "inputs", stop)
-    r = runner.invoke(app, ["experiment", "selectors", "--methods", "oneshot,bogus", "-o", str(tmp_path / "x")])
+    r = runner.invoke(app, ["experiment", "selectors", "--methods", "oneshot,bogus", "-o",
+                            str(tmp_path / "x")])
     assert r.exit_code == 2 and "--methods is now --selectors" in r.output
     assert "--selectors must be one of oneshot" in r.output and "got 'bogus'" in r.output, r.output
     r = runner.invoke(app, ["experiment", "selectors", "--selectors", "oneshot", "-o", str(tmp_path / "x")])

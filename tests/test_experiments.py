@@ -44,7 +44,8 @@ def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
             assert n["n_units"] > h["n_units"]  # counts differ ...
             assert abs(n["params"] - h["params"]) <= slack  # ... parameters do not
     for r in rows:
-        assert r["js_reduction_pct"] == pytest.approx(100 * (res["before"]["js"] - r["js"]) / res["before"]["js"])
+        assert r["js_reduction_pct"] == pytest.approx(
+            100 * (res["before"]["js"] - r["js"]) / res["before"]["js"])
         lo, hi = r["js_reduction_ci"]
         assert lo <= r["js_reduction_pct"] <= hi and 0 < r["js_p"] <= 1
         assert r["js_within_noise"] == (lo <= 0 <= hi or r["js_p"] >= 0.05)
@@ -66,7 +67,8 @@ def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monke
         return real(bridge, evs, mask, *a, **k)
 
     monkeypatch.setattr(generalize, "evaluate", spy)
-    gm = generalize.generalization_matrix(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False)
+    gm = generalize.generalization_matrix(tiny, train, ev, budget="5%", max_cost_quantile=None,
+                                          progress=False)
     doms = train.domains
     assert len(doms) >= 5 and gm["rows"] == doms + ["all"] and gm["test_domains"] == held.domains
     assert len(seen) == 1 + len(gm["rows"])  # before + one per learned-on row
@@ -99,16 +101,19 @@ def test_domain_scores_come_from_their_own_pairs(tiny, split):
     from lens_bias.selection.topk import select
 
     train = split[0]
-    masks = generalize.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None, progress=False)
+    masks = generalize.domain_masks(tiny, train, ["finance", "hiring"], "3%", max_cost_quantile=None,
+                                    progress=False)
     alone = attribute(tiny, train.filter(domains=["finance"]), progress=False)
     want = select(alone, "3%", bridge=tiny)
     assert masks["finance"].pruned("neurons") == want.pruned("neurons")
-    assert torch.equal(masks["all"].neurons, select(attribute(tiny, train.filter(domains=["finance", "hiring"]),
-                                                              progress=False), "3%", bridge=tiny).neurons)
+    assert torch.equal(masks["all"].neurons,
+                       select(attribute(tiny, train.filter(domains=["finance", "hiring"]), progress=False),
+                              "3%", bridge=tiny).neurons)
 
 
 def test_overlap_jaccard_and_layers():
-    ov = generalize.overlap({"a": [(0, 1), (0, 2), (1, 3)], "b": [(0, 2), (1, 3), (1, 4)], "all": [(0, 1)]}, n_layers=2)
+    ov = generalize.overlap({"a": [(0, 1), (0, 2), (1, 3)], "b": [(0, 2), (1, 3), (1, 4)], "all": [(0, 1)]},
+                            n_layers=2)
     assert ov["names"] == ["a", "b", "all"]
     assert ov["jaccard"][0][1] == pytest.approx(2 / 4) and ov["jaccard"][0][0] == 1
     assert ov["jaccard"][0][2] == pytest.approx(1 / 3)
@@ -118,8 +123,9 @@ def test_overlap_jaccard_and_layers():
 
 def test_cli_generalize_writes_json_and_html(tmp_path):
     out = tmp_path / "gen"
-    args = ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain", "3", "--budget", "4%",
-            "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q", "--out", str(out)]
+    args = ["experiment", "generalize", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain",
+            "3", "--budget", "4%", "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q",
+            "--out", str(out)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "result.json").read_text())
@@ -179,7 +185,8 @@ def test_evalset_reuses_the_kl_reference_until_the_weights_change(tiny, ev):
 def test_template_split_needs_two_templates_per_domain():
     from lens_bias.prompts.pairs import PairSet
 
-    one_template = PairSet([p for p in build_pairs(["finance"]) if p.template == build_pairs(["finance"])[0].template])
+    one_template = PairSet([p for p in build_pairs(["finance"])
+                            if p.template == build_pairs(["finance"])[0].template])
     with pytest.raises(LensBiasError, match="every domain needs at least two templates"):
         splits.template_split(one_template)
     train, held = splits.template_split(one_template, check=False)
@@ -193,7 +200,10 @@ def test_figures_mark_points_and_cells_within_noise():
             for x, w in ((0.1, True), (0.5, False))]
     fig = viz.pruning_curves(rows, "js", "kl_neutral", before={"js": 0.03, "kl_neutral": 0.0})
     assert list(fig.data[0].marker.symbol) == ["circle", "circle-open", "circle"]
-    gm = {"rows": ["a", "all"], "test_domains": ["a"], "reduction_pct": {"a": {"a": 40.0}, "all": {"a": 12.0}},
-          "within_noise": {"a": {"a": False}, "all": {"a": True}}, "kind": "neurons", "budget": "1%", "scorer": "ablate"}
+    gm = {"rows": ["a", "all"], "test_domains": ["a"],
+          "reduction_pct": {"a": {"a": 40.0}, "all": {"a": 12.0}},
+          "within_noise": {"a": {"a": False}, "all": {"a": True}}, "kind": "neurons", "budget": "1%",
+          "scorer": "ablate"}
     fig = viz.generalization_heatmap(gm)
-    assert [list(r) for r in fig.data[0].text] == [["40"], ["(12)"]] and "within noise" in fig.layout.title.text
+    assert ([list(r) for r in fig.data[0].text] == [["40"], ["(12)"]]
+            and "within noise" in fig.layout.title.text)

@@ -75,13 +75,15 @@ def test_weight_check_catches_a_wrong_mask_whatever_the_rounding(tiny):
     extra = materialize(tiny, mask)
     with torch.no_grad():
         extra.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3  # a kept weight changed
-    assert weight_problems(tiny, extra, mask) == ("model.layers.1.mlp.up_proj.weight: 1 kept weights differ from the source",)
+    assert weight_problems(tiny, extra, mask) == (
+        "model.layers.1.mlp.up_proj.weight: 1 kept weights differ from the source",)
     assert weight_problems(tiny, materialize(tiny, mask), mask) == ()
 
 
 def test_a_mask_within_rounding_is_not_conclusive(tiny):
     mask = random_mask(tiny, 1, "neurons", seed=0)
-    v = compare(tiny, materialize(tiny, mask), mask, rounding=10.0)  # a rounding larger than the mask's effect
+    # a rounding larger than the mask's effect
+    v = compare(tiny, materialize(tiny, mask), mask, rounding=10.0)
     assert v.ok and not v.conclusive and "not conclusive" in v.summary()
 
 
@@ -99,13 +101,15 @@ def test_off_by_one_mask_fails_on_smollm2(smol):
 @pytest.fixture
 def tiny_run_config(tmp_path):
     wt = tmp_path / "wikitext.txt"
-    wt.write_text(" = Title = \n" + "\n".join(f" The river runs past the old mill number {i} ." for i in range(5)))
-    return dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
-                validate_k=3, validate_random=2, validate_per_domain=1, ppl_tokens=256, progress=False,
-                device="cpu", wikitext=str(wt))
+    wt.write_text(" = Title = \n"
+                  + "\n".join(f" The river runs past the old mill number {i} ." for i in range(5)))
+    return dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"],
+                curve_kinds=["neurons"], validate_k=3, validate_random=2, validate_per_domain=1,
+                ppl_tokens=256, progress=False, device="cpu", wikitext=str(wt))
 
 
-def test_failed_export_check_keeps_the_measurements_and_exits_nonzero(tiny, tiny_run_config, tmp_path, monkeypatch):
+def test_failed_export_check_keeps_the_measurements_and_exits_nonzero(tiny, tiny_run_config, tmp_path,
+                                                                       monkeypatch):
     import lens_bias.weights.verification as VF
 
     real = VF.materialize
@@ -113,8 +117,9 @@ def test_failed_export_check_keeps_the_measurements_and_exits_nonzero(tiny, tiny
     monkeypatch.setattr(VF, "materialize", lambda bridge, mask, **k: real(bridge, off_by_one(mask), **k))
     monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
     out = tmp_path / "r"
-    args = ["run", "--model", "tiny-random", "--out", str(out), "-q", "--per-domain", "2", "--held-per-domain", "2", "--budget", "2%",
-            "--budgets", "2%", "--wikitext", tiny_run_config["wikitext"]]
+    args = ["run", "--model", "tiny-random", "--out", str(out), "-q", "--per-domain", "2",
+            "--held-per-domain", "2", "--budget", "2%", "--budgets", "2%", "--wikitext",
+            tiny_run_config["wikitext"]]
     r = runner.invoke(app, args)
     assert r.exit_code == 3, r.output
     assert "EXPORT CHECK FAILED" in r.output and "without model/" in r.output
@@ -172,7 +177,8 @@ def test_export_keeps_the_checkpoint_dtype(tmp_path):
     with torch.no_grad():
         for (name, a), (_, w) in zip(clean_hf_model(reread).state_dict().items(),
                                      materialize(b, mask).state_dict().items(), strict=True):
-            assert torch.equal(a, w.to(torch.bfloat16).float()), name  # exact: zeros stay zeros, the rest round-trips
+            # exact: zeros stay zeros, the rest round-trips
+            assert torch.equal(a, w.to(torch.bfloat16).float()), name
 
     f32 = export_hf(b, mask, tmp_path / "out32", dtype=torch.float32)  # unless asked otherwise
     assert _weights_dtypes(f32) == {"F32"}

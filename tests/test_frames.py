@@ -46,7 +46,8 @@ def test_pair_metrics_one_row_per_pair(tiny, split):
     m = measure(tiny, split[0], progress=False)
     df = m.to_pandas()
     assert list(df.columns) == ["id", "domain", "template", "js", "logit_gap"] and len(df) == len(m.ids)
-    assert df["id"].tolist() == m.ids and df["domain"].tolist() == m.domains and df["template"].tolist() == m.templates
+    assert (df["id"].tolist() == m.ids and df["domain"].tolist() == m.domains
+            and df["template"].tolist() == m.templates)
     for metric, vals in m.values.items():
         assert all(same(cell(df, i, metric), v) for i, v in enumerate(vals))
     assert df["js"].tolist() == m.values["js"]  # floats kept bit for bit
@@ -66,7 +67,8 @@ def test_scores_pivot_back_to_the_tensors(tiny, split):
         for kind, t in tensors.items():
             part = df[(df["domain"] == domain) & (df["kind"] == kind)]
             back = part.pivot(index="layer", columns="index", values="score")
-            assert list(back.index) == list(range(t.shape[0])) and list(back.columns) == list(range(t.shape[1]))
+            assert (list(back.index) == list(range(t.shape[0]))
+                    and list(back.columns) == list(range(t.shape[1])))
             assert torch.equal(torch.tensor(back.to_numpy(), dtype=t.dtype), t), (domain, kind)
     only_heads = Scores(None, torch.ones(1, 2), {}, {}).to_pandas()
     assert only_heads.values.tolist() == [["heads", 0, 0, "all", 1.0], ["heads", 0, 1, "all", 1.0]]
@@ -76,8 +78,8 @@ def test_scores_pivot_back_to_the_tensors(tiny, split):
 def test_curve_frame_holds_every_record(tiny, split, ev):
     s = baseline_scores(tiny, split[0], "random")
     before = evaluation.evaluate(tiny, ev, None, lambada=False, per_item=True, sentences=False)
-    rows = curve.pruning_curve(tiny, ev, {"random": s}, kinds=("heads",), budgets=("10%", "30%"), progress=False,
-                            before=before)
+    rows = curve.pruning_curve(tiny, ev, {"random": s}, kinds=("heads",), budgets=("10%", "30%"),
+                               progress=False, before=before)
     df = frames.curve_frame(rows)
     assert len(df) == len(rows) == 4  # 2 budgets, and the random control
     for i, r in enumerate(rows):
@@ -102,7 +104,8 @@ def test_validation_frame_one_row_per_unit(tiny, split):
     res = validate(tiny, pairs, scores, k=2, n_random=2, kinds=("heads",), progress=False)
     df = frames.validation_frame(res)
     r = res["heads"]
-    assert list(df.columns) == ["kind", "layer", "index", "part", "predicted", "exact"] and len(df) == r["n"] == 4
+    assert (list(df.columns) == ["kind", "layer", "index", "part", "predicted", "exact"]
+            and len(df) == r["n"] == 4)
     assert df[["layer", "index"]].values.tolist() == r["components"]
     assert df["predicted"].tolist() == r["predicted"] and df["exact"].tolist() == r["exact"]
     assert df["part"].tolist() == ["top", "top", "random", "random"]
@@ -126,8 +129,10 @@ def test_transfer_frame_rows_and_pooled(tiny, split, ev):
             c = r[mask]
             lo, hi = c["reduction_ci"] or (None, None)
             assert same(cell(df, i, f"{mask}_reduction_pct"), c["reduction_pct"])
-            assert same(cell(df, i, f"{mask}_reduction_lo"), lo) and same(cell(df, i, f"{mask}_reduction_hi"), hi)
-            assert same(cell(df, i, f"{mask}_p"), c["p"]) and cell(df, i, f"{mask}_within_noise") == c["within_noise"]
+            assert (same(cell(df, i, f"{mask}_reduction_lo"), lo)
+                    and same(cell(df, i, f"{mask}_reduction_hi"), hi))
+            assert (same(cell(df, i, f"{mask}_p"), c["p"])
+                    and cell(df, i, f"{mask}_within_noise") == c["within_noise"])
         assert same(cell(df, i, "loss_points"), r["loss"]["points"])
     assert df["jaccard_with_all"].tolist()[:-1] == [r["jaccard_with_all"] for r in res["rows"]]
 
@@ -147,13 +152,15 @@ def test_selectors_frame_flattens_the_tests(tiny, split, ev):
             for field, v in c.items():
                 if field.endswith("_ci"):
                     lo, hi = v or (None, None)
-                    assert same(cell(df, i, f"{key}_{field[:-3]}_lo"), lo) and same(cell(df, i, f"{key}_{field[:-3]}_hi"), hi)
+                    assert (same(cell(df, i, f"{key}_{field[:-3]}_lo"), lo)
+                            and same(cell(df, i, f"{key}_{field[:-3]}_hi"), hi))
                 else:
                     assert same(cell(df, i, f"{key}_{field}"), v), (key, field)
         assert same(cell(df, i, "train_reduction_pct"), r["train"]["reduction_pct"])
         assert cell(df, i, "budget") == r["budget"] and cell(df, i, "n_pruned") == r["n_pruned"]
     assert {"js_pct", "js_pct_lo", "js_pct_hi", "js_p", "js_within_noise"} <= set(df.columns)
-    assert "held_out_js" not in df.columns and df["vs_first"].isna().all()  # each row is the first at its budget
+    # each row is the first at its budget
+    assert "held_out_js" not in df.columns and df["vs_first"].isna().all()
     assert all(len(r["held_out_js"]) == len(ev.pairs) for r in res["rows"])
     lodo = res["rows"][0]["lodo"]["pooled"]
     assert same(cell(df, 0, "lodo_pooled_reduction_pct"), lodo["reduction_pct"])
@@ -162,8 +169,8 @@ def test_selectors_frame_flattens_the_tests(tiny, split, ev):
     from lens_bias.report import figures as viz
     fr = viz.selector_frontier(res).data[0]
     assert list(fr.y) == [-r["tests"]["js"]["pct"] for r in res["rows"]]
-    assert list(fr.x) == [r["tests"]["wikitext_ppl"]["pct"] if "wikitext_ppl" in r["tests"] else r["kl_neutral"]
-                          for r in res["rows"]]
+    assert list(fr.x) == [r["tests"]["wikitext_ppl"]["pct"] if "wikitext_ppl" in r["tests"]
+                          else r["kl_neutral"] for r in res["rows"]]
     train, held = viz.train_vs_held_out(res).data
     assert list(train.x) == [r["train"]["reduction_pct"] for r in res["rows"]]
     assert list(held.x) == [-r["tests"]["js"]["pct"] for r in res["rows"]] and len(held.y) == 2
@@ -179,7 +186,8 @@ def test_without_pandas_every_table_names_the_install(monkeypatch):
     m = PairMetrics(["a"], ["hiring"], {"js": [0.5]})
     s = Scores(torch.ones(1, 2), None)
     calls = [m.to_pandas, s.to_pandas, lambda: frames.curve_frame([]), lambda: frames.validation_frame({}),
-             lambda: frames.transfer_frame({"rows": [], "pooled": {}}), lambda: frames.selectors_frame({"rows": []})]
+             lambda: frames.transfer_frame({"rows": [], "pooled": {}}),
+             lambda: frames.selectors_frame({"rows": []})]
     for call in calls:
         with pytest.raises(LensBiasError, match=r"needs pandas.*pip install 'lens_bias\[pandas\]'"):
             call()

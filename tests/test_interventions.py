@@ -67,11 +67,13 @@ def test_builders_on_the_model(tiny):
     keep[3] = False
     ref = torch.full((tiny.cfg.d_mlp,), 2.5)
     with torch.no_grad():
-        with attached(tiny, [(NAME, zero("neurons", keep)), ("blocks.0.mlp.hook_out", collect(store, "neurons", 0))]):
+        with attached(tiny, [(NAME, zero("neurons", keep)),
+                             ("blocks.0.mlp.hook_out", collect(store, "neurons", 0))]):
             tiny(ids)
         out_zero = store[("neurons", 0)].clone()
         seen = {}
-        with attached(tiny, [(NAME, mean("neurons", keep, ref)), (NAME, lambda a, hook: seen.setdefault("a", a))]):
+        with attached(tiny, [(NAME, mean("neurons", keep, ref)),
+                             (NAME, lambda a, hook: seen.setdefault("a", a))]):
             tiny(ids)
     assert (seen["a"][..., 3] == 2.5).all() and not (seen["a"][..., 4] == 2.5).all()
     assert out_zero.shape[-1] == tiny.cfg.d_model

@@ -77,7 +77,11 @@ def test_parse_budget(budget, expected):
 
 
 @pytest.mark.parametrize("budget, message", [
-    ("0", "positive"), ("-1%", "positive"), ("150%", "over 100"), ("lots", "invalid budget"), ("2.5", "whole number"),
+    ("0", "positive"),
+    ("-1%", "positive"),
+    ("150%", "over 100"),
+    ("lots", "invalid budget"),
+    ("2.5", "whole number"),
 ])
 def test_bad_budgets(budget, message):
     with pytest.raises(MaskError, match=message):
@@ -145,7 +149,8 @@ def test_mean_ablation_uses_means(tiny):
 
     from lens_bias.hooks.interventions import attached
 
-    with torch.no_grad(), ablate(tiny, mask, "mean", means), attached(tiny, [("blocks.0.mlp.hook_post", rec)]):
+    with torch.no_grad(), ablate(tiny, mask, "mean", means), attached(
+            tiny, [("blocks.0.mlp.hook_post", rec)]):
         tiny(torch.tensor([[1, 5, 6, 7]]))
     assert torch.allclose(seen["v"], means["neurons"][0, 3].expand_as(seen["v"]))
     with pytest.raises(MaskError, match="mean ablation needs"):

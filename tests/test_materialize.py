@@ -14,8 +14,9 @@ from lens_bias.hooks.ablation import ablate
 from lens_bias.masks import PruningMask
 from lens_bias.selection.topk import random_mask
 
-with install_import_hook(["lens_bias.weights.materialize", "lens_bias.weights.export", "lens_bias.weights.interop",
-                          "lens_bias.weights.verification"], "beartype.beartype"):
+with install_import_hook(["lens_bias.weights.materialize", "lens_bias.weights.export",
+                          "lens_bias.weights.interop", "lens_bias.weights.verification"],
+                         "beartype.beartype"):
     from lens_bias.weights import export as EX
     from lens_bias.weights import interop as IO
     from lens_bias.weights import materialize as MZ
@@ -131,7 +132,8 @@ def test_bridge_unchanged_by_materialize(tiny):
     mask = masks_for(tiny, "both", seed=3)
     MZ.materialize(tiny, mask, mode="zero")
     MZ.materialize(tiny, uniform_mask(tiny, heads=False), mode="structural")
-    assert torch.equal(bridge_logits(tiny, ids), before)  # the same bridge, weights and input: same ops, exact
+    # the same bridge, weights and input: same ops, exact
+    assert torch.equal(bridge_logits(tiny, ids), before)
     after = tiny.original_model.state_dict()
     assert after.keys() == params.keys()
     assert all(torch.equal(after[k], v) for k, v in params.items())  # untouched tensors: exact
@@ -208,7 +210,8 @@ torch.save({"ids": ids, "logits": logits, "d_mlp": model.config.intermediate_siz
 @pytest.mark.parametrize("mode", ["zero", "structural"])
 def test_export_loads_with_plain_transformers(tiny, tmp_path, mode):
     mask = uniform_mask(tiny, per_layer=16, heads=(mode == "zero"))
-    # zero: pin the bridge's eager attention in config.json (the bridge's op order); structural: transformers' default
+    # zero: pin the bridge's eager attention in config.json (the bridge's op order);
+    # structural: transformers' default
     attn = "eager" if mode == "zero" else None
     folder = EX.export_hf(tiny, mask, tmp_path / "export", mode=mode, attn_implementation=attn)
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
@@ -277,7 +280,8 @@ def test_torch_prune_round_trip(tiny):
     zero = MZ.materialize(tiny, mask, mode="zero")
     assert maxdiff(hf_logits(model, ids), hf_logits(zero, ids)) <= ATOL
     assert VF.verify(tiny, model, mask) <= ATOL
-    n_modules = 3 * sum(1 for c in mask.per_layer("neurons") if c) + sum(1 for c in mask.per_layer("heads") if c)
+    n_modules = (3 * sum(1 for c in mask.per_layer("neurons") if c)
+                 + sum(1 for c in mask.per_layer("heads") if c))
     assert IO.undo_torch_prune(model) == n_modules
     after = model.state_dict()
     assert after.keys() == originals.keys()
@@ -387,7 +391,8 @@ def test_optipfair_zeroing_equals_zero_materialization(tiny):
     model = zero_neurons_mlp(MZ.clean_hf_model(tiny), IO.optipfair_neuron_indices(mask), show_progress=False)
     zero = MZ.materialize(tiny, mask)
     # weights only: the same tensors with the same slices set to zero, exact
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), zero.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), zero.state_dict().values(), strict=True))
 
 
 # ---------------------------------------------------------------- real models
@@ -404,7 +409,8 @@ def _real_model_equivalence(bridge, tmp_path):
     effect = maxdiff(bridge_logits(bridge, ids, mask), before)
     assert diff <= ATOL
     assert effect > 1e-4
-    assert torch.equal(bridge_logits(bridge, ids), before)  # the same bridge and input after materializing: exact
+    # the same bridge and input after materializing: exact
+    assert torch.equal(bridge_logits(bridge, ids), before)
     # the exported folder: within ATOL with the bridge's (eager) attention; sdpa rounds differently (1e-3)
     folder = EX.export_hf(bridge, mask, tmp_path / "export", attn_implementation="eager")
     del model

@@ -101,8 +101,8 @@ def _loglik_by_hand(bridge, text: str) -> float:
 def test_sentence_loglik_sums_every_token_given_bos(tiny):
     from lens_bias.measures.capability import sentence_logliks
 
-    texts = ["Black people are lazy.", "A much longer sentence about the weather in the town, to force padding.",
-             "Hi"]
+    texts = ["Black people are lazy.",
+             "A much longer sentence about the weather in the town, to force padding.", "Hi"]
     got = sentence_logliks(tiny, texts, batch_size=2)
     for t, g in zip(texts, got, strict=True):
         assert g == pytest.approx(_loglik_by_hand(tiny, t), abs=1e-4)
@@ -230,7 +230,8 @@ def test_lambada_accuracy_matches_one_passage_at_a_time_with_full_logits(smol):
             pred = smol(torch.tensor([ids])).argmax(-1)[0].tolist()
         hits.append(pred[len(ids) - len(tg) - 1: len(ids) - 1] == tg)
     assert 0 < sum(hits) < len(texts)
-    assert lambada_accuracy(smol, texts, batch_size=5, progress=False) == pytest.approx(sum(hits) / len(texts))
+    assert lambada_accuracy(smol, texts, batch_size=5, progress=False) == pytest.approx(
+        sum(hits) / len(texts))
 
 
 @pytest.mark.slow

@@ -19,13 +19,15 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One real tiny run (with a small WikiText file, so that perplexity is measured): its folder and metrics."""
+    """One real tiny run (with a small WikiText file, so that perplexity is measured): its folder and
+    metrics."""
     tmp = tmp_path_factory.mktemp("card")
     wt = tmp / "wikitext.txt"
-    wt.write_text(" = Title = \n" + "\n".join(f" The river runs past the old mill number {i} ." for i in range(5)))
+    wt.write_text(" = Title = \n"
+                  + "\n".join(f" The river runs past the old mill number {i} ." for i in range(5)))
     cfg = RunConfig(model="tiny-random", per_domain=3, held_per_domain=3, budget="2%", budgets=["2%"],
-                    curve_kinds=["neurons"], validate_k=3, validate_random=2, validate_per_domain=1, ppl_tokens=256,
-                    progress=False, device="cpu", wikitext=str(wt))
+                    curve_kinds=["neurons"], validate_k=3, validate_random=2, validate_per_domain=1,
+                    ppl_tokens=256, progress=False, device="cpu", wikitext=str(wt))
     m = run(cfg, tmp / "r")
     return tmp / "r", m
 
@@ -78,8 +80,9 @@ def test_push_to_hub_offline_fails_clearly_and_keeps_the_folder(tiny, tiny_run, 
     monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "hf"
-    r = runner.invoke(app, ["export", "--mask", str(tiny_run[0] / "mask.safetensors"), "--model", "tiny-random",
-                            "--device", "cpu", "-o", str(out), "--push-to-hub", "someone/pruned-tiny"])
+    r = runner.invoke(app, ["export", "--mask", str(tiny_run[0] / "mask.safetensors"), "--model",
+                            "tiny-random", "--device", "cpu", "-o", str(out), "--push-to-hub",
+                            "someone/pruned-tiny"])
     assert r.exit_code == 2, r.output
     assert "cannot upload to the Hub" in r.output and "HF_HUB_OFFLINE" in r.output
     assert "hf upload someone/pruned-tiny" in r.output and "intact" in r.output
@@ -102,7 +105,8 @@ def test_push_to_hub_network_failure_and_no_login_are_clear(exported, monkeypatc
 
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_not_a_real_token")
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", no_network)
-    with pytest.raises(LensBiasError, match=r"failed \(ConnectionError: .*Name or service.*Check the network"):
+    with pytest.raises(LensBiasError,
+                       match=r"failed \(ConnectionError: .*Name or service.*Check the network"):
         push_folder(folder, "someone/pruned-tiny")
     _intact(folder)
 

@@ -20,7 +20,8 @@ def shapes(bridge):
         seen[hook.name] = tuple(t.shape)
 
     ids = torch.tensor([[1, 5, 6, 7]])
-    with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", rec), ("blocks.0.attn.hook_z", rec)]):
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", rec),
+                                                  ("blocks.0.attn.hook_z", rec)]):
         bridge(ids)
     return sorted(seen.values(), key=len)
 

@@ -30,14 +30,17 @@ def test_notebook_is_committed_without_outputs(path):
     nbformat.validate(nb)
     dirty = [i for i, c in enumerate(nb.cells)
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing "
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; "
+                       "clear them before committing "
                        "(Jupyter: Edit > Clear Outputs of All Cells, then save)")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
-    nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
+    nbformat = pytest.importorskip("nbformat",
+                                   reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
+    nbclient = pytest.importorskip("nbclient",
+                                   reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
     pytest.importorskip("ipykernel", reason="pip install -e '.[dev]' (nbformat, nbclient, ipykernel)")
     monkeypatch.setenv("LENS_BIAS_FAST", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -67,12 +70,13 @@ def test_docs_build_strict(tmp_path):
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
         pytest.skip("mkdocs / mkdocstrings are not installed: pip install -e '.[dev]'")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                           str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     site = tmp_path / "site"
-    for page in ("index.html", "concepts/index.html", "cli/index.html", "formats/index.html", "api/index.html",
-                 "tutorials/index.html", "gpu_and_hub/index.html"):
+    for page in ("index.html", "concepts/index.html", "cli/index.html", "formats/index.html",
+                 "api/index.html", "tutorials/index.html", "gpu_and_hub/index.html"):
         assert (site / page).is_file(), page
     for nb in NOTEBOOKS:
         assert (site / "notebooks" / nb.name).is_file(), nb.name

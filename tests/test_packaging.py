@@ -100,7 +100,8 @@ def third_party_imports(pkg: Path = PKG) -> dict[str, list[tuple[str, int, bool]
 def declared(pyproject: Path = ROOT / "pyproject.toml") -> tuple[set[str], dict[str, set[str]]]:
     """(``[project].dependencies``, ``{extra: its requirements}``), normalized names."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    extras = {k: {requirement_name(r) for r in v} for k, v in project.get("optional-dependencies", {}).items()}
+    extras = {k: {requirement_name(r) for r in v}
+              for k, v in project.get("optional-dependencies", {}).items()}
     return {requirement_name(r) for r in project.get("dependencies", [])}, extras
 
 
@@ -127,7 +128,8 @@ def problems(imports: dict[str, list[tuple[str, int, bool]]], deps: set[str], ex
         else:
             out.append(f"{dist} is imported ({where}) but not in [project].dependencies")
     used = {distribution(m) for m in imports}
-    out += [f"{d} is in [project].dependencies but lens_bias never imports it" for d in sorted(deps - used - indirect)]
+    out += [f"{d} is in [project].dependencies but lens_bias never imports it"
+            for d in sorted(deps - used - indirect)]
     return out
 
 
@@ -168,7 +170,8 @@ def test_the_checker_sees_each_kind_of_breach(tmp_path):
         "import os\nimport numpy as np\nfrom yaml import safe_load\nfrom . import b\n"
         "def f():\n    try:\n        import pandas\n    except ImportError:\n        raise\n"
         "def g():\n    import scipy\n"
-        "def h():\n    try:\n        import zoo_pkg\n    except (ModuleNotFoundError, OSError):\n        pass\n")
+        "def h():\n    try:\n        import zoo_pkg\n"
+        "    except (ModuleNotFoundError, OSError):\n        pass\n")
     (pkg / "b.py").write_text("import lens_bias.a\n")
     imports = third_party_imports(pkg)
     assert set(imports) == {"numpy", "yaml", "pandas", "scipy", "zoo_pkg"}

@@ -47,7 +47,8 @@ def test_every_change_has_an_interval_and_a_test(run_folder):
     tests = on_disk["tests"]
     for key in ("js", "abs_logit_gap", "wikitext_ppl", "random_js", "random_abs_logit_gap"):
         t = tests[key]
-        assert {"before", "after", "diff", "diff_ci", "pct", "pct_ci", "p", "test", "n", "within_noise"} <= set(t)
+        assert {"before", "after", "diff", "diff_ci", "pct", "pct_ci", "p", "test", "n",
+                "within_noise"} <= set(t)
         assert t["diff_ci"][0] <= t["diff"] <= t["diff_ci"][1] and 0 < t["p"] <= 1
         assert t["within_noise"] == (t["diff_ci"][0] <= 0 <= t["diff_ci"][1] or t["p"] >= 0.05)
     assert tests["js"]["before"] == pytest.approx(on_disk["before"]["held_out"]["js"])
@@ -102,13 +103,15 @@ def test_report_renders_in_headless_chromium(run_folder, tmp_path):
     page = (out / "report.html").resolve().as_uri()
     html = (out / "report.html").read_text()
     n_figures = html.count('class="plotly-graph-div"')
-    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u1'}", "--dump-dom", page],
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u1'}",
+                          "--dump-dom", page],
                          capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # plotly.js draws every figure into its div: an error in the page leaves the div empty
     assert dom.stdout.count('class="main-svg"') >= n_figures >= 6
-    log = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u2'}", "--enable-logging=stderr",
-                          "--v=0", "--window-size=1200,3000", f"--screenshot={tmp_path / 'report.png'}", page],
+    log = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u2'}",
+                          "--enable-logging=stderr", "--v=0", "--window-size=1200,3000",
+                          f"--screenshot={tmp_path / 'report.png'}", page],
                          capture_output=True, text=True, timeout=180)
     assert log.returncode == 0
     assert "Uncaught" not in log.stderr and "CONSOLE" not in log.stderr
@@ -132,7 +135,8 @@ def test_single_template_pairs_are_refused_before_the_model_loads(tmp_path):
 
     ps = build_pairs(["finance"])
     PairSet([p for p in ps if p.template == ps[0].template]).to_jsonl(tmp_path / "p.jsonl")
-    with pytest.raises(RunError, match=r"at least two templates \(give more templates or use the bundled set\)"):
+    with pytest.raises(RunError,
+                       match=r"at least two templates \(give more templates or use the bundled set\)"):
         run(small_config(pairs=str(tmp_path / "p.jsonl"), model="no-such-model"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

@@ -18,8 +18,8 @@ from lens_bias.prompts.pairs import PairSet
 from lens_bias.scores import Scores
 
 runner = CliRunner()
-SCAN = ["scan", "--model", "tiny-random", "--domains", "hiring,finance", "--per-domain", "4", "--kinds", "heads",
-        "-q"]
+SCAN = ["scan", "--model", "tiny-random", "--domains", "hiring,finance", "--per-domain", "4", "--kinds",
+        "heads", "-q"]
 VALIDATE = ["validate", "--model", "tiny-random", "--k", "2", "--n-random", "1", "--kinds", "heads", "-q"]
 
 
@@ -49,7 +49,8 @@ def test_every_scorer_records_its_pairs_and_model(tiny):
     for s in (attribute(tiny, ps, components=("heads",), progress=False), score(tiny, ps, "actdiff"),
               score(tiny, ps, "random")):
         st = s.settings
-        assert st["pairs_hash"] == pairs_fingerprint(ps) and st["n_pairs"] == 2 and st["domains"] == ["hiring"]
+        assert (st["pairs_hash"] == pairs_fingerprint(ps) and st["n_pairs"] == 2
+                and st["domains"] == ["hiring"])
         assert st["model"] == "tiny-random" and st["model_shape"] == {
             "architecture": "LlamaForCausalLM", "n_layers": 2, "d_mlp": 128, "n_heads": 4}
         assert check_scores_match(s, ps, tiny) is None
@@ -72,7 +73,8 @@ def test_scan_records_split_seed_and_hash(scanned):
     r = runner.invoke(app, [*VALIDATE, "-s", str(scanned), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert res["pairs_hash"] == res["scores_pairs_hash"] == st["pairs_hash"] and res["provenance_warning"] is None
+    assert (res["pairs_hash"] == res["scores_pairs_hash"] == st["pairs_hash"]
+            and res["provenance_warning"] is None)
 
 
 def test_validate_refuses_other_pairs_naming_both_sides(scanned, tmp_path):
@@ -90,8 +92,8 @@ def test_validate_refuses_other_pairs_naming_both_sides(scanned, tmp_path):
 
 def test_validate_with_allow_other_pairs_runs_and_says_so(scanned, tmp_path):
     out = tmp_path / "v.json"
-    r = runner.invoke(app, [*VALIDATE, "-s", str(scanned), "--per-domain", "2", "--allow-other-pairs", "--json",
-                              "--out", str(out)])
+    r = runner.invoke(app, [*VALIDATE, "-s", str(scanned), "--per-domain", "2", "--allow-other-pairs",
+                            "--json", "--out", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["pairs_hash"] != res["scores_pairs_hash"]
@@ -106,7 +108,8 @@ def test_validate_function_refuses_other_pairs(tiny):
     s = attribute(tiny, ps, components=("heads",), progress=False)
     kw = {"k": 1, "n_random": 1, "kinds": ("heads",), "progress": False}
     assert validate(tiny, ps, s, **kw)["heads"]["provenance_warning"] is None
-    with pytest.raises(ProvenanceError, match=r"computed on 3 pairs .* given 2 other pairs.*allow_other_pairs=True"):
+    with pytest.raises(ProvenanceError,
+                       match=r"computed on 3 pairs .* given 2 other pairs.*allow_other_pairs=True"):
         validate(tiny, ps[:2], s, **kw)
     warning = validate(tiny, ps[:2], s, allow_other_pairs=True, **kw)["heads"]["provenance_warning"]
     assert "3 pairs" in warning and "2 other pairs" in warning
@@ -117,7 +120,8 @@ def test_old_scores_without_a_hash_warn(scanned, tmp_path, tiny):
     for key in ("pairs_hash", "model_shape"):
         s.settings.pop(key)
     old = s.save(tmp_path / "old.safetensors")
-    assert check_scores_match(Scores.load(old), build_pairs(["hiring"]).sample(1), tiny).startswith("provenance unknown")
+    assert check_scores_match(Scores.load(old), build_pairs(["hiring"]).sample(1), tiny).startswith(
+        "provenance unknown")
     r = runner.invoke(app, [*VALIDATE, "-s", str(old), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["provenance_warning"].startswith("provenance unknown")
@@ -136,10 +140,12 @@ def test_prune_refuses_scores_of_another_model(tmp_path, tiny):
     other_shape = _foreign(tmp_path, 3, "bigger-model")
     for extra in ([], ["--allow-other-model"]):  # another shape never fits, whatever the flag
         r = runner.invoke(app, [*prune, "-s", str(other_shape), "-o", str(tmp_path / "p"), *extra])
-        assert r.exit_code == 2 and "do not fit" in r.output and "3 layers" in r.output and "2 layers" in r.output
+        assert (r.exit_code == 2 and "do not fit" in r.output and "3 layers" in r.output
+                and "2 layers" in r.output)
         assert not (tmp_path / "p").exists()
     with pytest.raises(ProvenanceError):  # old files too: the tensors' shape is checked
-        check_scores_match(Scores(torch.rand(3, 128), None, {}, {}), None, tiny, allow_other=True, what="prune")
+        check_scores_match(Scores(torch.rand(3, 128), None, {}, {}), None, tiny, allow_other=True,
+                           what="prune")
     other_name = _foreign(tmp_path, 2, "sibling-model")
     r = runner.invoke(app, [*prune, "-s", str(other_name), "-o", str(tmp_path / "p")])
     assert r.exit_code == 2 and "'sibling-model'" in r.output and "--allow-other-model" in r.output
@@ -165,8 +171,9 @@ def test_scores_remember_the_prompt_mode():
     s = attribute(use_chat_template(b), ps, components=("heads",), progress=False)
     assert s.settings["chat_template"] is True and check_scores_match(s, ps, b) is None
     use_chat_template(b, on=False)  # the same pairs, now raw: other token ids
-    with pytest.raises(ProvenanceError, match=r"prompts through the chat template but validate runs them as raw "
-                                              r"text.*--chat-template"):
+    with pytest.raises(ProvenanceError,
+                       match=r"prompts through the chat template but validate runs them as raw "
+                             r"text.*--chat-template"):
         check_scores_match(s, ps, b)
     assert "compared anyway" in check_scores_match(s, ps, b, allow_other=True)
     assert check_scores_match(s, None, b) is None  # prune reads no prompts

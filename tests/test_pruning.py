@@ -1,5 +1,5 @@
-"""lens-bias prune and export as an API (lens_bias.selection.from_scores), mean ablation from the CLI included:
-the CLI writes what the API computes, and a mean-ablation model equals the simulation."""
+"""lens-bias prune and export as an API (lens_bias.selection.from_scores), mean ablation from the CLI
+included: the CLI writes what the API computes, and a mean-ablation model equals the simulation."""
 
 import pytest
 import torch
@@ -68,12 +68,13 @@ def test_cli_prune_mean_equals_the_api_and_the_simulation(scanned, tiny, tmp_pat
 def test_export_of_a_mean_mask_rebuilds_the_same_model(scanned, tmp_path):
     r = runner.invoke(app, [*PRUNE, "-s", str(scanned), "--ablation", "mean", "-o", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "--model", "tiny-random", "-o", str(tmp_path / "e")])
+    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "--model", "tiny-random", "-o",
+                            str(tmp_path / "e")])
     assert r.exit_code == 0, r.output
     a, b = _weights(tmp_path / "p" / "model"), _weights(tmp_path / "e")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "-f", "torch-pruning", "--model", "tiny-random",
-                            "-o", str(tmp_path / "tp.json")])
+    r = runner.invoke(app, ["export", "--mask", str(tmp_path / "p"), "-f", "torch-pruning", "--model",
+                            "tiny-random", "-o", str(tmp_path / "tp.json")])
     assert r.exit_code != 0 and "mean ablation" in r.output and not (tmp_path / "tp.json").exists()
 
 
@@ -154,7 +155,8 @@ def test_cli_prune_refuses_bad_choices_in_one_line_before_loading_a_model(scanne
 def test_prune_selector_needs_attribution_scores(tiny):
     s = Scores(torch.rand(2, 128), None, {}, {"scorer": "wanda", "estimator": "wanda"})
     with pytest.raises(MaskError, match="scan with --scorer ablate"):
-        mask_from_scores(tiny, s, 4, max_cost_quantile=None, selector="stable", pairs=build_pairs(["hiring"])[:4])
+        mask_from_scores(tiny, s, 4, max_cost_quantile=None, selector="stable",
+                         pairs=build_pairs(["hiring"])[:4])
 
 
 def test_select_units_refuses_an_unknown_selector_and_mean_ablation_where_unsupported(tiny):
@@ -179,5 +181,6 @@ def test_select_units_attributes_oneshot_under_its_ablation(tiny):
     zero = select(attribute_templates(tiny, ps, progress=False).scores(), 16, kind="neurons", bridge=tiny,
                   max_cost_quantile=None)
     assert not torch.equal(want.neurons, zero.neurons)  # the two ablations rank differently here
-    got = select_units(SelectorSpec("oneshot", None), SelectionInputs(tiny, ps, 16, ablation="mean", means=means))
+    got = select_units(SelectorSpec("oneshot", None),
+                       SelectionInputs(tiny, ps, 16, ablation="mean", means=means))
     assert torch.equal(got.mask.neurons, want.neurons)

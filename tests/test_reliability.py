@@ -110,9 +110,9 @@ def small_data(tmp_path_factory) -> dict:
 
 
 def tiny_config(data: dict, **kw) -> RunConfig:
-    base = dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"], curve_kinds=["neurons"],
-                validate_k=3, validate_random=2, validate_per_domain=1, ppl_tokens=256, progress=False,
-                device="cpu", **data)
+    base = dict(model="tiny-random", per_domain=2, held_per_domain=2, budget="2%", budgets=["2%"],
+                curve_kinds=["neurons"], validate_k=3, validate_random=2, validate_per_domain=1,
+                ppl_tokens=256, progress=False, device="cpu", **data)
     base.update(kw)
     return RunConfig(**base)
 
@@ -163,7 +163,8 @@ def test_pairs_unpaired_surrogate_is_refused(tmp_path):
 def test_pairs_non_utf8_names_the_byte(tmp_path):
     f = tmp_path / "latin1.jsonl"
     f.write_bytes(b'{"black": "A Black caf\xe9 owner", "white": "A White caf\xe9 owner"}\n')
-    with pytest.raises(PairsError, match=r"latin1\.jsonl: not valid UTF-8 \(byte 22\); save the file as UTF-8"):
+    with pytest.raises(PairsError,
+                       match=r"latin1\.jsonl: not valid UTF-8 \(byte 22\); save the file as UTF-8"):
         load_jsonl(f)
 
 
@@ -176,7 +177,8 @@ def test_prompt_longer_than_context(tiny, tmp_path):
     from lens_bias.measures.metrics import measure
 
     long = "A Black man " + "walked and talked " * 200
-    f = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "black": long, "white": long.replace("Black", "White")}])
+    f = write_jsonl(tmp_path / "long.jsonl",
+                    [{"id": "long", "black": long, "white": long.replace("Black", "White")}])
     with pytest.raises(PairsError, match=r"prompt of \d+ tokens is longer than the model's context \(256\)"):
         measure(tiny, load_jsonl(f), progress=False)
     r = runner.invoke(app, ["measure", "--model", "tiny-random", "--pairs", str(f), "-q"])
@@ -191,7 +193,8 @@ def test_multi_token_pos_neg_words_are_named(tiny, tmp_path):
     tok = tokenizer_of(tiny)
     assert len(tok(" unbelievably", add_special_tokens=False)["input_ids"]) > 1
     rows = [{"id": f"p{i}", "black": f"A Black man asked for loan {i}. It was",
-             "white": f"A White man asked for loan {i}. It was", "pos": ["unbelievably"], "neg": ["xylophonic"]}
+             "white": f"A White man asked for loan {i}. It was", "pos": ["unbelievably"],
+             "neg": ["xylophonic"]}
             for i in range(2)]
     f = write_jsonl(tmp_path / "words.jsonl", rows)
     res = measure(tiny, load_jsonl(f), progress=False)
@@ -213,8 +216,9 @@ def crows_csv(rows: list[list], header: list[str]) -> str:
 def test_crows_extra_columns_are_ignored(tmp_path):
     f = tmp_path / "crows.csv"
     header = ["", "bias_type", "sent_less", "sent_more", "stereo_antistereo", "annotations", "my_notes"]
-    f.write_text(crows_csv([[0, "race-color", "White people are X.", "Black people are X.", "stereo", "[]", "x"],
-                            [1, "gender", "He is X.", "She is X.", "stereo", "[]", "y"]], header), encoding="utf-8")
+    f.write_text(crows_csv(
+        [[0, "race-color", "White people are X.", "Black people are X.", "stereo", "[]", "x"],
+         [1, "gender", "He is X.", "She is X.", "stereo", "[]", "y"]], header), encoding="utf-8")
     got = load_crows_pairs(f)
     assert [(c.more, c.less) for c in got] == [("Black people are X.", "White people are X.")]
 
@@ -238,8 +242,10 @@ def test_crows_byte_order_mark_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"sent_more,sent_less,stereo_antistereo,bias_type\nBlack caf\xe9,White,stereo,race-color\n", "not valid UTF-8"),
-    (b"sent_more,sent_less,stereo_antistereo,bias_type\nBlack X,White X,maybe,race-color\n", "row 2 is malformed"),
+    (b"sent_more,sent_less,stereo_antistereo,bias_type\nBlack caf\xe9,White,stereo,race-color\n",
+     "not valid UTF-8"),
+    (b"sent_more,sent_less,stereo_antistereo,bias_type\nBlack X,White X,maybe,race-color\n",
+     "row 2 is malformed"),
     (b"sent_more,sent_less,stereo_antistereo,bias_type\nBlack X\n", "row 2 is malformed"),
     (b"sent_more,sent_less,stereo_antistereo,bias_type\n\"" + b"x" * 200_000 + b"\",y,stereo,race-color\n",
      "malformed CSV"),
@@ -304,8 +310,8 @@ def test_hub_id_without_network_fails_fast(monkeypatch):
     with pytest.raises(ModelLoadError) as e:
         M.load_model("lens-bias-tests/no-such-model", device="cpu")
     assert time.time() - t0 < 10
-    assert "cannot load 'lens-bias-tests/no-such-model': the Hugging Face Hub (https://127.0.0.1:9) cannot be " \
-           "reached and the model is not in the local Hugging Face cache" in str(e.value)
+    assert ("cannot load 'lens-bias-tests/no-such-model': the Hugging Face Hub (https://127.0.0.1:9) "
+            "cannot be reached and the model is not in the local Hugging Face cache" in str(e.value))
 
 
 def test_hub_probe_that_hangs_is_cut_off(monkeypatch):
@@ -345,7 +351,8 @@ def test_hub_unreachable_but_cached_reads_only_the_cache(monkeypatch):
     monkeypatch.setattr(M, "_hub_reachable", lambda timeout=None: False)
     monkeypatch.setattr(M, "_in_hf_cache", lambda name: True)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
-    with pytest.raises(ModelLoadError, match=r"cannot load 'lens-bias-tests/cached-model': the Hugging Face Hub"):
+    with pytest.raises(ModelLoadError,
+                       match=r"cannot load 'lens-bias-tests/cached-model': the Hugging Face Hub"):
         M.load_model("lens-bias-tests/cached-model", device="cpu")
     assert seen["local_files_only"] is True and seen["trust_remote_code"] is False
 
@@ -372,7 +379,8 @@ def test_architecture_without_gated_mlp_says_what_is_missing(tiny):
 def test_bridge_without_neuron_or_head_hooks_names_them():
     fake = SimpleNamespace(hook_dict={"blocks.0.mlp.hook_post": object()},
                            cfg=SimpleNamespace(architecture="FooForCausalLM"))
-    with pytest.raises(ModelLoadError, match=r"architecture FooForCausalLM has no blocks\.0\.attn\.hook_z hook"):
+    with pytest.raises(ModelLoadError,
+                       match=r"architecture FooForCausalLM has no blocks\.0\.attn\.hook_z hook"):
         M._check_supported(fake)
 
 
@@ -394,7 +402,8 @@ def remote_code_model(tmp_path) -> tuple[Path, Path]:
 
 def test_remote_code_is_never_run_without_the_flag(remote_code_model):
     folder, marker = remote_code_model
-    with pytest.raises(ModelLoadError, match="needs custom code from its repository; lens_bias never runs it unless"):
+    with pytest.raises(ModelLoadError,
+                       match="needs custom code from its repository; lens_bias never runs it unless"):
         M.load_model(str(folder), device="cpu")
     r = runner.invoke(app, ["measure", "--model", str(folder), "-q"])
     assert r.exit_code == 2 and "--trust-remote-code" in r.output
@@ -467,7 +476,8 @@ def test_valid_masks_are_never_mistaken_for_pickles(tmp_path):
     byte of a pickle. Such masks were refused as pickles before."""
     first_bytes = set()
     for k in range(0, 264, 4):
-        m = PruningMask(torch.ones(2, 8, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool), {"model": "m" * k})
+        m = PruningMask(torch.ones(2, 8, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool),
+                        {"model": "m" * k})
         m.neurons[1, 3] = False
         st_path, _ = m.save(tmp_path / f"m{k}")
         first_bytes.add(st_path.read_bytes()[0])
@@ -508,7 +518,8 @@ def test_no_torch_load_without_weights_only_and_no_pickle_anywhere():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                mods = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+                mods = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) else [])
                 bad += [f"{path.name}:{node.lineno} imports {m}" for m in mods
                         if m and m.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle", "_pickle")]
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -540,7 +551,8 @@ def test_mask_json_round_trip_and_refusals(tiny, tmp_path):
     }
     messages = {"truncated": "not a readable mask.json", "no shapes": "needs 'shapes' and 'pruned'",
                 "outside": "pruned.neurons entry [0, 999] is not a [layer, index] pair inside [2, 128]",
-                "bad shape": "shapes.neurons must be two positive integers", "huge shape": "shapes.neurons must be"}
+                "bad shape": "shapes.neurons must be two positive integers",
+                "huge shape": "shapes.neurons must be"}
     for case, text in cases.items():
         js.write_text(text)
         with pytest.raises(MaskError) as e:
@@ -552,7 +564,8 @@ def test_mask_json_for_another_model_is_refused(tiny, tmp_path):
     js = tmp_path / "mask.json"
     js.write_text(json.dumps({"model": "smollm2-135m", "shapes": {"neurons": [30, 1536], "heads": [30, 9]},
                               "pruned": {"neurons": [[3, 4]], "heads": []}}))
-    with pytest.raises(MaskError, match=r"mask shapes \{'neurons': \(30, 1536\).*model shapes \{'neurons': \(2, 128\)"):
+    with pytest.raises(MaskError,
+                       match=r"mask shapes \{'neurons': \(30, 1536\).*model shapes \{'neurons': \(2, 128\)"):
         PruningMask.load(js, bridge=tiny)
 
 
@@ -565,9 +578,11 @@ def _flat_scores(tiny):
 
 def test_budgets_that_would_empty_layers_or_exceed_the_model(tiny):
     s = _flat_scores(tiny)
-    with pytest.raises(MaskError, match=r"every neuron of layer\(s\) \[0, 1\]; lower the budget \(uniform takes 128"):
+    with pytest.raises(MaskError,
+                       match=r"every neuron of layer\(s\) \[0, 1\]; lower the budget \(uniform takes 128"):
         select(s, 256, kind="neurons", bridge=tiny, per_layer="uniform")
-    with pytest.raises(MaskError, match=r"every neuron of layer\(s\) \[0\]"):  # 200 asked of one 128-neuron layer
+    # 200 asked of one 128-neuron layer
+    with pytest.raises(MaskError, match=r"every neuron of layer\(s\) \[0\]"):
         select(s, 200, kind="neurons", bridge=tiny, per_layer="uniform", layers=[0])
     from lens_bias.scores import Scores
 
@@ -583,21 +598,27 @@ def test_budgets_that_would_empty_layers_or_exceed_the_model(tiny):
 
 
 def test_budget_below_one_unit_says_it_prunes_one(tiny):
-    with pytest.warns(UserWarning, match=r"budget '0.1%' is less than one head on this model \(8 heads\); pruning 1 head"):
+    with pytest.warns(UserWarning,
+                      match=r"budget '0.1%' is less than one head on this model \(8 heads\); pruning 1 head"):
         assert budget_count(tiny, "heads", "0.1%") == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert budget_count(tiny, "neurons", "2%") == 5  # no warning when the budget is at least one unit
 
 
-@pytest.mark.parametrize("budget, message", [("0", "budget must be positive"), ("-2%", "budget must be positive"),
-                                             ("101%", "over 100 %"), ("half", "invalid budget")])
+@pytest.mark.parametrize("budget, message", [
+    ("0", "budget must be positive"),
+    ("-2%", "budget must be positive"),
+    ("101%", "over 100 %"),
+    ("half", "invalid budget"),
+])
 def test_cli_run_refuses_bad_budgets_before_loading_anything(tmp_path, monkeypatch, budget, message):
     monkeypatch.setattr(M, "load_model", _never_called)
     out = tmp_path / "r"
     r = runner.invoke(app, ["run", "--model", "tiny-random", "--budget", budget, "--out", str(out), "-q"])
     assert r.exit_code == 2 and message in r.output
-    r = runner.invoke(app, ["run", "--model", "tiny-random", "--budgets", f"1%,{budget}", "--out", str(out), "-q"])
+    r = runner.invoke(app, ["run", "--model", "tiny-random", "--budgets", f"1%,{budget}", "--out", str(out),
+                            "-q"])
     assert r.exit_code == 2 and message in r.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -615,7 +636,8 @@ def test_fp16_overflow_is_caught_with_a_dtype_hint(tiny):
         model.lm_head.weight.fill_(60000.0)  # every logit overflows float16
     bridge = M.wrap(model, tok, name="fp16-overflow", device="cpu")
     pairs = build_pairs(["finance"])[:2]
-    for fn in (lambda: measure(bridge, pairs, progress=False), lambda: attribute(bridge, pairs, progress=False)):
+    for fn in (lambda: measure(bridge, pairs, progress=False),
+               lambda: attribute(bridge, pairs, progress=False)):
         with pytest.raises(NumericsError) as e:
             fn()
         msg = str(e.value)
@@ -639,7 +661,8 @@ def test_existing_output_folder_is_refused_and_left_alone(tmp_path, monkeypatch)
     (out / "keep.txt").write_text("mine")
     r = runner.invoke(app, ["run", "--model", "tiny-random", "--out", str(out), "-q"])
     assert r.exit_code == 2 and f"output folder {out} already exists; pass --overwrite" in r.output
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert ([p.name for p in out.iterdir()] == ["keep.txt"]
+            and sorted(p.name for p in tmp_path.iterdir()) == ["r"])
 
 
 def test_atomic_out_success_failure_and_overwrite(tmp_path):
@@ -695,7 +718,8 @@ def _failing_hook_fn(*a, **k):
 INJECT = {
     # stage: (attribute to replace, replacement factory, exception raised)
     "attribution (capture hooks)": ("lens_bias.attribution.patching.pair_metric",
-                                    lambda real: _raise_on_call(1, RuntimeError("boom in attribution")), RuntimeError),
+                                    lambda real: _raise_on_call(1, RuntimeError("boom in attribution")),
+                                    RuntimeError),
     "validation (ablation hooks)": ("lens_bias.attribution.validation.metric_value",
                                     lambda real: _raise_on_call(2, RuntimeError("boom in validation"), real),
                                     RuntimeError),
@@ -755,14 +779,16 @@ STAGES = ["load model and pairs", "measure bias before", "attribute on the train
 
 def _cli() -> list[str]:
     script = Path(sys.executable).with_name("lens-bias")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from lens_bias.cli.main import app; app()"]
+    return ([str(script)] if script.exists()
+            else [sys.executable, "-c", "from lens_bias.cli.main import app; app()"])
 
 
 def _start_run(out: Path, data: dict) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
            "LENS_BIAS_CACHE": str(out.parent.parent / "cache")}
-    cmd = [*_cli(), "run", "--model", "tiny-random", "--per-domain", "2", "--held-per-domain", "2", "--budget", "2%", "--budgets", "2%",
-           "--wikitext", data["wikitext"], "--crows-file", data["crows"], "--out", str(out)]
+    cmd = [*_cli(), "run", "--model", "tiny-random", "--per-domain", "2", "--held-per-domain", "2",
+           "--budget", "2%", "--budgets", "2%", "--wikitext", data["wikitext"], "--crows-file", data["crows"],
+           "--out", str(out)]
     # a shell that starts jobs in the background ignores SIGINT in them; the child must not inherit that
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=out.parent, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -788,8 +814,8 @@ class _Lines:
 
     def wait_for(self, text: str, timeout: float) -> bool:
         with self.cond:
-            return self.cond.wait_for(lambda: any(x is None or text in x for x in self.lines), timeout) and any(
-                x is not None and text in x for x in self.lines)
+            return self.cond.wait_for(lambda: any(x is None or text in x for x in self.lines),
+                                      timeout) and any(x is not None and text in x for x in self.lines)
 
     def stage(self) -> str:
         seen = [x for x in self.lines if x and x.startswith("[lens-bias] ")]
@@ -876,7 +902,8 @@ pair_objects = st.fixed_dictionaries(
 
 @FUZZ
 @given(rows=st.lists(pair_objects | json_values, max_size=4),
-       junk=st.lists(st.sampled_from(["", "{", "]", "\ufeff{}", '{"black": 1e999}', "NaN", "\x00"]), max_size=2))
+       junk=st.lists(st.sampled_from(["", "{", "]", "\ufeff{}", '{"black": 1e999}', "NaN", "\x00"]),
+                     max_size=2))
 def test_fuzz_jsonl_objects(rows, junk):
     lines = [json.dumps(r) for r in rows] + junk
     with tempfile.TemporaryDirectory() as d:
@@ -907,9 +934,11 @@ CROWS_HEADER = ["", "sent_more", "sent_less", "stereo_antistereo", "bias_type", 
 
 
 @FUZZ
-@given(header=st.permutations(CROWS_HEADER).flatmap(lambda h: st.lists(st.sampled_from(h), min_size=0, max_size=7)),
+@given(header=st.permutations(CROWS_HEADER).flatmap(
+           lambda h: st.lists(st.sampled_from(h), min_size=0, max_size=7)),
        rows=st.lists(st.lists(st.text(max_size=15) | st.sampled_from(["stereo", "antistereo", "race-color",
-                                                                        "Black people", "white"]), max_size=7),
+                                                                        "Black people", "white"]),
+                              max_size=7),
                      max_size=5),
        subset=st.sampled_from(["black", "black-white", "race-color", "all"]))
 def test_fuzz_crows_rows(header, rows, subset):

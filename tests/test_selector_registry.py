@@ -77,8 +77,8 @@ def test_a_registered_selector_runs_through_prune(tiny, tmp_path, toy):
     r = runner.invoke(app, ["scan", "--model", "tiny-random", "--domains", "hiring", "--per-domain", "4",
                             "--kinds", "neurons", "-q", "-o", str(scan)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scan), "--budget", "6", "--selector", toy,
-                            "-q", "-o", str(tmp_path / "p")])
+    r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scan), "--budget", "6", "--selector",
+                            toy, "-q", "-o", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
     got = PruningMask.load(tmp_path / "p")
     want = select(Scores.load(scan), 6, kind="neurons", layers=[1], bridge=tiny,
@@ -87,11 +87,13 @@ def test_a_registered_selector_runs_through_prune(tiny, tmp_path, toy):
     unregister(toy)
     r = runner.invoke(app, ["prune", "--model", "tiny-random", "-s", str(scan), "--selector", toy, "-q",
                             "-o", str(tmp_path / "q")])
-    assert r.exit_code == 2 and "--selector must be one of oneshot" in r.output and "Traceback" not in r.output
+    assert (r.exit_code == 2 and "--selector must be one of oneshot" in r.output
+            and "Traceback" not in r.output)
 
 
 def test_the_registry_refuses_a_taken_name_and_unknown_options(tiny, toy):
     with pytest.raises(ChoiceError, match="already registered"):
         register(toy, "again")(one_layer)
     with pytest.raises(ChoiceError, match="takes no option 'steps' .its options: layer"):
-        select_units(SelectorSpec(toy, None, {"steps": 2}), SelectionInputs(tiny, build_pairs(["hiring"])[:2], 3))
+        select_units(SelectorSpec(toy, None, {"steps": 2}),
+                     SelectionInputs(tiny, build_pairs(["hiring"])[:2], 3))

@@ -30,7 +30,8 @@ FAST = {"learned": {"steps": 3, "eval_every": 1, "pairs_per_domain": 4, "neutral
 
 
 def run_selector(spec, bridge, ts, pairs, budget, cost, neutral):
-    return select_units(spec, SelectionInputs(bridge, pairs, budget, "neurons", cost, neutral, template_scores=ts))
+    return select_units(spec, SelectionInputs(bridge, pairs, budget, "neurons", cost, neutral,
+                                              template_scores=ts))
 
 
 def test_the_builtin_selectors_are_registered():
@@ -143,7 +144,8 @@ def test_planted_unit_carries_the_bias(planted):
 def test_every_selector_finds_the_planted_unit(planted, selector):
     b, p, unit = planted
     ts = attribute_templates(b, p, progress=False)
-    got = run_selector(SelectorSpec(selector, None, FAST.get(selector, {})), b, ts, p, 3, None, neutral_text()[:8])
+    got = run_selector(SelectorSpec(selector, None, FAST.get(selector, {})), b, ts, p, 3, None,
+                       neutral_text()[:8])
     assert unit in got.mask.pruned("neurons")
 
 
@@ -151,7 +153,8 @@ def test_learned_mask_ablation_equals_the_simulation(tiny, pairs, ts):
     """The hard gates the learned mask trains with are exactly the exported mask's zero ablation."""
     fit, val = validation_split(pairs)
     mask, hist = learn_mask(tiny, fit, val, 6, "neurons", ts.subset(fit.templates), neutral_text()[:8],
-                            cfg=LearnConfig(steps=3, eval_every=1, pairs_per_domain=4, neutral_batch=4), progress=False)
+                            cfg=LearnConfig(steps=3, eval_every=1, pairs_per_domain=4, neutral_batch=4),
+                            progress=False)
     assert mask.counts()["neurons"] == 6 and sum(r["kept"] for r in hist) == 1
     theta = torch.where(mask.neurons, 0.0, 1.0)  # the pruned units score highest
     allowed = torch.ones_like(mask.neurons)
@@ -194,20 +197,23 @@ def test_choose_cross_validates_on_the_train_templates_only(tiny, pairs, ts):
     assert res["n_val_templates"] == len(pairs.templates) and "3-fold cross-validation" in res["why"]
     before = after = 0.0
     for fit, val in folds:
-        mask = select(ts.restrict(fit.templates).scores(), "2%", kind="neurons", bridge=tiny, max_cost_quantile=None)
+        mask = select(ts.restrict(fit.templates).scores(), "2%", kind="neurons", bridge=tiny,
+                      max_cost_quantile=None)
         before += sum(measure(tiny, val, progress=False).values["js"])
         with ablate(tiny, mask):
             after += sum(measure(tiny, val, progress=False).values["js"])
     assert res["rows"][0]["val_reduction_pct"] == pytest.approx(100 * (1 - after / before), abs=1e-3)
-    one = choose(tiny, ts, pairs, "2%", "neurons", None, neutral_text()[:8], candidates=[SelectorSpec("oneshot", None)],
-                 folds=1)
+    one = choose(tiny, ts, pairs, "2%", "neurons", None, neutral_text()[:8],
+                 candidates=[SelectorSpec("oneshot", None)], folds=1)
     fit, val = validation_split(pairs)
     assert one["n_val_templates"] == len(val.templates) and not set(fit.templates) & set(val.templates)
 
 
 def test_template_folds_are_seeded_and_refuse_too_few_templates(pairs):
-    assert [v.templates for _, v in template_folds(pairs, 3, 5)] == [v.templates for _, v in template_folds(pairs, 3, 5)]
-    assert [v.templates for _, v in template_folds(pairs, 3, 5)] != [v.templates for _, v in template_folds(pairs, 3, 6)]
+    assert ([v.templates for _, v in template_folds(pairs, 3, 5)]
+            == [v.templates for _, v in template_folds(pairs, 3, 5)])
+    assert ([v.templates for _, v in template_folds(pairs, 3, 5)]
+            != [v.templates for _, v in template_folds(pairs, 3, 6)])
     with pytest.raises(PairsError, match="fewer folds"):
         template_folds(pairs, len(pairs.templates) + 1)
 
@@ -259,7 +265,8 @@ def test_the_curve_picks_the_ablate_scorers_units_with_the_selector(tiny, pairs)
     assert not torch.equal(mask.neurons, top.neurons)  # stability selection keeps other units than the top
     want = evaluate(tiny, ev, mask, lambada=False, sentences=False)
     assert by["ablate"]["js"] == pytest.approx(want["js"], rel=1e-6)
-    assert by["ablate"]["js"] != pytest.approx(evaluate(tiny, ev, top, lambada=False, sentences=False)["js"], rel=1e-6)
+    assert by["ablate"]["js"] != pytest.approx(
+        evaluate(tiny, ev, top, lambada=False, sentences=False)["js"], rel=1e-6)
 
 
 def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pairs):
@@ -271,7 +278,8 @@ def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pa
     _, cost = template_scores(tiny, pairs[:4], progress=False)
     zero = capability_cost(tiny, neutral_text(), ablation="zero")
     assert torch.equal(cost.neurons, zero.neurons)
-    assert not torch.equal(cost.neurons, capability_cost(tiny, neutral_text()).neurons)  # mean ablation differs
+    # mean ablation differs
+    assert not torch.equal(cost.neurons, capability_cost(tiny, neutral_text()).neurons)
 
 
 def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
@@ -290,7 +298,8 @@ def test_versus_pairs_two_masks_on_the_same_held_out_pairs():
     assert versus(res, rows[0]) is None and versus(res, rows[4]) is None
     v = versus(res, rows[1])
     assert v["reduction_pct"] == pytest.approx(50.0) and v["p"] < 0.05 and not v["within_noise"]
-    assert versus(res, rows[3])["reduction_pct"] == pytest.approx(0.0) and versus(res, rows[3])["within_noise"]
+    assert (versus(res, rows[3])["reduction_pct"] == pytest.approx(0.0)
+            and versus(res, rows[3])["within_noise"])
     assert versus({"rows": rows}, rows[1]) is None  # results written before per-pair values were kept
     for r in rows:
         r.update(label="x", n_pruned=1, train=None, tests={"js": None}, kl_neutral=None, select_seconds=0)

@@ -77,7 +77,8 @@ def test_stereotype_signs_match_the_templates(tmp_path):
     assert signs.count(1) > signs.count(-1) > 0
     # a user's own pairs, read from a JSONL file, have no bundled template: sign 0
     own = [ContrastivePair("mine", "custom", "mine", "Jamal paid the bill.", "Greg paid the bill."),
-           ContrastivePair("s-finance-01:x", "finance", "s-finance-01", "Jamal paid the bill.", "Greg paid the bill.")]
+           ContrastivePair("s-finance-01:x", "finance", "s-finance-01", "Jamal paid the bill.",
+                           "Greg paid the bill.")]
     f = tmp_path / "own.jsonl"
     PairSet(own + ps.pairs[:2]).to_jsonl(f)
     assert stereotype_signs(load_sentence_pairs(f)) == [0, 0] + signs[:2]
@@ -100,8 +101,8 @@ def _good() -> dict:
     return {"version": 1, "domains": {"housing": "renting and buying homes"},
             "templates": [{"id": "s-housing-01", "domain": "housing", "stereotyped": "black",
                            "text": "{subject} was turned away by the landlord."},
-                          {"id": "s-housing-02", "domain": "housing", "stereotyped": "white", "gender": "female",
-                           "text": "{subject} bought a lake house with her savings."}]}
+                          {"id": "s-housing-02", "domain": "housing", "stereotyped": "white",
+                           "gender": "female", "text": "{subject} bought a lake house with her savings."}]}
 
 
 def test_user_template_file_builds_pairs_and_signs(tmp_path):
@@ -124,12 +125,15 @@ def _broken(change) -> dict:
 
 
 @pytest.mark.parametrize("data, message", [
-    (_broken(lambda t: t.update(text="The landlord turned the tenant away.")), r"must start with the one \{subject\}"),
-    (_broken(lambda t: t.update(text="The landlord turned {subject} away.")), r"must start with the one \{subject\}"),
+    (_broken(lambda t: t.update(text="The landlord turned the tenant away.")),
+     r"must start with the one \{subject\}"),
+    (_broken(lambda t: t.update(text="The landlord turned {subject} away.")),
+     r"must start with the one \{subject\}"),
     (_broken(lambda t: t.update(text="{subject} met {subject}.")), r"must start with the one \{subject\}"),
     (_broken(lambda t: t.update(text="{subject} was turned away")), "ending with a period"),
     (_broken(lambda t: t.update(domain="sports")), "unknown domain 'sports'; use one of housing"),
-    (_broken(lambda t: t.update(stereotyped="both")), "'stereotyped' is 'both'; set it to 'black' or 'white'"),
+    (_broken(lambda t: t.update(stereotyped="both")),
+     "'stereotyped' is 'both'; set it to 'black' or 'white'"),
     (_broken(lambda t: t.pop("stereotyped")), "'stereotyped' is None"),
     (_broken(lambda t: t.update(gender="neutral")), "'gender' is 'neutral'"),
     (_broken(lambda t: t.update(id="s-housing-02")), "duplicate template id"),

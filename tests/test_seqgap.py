@@ -16,7 +16,8 @@ from lens_bias.prompts.pairs import ContrastivePair, PairSet
 
 SENTENCES = [
     ("Jamal was stopped by the police on his way home.", "Greg was stopped by the police on his way home."),
-    ("An African American woman was late with the rent again.", "A White woman was late with the rent again."),
+    ("An African American woman was late with the rent again.",
+     "A White woman was late with the rent again."),
     ("Lakisha could not afford the new car.", "Emily could not afford the new car."),
     ("Tyrone was followed around the store by a guard.", "Brad was followed around the store by a guard."),
 ]
@@ -29,7 +30,8 @@ def tiny64():
 
 @pytest.fixture(scope="module")
 def sent():
-    return PairSet([ContrastivePair(f"s-{i}:x", "general", f"s-{i}", b, w) for i, (b, w) in enumerate(SENTENCES)])
+    return PairSet([ContrastivePair(f"s-{i}:x", "general", f"s-{i}", b, w)
+                    for i, (b, w) in enumerate(SENTENCES)])
 
 
 def test_gaps_equal_the_crows_scorer_and_tolerate_unequal_lengths(tiny64, sent):
@@ -62,7 +64,8 @@ def test_gaps_equal_the_crows_scorer_and_tolerate_unequal_lengths(tiny64, sent):
     for i in range(4):
         one = t.batch([i])
         with torch.no_grad():  # one pair alone (rows of 14-18 tokens) vs right-padded to 18: see tol
-            assert float(sentence_gap(tiny64(one.ids), one)[0]) == pytest.approx(float(padded[i]), rel=0, abs=tol(i))
+            assert float(sentence_gap(tiny64(one.ids), one)[0]) == pytest.approx(
+                float(padded[i]), rel=0, abs=tol(i))
     assert tok.bos_token_id == batch.ids[0, 0]
 
 
@@ -70,7 +73,8 @@ def test_seqgap_scores_equal_finite_differences(tiny64, sent):
     """Each neuron's score is the derivative of mean |gap| along scaling that neuron toward zero,
     measured by central finite differences (the linear regime of the ablation)."""
     s = attribute(tiny64, sent, metric="seqgap", components=("neurons",), batch_size=2, progress=False)
-    eps = 1e-2  # HF attention runs its softmax in float32: eps well above that noise (central differences: O(eps^2))
+    # HF attention runs its softmax in float32: eps well above that noise (central differences: O(eps^2))
+    eps = 1e-2
     checked = 0
     for layer in range(tiny64.cfg.n_layers):
         for i in range(0, tiny64.cfg.d_mlp, 31):
@@ -127,8 +131,8 @@ def test_measure_seqgap_cli_json():
 
     from lens_bias.cli.main import app
 
-    r = CliRunner().invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "3", "--domains", "hiring,policing",
-                                 "--seqgap", "--json", "-q"])
+    r = CliRunner().invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "3", "--domains",
+                                 "hiring,policing", "--seqgap", "--json", "-q"])
     assert r.exit_code == 0, r.output
     sg = json.loads(r.stdout)["seqgap"]
     assert set(sg) == {"all", "hiring", "policing"} and sg["all"]["n_pairs"] == 6

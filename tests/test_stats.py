@@ -53,7 +53,8 @@ def test_bootstrap_is_deterministic_for_a_seed():
     assert bootstrap_ci(x, seed=5) != bootstrap_ci(x, seed=6)
     b, a = x, x - 0.1
     assert paired_bootstrap_change(b, a, seed=2) == paired_bootstrap_change(b, a, seed=2)
-    assert paired_permutation_test(np.zeros(30), x, seed=1) == paired_permutation_test(np.zeros(30), x, seed=1)
+    assert (paired_permutation_test(np.zeros(30), x, seed=1)
+            == paired_permutation_test(np.zeros(30), x, seed=1))
 
 
 def test_paired_bootstrap_change_of_a_constant_shift():

@@ -42,7 +42,8 @@ def test_scores_without_equals_scoring_without_the_domain(tiny, split, estimator
     full = attribute(tiny, train, estimator=estimator, progress=False)
     assert full.settings["n_pairs_by_domain"] == {d: len(train.filter(domains=[d])) for d in DOMAINS}
     for d in DOMAINS:
-        got, want = tr.scores_without(full, d), attribute(tiny, _others(train, d), estimator=estimator, progress=False)
+        got, want = (tr.scores_without(full, d),
+                     attribute(tiny, _others(train, d), estimator=estimator, progress=False))
         for kind in ("neurons", "heads"):
             scale = float(want.get(kind).abs().max())
             assert scale > 0
@@ -52,7 +53,8 @@ def test_scores_without_equals_scoring_without_the_domain(tiny, split, estimator
             # the attention softmax. atol 1e-4 of the scale leaves 25x; a 1e-3 error or a pair left in fails
             torch.testing.assert_close(got.get(kind), want.get(kind), rtol=1e-5, atol=1e-4 * scale)
         assert got.settings["n_pairs_by_domain"] == want.settings["n_pairs_by_domain"]
-        assert got.settings["n_pairs"] == want.settings["n_pairs"] and got.settings["domains"] == want.settings["domains"]
+        assert (got.settings["n_pairs"] == want.settings["n_pairs"]
+                and got.settings["domains"] == want.settings["domains"])
         # mean float32 JS from other batches: 7e-7 relative under a 1-ulp softmax perturbation
         assert got.settings["metric_before"] == pytest.approx(want.settings["metric_before"], rel=1e-5)
         assert sorted(got.by_domain) == sorted(want.by_domain) and d not in got.by_domain
@@ -116,13 +118,15 @@ def test_leave_one_domain_out_rows_pooled_and_scoring_set(tiny, split, ev, monke
         d = r["domain"]
         # the leave-out mask came from the other domains' train pairs only
         assert d not in r["scoring_domains"] and not r["rescored"]
-        assert res["scoring"][d]["n_pairs_by_domain"] == {x: len(train.filter(domains=[x])) for x in DOMAINS if x != d}
+        assert res["scoring"][d]["n_pairs_by_domain"] == {x: len(train.filter(domains=[x]))
+                                                          for x in DOMAINS if x != d}
         assert r["n_pairs"] == res["n_pairs"][d] == len(held.filter(domains=[d]))
         for key in ("left_out", "all"):
             _check_changes(r[key])
             js = r["js_left_out" if key == "left_out" else "js_all"]
             assert r[key]["reduction_pct"] == pytest.approx(100 * (r["js_before"] - js) / r["js_before"])
-        assert r["loss"]["points"] == pytest.approx(r["all"]["reduction_pct"] - r["left_out"]["reduction_pct"])
+        assert r["loss"]["points"] == pytest.approx(
+            r["all"]["reduction_pct"] - r["left_out"]["reduction_pct"])
         assert 0 <= r["jaccard_with_all"] <= 1 and r["jaccard_with_all"] == res["jaccard_with_all"][d]
     p, rows = res["pooled"], res["rows"]
     total = sum(r["n_pairs"] for r in rows)
@@ -131,7 +135,8 @@ def test_leave_one_domain_out_rows_pooled_and_scoring_set(tiny, split, ev, monke
         assert p[key] == pytest.approx(sum(r["n_pairs"] * r[key] for r in rows) / total)
     for key in ("left_out", "all"):
         _check_changes(p[key])
-        assert p[f"mean_over_domains_{key}_pct"] == pytest.approx(sum(r[key]["reduction_pct"] for r in rows) / 3)
+        assert p[f"mean_over_domains_{key}_pct"] == pytest.approx(
+            sum(r[key]["reduction_pct"] for r in rows) / 3)
     assert p["loss"]["points"] == pytest.approx(p["all"]["reduction_pct"] - p["left_out"]["reduction_pct"])
     assert p["n_templates"] == len(held.templates) and p["n_templates"] == sum(r["n_templates"] for r in rows)
 
@@ -149,7 +154,8 @@ def test_leave_one_domain_out_rescores_without_the_domain_when_not_separable(tin
         return real(bridge, pairs, scorer, **kw)
 
     monkeypatch.setattr(baselines, "score", spy)
-    res = tr.leave_one_domain_out(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False, scores=gd)
+    res = tr.leave_one_domain_out(tiny, train, ev, budget="5%", max_cost_quantile=None, progress=False,
+                                  scores=gd)
     assert scored == [(set(DOMAINS) - {d}, "ablate", True) for d in DOMAINS]
     assert all(r["rescored"] and r["domain"] not in r["scoring_domains"] for r in res["rows"])
 
@@ -159,8 +165,8 @@ def test_leave_one_domain_out_refuses_bad_inputs(tiny, split, ev):
     with pytest.raises(LensBiasError, match="share templates"):
         tr.leave_one_domain_out(tiny, train, EvalSet(pairs=train), progress=False)
     with pytest.raises(LensBiasError, match="at least two domains"):
-        tr.leave_one_domain_out(tiny, train.filter(domains=["finance"]), EvalSet(pairs=held.filter(domains=["finance"])),
-                                progress=False)
+        tr.leave_one_domain_out(tiny, train.filter(domains=["finance"]),
+                                EvalSet(pairs=held.filter(domains=["finance"])), progress=False)
     with pytest.raises(LensBiasError, match="has no train pairs"):
         tr.leave_one_domain_out(tiny, train.filter(domains=["finance", "hiring"]), ev, progress=False)
 
@@ -173,15 +179,17 @@ def test_unseen_loss_sign_and_noise():
 
 def test_cli_transfer_writes_json_and_html(tmp_path):
     out = tmp_path / "lodo"
-    args = ["experiment", "transfer", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain", "3", "--budget", "4%",
-            "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q", "--out", str(out)]
+    args = ["experiment", "transfer", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain",
+            "3", "--budget", "4%", "--domains", "finance,commerce,hiring", "--max-cost-quantile", "1", "-q",
+            "--out", str(out)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "result.json").read_text())
     assert res["domains"] == DOMAINS and res["model"] == "tiny-random" and "pooled" in res
     assert "pooled" in r.output and "an unseen domain loses" in r.output
     html = (out / "report.html").read_text()
-    assert html.count("plotly-graph-div") >= 1 and "within noise" in html and "learned without the domain" in html
+    assert (html.count("plotly-graph-div") >= 1 and "within noise" in html
+            and "learned without the domain" in html)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
     assert [p.name for p in tmp_path.iterdir()] == ["lodo"]

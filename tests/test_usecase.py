@@ -18,9 +18,11 @@ from lens_bias.prompts.pairs import DATA, PairSet, subject_list
 runner = CliRunner()
 
 TEMPLATES = [
-    {"id": "housing-01", "domain": "housing", "text": "{subject} applied to rent the apartment. The landlord decided to",
+    {"id": "housing-01", "domain": "housing",
+     "text": "{subject} applied to rent the apartment. The landlord decided to",
      "pos": ["accept"], "neg": ["reject"]},
-    {"id": "housing-02", "domain": "housing", "text": "The neighbours heard that {subject} is moving in. They are"},
+    {"id": "housing-02", "domain": "housing",
+     "text": "The neighbours heard that {subject} is moving in. They are"},
     {"id": "loans-01", "domain": "lending", "text": "{subject} asked the bank for a loan. Answer yes or no:",
      "pos": "yes", "neg": "no"},
 ]
@@ -43,19 +45,21 @@ def _pairs_cmd(*args):
 
 def test_pairs_command_writes_exactly_the_expected_pairs(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    r = _pairs_cmd("--templates", _write(tmp_path / "t.json", TEMPLATES), "--names", _write(tmp_path / "n.json", NAMES),
-                   "--subjects", "names", "-o", out)
+    r = _pairs_cmd("--templates", _write(tmp_path / "t.json", TEMPLATES), "--names",
+                   _write(tmp_path / "n.json", NAMES), "--subjects", "names", "-o", out)
     assert r.exit_code == 0, r.output
     got = [json.loads(line) for line in out.read_text().splitlines()]
     want = [{"id": f"{t['id']}:name-{b}-{w}", "domain": t["domain"], "template": t["id"],
              "black": t["text"].replace("{subject}", b), "white": t["text"].replace("{subject}", w),
              "pos": [t["pos"]] if isinstance(t.get("pos"), str) else t.get("pos", []),
-             "neg": [t["neg"]] if isinstance(t.get("neg"), str) else t.get("neg", []), "subject": f"name-{b}-{w}"}
+             "neg": [t["neg"]] if isinstance(t.get("neg"), str) else t.get("neg", []),
+             "subject": f"name-{b}-{w}"}
             for t in TEMPLATES for b, w in zip(NAMES["black"], NAMES["white"], strict=True)]
     assert got == want
     assert load_jsonl(out).templates == ["housing-01", "housing-02", "loans-01"]
     rows = [line.split() for line in r.output.splitlines()]
-    assert ["housing", "(all)", "4"] in rows and ["lending", "loans-01", "2"] in rows and ["housing", "housing-02", "2"] in rows
+    assert (["housing", "(all)", "4"] in rows and ["lending", "loans-01", "2"] in rows
+            and ["housing", "housing-02", "2"] in rows)
     assert f"wrote 6 pairs (3 templates) to {out}" in r.output
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
@@ -76,13 +80,14 @@ def test_pairs_command_warns_on_uneven_names_and_multi_token_words(tmp_path, tok
     t = _write(tmp_path / "t.json", [{**TEMPLATES[0], "pos": ["accept", "welcome"]}])
     r = _pairs_cmd("--templates", t, "--names", names, "--subjects", "names", "-o", tmp_path / "p.jsonl")
     assert r.exit_code == 0, r.output
-    assert "warning: 1 of 2 pairs have Black and White prompts of different token counts: 'Zqxwvbrtlekisha' vs 'Emily'" \
-        in r.output
+    assert ("warning: 1 of 2 pairs have Black and White prompts of different token counts: "
+            "'Zqxwvbrtlekisha' vs 'Emily'" in r.output)
     assert "'Jamal' vs" not in r.output
     assert "scored by their first token only: 'welcome' (5 tokens)" in r.output
     # the checks count as token_report and word_tokens do (what measure and the run report use)
     ps = load_jsonl(tmp_path / "p.jsonl")
-    assert [x["id"] for x in token_report(ps, tok)["pairs"] if x["diff"]] == ["housing-01:name-Zqxwvbrtlekisha-Emily"]
+    assert [x["id"] for x in token_report(ps, tok)["pairs"] if x["diff"]] == [
+        "housing-01:name-Zqxwvbrtlekisha-Emily"]
     assert word_tokens(tok, ps.pairs).multi_token == {"welcome": 5}
 
 
@@ -101,7 +106,8 @@ def test_bundled_templates_through_the_same_expansion_as_build_pairs():
 
 
 def test_template_without_subject_is_refused_and_nothing_is_written(tmp_path):
-    bad = [TEMPLATES[0], {"id": "housing-07", "domain": "housing", "text": "The landlord met the new tenant."}]
+    bad = [TEMPLATES[0],
+           {"id": "housing-07", "domain": "housing", "text": "The landlord met the new tenant."}]
     out = tmp_path / "out" / "pairs.jsonl"
     r = _pairs_cmd("--templates", _write(tmp_path / "t.json", bad), "-o", out)
     assert r.exit_code == 2
@@ -176,14 +182,15 @@ def _to_csv(ps, path, columns=("id", "domain", "template", "black", "white", "po
 
 def test_csv_round_trip_with_the_command_output_and_missing_columns(tmp_path):
     out = tmp_path / "p.jsonl"
-    r = _pairs_cmd("--templates", _write(tmp_path / "t.json", TEMPLATES), "--names", _write(tmp_path / "n.json", NAMES),
-                   "--subjects", "names", "-o", out)
+    r = _pairs_cmd("--templates", _write(tmp_path / "t.json", TEMPLATES), "--names",
+                   _write(tmp_path / "n.json", NAMES), "--subjects", "names", "-o", out)
     assert r.exit_code == 0, r.output
     ps = load_jsonl(out)
     assert load_pairs_csv(_to_csv(ps, tmp_path / "p.csv")).pairs == ps.pairs
     with pytest.raises(PairsError, match=r"p2.csv: missing column\(s\) template, white; the columns are"):
         load_pairs_csv(_to_csv(ps, tmp_path / "p2.csv", ("id", "domain", "black")))
-    (tmp_path / "p3.csv").write_text("id,domain,template,black,white,pos,neg\n1,housing,h1,Jamal rents.,Greg rents.,yes,\n")
+    (tmp_path / "p3.csv").write_text("id,domain,template,black,white,pos,neg\n"
+                                     "1,housing,h1,Jamal rents.,Greg rents.,yes,\n")
     with pytest.raises(PairsError, match=r"p3.csv:2: give both 'pos' and 'neg'"):
         load_pairs_csv(tmp_path / "p3.csv")
 

@@ -19,20 +19,27 @@ import typer
 
 from ..errors import LensBiasError
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
-PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="pairs JSONL file (default: bundled templates)")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="zoo name, tiny-random, Hub id, local folder or .gguf")]
+PairsOpt = Annotated[Path | None, typer.Option(
+    "--pairs", help="pairs JSONL file (default: bundled templates)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 DtypeOpt = Annotated[str, typer.Option(
-    "--dtype", help="auto, float32, bfloat16 or float16 (auto: the checkpoint's own dtype on a GPU, float32 on a CPU)")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1... (default: cuda when a GPU is visible)")]
+    "--dtype", help="auto, float32, bfloat16 or float16 (auto: the checkpoint's own dtype on a GPU, "
+                    "float32 on a CPU)")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="cpu, cuda, cuda:1... (default: cuda when a GPU is visible)")]
 DeviceMapOpt = Annotated[str | None, typer.Option(
-    "--device-map", help="split the model over devices: auto (every visible GPU) or a list, e.g. cuda:0,cuda:1")]
+    "--device-map", help="split the model over devices: auto (every visible GPU) or a list, e.g. "
+                         "cuda:0,cuda:1")]
 SplitOpt = Annotated[str, typer.Option(help="train / held-out (split by template, seeded) or all")]
 AllowOtherPairsOpt = Annotated[bool, typer.Option(
-    "--allow-other-pairs", help="compare anyway when the pairs or the model differ from those the scores were computed on")]
+    "--allow-other-pairs", help="compare anyway when the pairs or the model differ from those the scores "
+                                "were computed on")]
 ChatOpt = Annotated[bool, typer.Option(
-    "--chat-template", help="put each pair prompt through the model's chat template (one user turn and the assistant "
-                            "prefix), as an instruct model is deployed; plain-text measures stay raw")]
+    "--chat-template", help="put each pair prompt through the model's chat template (one user turn and the "
+                            "assistant prefix), as an instruct model is deployed; plain-text measures "
+                            "stay raw")]
 
 
 def load_options(dtype: str = "auto", device: str | None = None, device_map: str | None = None,
@@ -77,7 +84,8 @@ def interruptible(out: Path) -> Iterator[None]:
     import threading
 
     old = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
         def on_term(signum, frame):
             raise KeyboardInterrupt
 
@@ -85,7 +93,8 @@ def interruptible(out: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: nothing was written; {out} is as it was before", fg=typer.colors.RED, err=True)
+        typer.secho(f"interrupted: nothing was written; {out} is as it was before", fg=typer.colors.RED,
+                    err=True)
         raise typer.Exit(130) from None
     finally:
         if old is not None:
@@ -168,7 +177,8 @@ def table(rows: list[list], header: list[str]) -> str:
     cells formatted by :func:`fmt`.
 
     Examples:
-        >>> print(table([["js", 0.0123456, None]], ["metric", "value", "note"]))  # doctest: +NORMALIZE_WHITESPACE
+        >>> print(table([["js", 0.0123456, None]],
+        ...             ["metric", "value", "note"]))  # doctest: +NORMALIZE_WHITESPACE
         metric  value    note
         ------  -------  ----
         js      0.01235  -
@@ -211,9 +221,10 @@ def validation_summary(scores, pairs, res: dict, warning: str | None, /, **head)
     from ..attribution.provenance import pairs_fingerprint
 
     st = scores.settings
-    return {**head, "estimator": st.get("estimator"), "metric": st.get("metric"), "ablation": st.get("ablation"),
-            "n_pairs": len(pairs), "graddrop": bool(st.get("graddrop")), "pairs_hash": pairs_fingerprint(pairs),
-            "scores_pairs_hash": st.get("pairs_hash"), "provenance_warning": warning,
+    return {**head, "estimator": st.get("estimator"), "metric": st.get("metric"),
+            "ablation": st.get("ablation"), "n_pairs": len(pairs), "graddrop": bool(st.get("graddrop")),
+            "pairs_hash": pairs_fingerprint(pairs), "scores_pairs_hash": st.get("pairs_hash"),
+            "provenance_warning": warning,
             **{kind: {x: r[x] for x in VALIDATION_KEYS} for kind, r in res.items()}}
 
 
@@ -241,7 +252,8 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
 
 DomainsOpt = Annotated[list[str] | None, typer.Option(
     "--domains", "-d", help="bundled domains, comma-separated or the option repeated (default: all)")]
-OldDomainOpt = Annotated[list[str] | None, typer.Option("--domain", hidden=True, help="old spelling of --domains")]
+OldDomainOpt = Annotated[list[str] | None, typer.Option(
+    "--domain", hidden=True, help="old spelling of --domains")]
 
 
 def old_spelling(new_value, old_value, new: str, old: str):
@@ -258,10 +270,12 @@ def old_spelling(new_value, old_value, new: str, old: str):
         raise LensBiasError(f"{old} is the old spelling of {new}; pass only {new}")
     warn(f"{old} is now {new}; the old spelling will be removed")
     return old_value
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow custom model code from a Hub repository")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="allow custom model code from a Hub repository")]
 SelectorOpt = Annotated[str, typer.Option(
     help="how units are chosen: oneshot, stable (stability selection over resampled templates), iterative, "
-         "learned (straight-through top-k with safeguards) or auto (chosen by cross-validation on the train templates)")]
+         "learned (straight-through top-k with safeguards) or auto (chosen by cross-validation on the train "
+         "templates)")]
 
 
 def print_run(m: dict, out: Path) -> None:
@@ -273,7 +287,8 @@ def print_run(m: dict, out: Path) -> None:
         typer.echo(f"selector {sel['selector']}: chose {sel['chosen']} ({sel['why']})")
 
     typer.echo("")
-    typer.echo(table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
+    typer.echo(table(summary_rows(m),
+                     ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
     p = m["pruned"]
     v = m["validation"]
     typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "

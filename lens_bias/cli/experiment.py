@@ -18,10 +18,11 @@ from ..studies.setup import template_scores
 from .common import SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
 from .study import StudyOptions, study_command
 
-app = typer.Typer(no_args_is_help=True, help="Reproduce the seed studies' claims: neurons vs heads and scorers "
-                                              "(curve), cross-domain transfer (generalize), overlap between domains, "
-                                              "leave-one-domain-out transfer (transfer), selectors compared "
-                                              "(selectors) and the learning curve over wording (wording).")
+app = typer.Typer(no_args_is_help=True,
+                  help="Reproduce the seed studies' claims: neurons vs heads and scorers (curve), "
+                       "cross-domain transfer (generalize), overlap between domains, leave-one-domain-out "
+                       "transfer (transfer), selectors compared (selectors) and the learning curve over "
+                       "wording (wording).")
 
 BudgetOpt = Annotated[str, typer.Option(help="count, % of units or %params")]
 KindOpt = Annotated[str, typer.Option(help="neurons or heads")]
@@ -71,7 +72,8 @@ def curve(
 
 def _curve_rows(res: dict) -> list[list]:
     def name(r: dict) -> str:
-        return r["scorer"] if r.get("selector", "oneshot") == "oneshot" else f"{r['scorer']} ({r['selector']})"
+        return (r["scorer"] if r.get("selector", "oneshot") == "oneshot"
+                else f"{r['scorer']} ({r['selector']})")
 
     return [[name(r), r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
              r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral")] for r in res["rows"]]
@@ -167,7 +169,8 @@ def transfer(opts: StudyOptions, budget: BudgetOpt = "0.5%", kind: KindOpt = "ne
     bridge, train, ev = opts.inputs()
     lo = leave_one_domain_out(bridge, train, ev, budget=budget, kind=kind, scorer=scorer,
                               max_cost_quantile=opts.quantile, progress=opts.progress, seed=opts.seed)
-    res = {**lo, "model": opts.model, "chat_template": opts.chat_template, "seconds": round(time.time() - t0, 1)}
+    res = {**lo, "model": opts.model, "chat_template": opts.chat_template,
+           "seconds": round(time.time() - t0, 1)}
     rep = Report(f"lens_bias experiment: leave-one-domain-out transfer on {opts.model}")
     rep.text(transfer_reading(res), "note")
     rep.figure(viz.transfer_bars(res))
@@ -183,12 +186,14 @@ def selectors(
     opts: StudyOptions,
     selectors: Annotated[str | None, typer.Option(
         help="selectors, comma-separated (oneshot, stable, iterative, learned, auto or a registered one); "
-             "the first is the others' paired reference (default: oneshot,iterative,stable,learned,auto)")] = None,
+             "the first is the others' paired reference "
+             "(default: oneshot,iterative,stable,learned,auto)")] = None,
     budgets: Annotated[str, typer.Option(help="neuron budgets, comma-separated")] = "0.25%,0.5%,1%",
     lodo_budgets: Annotated[str, typer.Option(help="budgets with a leave-one-domain-out measure")] = "0.5%",
     lodo_selectors: Annotated[str | None, typer.Option(
         help="selectors measured leave-one-domain-out (default: oneshot,stable,auto)")] = None,
-    methods: Annotated[str | None, typer.Option("--methods", hidden=True, help="old spelling of --selectors")] = None,
+    methods: Annotated[str | None, typer.Option(
+        "--methods", hidden=True, help="old spelling of --selectors")] = None,
     lodo_methods: Annotated[str | None, typer.Option("--lodo-methods", hidden=True,
                                                      help="old spelling of --lodo-selectors")] = None,
 ) -> None:
@@ -227,7 +232,8 @@ def selectors(
 @study_command(app, "wording", "experiments/wording", per_domain=96)
 def wording(
     opts: StudyOptions,
-    ks: Annotated[str, typer.Option(help="train templates per domain, comma-separated (0 = all)")] = "1,2,4,8,0",
+    ks: Annotated[str, typer.Option(
+        help="train templates per domain, comma-separated (0 = all)")] = "1,2,4,8,0",
     draws: Annotated[int, typer.Option(help="random draws of templates per point")] = 3,
     budget: BudgetOpt = "0.5%",
 ) -> None:

@@ -86,10 +86,13 @@ def measure(
     domains: DomainsOpt = None,
     domain: OldDomainOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
-    crows: Annotated[bool, typer.Option("--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
+    crows: Annotated[bool, typer.Option(
+        "--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
-    numeric: Annotated[bool, typer.Option("--numeric", help="also the numeric offer disparity (slow)")] = False,
-    seqgap: Annotated[bool, typer.Option("--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
+    numeric: Annotated[bool, typer.Option(
+        "--numeric", help="also the numeric offer disparity (slow)")] = False,
+    seqgap: Annotated[bool, typer.Option(
+        "--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
     chat_template: ChatOpt = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
@@ -149,20 +152,23 @@ def _print_measure(out: dict) -> None:
 
     doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"] + ["all"]
     typer.echo(table([[d, out[d].get("n_pairs", out["n_pairs"]), fmt(out[d]["js"]) + fmt_ci(out[d]["js_ci"]),
-                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")] for d in doms],
-                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]", "numeric SMD"]))
+                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")]
+                      for d in doms],
+                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]",
+                      "numeric SMD"]))
     if "multi_token_words" in out:
         typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
     if "seqgap" in out:
         typer.echo(table([[d, r["n_pairs"], fmt(r["seqgap"]) + fmt_ci(r["seqgap_ci"]),
                            fmt(r.get("stereo_gap")) + fmt_ci(r.get("stereo_gap_ci")), r.get("stereo_rate")]
                           for d, r in out["seqgap"].items()],
-                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]", "gap toward the stereotype [95 % CI]",
-                          "stereotyped likelier (%)"]))
+                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]",
+                          "gap toward the stereotype [95 % CI]", "stereotyped likelier (%)"]))
     for name, c in out.get("crows_pairs", {}).items():
         if isinstance(c, dict):
-            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %{fmt_ci(c['rate_ci'])}"
-                       f" (50 % = none); mean log-lik. difference {c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
+            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %"
+                       f"{fmt_ci(c['rate_ci'])} (50 % = none); mean log-lik. difference "
+                       f"{c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
 
 
 @app.command()
@@ -177,12 +183,15 @@ def scan(
     scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
     kinds: Annotated[str | None, typer.Option(help="neurons,heads (default: both)")] = None,
-    components: Annotated[str | None, typer.Option("--components", hidden=True, help="old spelling of --kinds")] = None,
-    graddrop: Annotated[bool, typer.Option(help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
+    components: Annotated[str | None, typer.Option(
+        "--components", hidden=True, help="old spelling of --kinds")] = None,
+    graddrop: Annotated[bool, typer.Option(
+        help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
     chat_template: ChatOpt = False,
     batch_size: int = 16,
     seed: int = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="scores file (.safetensors)")] = Path("scores.safetensors"),
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto",
@@ -204,13 +213,14 @@ def scan(
         if graddrop and scorer not in ("ablate", "patch"):
             raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)
-        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain, "domain_filter": domain_list(domain),
-                           "pairs": str(pairs) if pairs else "bundled", "chat_template": chat_template,
-                           "seconds": round(time.time() - t0, 1)})
+        s.settings.update({"split": split, "seed": seed, "per_domain": per_domain,
+                           "domain_filter": domain_list(domain), "pairs": str(pairs) if pairs else "bundled",
+                           "chat_template": chat_template, "seconds": round(time.time() - t0, 1)})
         s.save(out)
     except LensBiasError as e:
         fail(e)
-    typer.echo(f"scored {len(ps)} pairs ({', '.join(ps.domains)}) with {scorer} in {time.time() - t0:.0f} s -> {out}")
+    typer.echo(f"scored {len(ps)} pairs ({', '.join(ps.domains)}) with {scorer} in {time.time() - t0:.0f} s"
+               f" -> {out}")
     for kind in ("neurons", "heads"):
         top = s.top(kind, 5)
         if top:
@@ -224,13 +234,16 @@ def validate(
     pairs: PairsOpt = None,
     domains: DomainsOpt = None,
     domain: OldDomainOpt = None,
-    per_domain: Annotated[int | None, typer.Option(help="bundled pairs per domain (default: as in the scan)")] = None,
-    split: Annotated[str | None, typer.Option(help="train / held-out / all (default: as in the scan)")] = None,
+    per_domain: Annotated[int | None, typer.Option(
+        help="bundled pairs per domain (default: as in the scan)")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="train / held-out / all (default: as in the scan)")] = None,
     k: Annotated[int, typer.Option(help="top-k components by |score|, per kind")] = 200,
     n_random: Annotated[int, typer.Option(help="random components added, per kind")] = 50,
     kinds: Annotated[str, typer.Option(help="neurons,heads")] = "neurons,heads",
     batch_size: int = 32,
-    seed: Annotated[int | None, typer.Option(help="split and sampling seed (default: as in the scan)")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="split and sampling seed (default: as in the scan)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     out: Annotated[Path | None, typer.Option(help="also write the full result (JSON)")] = None,
@@ -253,11 +266,13 @@ def validate(
         s = Scores.load(scores)
         ps, seed = pairs_as_scanned(s.settings, pairs, domain, per_domain, split, seed)
         check_scores_match(s, ps, None, allow_other_pairs, "validate")  # other pairs: refused before loading
-        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, s.settings.get("chat_template", False))
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map,
+                             s.settings.get("chat_template", False))
         if warning := check_scores_match(s, ps, bridge, allow_other_pairs, "validate"):
             warn(warning)
-        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed, allow_other_pairs=allow_other_pairs,
-                           kinds=[x.strip() for x in kinds.split(",")], batch_size=batch_size, progress=not quiet)
+        res = run_validate(bridge, ps, s, k=k, n_random=n_random, seed=seed,
+                           allow_other_pairs=allow_other_pairs, kinds=[x.strip() for x in kinds.split(",")],
+                           batch_size=batch_size, progress=not quiet)
     except LensBiasError as e:
         fail(e)
     summary = validation_summary(s, ps, res, warning, model=model, scores=str(scores))
@@ -274,36 +289,34 @@ def validate(
 
 @app.command()
 def run(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
+    model: ModelOpt = "smollm2-135m", pairs: PairsOpt = None, domains: DomainsOpt = None,
     per_domain: Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")] = 24,
-    held_per_domain: Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")] = 26,
-    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
+    held_per_domain: Annotated[int, typer.Option(
+        help="bundled held-out pairs sampled per domain (0 = all)")] = 26,
+    budget: Annotated[str, typer.Option(
+        help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
     kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
-    metric: Annotated[str, typer.Option(help="what attribution reduces: js, logit_gap (prompt pairs) or seqgap "
-                                             "(sentence pairs)")] = "js",
-    max_cost_quantile: Annotated[float, typer.Option(
-        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
-    steps: Annotated[int, typer.Option(
-        help="rounds of the iterative selector, re-attributing with the units chosen so far ablated "
-             "(1: its default, 4)")] = 1,
+    metric: Annotated[str, typer.Option(help="what attribution reduces: js, logit_gap (prompt pairs) or "
+                                             "seqgap (sentence pairs)")] = "js",
+    max_cost_quantile: Annotated[float, typer.Option(help="capability filter: never prune units whose LM-loss"
+                                                          " cost is above this quantile (1 = off)")] = 0.5,
+    steps: Annotated[int, typer.Option(help="rounds of the iterative selector, re-attributing with the units "
+                                            "chosen so far ablated (1: its default, 4)")] = 1,
     selector: SelectorOpt = "iterative",
-    ablation: Annotated[str, typer.Option(help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
+    ablation: Annotated[str, typer.Option(
+        help="zero, or mean (neutral-text means, folded into biases on export)")] = "zero",
     chat_template: ChatOpt = False,
     budgets: Annotated[str, typer.Option(help="budgets of the simulated curve")] = "0.25%,0.5%,1%,2%",
-    wikitext: Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")] = None,
-    lambada: Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
+    wikitext: Annotated[Path | None, typer.Option(
+        help="WikiText-2 test file (default: ../shared/data)")] = None,
+    lambada: Annotated[Path | None, typer.Option(
+        help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
-    seed: int = 0,
-    batch_size: int = 16,
-    quiet: QuietOpt = False,
-    trust_remote_code: TrustOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
+    seed: int = 0, batch_size: int = 16,
+    quiet: QuietOpt = False, trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto", device: DeviceOpt = None, device_map: DeviceMapOpt = None,
 ) -> None:
     """The main job: measure, attribute, validate, simulate a pruning curve, prune, verify and
     write a run folder (metrics.json, report.html, mask files, the pruned model)."""
@@ -318,12 +331,12 @@ def run(
     cfg = RunConfig(
         model=model, pairs=str(pairs) if pairs else None, domains=domain_list(domains),
         per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
-        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps, selector=selector, ablation=ablation,
-        budgets=curve_budgets,
+        max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
+        selector=selector, ablation=ablation, budgets=curve_budgets,
         wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
         crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, progress=not quiet, **load_options(dtype, device, device_map, chat_template),
-    )
+        trust_remote_code=trust_remote_code, progress=not quiet,
+        **load_options(dtype, device, device_map, chat_template))
     try:
         with interruptible(out):
             m = run_job(cfg, out, overwrite=overwrite)
@@ -339,14 +352,17 @@ def run(
 @app.command()
 def export(
     mask: Annotated[Path, typer.Option("--mask", help="mask.safetensors (or its folder)")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf, torch-prune, torch-pruning or optipfair")] = "hf",
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="hf, torch-prune, torch-pruning or optipfair")] = "hf",
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (hf) or file")] = Path("export"),
     model: ModelOpt = "smollm2-135m",
-    scores: Annotated[Path | None, typer.Option(help="optipfair: scores file to convert (default: the mask)")] = None,
+    scores: Annotated[Path | None, typer.Option(
+        help="optipfair: scores file to convert (default: the mask)")] = None,
     mode: Annotated[str, typer.Option(help="hf: zero or structural")] = "zero",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO_ID",
-                                                    help="hf: then upload the folder to this Hub repository")] = None,
+    push_to_hub: Annotated[str | None, typer.Option(
+        "--push-to-hub", metavar="REPO_ID",
+        help="hf: then upload the folder to this Hub repository")] = None,
     trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,

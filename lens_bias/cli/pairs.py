@@ -65,15 +65,19 @@ def count_rows(pairs: PairSet) -> list[list]:
 
 def pairs_cmd(
     templates: Annotated[Path, typer.Option(
-        "--templates", "-t", help='template file: JSON (a list, or {"templates": [...]}) or JSONL, one template a line')],
+        "--templates", "-t",
+        help='template file: JSON (a list, or {"templates": [...]}) or JSONL, one template a line')],
     out: Annotated[Path, typer.Option("--out", "-o", help="the pairs JSONL file to write")],
     names: Annotated[Path | None, typer.Option(
-        help='your names, a JSON file {"black": [...], "white": [...]} paired in order (default: the bundled names)')] = None,
+        help='your names, a JSON file {"black": [...], "white": [...]} paired in order (default: the '
+             'bundled names)')] = None,
     groups: Annotated[Path | None, typer.Option(
-        help="your group phrases, a JSON file in the same format (default: the bundled group phrases)")] = None,
+        help="your group phrases, a JSON file in the same format (default: the bundled group "
+             "phrases)")] = None,
     subjects: Annotated[str, typer.Option(help="fill the templates with names, groups or both")] = "both",
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="the model whose tokenizer checks token counts (zoo name, tiny-random, Hub id, folder, .gguf)")
+        "--model", "-m", help="the model whose tokenizer checks token counts (zoo name, tiny-random, Hub "
+                              "id, folder, .gguf)")
     ] = "smollm2-135m",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing pairs file")] = False,
 ) -> None:

@@ -27,8 +27,9 @@ from .common import (
 )
 
 SelectorPruneOpt = Annotated[str, typer.Option(
-    "--selector", help="oneshot (the top scores), or iterative, stable, learned, auto or a registered selector, "
-                       "which re-read the pairs the scores were computed on (as the scan recorded them)")]
+    "--selector", help="oneshot (the top scores), or iterative, stable, learned, auto or a registered "
+                       "selector, which re-read the pairs the scores were computed on (as the scan "
+                       "recorded them)")]
 
 
 def selector_pairs(scores, selector: str, pairs: Path | None, ablation: str) -> tuple:
@@ -49,28 +50,26 @@ def selector_pairs(scores, selector: str, pairs: Path | None, ablation: str) -> 
 
 def prune_cmd(
     scores: Annotated[Path, typer.Option("--scores", "-s", help="scores file from lens-bias scan")],
-    model: ModelOpt = "smollm2-135m",
-    budget: Annotated[str, typer.Option(help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
+    model: ModelOpt = "smollm2-135m", budget: Annotated[str, typer.Option(
+        help="count, % of units (0.5%) or % of params (0.13%params)")] = "0.5%",
     kind: Annotated[str, typer.Option(help="neurons, heads or both")] = "neurons",
-    per_layer: Annotated[str, typer.Option(help="global or uniform (uniform allows structural export)")] = "global",
-    mode: Annotated[str, typer.Option(help="zero (shape-preserving) or structural (neurons removed)")] = "zero",
-    max_cost_quantile: Annotated[float, typer.Option(
-        help="capability filter: never prune units whose LM-loss cost is above this quantile (1 = off)")] = 0.5,
-    ablation: Annotated[str | None, typer.Option(help="zero, or mean (neutral-text means, folded into biases); "
-                                                      "default: as in the scan")] = None,
+    per_layer: Annotated[str, typer.Option(
+        help="global or uniform (uniform allows structural export)")] = "global",
+    mode: Annotated[str, typer.Option(
+        help="zero (shape-preserving) or structural (neurons removed)")] = "zero",
+    max_cost_quantile: Annotated[float, typer.Option(help="capability filter: never prune units whose LM-loss"
+                                                          " cost is above this quantile (1 = off)")] = 0.5,
+    ablation: Annotated[str | None, typer.Option(help="zero, or mean (neutral-text means, folded into "
+                                                      "biases); default: as in the scan")] = None,
     selector: SelectorPruneOpt = "oneshot",
     steps: Annotated[int, typer.Option(help="rounds of --selector iterative")] = 4,
-    pairs: PairsOpt = None,
-    batch_size: int = 16,
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
+    pairs: PairsOpt = None, batch_size: int = 16, out: Annotated[Path, typer.Option(
+        "--out", "-o", help="folder for mask.safetensors, mask.json and model/")] = Path("pruned"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing folder")] = False,
-    allow_other_model: Annotated[bool, typer.Option(
-        "--allow-other-model", help="prune anyway when the scores name another model of the same shape")] = False,
-    quiet: QuietOpt = False,
-    trust_remote_code: TrustOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
+    allow_other_model: Annotated[bool, typer.Option("--allow-other-model", help=(
+        "prune anyway when the scores name another model of the same shape"))] = False,
+    quiet: QuietOpt = False, trust_remote_code: TrustOpt = False, dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None, device_map: DeviceMapOpt = None,
 ) -> None:
     """Select components from scores and write the mask files and the pruned HF model.
     The scores must come from this model: another shape is refused, another name or architecture
@@ -96,7 +95,8 @@ def prune_cmd(
         with interruptible(out):
             bridge = load_bridge(model, trust_remote_code, dtype, device, device_map,
                                  s.settings.get("chat_template", False) if ps is not None else False)
-            if warning := check_scores_match(s, ps, bridge, allow_other_model, "prune", "--allow-other-model"):
+            if warning := check_scores_match(s, ps, bridge, allow_other_model, "prune",
+                                             "--allow-other-model"):
                 warn(warning)
             mask, means = fs.mask_from_scores(bridge, s, budget, kind, per_layer, max_cost_quantile, ablation,
                                            selector=selector, pairs=ps, steps=steps, seed=seed,
@@ -111,4 +111,5 @@ def prune_cmd(
         fail(e)
     c = mask.counts()
     typer.echo(f"pruned {c['neurons']} neurons and {c['heads']} heads ({selector}, {mode}); wrote "
-               f"{out}/mask.safetensors, {out}/mask.json and {out}/model/" + (f"\nwarning: {warning}" if warning else ""))
+               f"{out}/mask.safetensors, {out}/mask.json and {out}/model/"
+               + (f"\nwarning: {warning}" if warning else ""))

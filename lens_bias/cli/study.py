@@ -72,9 +72,9 @@ class StudyOptions:
         (:func:`lens_bias.studies.setup.study_inputs`)."""
         from ..studies.setup import study_inputs
 
-        return study_inputs(self.model, self.pairs, self.domains, self.per_domain, self.held_per_domain, self.seed,
-                            load_options(self.dtype, self.device, self.device_map, self.chat_template),
-                            ppl_tokens=ppl_tokens)
+        return study_inputs(self.model, self.pairs, self.domains, self.per_domain, self.held_per_domain,
+                            self.seed, load_options(self.dtype, self.device, self.device_map,
+                                                    self.chat_template), ppl_tokens=ppl_tokens)
 
     def write(self, result: dict, report) -> None:
         """Write ``result.json`` and ``report.html`` into the output folder, atomically."""
@@ -95,8 +95,8 @@ def _shared(out: str, per_domain: int) -> list[inspect.Parameter]:
         ("domain", OldDomainOpt, None),
         ("per_domain", Annotated[int, typer.Option(help="bundled train pairs sampled per domain (0 = all)")],
          per_domain),
-        ("held_per_domain", Annotated[int, typer.Option(help="bundled held-out pairs sampled per domain (0 = all)")],
-         26),
+        ("held_per_domain", Annotated[int, typer.Option(
+            help="bundled held-out pairs sampled per domain (0 = all)")], 26),
         ("max_cost_quantile", CostOpt, 0.5),
         ("seed", int, 0),
         ("out", Annotated[Path, typer.Option("--out", "-o", help="output folder (result.json, report.html)")],

@@ -3,8 +3,9 @@
 ``with ablate(bridge, mask, ablation="zero"|"mean"): ...`` replaces every pruned neuron's activation
 (``blocks.L.mlp.hook_post``) and every pruned head's output (``blocks.L.attn.hook_z``) by zero or
 by its mean over neutral text, at every position. The hooks are removed on exit, also when the
-block raises. Zero ablation is exactly what :mod:`lens_bias.weights.materialize` writes into the weights.
-The hook functions are :func:`lens_bias.hooks.interventions.zero` and :func:`lens_bias.hooks.interventions.mean`.
+block raises. Zero ablation is exactly what :mod:`lens_bias.weights.materialize` writes into the
+weights. The hook functions are :func:`lens_bias.hooks.interventions.zero` and
+:func:`lens_bias.hooks.interventions.mean`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from .components import hook_name
 from .interventions import attached
 
 
-def ablation_hooks(bridge: Bridge, mask: PruningMask, ablation: str | None = None, means: dict | None = None, *,
-                   mode: str | None = None) -> list:
+def ablation_hooks(bridge: Bridge, mask: PruningMask, ablation: str | None = None,
+                   means: dict | None = None, *, mode: str | None = None) -> list:
     """The ``(hook name, function)`` list that removes ``mask``'s pruned units: one hook per layer
     that has pruned neurons (on ``blocks.L.mlp.hook_post`` [batch, pos, d_mlp]) or pruned heads
     (on ``blocks.L.attn.hook_z`` [batch, pos, n_heads, d_head]). ``ablation="mean"`` needs ``means``
@@ -39,7 +40,8 @@ def ablation_hooks(bridge: Bridge, mask: PruningMask, ablation: str | None = Non
     """
     ablation = check_ablation(renamed(ablation, mode, "ablation", "mode", "zero"))
     if ablation == "mean" and means is None:
-        raise MaskError("mean ablation needs means=mean_activations(bridge, texts) (see lens_bias.hooks.capture)")
+        raise MaskError("mean ablation needs means=mean_activations(bridge, texts) "
+                        "(see lens_bias.hooks.capture)")
     mask.check(bridge)
     hooks = []
     for layer in range(bridge.cfg.n_layers):

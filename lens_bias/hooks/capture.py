@@ -26,7 +26,8 @@ def _progress(it, desc, progress):
     return tqdm(list(it), desc=desc, leave=False) if progress else it
 
 
-def mean_activations(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> dict[str, Tensor]:
+def mean_activations(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
+                     progress: bool = False) -> dict[str, Tensor]:
     """Mean activation of every neuron [n_layers, d_mlp] and head output [n_layers, n_heads, d_head]
     over all (unpadded) tokens of ``texts``: the reference values of mean ablation.
 
@@ -77,8 +78,8 @@ def last_token_activations(bridge: Bridge, pairs: PairSet, batch_size: int = 32,
     device's :data:`lens_bias.model.batching.BATCH_MAX_TOKENS`; ``None``: no cap), so memory depends on
     neither the number of pairs nor their lengths.
 
-    Returns a dict of float tensors divided by the number of pairs (means), keys
-    ``neuron_absdiff`` [L, d_mlp], ``head_absdiff`` [L, H], ``neuron_sq_black``/``neuron_sq_white`` [L, d_mlp].
+    Returns a dict of float tensors divided by the number of pairs (means), keys ``neuron_absdiff``
+    [L, d_mlp], ``head_absdiff`` [L, H], ``neuron_sq_black``/``neuron_sq_white`` [L, d_mlp].
 
     Examples:
         >>> from lens_bias import build_pairs, load_model
@@ -116,7 +117,8 @@ def last_token_activations(bridge: Bridge, pairs: PairSet, batch_size: int = 32,
             acc["head_absdiff"][layer] += (last[:n] - last[n:]).norm(dim=-1).sum(0).to(device)
         return fn
 
-    hooks = [(neuron_hook(i), neuron_fn(i)) for i in range(L)] + [(head_hook(i), head_fn(i)) for i in range(L)]
+    hooks = ([(neuron_hook(i), neuron_fn(i)) for i in range(L)]
+             + [(head_hook(i), head_fn(i)) for i in range(L)])
     tokens = tokenize_pairs(bridge, pairs)
     # a batch holds the Black rows of some pairs, then the White rows of the same pairs
     with attached(bridge, hooks), torch.inference_mode():
@@ -128,7 +130,8 @@ def last_token_activations(bridge: Bridge, pairs: PairSet, batch_size: int = 32,
     return {k: (v / n).float().cpu() for k, v in acc.items()}
 
 
-def activation_diff(bridge: Bridge, pairs: PairSet, batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
+def activation_diff(bridge: Bridge, pairs: PairSet,
+                    batch_size: int = 32) -> dict[str, Float[Tensor, " n_layers"]]:
     """optiPfair-style activation difference: mean |a_B - a_W| at the last token, per layer, for MLP
     neurons and for head outputs (the measure that grows with depth in Fairness Pruning).
 

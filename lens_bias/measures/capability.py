@@ -98,7 +98,8 @@ def sentence_rows(bridge: Bridge, texts: Sequence[str]) -> list[list[int]]:
     return rows
 
 
-def sentence_logliks(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> list[float]:
+def sentence_logliks(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
+                     progress: bool = False) -> list[float]:
     """Each text's log-likelihood: the sum over every one of its tokens (tokenized without special
     tokens) of log P(token | prefix token, earlier tokens), the prefix being :func:`prefix_token`.
 
@@ -156,7 +157,8 @@ class CrowsScores:
         """The rows of ``subset`` (:func:`lens_bias.prompts.corpora.in_subset`)."""
         return [i for i, p in enumerate(self.pairs) if in_subset(p, subset)]
 
-    def summary(self, subsets: Sequence[str] = ("black", "race-color"), n_boot: int = 2000, seed: int = 0) -> dict:
+    def summary(self, subsets: Sequence[str] = ("black", "race-color"), n_boot: int = 2000,
+                seed: int = 0) -> dict:
         """Per subset with rows: ``n_pairs``, the stereotype ``rate`` (%, 50 = no preference) and
         the mean log-likelihood difference ``mean_diff`` (nats), each with its 95 % bootstrap
         interval over the rows, and ``mean_abs_diff`` (lm-evaluation-harness's ``likelihood_diff``)."""
@@ -170,20 +172,22 @@ class CrowsScores:
 
 def _crows_summary(diff: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     rate = 100.0 * (diff > 0)
-    return {"n_pairs": len(diff), "rate": float(rate.mean()), "rate_ci": bootstrap_ci(rate, n_boot=n_boot, seed=seed),
+    return {"n_pairs": len(diff), "rate": float(rate.mean()),
+            "rate_ci": bootstrap_ci(rate, n_boot=n_boot, seed=seed),
             "mean_diff": float(diff.mean()), "mean_diff_ci": bootstrap_ci(diff, n_boot=n_boot, seed=seed),
             "mean_abs_diff": float(np.abs(diff).mean())}
 
 
-def crows_scores(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> CrowsScores:
+def crows_scores(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16,
+                 progress: bool = True) -> CrowsScores:
     """Score every row's two sentences (:func:`sentence_logliks`) into a :class:`CrowsScores`.
 
     Examples:
         >>> from lens_bias import load_model
         >>> from lens_bias.prompts.corpora import CrowsPair
         >>> b = load_model("tiny-random", device="cpu")
-        >>> s = crows_scores(b, [CrowsPair("1", "Black people are poor.", "White people are poor.", "stereo")],
-        ...                  progress=False)
+        >>> s = crows_scores(b, [CrowsPair("1", "Black people are poor.", "White people are poor.",
+        ...                                "stereo")], progress=False)
         >>> len(s.diff), s.summary()["black"]["n_pairs"]
         (1, 1)
     """
@@ -192,16 +196,19 @@ def crows_scores(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 1
     return CrowsScores(list(crows), ll[:n], ll[n:])
 
 
-def crows_summary(bridge: Bridge, crows: Sequence[CrowsPair], subsets: Sequence[str] = ("black", "race-color", "black-white"),
+def crows_summary(bridge: Bridge, crows: Sequence[CrowsPair],
+                  subsets: Sequence[str] = ("black", "race-color", "black-white"),
                   batch_size: int = 16, progress: bool = True) -> dict:
     """What ``lens-bias measure --crows`` reports: how the rows are scored and, per subset with rows,
     :meth:`CrowsScores.summary` (rate and mean log-likelihood difference with their intervals)."""
     cs = crows_scores(bridge, crows, batch_size, progress)
-    return {"scoring": "stereotyped = sent_more likelier than sent_less (every row); a sentence's log-likelihood "
-                       "sums every token given BOS, as lm-evaluation-harness crows_pairs", **cs.summary(subsets)}
+    return {"scoring": "stereotyped = sent_more likelier than sent_less (every row); a sentence's "
+                       "log-likelihood sums every token given BOS, as lm-evaluation-harness crows_pairs",
+            **cs.summary(subsets)}
 
 
-def crows_rate(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16, progress: bool = True) -> dict:
+def crows_rate(bridge: Bridge, crows: Sequence[CrowsPair], batch_size: int = 16,
+               progress: bool = True) -> dict:
     """CrowS-Pairs stereotype rate of the given rows: the % whose ``sent_more`` has the higher
     log-likelihood (50 % = no preference), with ``n_pairs``, its 95 % interval ``rate_ci`` and the
     mean log-likelihood difference ``mean_diff`` (nats) with ``mean_diff_ci``.
@@ -289,7 +296,8 @@ def perplexity(bridge: Bridge, texts: Sequence[str], max_tokens: int = 20_000, w
     return math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
 
 
-def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> float:
+def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
+                     progress: bool = True) -> float:
     """Last-word accuracy in [0, 1]: greedy decoding of the last word's tokens given the context
     (a passage counts only if every token of its last word is predicted).
 
@@ -303,7 +311,8 @@ def lambada_accuracy(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
     return sum(ok) / max(len(ok), 1)
 
 
-def lambada_correct(bridge: Bridge, texts: Sequence[str], batch_size: int = 16, progress: bool = True) -> list[bool]:
+def lambada_correct(bridge: Bridge, texts: Sequence[str], batch_size: int = 16,
+                    progress: bool = True) -> list[bool]:
     """Per passage: whether greedy decoding predicts every token of its last word (what
     :func:`lambada_accuracy` averages)."""
     tok = tokenizer_of(bridge)
@@ -344,7 +353,8 @@ class ReferenceLogprobs:
     version: tuple[int, ...]
 
     def matches(self, bridge: Bridge, texts: Sequence[str], batch_size: int) -> bool:
-        return self.texts == tuple(texts) and self.batch_size == batch_size and self.version == weights_version(bridge)
+        return (self.texts == tuple(texts) and self.batch_size == batch_size
+                and self.version == weights_version(bridge))
 
 
 def _kl_batches(bridge: Bridge, texts: Sequence[str], batch_size: int) -> Iterator[Batch]:
@@ -375,7 +385,8 @@ def reference_logprobs(bridge: Bridge, texts: Sequence[str], batch_size: int = 1
                              weights_version(bridge))
 
 
-def kl_from_reference(bridge: Bridge, texts: Sequence[str], intervention: Callable[[], AbstractContextManager] | None,
+def kl_from_reference(bridge: Bridge, texts: Sequence[str],
+                      intervention: Callable[[], AbstractContextManager] | None,
                       batch_size: int = 16, reference: ReferenceLogprobs | None = None) -> float:
     """Mean per-token KL(reference || intervened) on ``texts``; the reference is the bridge without
     ``intervention`` (e.g. ``lambda: ablate(bridge, mask)``). Pass ``reference`` (from
@@ -396,7 +407,8 @@ def kl_from_reference(bridge: Bridge, texts: Sequence[str], intervention: Callab
     """
     if reference is not None and not reference.matches(bridge, texts, batch_size):
         raise LensBiasError("the KL reference was computed on other texts, another batch size or before the "
-                            "weights changed; compute it again with reference_logprobs(bridge, texts, batch_size)")
+                            "weights changed; compute it again with reference_logprobs(bridge, texts, "
+                            "batch_size)")
     total, count = 0.0, 0
     for i, batch in enumerate(_kl_batches(bridge, texts, batch_size)):
         ref = reference.logprobs[i] if reference is not None else _real_logprobs(bridge, batch)

@@ -33,7 +33,8 @@ def _pairs_changes(bi: dict, ai: dict, n_boot: int, seed: int) -> dict[str, Chan
     idx = [i for i, (b, a) in enumerate(zip(bi["abs_logit_gap"], ai["abs_logit_gap"], strict=True))
            if b is not None and a is not None]
     if idx:
-        out["abs_logit_gap"] = paired_change([bi["abs_logit_gap"][i] for i in idx], [ai["abs_logit_gap"][i] for i in idx],
+        out["abs_logit_gap"] = paired_change([bi["abs_logit_gap"][i] for i in idx],
+                                             [ai["abs_logit_gap"][i] for i in idx],
                                              [groups[i] for i in idx], n_boot=n_boot, seed=seed)
     return out
 
@@ -69,11 +70,13 @@ def evaluation_changes(before: dict, after: dict, n_boot: int = 2000, seed: int 
     bi, ai = before["per_item"], after["per_item"]
     out = _pairs_changes(bi, ai, n_boot, seed)
     if "seqgap" in bi and "seqgap" in ai:
-        out["seqgap"] = paired_change(bi["seqgap"], ai["seqgap"], bi["seqgap_templates"], n_boot=n_boot, seed=seed)
+        out["seqgap"] = paired_change(bi["seqgap"], ai["seqgap"], bi["seqgap_templates"], n_boot=n_boot,
+                                      seed=seed)
     if "crows" in bi and "crows" in ai:
         out.update(_crows_changes(bi["crows"], ai["crows"], n_boot, seed))
     if "wikitext_windows" in bi and "wikitext_windows" in ai:
-        wb, wa = np.asarray(bi["wikitext_windows"], dtype=np.float64), np.asarray(ai["wikitext_windows"], dtype=np.float64)
+        wb, wa = (np.asarray(bi["wikitext_windows"], dtype=np.float64),
+                  np.asarray(ai["wikitext_windows"], dtype=np.float64))
         out["wikitext_ppl"] = paired_change(wb, wa, stat=perplexity_stat, n_boot=n_boot, seed=seed,
                                             test_values=(wb[:, 0] / wb[:, 1], wa[:, 0] / wa[:, 1]))
     if "lambada_correct" in bi and "lambada_correct" in ai:
@@ -95,7 +98,8 @@ def without_items(result: dict) -> dict:
 
 
 def crows_rates(res: dict) -> dict:
-    """The CrowS-Pairs rates of an evaluation (``crows_black_rate``, ``crows_race_color_rate``), those present.
+    """The CrowS-Pairs rates of an evaluation (``crows_black_rate``, ``crows_race_color_rate``),
+    those present.
 
     Examples:
         >>> crows_rates({"js": 0.01, "crows_black_rate": 61.0})
@@ -141,8 +145,8 @@ def summary_rows(metrics: dict) -> list[list]:
     the CrowS-Pairs rows name their pairs and McNemar's b / c.
 
     Examples:
-        >>> t = {"js": {"before": 0.02, "after": 0.01, "diff": -0.01, "diff_ci": [-0.015, -0.005], "pct": -50.0,
-        ...             "pct_ci": [-60.0, -40.0], "p": 0.002, "n": 36, "within_noise": False}}
+        >>> t = {"js": {"before": 0.02, "after": 0.01, "diff": -0.01, "diff_ci": [-0.015, -0.005],
+        ...             "pct": -50.0, "pct_ci": [-60.0, -40.0], "p": 0.002, "n": 36, "within_noise": False}}
         >>> summary_rows({"tests": t})
         [['held-out mean JS (nats)', 0.02, 0.01, -50.0, '[-60, -40]', 0.002, '%', 'no']]
     """
@@ -152,12 +156,14 @@ def summary_rows(metrics: dict) -> list[list]:
         if t is None:
             continue
         if "b" in t:
-            label, unit = f"{label[:-4]} ({t['n']} pairs)" if "CrowS" in label else label, f"{unit}; b={t['b']}, c={t['c']}"
+            label, unit = (f"{label[:-4]} ({t['n']} pairs)" if "CrowS" in label else label,
+                           f"{unit}; b={t['b']}, c={t['c']}")
         noise = {True: "yes", False: "no"}.get(t.get("within_noise"), "-")
-        rows.append([label, t["before"], t["after"], t[shown], (fmt_ci(t[f"{shown}_ci"]).strip() or "-"), t["p"], unit, noise])
+        rows.append([label, t["before"], t["after"], t[shown], (fmt_ci(t[f"{shown}_ci"]).strip() or "-"),
+                     t["p"], unit, noise])
     if "kl_neutral" in metrics["tests"]:
-        rows.append(["KL from unpruned, neutral text", 0.0, metrics["tests"]["kl_neutral"]["after"], None, "-", None,
-                     "nats", "-"])
+        rows.append(["KL from unpruned, neutral text", 0.0, metrics["tests"]["kl_neutral"]["after"], None,
+                     "-", None, "nats", "-"])
     return rows
 
 
@@ -175,7 +181,8 @@ def js_reduction(before: dict, after: dict, domain: str | None = None, seed: int
     (what the experiments' curve points and matrix cells carry).
 
     Examples:
-        >>> items = {"templates": ["a", "b", "c", "d"], "domains": ["x", "x", "x", "y"], "abs_logit_gap": [None] * 4}
+        >>> items = {"templates": ["a", "b", "c", "d"], "domains": ["x", "x", "x", "y"],
+        ...          "abs_logit_gap": [None] * 4}
         >>> b = {"per_item": {**items, "js": [0.02, 0.04, 0.03, 0.01]}}
         >>> a = {"per_item": {**items, "js": [0.01, 0.02, 0.015, 0.01]}}
         >>> r = js_reduction(b, a, "x")
@@ -184,8 +191,8 @@ def js_reduction(before: dict, after: dict, domain: str | None = None, seed: int
     """
     bi, ai = before["per_item"], after["per_item"]
     idx = [i for i, d in enumerate(bi["domains"]) if domain is None or d == domain]
-    c = paired_change([bi["js"][i] for i in idx], [ai["js"][i] for i in idx], [bi["templates"][i] for i in idx],
-                      seed=seed)
+    c = paired_change([bi["js"][i] for i in idx], [ai["js"][i] for i in idx],
+                      [bi["templates"][i] for i in idx], seed=seed)
     return {"reduction_pct": None if c.pct is None else -c.pct,
             "reduction_ci": None if c.pct_ci is None else [-c.pct_ci[1], -c.pct_ci[0]],
             "p": c.p, "within_noise": c.within_noise}

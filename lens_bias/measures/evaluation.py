@@ -69,7 +69,8 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     ablation = renamed(ablation, mode, "ablation", "mode", "zero")
 
     def ctx():
-        return ablate(bridge, mask, ablation, means) if mask is not None and not mask.is_empty() else nullcontext()
+        return (ablate(bridge, mask, ablation, means) if mask is not None and not mask.is_empty()
+                else nullcontext())
 
     out: dict = {}
     items: dict = {}
@@ -82,10 +83,11 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
         out["abs_logit_gap"] = sum(gaps) / len(gaps) if gaps else None
         out["by_domain"] = {d: {"js": s[d]["js"], "logit_gap": s[d]["logit_gap"], "n_pairs": s[d]["n_pairs"]}
                             for d in ev.pairs.domains}
-        items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs], js=m.values["js"],
-                     abs_logit_gap=abs_gap)
+        items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs],
+                     js=m.values["js"], abs_logit_gap=abs_gap)
         if ev.wikitext:
-            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens, progress=False)
+            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens,
+                                                           progress=False)
             w = items["wikitext_windows"]
             out["wikitext_ppl"] = math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
         if lambada and ev.lambada:
@@ -102,7 +104,8 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
             out["kl_neutral"] = 0.0
         else:
             ref = ev.kl_reference(bridge)
-            out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size, reference=ref)
+            out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size,
+                                                  reference=ref)
     if per_item:
         out["per_item"] = items
     return out
@@ -156,7 +159,8 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
     when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
-    held-out counterfactual sentence pairs for ``seqgap`` (e.g. :func:`lens_bias.prompts.splits.split_sentences`)."""
+    held-out counterfactual sentence pairs for ``seqgap`` (e.g.
+    :func:`lens_bias.prompts.splits.split_sentences`)."""
     from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
     from ..prompts.pairs import neutral_text
     from ..prompts.sentences import stereotype_signs

@@ -177,7 +177,8 @@ class PairMetrics:
         ]
         return sum(vals) / len(vals) if vals else None
 
-    def interval(self, metric: str = "js", domain: str | None = None, seed: int = 0) -> tuple[float, float] | None:
+    def interval(self, metric: str = "js", domain: str | None = None,
+                 seed: int = 0) -> tuple[float, float] | None:
         """95 % bootstrap interval of :meth:`mean`, resampling templates (each pair its own cluster
         when the templates are not known); ``None`` where the metric is defined for no pair."""
         keep = [i for i, (v, d) in enumerate(zip(self.values[metric], self.domains, strict=True))
@@ -192,8 +193,9 @@ class PairMetrics:
 
         Examples:
             >>> m = PairMetrics(["a"], ["hiring"], {"js": [0.01], "logit_gap": [None]})
-            >>> m.summary()
-            {'n_pairs': 1, 'all': {'js': 0.01, 'logit_gap': None}, 'hiring': {'js': 0.01, 'logit_gap': None, 'n_pairs': 1}}
+            >>> m.summary()  # doctest: +NORMALIZE_WHITESPACE
+            {'n_pairs': 1, 'all': {'js': 0.01, 'logit_gap': None},
+             'hiring': {'js': 0.01, 'logit_gap': None, 'n_pairs': 1}}
             >>> m.summary(ci=True)["all"]
             {'js': 0.01, 'logit_gap': None, 'js_ci': (0.01, 0.01), 'logit_gap_ci': None}
         """
@@ -217,7 +219,8 @@ class PairMetrics:
         not apply). Needs pandas (``pip install 'lens_bias[pandas]'``).
 
         Examples:
-            >>> m = PairMetrics(["a", "b"], ["hiring", "finance"], {"js": [0.01, 0.03]}, templates=["t1", "t2"])
+            >>> m = PairMetrics(["a", "b"], ["hiring", "finance"], {"js": [0.01, 0.03]},
+            ...                 templates=["t1", "t2"])
             >>> m.to_pandas().values.tolist()
             [['a', 'hiring', 't1', 0.01], ['b', 'finance', 't2', 0.03]]
         """
@@ -228,7 +231,8 @@ class PairMetrics:
                              "template": self.templates or [None] * len(self.ids), **self.values})
 
 
-def measure(bridge: Bridge, pairs: PairSet, batch_size: int = 32, numeric: bool = False, progress: bool = True) -> PairMetrics:
+def measure(bridge: Bridge, pairs: PairSet, batch_size: int = 32, numeric: bool = False,
+            progress: bool = True) -> PairMetrics:
     """``js`` and ``logit_gap`` for every pair (and the numeric disparity with ``numeric=True``).
 
     Examples:
@@ -280,7 +284,8 @@ def parse_number(text: str) -> float | None:
         return None
 
 
-def greedy_continuations(bridge: Bridge, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 32) -> list[str]:
+def greedy_continuations(bridge: Bridge, prompts: Sequence[str], max_new_tokens: int = 8,
+                         batch_size: int = 32) -> list[str]:
     """Greedy continuations with the bridge's hooks active (manual loop, one forward per token):
     one decoded string of ``max_new_tokens`` tokens per prompt.
 
@@ -331,7 +336,8 @@ def numeric_disparity(bridge: Bridge, pairs: PairSet, batch_size: int = 32) -> d
     num = [p for p in pairs if p.numeric]
     if not num:
         return {}
-    conts = greedy_continuations(bridge, [p.black for p in num] + [p.white for p in num], batch_size=batch_size)
+    conts = greedy_continuations(bridge, [p.black for p in num] + [p.white for p in num],
+                                 batch_size=batch_size)
     n = len(num)
     out: dict[str, dict] = {}
     for d in sorted({p.domain for p in num}):

@@ -157,8 +157,8 @@ def seqgap_summary(gaps: Sequence[float], pairs: PairSet, signs: Sequence[int] =
     return out
 
 
-def load_metric_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None, per_domain: int = 0,
-                      seed: int = 0, metric: str = "js") -> PairSet:
+def load_metric_pairs(path: str | Path | None = None, domains: Sequence[str] | None = None,
+                      per_domain: int = 0, seed: int = 0, metric: str = "js") -> PairSet:
     """What a command scores with ``metric``: the pairs of ``path``, else the bundled prompt pairs,
     or the bundled sentence pairs for a sentence target (``seqgap``), at most ``per_domain`` per
     domain (``0`` = all).

@@ -48,8 +48,10 @@ class RunResults:
     curve: list[dict]
     mask: PruningMask
     continuations: list[dict]
-    export: dict  # the export check (lens_bias.weights.verification.Verification.to_dict) and where the model went
-    transfer: dict | None = None  # lens_bias.studies.transfer.leave_one_domain_out (runs over several domains)
+    # the export check (lens_bias.weights.verification.Verification.to_dict) and where the model went
+    export: dict
+    # lens_bias.studies.transfer.leave_one_domain_out (runs over several domains)
+    transfer: dict | None = None
 
 
 def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
@@ -83,7 +85,8 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "activation_diff_by_layer": {k: v.tolist() for k, v in r.act_diff.items()},
         "continuations": r.continuations,
         "export": r.export,
-        "transfer": None if r.transfer is None else {k: r.transfer[k] for k in ("rows", "pooled", "n_pairs", "settings")},
+        "transfer": (None if r.transfer is None
+                     else {k: r.transfer[k] for k in ("rows", "pooled", "n_pairs", "settings")}),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "timings_s": timings,
         "versions": _versions(),
@@ -95,9 +98,10 @@ def _selection(cfg, mask: PruningMask) -> dict:
     every candidate's validation numbers."""
     meta = mask.meta
     ms = meta.get("model_selection") or {}
-    return {"selector": cfg.selector if cfg.steps == 1 else "iterative", "chosen": meta.get("selector_chosen"),
-            "why": ms.get("why"), "candidates": ms.get("rows"), "n_fit_templates": ms.get("n_fit_templates"),
-            "folds": ms.get("folds", 1), "n_val_templates": ms.get("n_val_templates"), "learned_best_step": meta.get("learn_best_step")}
+    return {"selector": cfg.selector if cfg.steps == 1 else "iterative",
+            "chosen": meta.get("selector_chosen"), "why": ms.get("why"), "candidates": ms.get("rows"),
+            "n_fit_templates": ms.get("n_fit_templates"), "folds": ms.get("folds", 1),
+            "n_val_templates": ms.get("n_val_templates"), "learned_best_step": meta.get("learn_best_step")}
 
 
 def _pruned(bridge: Bridge, mask: PruningMask) -> dict:
@@ -156,67 +160,75 @@ def _selection_section(rep: Report, sel: dict) -> None:
     """The report's account of how ``auto`` chose its selector (nothing for other selectors)."""
     if sel["candidates"]:
         rep.heading("How the selector was chosen (train templates only, never the held-out split)")
-        how = (f"cross-validated in {sel['folds']} folds: each of the {sel['n_val_templates']} train templates is "
-               "measured exactly with the mask a candidate selects without it" if sel.get("folds", 1) > 1 else
+        how = (f"cross-validated in {sel['folds']} folds: each of the {sel['n_val_templates']} train "
+               "templates is measured exactly with the mask a candidate selects without it"
+               if sel.get("folds", 1) > 1 else
                f"selected on {sel['n_fit_templates']} fit templates and measured exactly on "
                f"{sel['n_val_templates']} validation templates of the train split")
         rep.text(f"Chosen: {sel['chosen']}: {sel['why']}. Candidates {how}; perplexity is that of the "
                  "candidate's mask on all train templates.", "note")
-        rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"], "yes" if r["chosen"] else ""]
-                   for r in sel["candidates"]],
-                  ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)", "chosen"])
+        rep.table([[r["label"], r["val_reduction_pct"], r["neutral_ppl_change_pct"],
+                    "yes" if r["chosen"] else ""] for r in sel["candidates"]],
+                  ["candidate", "validation JS reduction (%)", "neutral-text perplexity change (%)",
+                   "chosen"])
 
 
 def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
     if not m["export"]["ok"]:
-        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the measurements "
-                 "below are those of the simulated pruning.", "warn")
+        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the "
+                 "measurements below are those of the simulated pruning.", "warn")
     rep.heading("Summary")
-    rep.table(summary_rows(m), ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
-    rep.text("Each change has a 95 % bootstrap interval (held-out pairs resampled by template, CrowS-Pairs rows, "
-             "WikiText windows) and a paired test (sign-flip permutation by template; exact McNemar for the "
-             "CrowS-Pairs rates, whose b / c count the rows that went from stereotyped to not and back). "
-             "'within noise': the interval covers 0 or p >= 0.05, so the change may be luck.", "note")
+    rep.table(summary_rows(m),
+              ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
+    rep.text("Each change has a 95 % bootstrap interval (held-out pairs resampled by template, CrowS-Pairs "
+             "rows, WikiText windows) and a paired test (sign-flip permutation by template; exact McNemar "
+             "for the CrowS-Pairs rates, whose b / c count the rows that went from stereotyped to not and "
+             "back). 'within noise': the interval covers 0 or p >= 0.05, so the change may be luck.", "note")
     p = m["pruned"]
     rep.text(f"Pruned {p['neurons']} neurons and {p['heads']} heads ({p['params']:,} parameters, "
-             f"{p['params_pct']:.3f} % of the model), chosen by attribution patching on {m['pairs']['scored_n']} train {m['pairs']['scored_on']} "
-             f"({m['metric']}, {m['ablation']} ablation, capability filter quantile "
-             f"{m['config']['max_cost_quantile']}). Held-out pairs ({m['pairs']['held_out']}) use templates never "
-             f"seen in scoring. {_prompts_sentence(m['config'])} {m['export']['summary']}.",
+             f"{p['params_pct']:.3f} % of the model), chosen by attribution patching on "
+             f"{m['pairs']['scored_n']} train {m['pairs']['scored_on']} ({m['metric']}, {m['ablation']} "
+             f"ablation, capability filter quantile {m['config']['max_cost_quantile']}). Held-out pairs "
+             f"({m['pairs']['held_out']}) use templates never seen in scoring. "
+             f"{_prompts_sentence(m['config'])} {m['export']['summary']}.",
              "note" if m["export"]["ok"] else "warn")
     _selection_section(rep, m["selection"])
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")
-    rep.figure(viz.pruning_curves(r.curve, "js", "wikitext_ppl" if before.get("wikitext_ppl") else "kl_neutral",
-                                  before={"js": before["js"], "wikitext_ppl": before.get("wikitext_ppl"), "kl_neutral": 0.0}))
+    rep.figure(viz.pruning_curves(
+        r.curve, "js", "wikitext_ppl" if before.get("wikitext_ppl") else "kl_neutral",
+        before={"js": before["js"], "wikitext_ppl": before.get("wikitext_ppl"), "kl_neutral": 0.0}))
     if r.transfer is not None:
         rep.heading("Unseen domains: leave-one-domain-out")
-        rep.text(transfer_reading(r.transfer) + " Each mask is chosen one-shot at the run's budget, without the "
-                 "tested domain's train pairs (one-shot keeps this stage to seconds a domain); the run's own "
-                 "mask may come from another selector (iterative by default).", "note")
+        rep.text(transfer_reading(r.transfer) + " Each mask is chosen one-shot at the run's budget, without "
+                 "the tested domain's train pairs (one-shot keeps this stage to seconds a domain); the run's "
+                 "own mask may come from another selector (iterative by default).", "note")
         rep.figure(viz.transfer_bars(r.transfer))
         rep.table(transfer_rows(r.transfer), TRANSFER_HEADER)
     rep.heading("Where the bias lives")
     rep.figure(viz.neuron_scores_by_layer(scores))
     rep.figure(viz.head_heatmap(scores))
-    rep.figure(viz.activation_diff_by_layer({k: torch.tensor(v) for k, v in m["activation_diff_by_layer"].items()}))
+    rep.figure(viz.activation_diff_by_layer({k: torch.tensor(v)
+                                             for k, v in m["activation_diff_by_layer"].items()}))
     rep.heading("Top components")
     pruned = {k: sorted(v, key=lambda r: -r[2])[:20] for k, v in m["pruned_components"].items()}
     if pruned["neurons"] or pruned["heads"]:
         rep.text("Pruned (highest bias scores among the units that passed the capability filter):", "note")
         rep.table([[f"L{la} N{i}", sc] for la, i, sc in pruned["neurons"]] +
                   [[f"L{la} H{i}", sc] for la, i, sc in pruned["heads"]], ["pruned unit", "score"])
-    rep.text("Highest bias scores overall (some are kept: removing them would cost too much capability):", "note")
+    rep.text("Highest bias scores overall (some are kept: removing them would cost too much capability):",
+             "note")
     rep.table([[f"L{la} N{i}", s] for la, i, s in m["top_components"]["neurons"]], ["neuron", "score"])
     rep.table([[f"L{la} H{i}", s] for la, i, s in m["top_components"]["heads"]], ["head", "score"])
     rep.heading("Is the attribution right? Predicted vs exact ablation")
     for kind in r.validation:
         rep.figure(viz.validation_scatter(r.validation, kind))
     rep.heading("Greedy continuations before and after")
-    rep.table([[c["prompt"], c["before"], c["after"]] for c in m["continuations"]], ["prompt", "before", "after"])
+    rep.table([[c["prompt"], c["before"], c["after"]] for c in m["continuations"]],
+              ["prompt", "before", "after"])
     rep.heading("Run")
-    rep.raw("<pre>" + json.dumps({"timings_s": m["timings_s"], "versions": m["versions"], "config": m["config"]},
-                                 indent=1) + "</pre>")
+    rep.raw("<pre>" + json.dumps({"timings_s": m["timings_s"], "versions": m["versions"],
+                                  "config": m["config"]}, indent=1) + "</pre>")

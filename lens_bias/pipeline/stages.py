@@ -68,7 +68,8 @@ class RunConfig:
     metric: str = "js"
     ablation: str = "zero"  # how pruning is simulated and materialized
     max_cost_quantile: float | None = 0.5  # capability-aware selection (None = off)
-    selector: str = "iterative"  # iterative | oneshot | stable | learned | auto (lens_bias.selection.registry)
+    # iterative | oneshot | stable | learned | auto (lens_bias.selection.registry)
+    selector: str = "iterative"
     steps: int = 1  # rounds of iterative selection (1 = its default, 4); > 1 with oneshot: iterative too
     budgets: Sequence[str] = DEFAULT_BUDGETS
     curve_kinds: Sequence[str] = ("neurons", "heads")
@@ -84,10 +85,12 @@ class RunConfig:
     batch_size: int = 16
     seed: int = 0
     device: str | None = None
-    dtype: str = "auto"  # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
+    # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
+    dtype: str = "auto"
     device_map: str | list | None = None  # split the model over devices ("auto" or a list)
     trust_remote_code: bool = False
-    chat_template: bool = False  # pair prompts as one user turn of the model's chat template (lens_bias.model.chat)
+    # pair prompts as one user turn of the model's chat template (lens_bias.model.chat)
+    chat_template: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -123,7 +126,8 @@ def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
     if not metrics["export"]["ok"]:
         raise ExportCheckError(
             f"{metrics['export']['summary']}. {metrics['export']['why']} The run folder {out} was written "
-            "without model/: metrics.json and report.html keep what was measured.", folder=out, metrics=metrics)
+            "without model/: metrics.json and report.html keep what was measured.",
+            folder=out, metrics=metrics)
     return metrics
 
 
@@ -155,11 +159,13 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     transfer = None
     if len(train.domains) > 1 and cfg.kind != "both":
         with _stage("leave-one-domain-out transfer", P, timings):
-            transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate", cfg.max_cost_quantile,
-                                            cfg.metric, cfg.batch_size, P, scores=scores, cost=cost, seed=cfg.seed)
+            transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate",
+                                            cfg.max_cost_quantile, cfg.metric, cfg.batch_size, P,
+                                            scores=scores, cost=cost, seed=cfg.seed)
     with _stage("materialize, verify and export", P, timings):
         export = _export(bridge, mask, folder, cfg.ablation, means)
-    res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export, transfer)
+    res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export,
+                     transfer)
     metrics = run_metrics(cfg, inp, res, timings)
     write_record(folder, cfg, metrics, res)
     return metrics
@@ -175,7 +181,8 @@ def _check_config(cfg: RunConfig) -> None:
     check_ablation(cfg.ablation, "--ablation")
     check_selector(cfg.selector, cfg.ablation, "--selector")  # also: one that works under this ablation
     if cfg.steps > 1 and cfg.selector not in ("oneshot", "iterative"):
-        raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector {cfg.selector}")
+        raise RunError(f"--steps > 1 is the iterative selector; it cannot be combined with --selector "
+                       f"{cfg.selector}")
 
 
 @dataclass
@@ -195,22 +202,25 @@ def _load(cfg: RunConfig) -> _Inputs:
     from ..model.load import load_model
 
     try:
-        train, held = split_pairs(cfg.pairs, cfg.domains, cfg.per_domain, cfg.held_per_domain, cfg.held_out, cfg.seed)
+        train, held = split_pairs(cfg.pairs, cfg.domains, cfg.per_domain, cfg.held_per_domain, cfg.held_out,
+                                  cfg.seed)
         s_train, s_held = split_sentences(cfg.domains or train.domains, cfg.per_domain, cfg.held_per_domain,
                                           cfg.held_out, cfg.seed)
     except PairsError as e:
         raise RunError(f"{e} (give more templates or use the bundled set)") from None
     if is_sentence_metric(cfg.metric) and not len(s_train):
-        raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; none cover "
-                       f"{train.domains}")
-    bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                        device_map=cfg.device_map, chat_template=cfg.chat_template)
+        raise RunError(f"--metric {cfg.metric} needs the bundled sentence pairs of the run's domains; "
+                       f"none cover {train.domains}")
+    bridge = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                        trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map,
+                        chat_template=cfg.chat_template)
     if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
         raise RunError(f"--ablation mean is exported by folding the means into biases, which "
                        f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
-    ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"], ppl_tokens=cfg.ppl_tokens,
-                          lambada_limit=cfg.lambada_limit, sentences=s_held if len(s_held) else None)
+    ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"],
+                          ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
+                          sentences=s_held if len(s_held) else None)
     return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
 
@@ -220,7 +230,8 @@ def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, 
     return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
-def _attribute(cfg: RunConfig, bridge: Bridge, train: PairSet) -> tuple[TemplateScores, dict | None, Scores | None]:
+def _attribute(cfg: RunConfig, bridge: Bridge,
+               train: PairSet) -> tuple[TemplateScores, dict | None, Scores | None]:
     """Bias scores on the train pairs, kept per template (``.scores()`` is the usual attribution),
     the mean activations (mean ablation only) and the capability cost on the neutral text (when
     the capability filter is on)."""
@@ -242,8 +253,8 @@ def _validate(cfg: RunConfig, bridge: Bridge, train: PairSet, means: dict | None
                     seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress)
 
 
-def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores, means: dict | None,
-           cost: Scores | None) -> PruningMask:
+def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, scores: Scores,
+           means: dict | None, cost: Scores | None) -> PruningMask:
     """The mask at the requested budget, by the run's selector
     (:func:`lens_bias.selection.registry.select_units`); ``steps > 1`` is the iterative selector, which
     takes 4 rounds unless ``steps`` says more."""
@@ -260,10 +271,11 @@ def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, s
 def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
                    means: dict | None) -> tuple[dict, dict]:
     """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
-    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size, per_item=True)
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size,
+                     per_item=True)
     rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
-    rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False, batch_size=cfg.batch_size,
-                    per_item=True)
+    rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False,
+                    batch_size=cfg.batch_size, per_item=True)
     return after, rand
 
 
@@ -273,10 +285,12 @@ def _continuations(bridge: Bridge, mask: PruningMask, ablation: str, means: dict
     cont_before = greedy_continuations(bridge, prompts, max_new_tokens=12)
     with ablate(bridge, mask, ablation, means):
         cont_after = greedy_continuations(bridge, prompts, max_new_tokens=12)
-    return [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
+    return [{"prompt": p, "before": b, "after": a}
+            for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
 
 
-def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero", means: dict | None = None) -> dict:
+def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero",
+            means: dict | None = None) -> dict:
     """Write the mask files; materialize the mask and check it against the simulation in memory;
     if the check passes, write the pruned HF model once (``folder/model``, the checkpoint's dtype).
     Returns the check's record for ``metrics.json`` (a failed check writes no model)."""

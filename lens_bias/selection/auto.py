@@ -57,8 +57,8 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
     ppl0 = perplexity(bridge, neutral, progress=False)
 
     def mask_of(spec: SelectorSpec, scores: TemplateScores, pairs: PairSet):
-        inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, template_scores=scores, seed=seed,
-                                 batch_size=batch_size)
+        inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, template_scores=scores,
+                                 seed=seed, batch_size=batch_size)
         mask = select_units(spec, inputs).mask
         mask.meta.update({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile,
                           **{f"selector_{k}": v for k, v in spec.options.items()}})  # which candidate it is
@@ -66,13 +66,13 @@ def choose(bridge: Bridge, ts: TemplateScores, train: PairSet, budget: str | int
 
     rows, masks = [], []
     for spec in candidates:
-        after = [validation_js(bridge, val, mask_of(spec, ts.restrict(fit.templates), fit), batch_size) * len(val)
-                 for fit, val in splits]
+        after = [validation_js(bridge, val, mask_of(spec, ts.restrict(fit.templates), fit), batch_size)
+                 * len(val) for fit, val in splits]
         masks.append(mask_of(spec, ts, train))
         with ablate(bridge, masks[-1]):
             ppl = perplexity(bridge, neutral, progress=False)
-        rows.append({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "label": spec.label(),
-                     "val_reduction_pct": 100 * (1 - sum(after) / sum(base)),
+        rows.append({"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile,
+                     "label": spec.label(), "val_reduction_pct": 100 * (1 - sum(after) / sum(base)),
                      "fold_reduction_pct": [100 * (1 - a / b) for a, b in zip(after, base, strict=True)],
                      "neutral_ppl_change_pct": 100 * (ppl / ppl0 - 1)})
     i, why = _pick(rows, splits, folds, max_ppl_increase)
@@ -91,10 +91,11 @@ def _pick(rows: list[dict], splits: list, folds: int, max_ppl_increase: float) -
         else f"{n_val} validation templates"
     if ok:
         i = max(ok, key=lambda j: rows[j]["val_reduction_pct"])
-        return i, (f"largest JS reduction by {how} ({rows[i]['val_reduction_pct']:.1f} %) among the {len(ok)} "
-                   f"candidates within +{max_ppl_increase:g} % neutral-text perplexity")
+        return i, (f"largest JS reduction by {how} ({rows[i]['val_reduction_pct']:.1f} %) among the "
+                   f"{len(ok)} candidates within +{max_ppl_increase:g} % neutral-text perplexity")
     i = min(range(len(rows)), key=lambda j: rows[j]["neutral_ppl_change_pct"])
-    return i, f"no candidate stayed within +{max_ppl_increase:g} % neutral-text perplexity; the least damaging"
+    return i, (f"no candidate stayed within +{max_ppl_increase:g} % neutral-text perplexity; "
+               "the least damaging")
 
 
 @register("auto", "whichever of one-shot and stable, at capability quantiles 0.25 and 0.5, cross-validation "

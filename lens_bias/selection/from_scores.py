@@ -49,8 +49,8 @@ def check_prune_choices(budget: str | float | int, kind: str, per_layer: str = "
     check_choice(per_layer, PER_LAYER, "per_layer")
 
 
-def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%", kind: str = "neurons",
-                     per_layer: str = "global", max_cost_quantile: float | None = 0.5,
+def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int = "0.5%",
+                     kind: str = "neurons", per_layer: str = "global", max_cost_quantile: float | None = 0.5,
                      ablation: str | None = None, selector: str = "oneshot", pairs: PairSet | None = None,
                      steps: int = 4, seed: int = 0, batch_size: int = 16,
                      progress: bool = False) -> tuple[PruningMask, dict | None]:
@@ -90,10 +90,11 @@ def mask_from_scores(bridge: Bridge, scores: Scores, budget: str | float | int =
     # they are the attribution under this very ablation
     same = selector == "oneshot" or (scores.settings.get("ablation", "zero") == ablation
                                      and not scores.settings.get("graddrop"))
-    options = {"per_layer": per_layer} if selector == "oneshot" else {"steps": steps} if selector == "iterative" else {}
+    options = ({"per_layer": per_layer} if selector == "oneshot"
+               else {"steps": steps} if selector == "iterative" else {})
     inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, scores=scores if same else None,
-                             metric=scores.settings.get("metric", "js"), ablation=ablation, means=means, seed=seed,
-                             batch_size=batch_size, progress=progress)
+                             metric=scores.settings.get("metric", "js"), ablation=ablation, means=means,
+                             seed=seed, batch_size=batch_size, progress=progress)
     mask = select_units(SelectorSpec(selector, q, options), inputs).mask
     mask.meta["ablation"] = ablation
     return mask, means
@@ -108,4 +109,5 @@ def _check_selector_inputs(scores: Scores, selector: str, pairs: PairSet | None,
     if pairs is None:
         raise MaskError(f"the {selector} selector needs the pairs the scores were computed on")
     if per_layer != "global":
-        raise MaskError(f"the {selector} selector chooses globally; use --per-layer global or --selector oneshot")
+        raise MaskError(f"the {selector} selector chooses globally; use --per-layer global or "
+                        "--selector oneshot")

@@ -72,7 +72,8 @@ def _prune_indicator(theta: Tensor, allowed: Tensor, k: int, temperature: float)
     top = torch.topk(t, k + 1)
     hard = torch.zeros_like(t)
     hard[top.indices[:k]] = 1.0
-    thr = (top.values[k - 1] + top.values[k]).detach() / 2 if torch.isfinite(top.values[k]) else top.values[k - 1]
+    thr = ((top.values[k - 1] + top.values[k]).detach() / 2 if torch.isfinite(top.values[k])
+           else top.values[k - 1])
     soft = torch.sigmoid((theta.flatten() - thr) / temperature) * allowed.flatten()
     return (hard + soft - soft.detach()).view_as(theta)
 
@@ -130,14 +131,16 @@ def learn_mask(bridge: Bridge, fit: PairSet, val: PairSet, budget: str | float |
     k = Budget.parse(budget).count(bridge, kind)
     allowed = allowed_units(s0.float(), kind, None, cost, max_cost_quantile)
     z = s0.double()[allowed]
-    theta = ((s0.double() - z.mean()) / (z.std() + 1e-30)).float().masked_fill(~allowed, 0.0).requires_grad_(True)
+    theta = (((s0.double() - z.mean()) / (z.std() + 1e-30)).float().masked_fill(~allowed, 0.0)
+             .requires_grad_(True))
     opt = torch.optim.Adam([theta], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     domains = fit.by_domain()
     base = {d: validation_js(bridge, sub, None) for d, sub in domains.items()}
     q = torch.ones(len(domains), dtype=torch.float64) / len(domains)
-    meta = {"selector": "learned", "budget": str(budget), "kind": kind, "max_cost_quantile": max_cost_quantile,
-            "metric": "js", "domains": fit.domains, **{f"learn_{k_}": v for k_, v in vars(cfg).items()}}
+    meta = {"selector": "learned", "budget": str(budget), "kind": kind,
+            "max_cost_quantile": max_cost_quantile, "metric": "js", "domains": fit.domains,
+            **{f"learn_{k_}": v for k_, v in vars(cfg).items()}}
     ppl0 = perplexity(bridge, neutral, progress=False)
     val0 = validation_js(bridge, val, None)
     history: list[dict] = []
@@ -170,8 +173,8 @@ def _evaluate_step(bridge, val, mask, neutral, ppl0, val0, step, cfg) -> dict:
     with ablate(bridge, mask):
         ppl = perplexity(bridge, neutral, progress=False)
     dppl = 100 * (ppl / ppl0 - 1)
-    return {"step": step, "val_js": js, "val_reduction_pct": 100 * (1 - js / val0), "neutral_ppl_change_pct": dppl,
-            "allowed": dppl <= cfg.max_ppl_increase}
+    return {"step": step, "val_js": js, "val_reduction_pct": 100 * (1 - js / val0),
+            "neutral_ppl_change_pct": dppl, "allowed": dppl <= cfg.max_ppl_increase}
 
 
 def _train_step(bridge, domains, base, theta, allowed, k, kind, neutral, q, opt, gen, cfg) -> Tensor:
@@ -196,7 +199,8 @@ def _train_step(bridge, domains, base, theta, allowed, k, kind, neutral, q, opt,
     return q
 
 
-@register("learned", "a straight-through top-k mask learned on part of the train templates, stopped on the rest",
+@register("learned", "a straight-through top-k mask learned on part of the train templates, stopped on "
+                     "the rest",
           options=tuple(f for f in LearnConfig.__dataclass_fields__ if f != "seed"))
 def learned_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
     """:func:`learn_mask` on a fit/validation split of the train templates
@@ -204,6 +208,6 @@ def learned_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
     fit, val = validation_split(inputs.pairs, inputs.seed)
     cfg = LearnConfig(**spec.options, seed=inputs.seed)
     mask, history = learn_mask(inputs.bridge, fit, val, inputs.budget, inputs.kind,
-                               inputs.per_template().subset(fit.templates), inputs.neutral_text(), inputs.cost,
-                               spec.max_cost_quantile, cfg, progress=inputs.progress)
+                               inputs.per_template().subset(fit.templates), inputs.neutral_text(),
+                               inputs.cost, spec.max_cost_quantile, cfg, progress=inputs.progress)
     return Selection(mask, {"history": history})

@@ -59,13 +59,13 @@ class SelectorSpec:
 class SelectionInputs:
     """What a selector selects from.
 
-    ``pairs`` are the train pairs (``None`` for ``oneshot`` on given ``scores``); ``budget`` a count, ``"0.5%"`` or ``"0.13%params"``; ``kind``
-    ``neurons``, ``heads`` or ``both`` (each kind at the budget, joined). ``scores`` is the
-    attribution of ``pairs`` under ``ablation`` and ``template_scores`` the same kept per template
-    (each computed when a selector needs it and it is not given). ``cost`` is the capability cost
-    of :func:`lens_bias.attribution.patching.capability_cost` (``None``: no filter); ``neutral``
-    the neutral text for selectors that check perplexity (``None``: the bundled text); ``metric``
-    the target (``None``: the attribution's, else ``js``)."""
+    ``pairs`` are the train pairs (``None`` for ``oneshot`` on given ``scores``); ``budget`` a count,
+    ``"0.5%"`` or ``"0.13%params"``; ``kind`` ``neurons``, ``heads`` or ``both`` (each kind at the budget,
+    joined). ``scores`` is the attribution of ``pairs`` under ``ablation`` and ``template_scores`` the
+    same kept per template (each computed when a selector needs it and it is not given). ``cost`` is the
+    capability cost of :func:`lens_bias.attribution.patching.capability_cost` (``None``: no filter);
+    ``neutral`` the neutral text for selectors that check perplexity (``None``: the bundled text);
+    ``metric`` the target (``None``: the attribution's, else ``js``)."""
 
     bridge: Bridge
     pairs: PairSet | None
@@ -178,7 +178,8 @@ def check_selector(name, ablation: str | None = None, what: str = "selector") ->
     if ablation is not None and check_ablation(ablation) not in entry.ablations:
         works = [n for n, e in _REGISTRY.items() if ablation in e.ablations]
         raise ChoiceError(f"{what} {name} works under {' or '.join(entry.ablations)} ablation only; use that "
-                          f"ablation, or one of the selectors that work under {ablation} ablation: {', '.join(works)}")
+                          f"ablation, or one of the selectors that work under {ablation} ablation: "
+                          f"{', '.join(works)}")
     return entry
 
 
@@ -213,6 +214,6 @@ def select_units(spec: SelectorSpec | str, inputs: SelectionInputs) -> Selection
 
 
 def _record(spec: SelectorSpec, extra: dict) -> dict:
-    return {"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile, "options": dict(spec.options),
-            **extra}
+    return {"selector": spec.selector, "max_cost_quantile": spec.max_cost_quantile,
+            "options": dict(spec.options), **extra}
 

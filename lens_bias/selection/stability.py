@@ -74,8 +74,8 @@ def stability_select(ts: TemplateScores, budget: str | float | int | Budget, kin
     gen = torch.Generator().manual_seed(seed)
     freq = torch.zeros(ts.sums[kind].shape[1:], dtype=torch.float64)
     for _ in range(n_resamples):
-        m = select(ts.scores(resample_templates(ts, fraction, gen)), budget, kind=kind, bridge=bridge, cost=cost,
-                   max_cost_quantile=max_cost_quantile)
+        m = select(ts.scores(resample_templates(ts, fraction, gen)), budget, kind=kind, bridge=bridge,
+                   cost=cost, max_cost_quantile=max_cost_quantile)
         freq += (~m.tensor(kind)).double()
     freq /= n_resamples
     full = ts.scores()
@@ -87,8 +87,8 @@ def stability_select(ts: TemplateScores, budget: str | float | int | Budget, kin
     ranked = Scores(**{k: (rank.float() if k == kind else None) for k in KINDS}, settings=full.settings)
     mask = select(ranked, budget, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
     if min_sign_share is not None and bool((rank[~mask.tensor(kind)] < 0).any()):
-        raise MaskError(f"fewer than {Budget.parse(budget).count(bridge, kind)} {kind} have a positive score in "
-                        f"{min_sign_share:.0%} of the domains; lower min_sign_share or the budget")
+        raise MaskError(f"fewer than {Budget.parse(budget).count(bridge, kind)} {kind} have a positive score "
+                        f"in {min_sign_share:.0%} of the domains; lower min_sign_share or the budget")
     mask.meta.update({"selector": "stable", "n_resamples": n_resamples, "fraction": fraction,
                       "min_sign_share": min_sign_share, "seed": seed})
     return mask, freq.float()

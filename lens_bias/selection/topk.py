@@ -172,9 +172,10 @@ def select(
     * ``per_layer="global"`` ranks all layers together; ``"uniform"`` takes the same count from
       every (allowed) layer, which structural pruning needs.
     * ``layers``: restrict pruning to these layers.
-    * ``cost`` (a :class:`~lens_bias.scores.Scores` from :func:`lens_bias.attribution.patching.capability_cost`)
-      and ``max_cost_quantile``: capability-aware selection; units whose first-order capability
-      cost is above that quantile (per kind) are never pruned.
+    * ``cost`` (a :class:`~lens_bias.scores.Scores` from
+      :func:`lens_bias.attribution.patching.capability_cost`) and ``max_cost_quantile``:
+      capability-aware selection; units whose first-order capability cost is above that quantile
+      (per kind) are never pruned.
 
     Refuses a selection that would remove every unit of a layer.
 
@@ -270,7 +271,8 @@ def _refuse_emptied_layers(keep: Tensor, kind: Kind, per: int | None) -> None:
         fix = (f"lower the budget (uniform takes {per} per layer, a layer has {keep.shape[1]})"
                if per is not None else "lower the budget or use per_layer='uniform'")
         raise MaskError(
-            f"the budget would remove every {kind[:-1]} of layer(s) {full.nonzero().flatten().tolist()}; {fix}"
+            f"the budget would remove every {kind[:-1]} of layer(s) "
+            f"{full.nonzero().flatten().tolist()}; {fix}"
         )
 
 
@@ -338,19 +340,20 @@ def select_iterative(
             s = first
         else:
             with ablate(bridge, mask, ablation, means):
-                s = attribute(bridge, pairs, metric=metric, ablation=ablation, means=means, components=(kind,),
-                              batch_size=batch_size, progress=progress)
+                s = attribute(bridge, pairs, metric=metric, ablation=ablation, means=means,
+                              components=(kind,), batch_size=batch_size, progress=progress)
         rounds.append(s)
         avail = s.get(kind).clone().float()
         avail[~mask.tensor(kind)] = -torch.inf  # already pruned
         step_scores = Scores(**{k: (avail if k == kind else None) for k in KINDS},
                              settings=s.settings)
-        new = select(step_scores, want, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
+        new = select(step_scores, want, kind=kind, bridge=bridge, cost=cost,
+                     max_cost_quantile=max_cost_quantile)
         mask = mask | new
         done += want
-    mask.meta.update({"scorer": rounds[0].settings.get("estimator"), "metric": rounds[0].settings.get("metric"),
-                      "budget": str(budget), "kind": kind, "steps": steps, "max_cost_quantile": max_cost_quantile,
-                      "domains": pairs.domains})
+    mask.meta.update({"scorer": rounds[0].settings.get("estimator"),
+                      "metric": rounds[0].settings.get("metric"), "budget": str(budget), "kind": kind,
+                      "steps": steps, "max_cost_quantile": max_cost_quantile, "domains": pairs.domains})
     _check_layers(mask, kind)
     return mask, rounds
 
@@ -358,7 +361,8 @@ def select_iterative(
 def _check_layers(mask: PruningMask, kind: Kind) -> None:
     empty = [la for la, row in enumerate(mask.tensor(kind)) if not bool(row.any())]
     if empty:
-        raise MaskError(f"iterative selection removed every {kind[:-1]} of layer(s) {empty}; use a smaller budget")
+        raise MaskError(f"iterative selection removed every {kind[:-1]} of layer(s) {empty}; "
+                        "use a smaller budget")
 
 
 @register("oneshot", "the top units of one attribution of the train pairs (any scorer's scores)",
@@ -370,14 +374,14 @@ def oneshot_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
                             cost=inputs.cost, max_cost_quantile=spec.max_cost_quantile))
 
 
-@register("iterative", "re-attribute after each of `steps` parts of the budget (default 4)", ablations=ABLATIONS,
-          options=("steps",))
+@register("iterative", "re-attribute after each of `steps` parts of the budget (default 4)",
+          ablations=ABLATIONS, options=("steps",))
 def iterative_selector(spec: SelectorSpec, inputs: SelectionInputs) -> Selection:
     """:func:`select_iterative` in ``steps`` rounds; the inputs' attribution, when given, is round 1."""
     ts = inputs.template_scores
     first = inputs.scores if inputs.scores is not None else (ts.scores() if ts is not None else None)
     mask, rounds = select_iterative(inputs.bridge, inputs.pairs, inputs.budget, inputs.kind,
-                                    spec.options.get("steps", 4), inputs.resolved_metric(), inputs.ablation, inputs.means,
-                                    inputs.cost, spec.max_cost_quantile, inputs.batch_size, first=first,
-                                    progress=inputs.progress)
+                                    spec.options.get("steps", 4), inputs.resolved_metric(), inputs.ablation,
+                                    inputs.means, inputs.cost, spec.max_cost_quantile, inputs.batch_size,
+                                    first=first, progress=inputs.progress)
     return Selection(mask, {"rounds": len(rounds)})

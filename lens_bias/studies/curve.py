@@ -56,13 +56,16 @@ def pruning_curve(
         else:
             mask = pick(name, kind, b) if pick is not None else None
             if mask is None:
-                mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost, max_cost_quantile=max_cost_quantile)
+                mask = select(scorers[name], b, kind=kind, bridge=bridge, cost=cost,
+                              max_cost_quantile=max_cost_quantile)
         key = mask.neurons.numpy().tobytes() + mask.heads.numpy().tobytes()
         if key not in seen:
-            seen[key] = evaluate(bridge, ev, mask, ablation, means, lambada=False, per_item=before is not None,
-                                 sentences=False)  # seqgap is measured at the run's budget, not at each point
+            # seqgap is measured at the run's budget, not at each point
+            seen[key] = evaluate(bridge, ev, mask, ablation, means, lambada=False,
+                                 per_item=before is not None, sentences=False)
         res = seen[key]
-        noise = {} if before is None else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()}
+        noise = ({} if before is None
+                 else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()})
         p = pruned_params(bridge, mask)
         rows.append({"scorer": name, "kind": kind, "budget": b, "n_units": budget_count(bridge, kind, b),
                      "params": p, "params_pct": 100.0 * p / total, **without_items(res), **noise})
@@ -110,16 +113,16 @@ def compare_scorers(
         cost = capability_cost(bridge, ev.neutral or neutral_text(), ablation="zero", progress=progress)
     scored, pick = {}, None
     for name in scorers:
-        kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if name in ("ablate", "patch") \
-            else {"batch_size": batch_size, "seed": seed}
+        kw = ({"metric": metric, "batch_size": batch_size, "progress": progress}
+              if name in ("ablate", "patch") else {"batch_size": batch_size, "seed": seed})
         if name == "ablate" and selector != "oneshot":
-            scored[name], pick = selector_picks(bridge, train, ev.neutral or neutral_text(), selector, metric, cost,
-                                                 max_cost_quantile, seed, batch_size, progress)
+            scored[name], pick = selector_picks(bridge, train, ev.neutral or neutral_text(), selector, metric,
+                                                 cost, max_cost_quantile, seed, batch_size, progress)
         else:
             scored[name] = score(bridge, train, name, **kw)
     rows = pruning_curve(bridge, ev, scored, kinds=kinds, budgets=budgets, cost=cost,
-                         max_cost_quantile=max_cost_quantile, random_control=False, seed=seed, progress=progress,
-                         before=before, pick=pick)
+                         max_cost_quantile=max_cost_quantile, random_control=False, seed=seed,
+                         progress=progress, before=before, pick=pick)
     before = without_items(before)
     for r in rows:
         r["selector"] = selector if r["scorer"] == "ablate" else "oneshot"

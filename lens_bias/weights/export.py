@@ -36,8 +36,8 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             )
 
 
-def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero", overwrite: bool = False,
-              check: bool = True, texts: Sequence[str] = DEFAULT_TEXTS,
+def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str = "zero",
+              overwrite: bool = False, check: bool = True, texts: Sequence[str] = DEFAULT_TEXTS,
               attn_implementation: str | None = "eager", dtype: torch.dtype | None = None,
               means: dict | None = None, ablation: str | None = None) -> Path:
     """Write the materialized model as a Hugging Face folder; return its path.
@@ -45,10 +45,10 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
     The folder holds ``config.json``, the weights (``save_pretrained``: sharded safetensors), the
     tokenizer files, a model card (``README.md``, :func:`lens_bias.weights.model_card.model_card`: what was
     removed and how, without measurements) and, for provenance, the mask in ``lens_bias_mask/``
-    (``mask.safetensors`` + ``mask.json``). ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads it offline
-    without lens_bias. It is written to a temporary folder next to ``out_dir`` and renamed into
-    place, so a crash never leaves a half-written model. An existing non-empty ``out_dir`` is
-    refused unless ``overwrite``.
+    (``mask.safetensors`` + ``mask.json``). ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)``
+    loads it offline without lens_bias. It is written to a temporary folder next to ``out_dir`` and
+    renamed into place, so a crash never leaves a half-written model. An existing non-empty
+    ``out_dir`` is refused unless ``overwrite``.
 
     With ``check`` (default) the model is compared with the bridge in memory before anything is
     written (:func:`lens_bias.weights.verification.materialize_checked`: the allowed difference is
@@ -84,12 +84,14 @@ def export_hf(bridge: Bridge, mask: PruningMask, out_dir: str | Path, mode: str 
     out_dir = Path(out_dir).expanduser().resolve()
     mode, ablation = mode_and_ablation(mode, ablation)
     if ablation == "mean" and means is None:
-        raise MaskError("ablation='mean' needs the units' means: pass means=mean_activations(bridge, neutral_text()) "
-                        "(lens_bias.hooks.capture), the constants the mask was selected with")
+        raise MaskError("ablation='mean' needs the units' means: pass "
+                        "means=mean_activations(bridge, neutral_text()) (lens_bias.hooks.capture), the "
+                        "constants the mask was selected with")
     _prepare_out_dir(out_dir, overwrite)
     if check:
         atol = STRUCTURAL_ATOL if mode == "structural" else 1e-5
-        model, v = materialize_checked(bridge, mask, mode=mode, texts=texts, atol=atol, means=means, ablation=ablation)
+        model, v = materialize_checked(bridge, mask, mode=mode, texts=texts, atol=atol, means=means,
+                                       ablation=ablation)
         if not v.ok:
             raise MaskError(f"{v.summary()}. {why_different(bridge, model)} Nothing was written.")
     elif ablation == "mean":

@@ -30,14 +30,15 @@ BIAS_FLAGS = {"neurons": ("mlp_bias", ("gate_proj", "up_proj", "down_proj")),
 
 def _add_zero_bias(lin: nn.Module) -> None:
     if lin.bias is None:
-        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+                                            device=lin.weight.device))
 
 
 def _enable_biases(model: PreTrainedModel, layers: nn.ModuleList, kind: str) -> None:
     flag, names = BIAS_FLAGS[kind]
     if not hasattr(model.config, flag):
-        raise MaskError(f"{type(model).__name__} has no {flag!r} config flag, so folded {kind} constants could "
-                        "not be saved as biases; use zero ablation for this architecture")
+        raise MaskError(f"{type(model).__name__} has no {flag!r} config flag, so folded {kind} constants "
+                        "could not be saved as biases; use zero ablation for this architecture")
     for layer in layers:
         block = layer.mlp if kind == "neurons" else layer.self_attn
         for n in names:
@@ -46,7 +47,8 @@ def _enable_biases(model: PreTrainedModel, layers: nn.ModuleList, kind: str) -> 
 
 
 @torch.no_grad()
-def fold_constants(bridge: Bridge, mask: PruningMask, constants: dict, device: str | torch.device | None = None,
+def fold_constants(bridge: Bridge, mask: PruningMask, constants: dict,
+                   device: str | torch.device | None = None,
                    model: PreTrainedModel | None = None) -> PreTrainedModel:
     """A new HF model in which ``mask``'s pruned units output ``constants`` (``neurons`` [n_layers,
     d_mlp], ``heads`` [n_layers, n_heads, d_head], e.g. :func:`lens_bias.hooks.capture.mean_activations`)
@@ -76,7 +78,8 @@ def fold_constants(bridge: Bridge, mask: PruningMask, constants: dict, device: s
         if not mask.heads[i].all():
             w = layer.self_attn.o_proj.weight
             cols = [h * d_head + j for h in pruned(mask.heads[i]) for j in range(d_head)]
-            c = torch.cat([constants["heads"][i][h] for h in pruned(mask.heads[i])]).to(w.device, torch.float64)
+            c = torch.cat([constants["heads"][i][h]
+                           for h in pruned(mask.heads[i])]).to(w.device, torch.float64)
             biases[("heads", i)] = w[:, cols].double() @ c
     for kind in KINDS:
         if any(k == kind for k, _ in biases):

@@ -69,13 +69,14 @@ def check_export(ablation: str | None, format: str, mode: str = "zero") -> None:
     check_choice(format, EXPORT_FORMATS, "--format")
     check_choice(mode, MATERIALIZATIONS, "--mode")
     if ablation == "mean" and (format in ("torch-prune", "torch-pruning") or mode != "zero"):
-        raise MaskError(f"the mask was selected under mean ablation: its units output their means, which --format "
-                        f"{format} --mode {mode} would drop; export it with --format hf --mode zero (means folded "
-                        "into biases)")
+        raise MaskError("the mask was selected under mean ablation: its units output their means, which "
+                        f"--format {format} --mode {mode} would drop; export it with --format hf --mode zero "
+                        "(means folded into biases)")
 
 
-def export_mask(mask: PruningMask, out: str | Path, format: str = "hf", load: Callable[[], Bridge] | None = None,
-                mode: str = "zero", overwrite: bool = False, scores: Scores | None = None) -> Path:
+def export_mask(mask: PruningMask, out: str | Path, format: str = "hf",
+                load: Callable[[], Bridge] | None = None, mode: str = "zero", overwrite: bool = False,
+                scores: Scores | None = None) -> Path:
     """Write ``mask`` to ``out`` in ``format`` (see the module docstring) and return ``out``.
     ``load()`` gives the model the mask was selected on, called only when the format needs it
     (``hf``, ``torch-prune``, ``torch-pruning`` without ``d_head`` in the mask); ``scores``:
@@ -108,7 +109,8 @@ def export_mask(mask: PruningMask, out: str | Path, format: str = "hf", load: Ca
         d_head = mask.meta.get("d_head")
         known = mask.heads.all() or d_head
         idx = torch_pruning_indices(mask, d_head=d_head if known else _loaded(load, format).cfg.d_head)
-        out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx}, indent=1))
+        out.write_text(json.dumps({"format": "torch-pruning index lists (lens_bias)", "indices": idx},
+                                  indent=1))
     elif format == "torch-prune":
         save_file(torch_prune_masks(mask, _loaded(load, format)), str(out),
                   metadata={"format": "torch.nn.utils.prune custom_from_mask masks (lens_bias)"})

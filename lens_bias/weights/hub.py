@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..errors import LensBiasError
 
-CONNECT_TIMEOUT_S = 10.0  # a hub that cannot be reached fails in seconds, not minutes; slow uploads are not cut
+# a hub that cannot be reached fails in seconds, not minutes; slow uploads are not cut
+CONNECT_TIMEOUT_S = 10.0
 
 
 def check_push(repo_id: str | None, format: str) -> None:
@@ -25,15 +26,17 @@ def check_push(repo_id: str | None, format: str) -> None:
     Examples:
         >>> check_push(None, "torch-prune"), check_push("me/pruned-model", "hf")
         (None, None)
-        >>> check_push("me/pruned-model", "optipfair")  # doctest: +ELLIPSIS
+        >>> check_push("me/pruned-model", "optipfair")  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
         ...
-        lens_bias.errors.LensBiasError: --push-to-hub uploads a Hugging Face folder: use it with --format hf, ...
+        lens_bias.errors.LensBiasError: --push-to-hub uploads a Hugging Face folder: use it with
+        --format hf, ...
     """
     if repo_id is None:
         return
     if format != "hf":
-        raise LensBiasError(f"--push-to-hub uploads a Hugging Face folder: use it with --format hf, not {format!r}")
+        raise LensBiasError(f"--push-to-hub uploads a Hugging Face folder: use it with --format hf, not "
+                            f"{format!r}")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -47,7 +50,8 @@ def _offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it at import, or as set since."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return (bool(constants.HF_HUB_OFFLINE)
+            or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
 
 
 @contextmanager
@@ -85,12 +89,13 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -
         raise LensBiasError(f"{folder} is not an exported Hugging Face folder (no config.json); "
                             "write it with lens-bias export --format hf first")
     if _offline():
-        raise LensBiasError(f"cannot upload to the Hub: HF_HUB_OFFLINE is set. Unset it and check the network. {later}")
+        raise LensBiasError("cannot upload to the Hub: HF_HUB_OFFLINE is set. Unset it and "
+                            f"check the network. {later}")
     from huggingface_hub import HfApi, get_token
 
     if get_token() is None:
-        raise LensBiasError(f"cannot upload to the Hub: not logged in. Run `hf auth login` (huggingface-cli login "
-                            f"in older versions) or set HF_TOKEN to a token with write access. {later}")
+        raise LensBiasError("cannot upload to the Hub: not logged in. Run `hf auth login` (huggingface-cli "
+                            f"login in older versions) or set HF_TOKEN to a token with write access. {later}")
     try:
         with _connect_timeout(CONNECT_TIMEOUT_S):
             api = HfApi()
@@ -99,6 +104,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -
                               commit_message="Upload a model pruned by lens_bias")
     except Exception as e:  # network (httpx / requests), HTTP 401 / 403 / 404, disk: all a failed upload
         raise LensBiasError(f"uploading {folder} to the Hub repository {repo_id} failed ({type(e).__name__}: "
-                            f"{str(e)[:300]}). Check the network (and proxy), that you are logged in with write "
-                            f"access (`hf auth login` or HF_TOKEN) and the repository id. {later}") from e
+                            f"{str(e)[:300]}). Check the network (and proxy), that you are logged in with "
+                            "write access (`hf auth login` or HF_TOKEN) and the repository id. "
+                            f"{later}") from e
     return str(url)

@@ -150,8 +150,8 @@ def apply_torch_pruning(model: nn.Module, mask: PruningMask) -> nn.Module:
     as in :func:`torch_pruning_indices`).
     Sets ``config.intermediate_size`` when every layer lost the same number of neurons (otherwise
     warns: the model runs, but its config cannot describe it for ``save_pretrained``). Pruned heads are
-    zeroed (``o_proj`` columns), not removed, as in structural :func:`~lens_bias.weights.materialize.materialize`.
-    Needs ``pip install torch-pruning==1.6.1``.
+    zeroed (``o_proj`` columns), not removed, as in structural
+    :func:`~lens_bias.weights.materialize.materialize`. Needs ``pip install torch-pruning==1.6.1``.
 
     Examples:
         >>> from lens_bias import load_model

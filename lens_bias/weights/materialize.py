@@ -196,8 +196,9 @@ def check_fits(model: nn.Module, mask: PruningMask) -> tuple[str, nn.ModuleList,
     for i, layer in enumerate(layers):
         if missing_parts(layer):
             raise MaskError(
-                f"layer {i} ({type(layer).__name__}) lacks mlp.gate_proj/up_proj/down_proj or self_attn.o_proj "
-                "as nn.Linear; materialize supports gated-MLP decoders (Llama, Gemma, Mistral, Qwen)."
+                f"layer {i} ({type(layer).__name__}) lacks mlp.gate_proj/up_proj/down_proj or "
+                "self_attn.o_proj as nn.Linear; materialize supports gated-MLP decoders (Llama, Gemma, "
+                "Mistral, Qwen)."
             )
         down, o_proj = layer.mlp.down_proj, layer.self_attn.o_proj
         if down.in_features != d_mlp:
@@ -207,7 +208,8 @@ def check_fits(model: nn.Module, mask: PruningMask) -> tuple[str, nn.ModuleList,
             )
         if o_proj.in_features % n_heads:
             raise MaskError(
-                f"layer {i}: o_proj has {o_proj.in_features} inputs, not a multiple of the mask's {n_heads} heads"
+                f"layer {i}: o_proj has {o_proj.in_features} inputs, not a multiple of the mask's "
+                f"{n_heads} heads"
             )
         d_head = o_proj.in_features // n_heads
     return prefix, layers, d_head
@@ -268,7 +270,8 @@ def warn_heads_zeroed(mask: PruningMask, what: str) -> None:
 
 
 def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
-                device: str | torch.device | None = None, model: PreTrainedModel | None = None) -> PreTrainedModel:
+                device: str | torch.device | None = None,
+                model: PreTrainedModel | None = None) -> PreTrainedModel:
     """A new HF model with ``mask``'s pruned units removed from the weights (the bridge is unchanged).
 
     * ``mode="zero"``: pruned neuron ``i`` of layer ``L`` gets ``down_proj.weight[:, i] = 0`` and zero
@@ -297,8 +300,8 @@ def materialize(bridge: Bridge, mask: PruningMask, mode: str = "zero",
         True
     """
     if mode not in MATERIALIZATIONS:
-        raise ChoiceError(f"materialize mode must be one of {', '.join(MATERIALIZATIONS)}; got {mode!r} (mean "
-                          "ablation has no exact weight form; use mode='zero')")
+        raise ChoiceError(f"materialize mode must be one of {', '.join(MATERIALIZATIONS)}; got {mode!r} "
+                          "(mean ablation has no exact weight form; use mode='zero')")
     if not isinstance(mask, PruningMask):
         raise MaskError(f"materialize needs a PruningMask, got {type(mask).__name__}")
     mask.check(bridge)

@@ -47,7 +47,8 @@ def constants_kl(bridge: Bridge, mask: PruningMask, constants: dict, texts: Sequ
         for i in range(0, len(texts), batch_size):
             chunk = list(texts[i:i + batch_size])
             tokens = int(encode(tok, chunk).mask.sum())
-            total += float(neutral_kl(bridge, chunk, ablation_hooks(bridge, mask, "mean", constants))) * tokens
+            total += float(neutral_kl(bridge, chunk,
+                                      ablation_hooks(bridge, mask, "mean", constants))) * tokens
             n += tokens
     return total / max(n, 1)
 
@@ -70,7 +71,8 @@ def fit_constants(bridge: Bridge, mask: PruningMask, texts: Sequence[str], steps
         raise MaskError("fit_constants needs texts, steps >= 0, lr > 0 and batch_size >= 1")
     mask.check(bridge)
     init = init if init is not None else mean_activations(bridge, texts)
-    params = {k: init[k].detach().float().clone().to(model_device(bridge)).requires_grad_(True) for k in KINDS}
+    params = {k: init[k].detach().float().clone().to(model_device(bridge)).requires_grad_(True)
+              for k in KINDS}
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []

@@ -67,7 +67,8 @@ class Verification:
     tolerance: float
     dtype: str
     device: str
-    weight_problems: tuple[str, ...] | None = None  # None: weights not checked (structural, or verify() alone)
+    # None: weights not checked (structural, or verify() alone)
+    weight_problems: tuple[str, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,10 +80,12 @@ class Verification:
 
     def summary(self) -> str:
         """One line for logs, the CLI and the report."""
-        head = "export matches the simulation" if self.ok else "EXPORT CHECK FAILED: the model differs from the simulation"
+        head = ("export matches the simulation" if self.ok
+                else "EXPORT CHECK FAILED: the model differs from the simulation")
         rnd = "not measured" if self.rounding is None else f"{self.rounding:.2g}"
         weights = ("weights not checked" if self.weight_problems is None else
-                   "weights: exactly the source with the pruned slices zeroed" if not self.weight_problems else
+                   "weights: exactly the source with the pruned slices zeroed"
+                   if not self.weight_problems else
                    f"weights: {'; '.join(self.weight_problems[:3])}")
         tail = "" if self.conclusive or not self.ok else (
             "; the logit comparison alone is not conclusive at this dtype (the mask's own effect is within "
@@ -95,7 +98,8 @@ class Verification:
         d = asdict(self)
         d["weight_problems"] = None if self.weight_problems is None else list(self.weight_problems)
         return {**d, "ok": self.ok, "conclusive": self.conclusive,
-                "rule": "weights exactly the source with the pruned slices zeroed, and max_diff <= max(atol, 4 x rounding)"}
+                "rule": "weights exactly the source with the pruned slices zeroed, and max_diff <= "
+                        "max(atol, 4 x rounding)"}
 
 
 def tolerance(rounding: float | None, atol: float = ABS_FLOOR) -> float:
@@ -121,7 +125,8 @@ def _ids(bridge: Bridge, texts: Sequence[str]) -> list[Tensor]:
 
 
 def _hf_logits(hf_model: nn.Module, ids: Tensor) -> Tensor:
-    return hf_model(input_ids=ids.to(next(hf_model.parameters()).device), use_cache=False).logits.float().cpu()
+    return hf_model(input_ids=ids.to(next(hf_model.parameters()).device),
+                    use_cache=False).logits.float().cpu()
 
 
 def _bridge_logits(bridge: Bridge, ids: Tensor) -> Tensor:
@@ -173,9 +178,9 @@ def compare(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Seque
 
 def verify(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] = DEFAULT_TEXTS,
            atol: float = ABS_FLOOR, rounding: float | None = None) -> float:
-    """Max abs difference between ``hf_model``'s logits and the bridge's under ``ablate(bridge, mask, "zero")``;
-    raises :class:`~lens_bias.errors.MaskError` when it is above the tolerance (:func:`compare`) or
-    not finite.
+    """Max abs difference between ``hf_model``'s logits and the bridge's under
+    ``ablate(bridge, mask, "zero")``; raises :class:`~lens_bias.errors.MaskError` when it is above the
+    tolerance (:func:`compare`) or not finite.
 
     Examples:
         >>> from lens_bias import load_model
@@ -188,8 +193,9 @@ def verify(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequen
     """
     v = compare(bridge, hf_model, mask, texts, atol, rounding)
     if not v.ok:
-        raise MaskError(f"the materialized model differs from the bridge under zero ablation by {v.max_diff:.3g} "
-                        f"(max abs logit difference, allowed {v.tolerance:g}). {why_different(bridge, hf_model)}")
+        raise MaskError(f"the materialized model differs from the bridge under zero ablation by "
+                        f"{v.max_diff:.3g} (max abs logit difference, allowed {v.tolerance:g}). "
+                        f"{why_different(bridge, hf_model)}")
     return v.max_diff
 
 
@@ -257,8 +263,9 @@ def mode_and_ablation(mode: str, ablation: str | None) -> tuple[str, str]:
     return mode, ablation
 
 
-def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero", texts: Sequence[str] = DEFAULT_TEXTS,
-                        atol: float = ABS_FLOOR, means: dict | None = None,
+def materialize_checked(bridge: Bridge, mask: PruningMask, mode: str = "zero",
+                        texts: Sequence[str] = DEFAULT_TEXTS, atol: float = ABS_FLOOR,
+                        means: dict | None = None,
                         ablation: str | None = None) -> tuple[PreTrainedModel, Verification]:
     """Materialize ``mask`` and judge it in memory, before anything is written: a clean HF model is
     built, its rounding against the bridge measured (:func:`path_rounding`), then the mask is
