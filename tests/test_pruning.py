@@ -139,6 +139,8 @@ def test_cli_prune_refuses_a_selector_without_what_it_needs(scanned, tmp_path, e
     (["--per-layer", "diagonal"], "per_layer must be one of global, uniform; got 'diagonal'"),
     (["--ablation", "half"], "ablation"),
     (["--selector", "bogus"], "--selector must be one of"),
+    (["--mode", "half"], "--mode must be one of zero, structural; got 'half'"),
+    (["--selector", "stable", "--ablation", "mean"], "--selector stable works under zero ablation only"),
 ])
 def test_cli_prune_refuses_bad_choices_in_one_line_before_loading_a_model(scanned, tmp_path, monkeypatch,
                                                                           extra, message):
