@@ -63,6 +63,29 @@ def test_every_change_has_an_interval_and_a_test(run_folder):
             assert t["diff"] == pytest.approx(on_disk["change"][key.replace("_rate", "_points")])
 
 
+def test_bbq_is_measured_before_and_after(run_folder):
+    """With the shared BBQ file, the run scores 200 of its Black / White rows before and after,
+    with intervals, paired tests and a report section; without it, BBQ is absent, not faked."""
+    out, _ = run_folder
+    m = json.loads((out / "metrics.json").read_text())
+    if m["capability_files"]["bbq"] is None:
+        assert m["bbq"] is None and "bbq_acc_ambig" not in m["tests"]
+        return
+    assert m["bbq"]["rows"] == 200 and m["bbq"]["ambiguous_rows"] == 100
+    assert 0 <= m["bbq"]["answers_changed"] <= 200
+    for key in ("bbq_acc_ambig", "bbq_acc_disambig", "bbq_s_dis", "bbq_s_amb"):
+        t, before = m["tests"][key], m["before"]["held_out"]
+        assert t["before"] == pytest.approx(before[key]) and t["diff_ci"][0] <= t["diff"] <= t["diff_ci"][1]
+        assert before[f"{key}_ci"][0] <= before[key] <= before[f"{key}_ci"][1]
+    assert m["tests"]["bbq_acc_ambig"]["test"] == "exact McNemar"
+    assert "Questions about people: BBQ" in (out / "report.html").read_text()
+
+
+def test_no_bbq_leaves_it_out(tmp_path):
+    m = run(small_config(bbq="", curve_random=False, budgets=["2%"]), tmp_path / "r")
+    assert m["bbq"] is None and "bbq_s_dis" not in m["tests"]
+
+
 def test_existing_folder_is_refused(run_folder):
     out, _ = run_folder
     with pytest.raises(RunError, match="--overwrite"):

@@ -24,6 +24,12 @@ ModelOpt = Annotated[str, typer.Option(
 PairsOpt = Annotated[Path | None, typer.Option(
     "--pairs", help="pairs JSONL file (default: bundled templates)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
+BbqOpt = Annotated[bool, typer.Option(
+    "--bbq/--no-bbq", help="BBQ's accuracies and bias scores on its Black / White race rows")]
+BbqFileOpt = Annotated[Path | None, typer.Option(help="BBQ race JSONL (default: ../shared/data)")]
+BbqRowsOpt = Annotated[int, typer.Option(
+    help="BBQ rows, spread over its templates (0 = all 800 Black / White rows)")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="auto, float32, bfloat16 or float16 (auto: the checkpoint's own dtype on a GPU, "
                     "float32 on a CPU)")]

@@ -12,11 +12,15 @@ import typer
 from ..errors import ExportCheckError, LensBiasError
 from .common import (
     AllowOtherPairsOpt,
+    BbqFileOpt,
+    BbqOpt,
+    BbqRowsOpt,
     ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
     DomainsOpt,
     DtypeOpt,
+    JsonOpt,
     ModelOpt,
     OldDomainOpt,
     PairsOpt,
@@ -41,6 +45,7 @@ from .common import (
     warn,
 )
 from .experiment import app as experiment_app
+from .measure import measure_cmd
 from .pairs import pairs_cmd
 from .prune import prune_cmd
 
@@ -49,8 +54,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find, remove and verify the neurons and attention heads that drive Black/White bias.",
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
 
 
 def _pairs(pairs: Path | None, domain: list[str] | None, per_domain: int, seed: int = 0, metric: str = "js"):
@@ -79,96 +82,7 @@ def models(json_out: JsonOpt = False) -> None:
     typer.echo(f"\ncache: {cache_dir()}  (set LENS_BIAS_CACHE to move it)")
 
 
-@app.command()
-def measure(
-    model: ModelOpt = "smollm2-135m",
-    pairs: PairsOpt = None,
-    domains: DomainsOpt = None,
-    domain: OldDomainOpt = None,
-    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
-    crows: Annotated[bool, typer.Option(
-        "--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
-    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
-    numeric: Annotated[bool, typer.Option(
-        "--numeric", help="also the numeric offer disparity (slow)")] = False,
-    seqgap: Annotated[bool, typer.Option(
-        "--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
-    chat_template: ChatOpt = False,
-    batch_size: int = 32,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    trust_remote_code: TrustOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-) -> None:
-    """Print mean JS and logit gap per domain with 95 % intervals; optionally the CrowS-Pairs rates."""
-    from ..measures.capability import crows_summary
-    from ..measures.metrics import measure as measure_pairs
-    from ..prompts.corpora import default_crows_path, load_crows_pairs
-
-    try:
-        domain = old_spelling(domains, domain, "--domains", "--domain")
-        t0 = time.time()
-        ps = _pairs(pairs, domain, per_domain)
-        if crows:
-            path = crows_file or default_crows_path()
-            if path is None:
-                raise LensBiasError(
-                    "no CrowS-Pairs file found: pass --crows-file PATH (crows_pairs_anonymized.csv) "
-                    "or set LENS_BIAS_CROWS"
-                )
-            crows_pairs = load_crows_pairs(path, subset="race-color")
-        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
-        t_load = time.time() - t0
-        res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
-        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
-        if crows:
-            out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
-        if seqgap:
-            out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
-        out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
-    except LensBiasError as e:
-        fail(e)
-    if json_out:
-        typer.echo(json.dumps(out, indent=2))
-        return
-    _print_measure(out)
-
-
-def _measure_seqgap(bridge, domain: list[str] | None, per_domain: int, batch_size: int) -> dict:
-    """``measure --seqgap``: the bundled sentence pairs of the domains, per domain."""
-    from ..measures.targets import sentence_gaps, seqgap_summary
-    from ..prompts.sentences import load_sentence_pairs, stereotype_signs
-
-    sp = load_sentence_pairs(None, domain_list(domain), per_domain)
-    return seqgap_summary(sentence_gaps(bridge, sp, batch_size), sp, stereotype_signs(sp))
-
-
-def _print_measure(out: dict) -> None:
-    """The table of ``measure``: each mean with its 95 % interval, then the CrowS-Pairs rates."""
-    from ..stats import fmt_ci
-    from .common import fmt
-
-    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"] + ["all"]
-    typer.echo(table([[d, out[d].get("n_pairs", out["n_pairs"]), fmt(out[d]["js"]) + fmt_ci(out[d]["js_ci"]),
-                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")]
-                      for d in doms],
-                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]",
-                      "numeric SMD"]))
-    if "multi_token_words" in out:
-        typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
-    if "seqgap" in out:
-        typer.echo(table([[d, r["n_pairs"], fmt(r["seqgap"]) + fmt_ci(r["seqgap_ci"]),
-                           fmt(r.get("stereo_gap")) + fmt_ci(r.get("stereo_gap_ci")), r.get("stereo_rate")]
-                          for d, r in out["seqgap"].items()],
-                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]",
-                          "gap toward the stereotype [95 % CI]", "stereotyped likelier (%)"]))
-    for name, c in out.get("crows_pairs", {}).items():
-        if isinstance(c, dict):
-            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %"
-                       f"{fmt_ci(c['rate_ci'])} (50 % = none); mean log-lik. difference "
-                       f"{c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
+app.command("measure")(measure_cmd)
 
 
 @app.command()
@@ -312,6 +226,7 @@ def run(
     lambada: Annotated[Path | None, typer.Option(
         help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    bbq: BbqOpt = True, bbq_file: BbqFileOpt = None, bbq_rows: BbqRowsOpt = 200,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
     seed: int = 0, batch_size: int = 16,
@@ -333,9 +248,9 @@ def run(
         per_domain=per_domain, held_per_domain=held_per_domain, budget=budget, kind=kind, metric=metric,
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
         selector=selector, ablation=ablation, budgets=curve_budgets,
-        wikitext=str(wikitext) if wikitext else None, lambada=str(lambada) if lambada else None,
-        crows=str(crows_file) if crows_file else None, seed=seed, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, progress=not quiet,
+        wikitext=wikitext and str(wikitext), lambada=lambada and str(lambada), bbq_rows=bbq_rows,
+        crows=crows_file and str(crows_file), bbq=(bbq_file and str(bbq_file)) if bbq else "",
+        seed=seed, batch_size=batch_size, trust_remote_code=trust_remote_code, progress=not quiet,
         **load_options(dtype, device, device_map, chat_template))
     try:
         with interruptible(out):

@@ -13,7 +13,9 @@
 * WikiText-2 perplexity: paired bootstrap over the scored windows (ratio of summed NLL to
   tokens) and the permutation test of the windows' per-token NLL;
 * LAMBADA accuracy (in %, so the change is in points): paired bootstrap over the passages and
-  the exact McNemar test.
+  the exact McNemar test;
+* BBQ's accuracies and bias scores (:func:`lens_bias.measures.bbq.bbq_changes`): paired
+  bootstrap by BBQ template, McNemar for the accuracies, the permutation test for the scores.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..stats import Change, fmt_ci, paired_change, perplexity_stat
+from .bbq import bbq_changes
 from .capability import CrowsScores
 
 CROWS_CHANGES = (("black", "crows_black"), ("race-color", "crows_race_color"))
@@ -79,6 +82,8 @@ def evaluation_changes(before: dict, after: dict, n_boot: int = 2000, seed: int 
                   np.asarray(ai["wikitext_windows"], dtype=np.float64))
         out["wikitext_ppl"] = paired_change(wb, wa, stat=perplexity_stat, n_boot=n_boot, seed=seed,
                                             test_values=(wb[:, 0] / wb[:, 1], wa[:, 0] / wa[:, 1]))
+    if "bbq" in bi and "bbq" in ai:
+        out.update(bbq_changes(bi["bbq"], ai["bbq"], n_boot=n_boot, seed=seed))
     if "lambada_correct" in bi and "lambada_correct" in ai:
         out["lambada_acc"] = paired_change(100.0 * np.asarray(bi["lambada_correct"], dtype=np.float64),
                                            100.0 * np.asarray(ai["lambada_correct"], dtype=np.float64),
@@ -132,6 +137,10 @@ SUMMARY_ROWS = (
     ("CrowS-Pairs log-lik. difference, Black (nats)", "crows_black_mean_diff", "diff", "nats"),
     ("WikiText-2 perplexity", "wikitext_ppl", "pct", "%"),
     ("LAMBADA accuracy (%)", "lambada_acc", "diff", "points"),
+    ("BBQ accuracy, ambiguous contexts (%)", "bbq_acc_ambig", "diff", "points"),
+    ("BBQ accuracy, disambiguated contexts (%)", "bbq_acc_disambig", "diff", "points"),
+    ("BBQ bias score s_DIS (%)", "bbq_s_dis", "diff", "points"),
+    ("BBQ bias score s_AMB (%)", "bbq_s_amb", "diff", "points"),
     ("random mask: held-out mean JS", "random_js", "pct", "%"),
     ("random mask: held-out mean |logit gap|", "random_abs_logit_gap", "pct", "%"),
     ("random mask: sentence pairs, mean |seqgap|", "random_seqgap", "pct", "%"),

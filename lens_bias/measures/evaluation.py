@@ -14,6 +14,7 @@ from ..hooks.ablation import ablate
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..vocab import renamed
+from .bbq import bbq_scores
 from .capability import (
     CrowsScores,
     ReferenceLogprobs,
@@ -30,7 +31,8 @@ from .targets import sentence_gaps
 @dataclass
 class EvalSet:
     """What a pruning is evaluated on: held-out pairs, and capability texts (neutral text for KL,
-    WikiText-2 lines for perplexity, LAMBADA passages, CrowS-Pairs), each optional but the pairs."""
+    WikiText-2 lines for perplexity, LAMBADA passages), CrowS-Pairs and BBQ rows, each optional
+    but the pairs."""
 
     pairs: PairSet
     neutral: list[str] = field(default_factory=list)
@@ -40,6 +42,7 @@ class EvalSet:
     ppl_tokens: int = 4096
     sentences: PairSet | None = None  # held-out counterfactual sentence pairs (seqgap)
     sentence_signs: list[int] = field(default_factory=list)  # +1: the Black sentence is the stereotyped one
+    bbq: list = field(default_factory=list)  # BBQ rows (lens_bias.prompts.bbq.BbqRow)
     _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
 
     def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
@@ -52,19 +55,23 @@ class EvalSet:
 
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablation: str | None = None,
              means: dict | None = None, crows: bool = False, lambada: bool = True, batch_size: int = 32,
-             per_item: bool = False, sentences: bool = True, *, mode: str | None = None) -> dict:
+             per_item: bool = False, sentences: bool = True, *, mode: str | None = None,
+             bbq: bool = False) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
     difference), with ``mask`` simulated by ablation hooks under ``ablation`` (``zero``, the default,
     or ``mean`` with ``means``; ``None`` mask = the unpruned model; ``mode=`` is the old name). With
-    ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`).
+    ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`); with
+    ``bbq`` and BBQ rows in ``ev``, BBQ's accuracies and bias scores
+    (:meth:`lens_bias.measures.bbq.BbqScores.summary`).
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
     :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
     without pos/neg words), per CrowS-Pairs row its log-likelihood difference, per WikiText window
     its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
-    (``seqgap``) and template (``seqgap_templates``)."""
+    (``seqgap``) and template (``seqgap_templates``), and BBQ's answers (``bbq``, a
+    :class:`~lens_bias.measures.bbq.BbqScores`)."""
 
     ablation = renamed(ablation, mode, "ablation", "mode", "zero")
 
@@ -99,6 +106,9 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
             cs = crows_scores(bridge, ev.crows, progress=False)
             items["crows"] = cs
             out.update(crows_outputs(cs))
+        if bbq and ev.bbq:
+            items["bbq"] = bbq_scores(bridge, ev.bbq, batch_size=min(batch_size, 16))
+            out.update(items["bbq"].summary())
     if ev.neutral:
         if mask is None or mask.is_empty():
             out["kl_neutral"] = 0.0
@@ -143,30 +153,35 @@ def pruned_params(bridge: Bridge, mask: PruningMask) -> int:
 
 
 def capability_files(wikitext: str | Path | None = None, lambada: str | Path | None = None,
-                     crows: str | Path | None = None) -> dict:
-    """``{"wikitext", "lambada", "crows"}``: the given files or, when not given, the ones in
-    ``../shared/data`` if present (``None`` when neither)."""
+                     crows: str | Path | None = None, bbq: str | Path | None = None) -> dict:
+    """``{"wikitext", "lambada", "crows", "bbq"}``: the given files or, when not given, the ones in
+    ``../shared/data`` if present (``None`` when neither, or for ``bbq=""``: no BBQ)."""
     from ..prompts.corpora import shared_data_file
 
     return {"wikitext": wikitext or shared_data_file("wikitext2_test.txt"),
             "lambada": lambada or shared_data_file("lambada_openai_test.jsonl"),
-            "crows": crows or shared_data_file("crows_pairs_anonymized.csv")}
+            "crows": crows or shared_data_file("crows_pairs_anonymized.csv"),
+            "bbq": None if bbq == "" else bbq or shared_data_file("bbq_race_ethnicity.jsonl")}
 
 
 def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada: str | Path | None = None,
                      crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
-                     neutral_every: int = 3, sentences: PairSet | None = None) -> EvalSet:
+                     neutral_every: int = 3, sentences: PairSet | None = None,
+                     bbq: str | Path | None = None, bbq_rows: int = 0) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
     when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
     held-out counterfactual sentence pairs for ``seqgap`` (e.g.
-    :func:`lens_bias.prompts.splits.split_sentences`)."""
+    :func:`lens_bias.prompts.splits.split_sentences`); BBQ's Black / White rows from ``bbq`` or
+    ``../shared/data`` (:func:`lens_bias.prompts.bbq.load_bbq`), ``bbq_rows`` of them spread over
+    its templates when not 0 (:func:`lens_bias.prompts.bbq.stratified`)."""
+    from ..prompts.bbq import load_bbq, stratified
     from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
     from ..prompts.pairs import neutral_text
     from ..prompts.sentences import stereotype_signs
 
-    files = capability_files(wikitext, lambada, crows)
-    wt, la, cr = files["wikitext"], files["lambada"], files["crows"]
+    files = capability_files(wikitext, lambada, crows, bbq)
+    wt, la, cr, bq = files["wikitext"], files["lambada"], files["crows"], files["bbq"]
     return EvalSet(
         pairs=held,
         neutral=neutral_text()[::neutral_every],
@@ -176,6 +191,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
         ppl_tokens=ppl_tokens,
         sentences=sentences,
         sentence_signs=stereotype_signs(sentences) if sentences is not None else [],
+        bbq=stratified(load_bbq(bq), bbq_rows) if bq else [],
     )
 
 

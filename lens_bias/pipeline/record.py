@@ -13,6 +13,7 @@ import torch
 
 from ..bridge import Bridge, n_params
 from ..masks import PruningMask
+from ..measures.bbq import BBQ_PROMPT
 from ..measures.changes import crows_rates, run_tests, summary_rows, without_items
 from ..measures.evaluation import pruned_params
 from ..report import figures as viz
@@ -84,6 +85,7 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
                               for k in ("neurons", "heads")},
         "activation_diff_by_layer": {k: v.tolist() for k, v in r.act_diff.items()},
         "continuations": r.continuations,
+        "bbq": _bbq(cfg, inp, r),
         "export": r.export,
         "transfer": (None if r.transfer is None
                      else {k: r.transfer[k] for k in ("rows", "pooled", "n_pairs", "settings")}),
@@ -91,6 +93,16 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "timings_s": timings,
         "versions": _versions(),
     }
+
+
+def _bbq(cfg, inp, r: RunResults) -> dict | None:
+    """Which BBQ rows were scored and how many answers the pruning changed (``None``: no BBQ)."""
+    b, a = (x.get("per_item", {}).get("bbq") for x in (r.before, r.after))
+    if b is None or a is None:
+        return None
+    return {"file": str(inp.files["bbq"]), "subset": "black-white", "rows": len(b.answers),
+            "rows_requested": cfg.bbq_rows or "all", "ambiguous_rows": int(b.ambiguous.sum()),
+            "answers_changed": int((b.answers != a.answers).sum()), "prompt": BBQ_PROMPT}
 
 
 def _selection(cfg, mask: PruningMask) -> dict:
@@ -173,6 +185,22 @@ def _selection_section(rep: Report, sel: dict) -> None:
                    "chosen"])
 
 
+def _bbq_section(rep: Report, m: dict) -> None:
+    b = m["bbq"]
+    rep.heading("Questions about people: BBQ")
+    rep.table([row for row in summary_rows(m) if row[0].startswith("BBQ")],
+              ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
+    rep.text(f"{b['rows']} of BBQ's race rows whose two people are a Black and a White person "
+             f"({b['ambiguous_rows']} with an ambiguous context), spread over its templates; the pruning "
+             f"changed {b['answers_changed']} answers. Each of the three options is scored by its "
+             f"log-likelihood after {b['prompt']!r}; the most likely is the answer. Accuracy on "
+             "ambiguous contexts is how often the model says the answer is unknown, as it should; s_DIS "
+             "and s_AMB are Parrish et al.'s bias scores (0: none, +100: always the stereotype, -100: "
+             "always against it). Intervals: bootstrap by BBQ template; tests: McNemar for the "
+             "accuracies, sign-flip permutation by template for the scores. BBQ is held out: nothing "
+             "was scored, selected or tuned on it.", "note")
+
+
 def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
@@ -195,6 +223,8 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              f"{_prompts_sentence(m['config'])} {m['export']['summary']}.",
              "note" if m["export"]["ok"] else "warn")
     _selection_section(rep, m["selection"])
+    if m.get("bbq"):
+        _bbq_section(rep, m)
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")

@@ -80,6 +80,8 @@ class RunConfig:
     wikitext: str | None = None
     lambada: str | None = None
     crows: str | None = None
+    bbq: str | None = None  # BBQ race JSONL; None = ../shared/data when there ("" = none)
+    bbq_rows: int = 200  # of its 800 Black / White rows, spread over its templates (0 = all)
     ppl_tokens: int = 4096
     lambada_limit: int = 200
     batch_size: int = 16
@@ -217,16 +219,17 @@ def _load(cfg: RunConfig) -> _Inputs:
     if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
         raise RunError(f"--ablation mean is exported by folding the means into biases, which "
                        f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
-    files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows)
+    files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows, cfg.bbq)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"],
                           ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
-                          sentences=s_held if len(s_held) else None)
+                          sentences=s_held if len(s_held) else None, bbq=files["bbq"] or "",
+                          bbq_rows=cfg.bbq_rows)
     return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
     """The unpruned model on the evaluation set, and the mean activation differences per layer."""
-    before = evaluate(bridge, ev, None, crows=True, batch_size=cfg.batch_size, per_item=True)
+    before = evaluate(bridge, ev, None, crows=True, bbq=True, batch_size=cfg.batch_size, per_item=True)
     return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
@@ -271,7 +274,7 @@ def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, s
 def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
                    means: dict | None) -> tuple[dict, dict]:
     """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
-    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size,
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, bbq=True, batch_size=cfg.batch_size,
                      per_item=True)
     rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
     rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False,

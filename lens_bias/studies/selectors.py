@@ -109,7 +109,8 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
     the parameters of the neuron mask of each ``heads_at`` budget: one row each with the selection's
     time, the train JS reduction and the held-out tests of :func:`lens_bias.measures.changes.run_tests`; the
     leave-one-domain-out pooled reduction at ``lodo_budgets`` (for ``lodo_selectors``: all when None)."""
-    before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=batch_size, per_item=True)
+    before = evaluate(bridge, ev, None, crows=True, bbq=True, lambada=False, batch_size=batch_size,
+                      per_item=True)
     train_before = js_items(bridge, train, None, batch_size)
     base_dom = {d: js_items(bridge, ev.pairs.filter(domains=[d]), None, batch_size) for d in ev.pairs.domains}
     jobs = [(s, b, "neurons") for s in specs for b in budgets]
@@ -144,7 +145,8 @@ def selector_row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, befor
     t0 = time.time()
     mask = pick(ts, train)
     seconds = time.time() - t0
-    after = evaluate(bridge, ev, mask, crows=True, lambada=False, batch_size=batch_size, per_item=True)
+    after = evaluate(bridge, ev, mask, crows=True, bbq=True, lambada=False, batch_size=batch_size,
+                     per_item=True)
     row = {"selector": spec.selector, "label": spec.label(), "max_cost_quantile": spec.max_cost_quantile,
            "budget": budget, "kind": kind, "n_pruned": mask.counts()[kind],
            "params": pruned_params(bridge, mask),
@@ -207,7 +209,8 @@ def format_cell(c: dict | None, key: str = "pct") -> str:
 SELECTOR_HEADER = ["selector", "kind", "budget", "n", "train JS red. %", "held-out JS red. %",
                    "held-out JS vs first row %", "LODO JS red. %",
                    "|logit gap| red. %", "seqgap red. %", "CrowS Black change (pts)",
-                   "CrowS race-color change (pts)", "ppl change %",
+                   "CrowS race-color change (pts)", "BBQ ambig. accuracy change (pts)",
+                   "BBQ s_DIS change (pts)", "ppl change %",
                    "KL", "select s"]
 
 
@@ -227,6 +230,7 @@ def selector_rows(res: dict) -> tuple[list[list], list[str]]:
                     format_cell(t.get("abs_logit_gap")), format_cell(t.get("seqgap")),
                     format_cell(t.get("crows_black_rate"), "diff"),
                     format_cell(t.get("crows_race_color_rate"), "diff"),
+                    format_cell(t.get("bbq_acc_ambig"), "diff"), format_cell(t.get("bbq_s_dis"), "diff"),
                     "-" if ppl is None
                     else f"{ppl['pct']:+.1f} [{ppl['pct_ci'][0]:.1f}, {ppl['pct_ci'][1]:.1f}]",
                     "-" if r["kl_neutral"] is None else f"{r['kl_neutral']:.4f}", r["select_seconds"]])

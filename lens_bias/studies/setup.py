@@ -29,7 +29,8 @@ def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[
     train, held = split_pairs(pairs, list(domains) if domains else None, per_domain, held_per_domain,
                               seed=seed, sample_file=True)
     s_held = split_sentences(held.domains, held_per_domain=held_per_domain, seed=seed)[1]
-    ev = standard_evalset(held, ppl_tokens=ppl_tokens, sentences=s_held if len(s_held) else None)
+    ev = standard_evalset(held, ppl_tokens=ppl_tokens, sentences=s_held if len(s_held) else None,
+                          bbq_rows=200)
     return load_model(model, **(load or {})), train, ev
 
 

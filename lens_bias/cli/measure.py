@@ -1,0 +1,147 @@
+"""``lens-bias measure``: the bias of an unpruned model on prompt pairs, with 95 % intervals, and
+optionally on CrowS-Pairs, the bundled sentence pairs and BBQ. Registered on the main app by
+:mod:`lens_bias.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import LensBiasError
+from .common import (
+    BbqFileOpt,
+    BbqOpt,
+    BbqRowsOpt,
+    ChatOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DomainsOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    OldDomainOpt,
+    PairsOpt,
+    QuietOpt,
+    TrustOpt,
+    domain_list,
+    fail,
+    load_bridge,
+    old_spelling,
+    table,
+)
+
+
+def measure_cmd(
+    model: ModelOpt = "smollm2-135m",
+    pairs: PairsOpt = None,
+    domains: DomainsOpt = None,
+    domain: OldDomainOpt = None,
+    per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 48,
+    crows: Annotated[bool, typer.Option(
+        "--crows", help="also the CrowS-Pairs stereotype rates (Black, race-color)")] = False,
+    crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
+    numeric: Annotated[bool, typer.Option(
+        "--numeric", help="also the numeric offer disparity (slow)")] = False,
+    seqgap: Annotated[bool, typer.Option(
+        "--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
+    bbq: BbqOpt = False,
+    bbq_file: BbqFileOpt = None,
+    bbq_rows: BbqRowsOpt = 0,
+    chat_template: ChatOpt = False,
+    batch_size: int = 32,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Print mean JS and logit gap per domain with 95 % intervals; optionally CrowS-Pairs, the
+    sentence-level gap and BBQ."""
+    from ..measures.bbq import bbq_scores
+    from ..measures.capability import crows_summary
+    from ..measures.metrics import measure as measure_pairs
+    from ..measures.targets import load_metric_pairs
+    from ..prompts.bbq import load_bbq, stratified
+
+    try:
+        domain = old_spelling(domains, domain, "--domains", "--domain")
+        t0 = time.time()
+        ps = load_metric_pairs(pairs, domain_list(domain), per_domain)
+        path, crows_pairs = _crows(crows_file) if crows else (None, None)
+        rows = stratified(load_bbq(bbq_file), bbq_rows) if bbq else None  # a missing file: refused now
+        bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
+        t_load = time.time() - t0
+        res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
+        out = {"model": model, "pairs": str(pairs) if pairs else "bundled", **res.summary(ci=True)}
+        if crows:
+            out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
+        if seqgap:
+            out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
+        if rows is not None:
+            out["bbq"] = bbq_scores(bridge, rows, min(batch_size, 16), progress=not quiet).summary()
+        out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
+    except LensBiasError as e:
+        fail(e)
+    if json_out:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    _print_measure(out)
+
+
+def _crows(crows_file: Path | None) -> tuple:
+    """``measure --crows``: the CrowS-Pairs file and its race-color rows (refused before loading)."""
+    from ..prompts.corpora import default_crows_path, load_crows_pairs
+
+    path = crows_file or default_crows_path()
+    if path is None:
+        raise LensBiasError("no CrowS-Pairs file found: pass --crows-file PATH (crows_pairs_anonymized.csv) "
+                            "or set LENS_BIAS_CROWS")
+    return path, load_crows_pairs(path, subset="race-color")
+
+
+def _measure_seqgap(bridge, domain: list[str] | None, per_domain: int, batch_size: int) -> dict:
+    """``measure --seqgap``: the bundled sentence pairs of the domains, per domain."""
+    from ..measures.targets import sentence_gaps, seqgap_summary
+    from ..prompts.sentences import load_sentence_pairs, stereotype_signs
+
+    sp = load_sentence_pairs(None, domain_list(domain), per_domain)
+    return seqgap_summary(sentence_gaps(bridge, sp, batch_size), sp, stereotype_signs(sp))
+
+
+def _print_measure(out: dict) -> None:
+    """The table of ``measure``: each mean with its 95 % interval, then the CrowS-Pairs rates."""
+    from ..stats import fmt_ci
+    from .common import fmt
+
+    doms = [d for d in out if isinstance(out[d], dict) and "js" in out[d] and d != "all"] + ["all"]
+    typer.echo(table([[d, out[d].get("n_pairs", out["n_pairs"]), fmt(out[d]["js"]) + fmt_ci(out[d]["js_ci"]),
+                       fmt(out[d]["logit_gap"]) + fmt_ci(out[d]["logit_gap_ci"]), out[d].get("numeric_smd")]
+                      for d in doms],
+                     ["domain", "pairs", "mean JS (nats) [95 % CI]", "logit gap (W-B) [95 % CI]",
+                      "numeric SMD"]))
+    if "multi_token_words" in out:
+        typer.echo(f"note: words scored by their first token only: {out['multi_token_words']}")
+    if "seqgap" in out:
+        typer.echo(table([[d, r["n_pairs"], fmt(r["seqgap"]) + fmt_ci(r["seqgap_ci"]),
+                           fmt(r.get("stereo_gap")) + fmt_ci(r.get("stereo_gap_ci")), r.get("stereo_rate")]
+                          for d, r in out["seqgap"].items()],
+                         ["sentences", "pairs", "mean |seqgap| (nats) [95 % CI]",
+                          "gap toward the stereotype [95 % CI]", "stereotyped likelier (%)"]))
+    for name, c in out.get("crows_pairs", {}).items():
+        if isinstance(c, dict):
+            typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %"
+                       f"{fmt_ci(c['rate_ci'])} (50 % = none); mean log-lik. difference "
+                       f"{c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
+    if "bbq" in out:
+        b = out["bbq"]
+        typer.echo(f"BBQ ({b['bbq_n']} Black / White rows): accuracy ambiguous {b['bbq_acc_ambig']:.1f} %"
+                   f"{fmt_ci(b['bbq_acc_ambig_ci'])}, disambiguated {b['bbq_acc_disambig']:.1f} %"
+                   f"{fmt_ci(b['bbq_acc_disambig_ci'])}; bias s_DIS {b['bbq_s_dis']:+.1f}"
+                   f"{fmt_ci(b['bbq_s_dis_ci'])}, s_AMB {b['bbq_s_amb']:+.1f}{fmt_ci(b['bbq_s_amb_ci'])}"
+                   " (0 = none)")
