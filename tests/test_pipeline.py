@@ -81,9 +81,29 @@ def test_bbq_is_measured_before_and_after(run_folder):
     assert "Questions about people: BBQ" in (out / "report.html").read_text()
 
 
-def test_no_bbq_leaves_it_out(tmp_path):
-    m = run(small_config(bbq="", curve_random=False, budgets=["2%"]), tmp_path / "r")
+def test_the_generation_audit_is_measured_before_and_after(run_folder):
+    """Our 80 prompt pairs (and BOLD's prompts when the file is there) sampled before and after:
+    every gap with an interval and a paired test, the examples by the fixed rule, a report section."""
+    out, _ = run_folder
+    m = json.loads((out / "metrics.json").read_text())
+    g, before = m["generations"], m["before"]["held_out"]
+    assert g["prompts"]["pairs"] == 160 and g["samples"] == 2
+    situations = ("street", "shop", "school", "work", "housing", "health", "police", "neighbourhood")
+    assert len(g["examples"]) == 16
+    assert {e["template"] for e in g["examples"]} == {f"g-{s}-01" for s in situations}
+    sources = ["pairs"] + (["bold"] if g["prompts"]["bold"] else [])
+    for src in sources:
+        for axis in ("sentiment", "negative", "crime"):
+            t = m["tests"][f"gen_{src}_{axis}_gap"]
+            assert t["before"] == pytest.approx(before[f"gen_{src}_{axis}_gap"])
+            assert t["diff_ci"][0] <= t["diff"] <= t["diff_ci"][1] and 0 < t["p"] <= 1
+    assert "What the model writes" in (out / "report.html").read_text()
+
+
+def test_no_bbq_and_no_generations_leave_them_out(tmp_path):
+    m = run(small_config(bbq="", generations=False, curve_random=False, budgets=["2%"]), tmp_path / "r")
     assert m["bbq"] is None and "bbq_s_dis" not in m["tests"]
+    assert m["generations"] is None and "gen_pairs_crime_gap" not in m["tests"]
 
 
 def test_existing_folder_is_refused(run_folder):

@@ -27,6 +27,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
 BbqOpt = Annotated[bool, typer.Option(
     "--bbq/--no-bbq", help="BBQ's accuracies and bias scores on its Black / White race rows")]
+GenOpt = Annotated[bool, typer.Option(
+    "--generations/--no-generations",
+    help="the generation audit: sampled continuations of our prompt pairs and BOLD's, scored for sentiment "
+         "and crime words")]
+BoldFileOpt = Annotated[Path | None, typer.Option(help="BOLD race prompts JSON (default: ../shared/data)")]
 BbqFileOpt = Annotated[Path | None, typer.Option(help="BBQ race JSONL (default: ../shared/data)")]
 BbqRowsOpt = Annotated[int, typer.Option(
     help="BBQ rows, spread over its templates (0 = all 800 Black / White rows)")]

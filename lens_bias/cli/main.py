@@ -15,11 +15,13 @@ from .common import (
     BbqFileOpt,
     BbqOpt,
     BbqRowsOpt,
+    BoldFileOpt,
     ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
     DomainsOpt,
     DtypeOpt,
+    GenOpt,
     JsonOpt,
     ModelOpt,
     OldDomainOpt,
@@ -227,6 +229,7 @@ def run(
         help="LAMBADA jsonl (default: ../shared/data when present)")] = None,
     crows_file: Annotated[Path | None, typer.Option(help="CrowS-Pairs CSV (default: ../shared/data)")] = None,
     bbq: BbqOpt = True, bbq_file: BbqFileOpt = None, bbq_rows: BbqRowsOpt = 200,
+    generations: GenOpt = True, bold_file: BoldFileOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
     seed: int = 0, batch_size: int = 16,
@@ -250,7 +253,8 @@ def run(
         selector=selector, ablation=ablation, budgets=curve_budgets,
         wikitext=wikitext and str(wikitext), lambada=lambada and str(lambada), bbq_rows=bbq_rows,
         crows=crows_file and str(crows_file), bbq=(bbq_file and str(bbq_file)) if bbq else "",
-        seed=seed, batch_size=batch_size, trust_remote_code=trust_remote_code, progress=not quiet,
+        generations=generations, bold=bold_file and str(bold_file), seed=seed, batch_size=batch_size,
+        trust_remote_code=trust_remote_code, progress=not quiet,
         **load_options(dtype, device, device_map, chat_template))
     try:
         with interruptible(out):

@@ -17,11 +17,13 @@ from .common import (
     BbqFileOpt,
     BbqOpt,
     BbqRowsOpt,
+    BoldFileOpt,
     ChatOpt,
     DeviceMapOpt,
     DeviceOpt,
     DomainsOpt,
     DtypeOpt,
+    GenOpt,
     JsonOpt,
     ModelOpt,
     OldDomainOpt,
@@ -50,8 +52,8 @@ def measure_cmd(
     seqgap: Annotated[bool, typer.Option(
         "--seqgap", help="also the sentence-level gap on the bundled sentence pairs")] = False,
     bbq: BbqOpt = False,
-    bbq_file: BbqFileOpt = None,
-    bbq_rows: BbqRowsOpt = 0,
+    bbq_file: BbqFileOpt = None, bbq_rows: BbqRowsOpt = 0,
+    generations: GenOpt = False, bold_file: BoldFileOpt = None,
     chat_template: ChatOpt = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
@@ -65,9 +67,11 @@ def measure_cmd(
     sentence-level gap and BBQ."""
     from ..measures.bbq import bbq_scores
     from ..measures.capability import crows_summary
+    from ..measures.generations import generation_audit
     from ..measures.metrics import measure as measure_pairs
     from ..measures.targets import load_metric_pairs
     from ..prompts.bbq import load_bbq, stratified
+    from ..prompts.generation import audit_prompts, default_bold_path
 
     try:
         domain = old_spelling(domains, domain, "--domains", "--domain")
@@ -75,6 +79,7 @@ def measure_cmd(
         ps = load_metric_pairs(pairs, domain_list(domain), per_domain)
         path, crows_pairs = _crows(crows_file) if crows else (None, None)
         rows = stratified(load_bbq(bbq_file), bbq_rows) if bbq else None  # a missing file: refused now
+        gen_prompts = audit_prompts(bold_file or default_bold_path()) if generations else None
         bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
         t_load = time.time() - t0
         res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
@@ -85,6 +90,8 @@ def measure_cmd(
             out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
         if rows is not None:
             out["bbq"] = bbq_scores(bridge, rows, min(batch_size, 16), progress=not quiet).summary()
+        if gen_prompts:
+            out["generations"] = generation_audit(bridge, gen_prompts, progress=not quiet).summary()
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
         fail(e)
@@ -138,10 +145,25 @@ def _print_measure(out: dict) -> None:
             typer.echo(f"CrowS-Pairs {name} ({c['n_pairs']} pairs): stereotype rate {c['rate']:.1f} %"
                        f"{fmt_ci(c['rate_ci'])} (50 % = none); mean log-lik. difference "
                        f"{c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
+    if "generations" in out:
+        _print_generations(out["generations"])
     if "bbq" in out:
         b = out["bbq"]
-        typer.echo(f"BBQ ({b['bbq_n']} Black / White rows): accuracy ambiguous {b['bbq_acc_ambig']:.1f} %"
-                   f"{fmt_ci(b['bbq_acc_ambig_ci'])}, disambiguated {b['bbq_acc_disambig']:.1f} %"
-                   f"{fmt_ci(b['bbq_acc_disambig_ci'])}; bias s_DIS {b['bbq_s_dis']:+.1f}"
-                   f"{fmt_ci(b['bbq_s_dis_ci'])}, s_AMB {b['bbq_s_amb']:+.1f}{fmt_ci(b['bbq_s_amb_ci'])}"
-                   " (0 = none)")
+        names = (("bbq_acc_ambig", "accuracy ambiguous", "%"),
+                 ("bbq_acc_disambig", "accuracy disambiguated", "%"),
+                 ("bbq_s_dis", "bias s_DIS", ""), ("bbq_s_amb", "bias s_AMB", ""))
+        parts = [f"{label} {b[k]:.1f}{unit}{fmt_ci(b[k + '_ci'])}" for k, label, unit in names if k in b]
+        typer.echo(f"BBQ ({b['bbq_n']} Black / White rows): {'; '.join(parts)} (bias: 0 = none)")
+
+
+def _print_generations(g: dict) -> None:
+    """``measure --generations``: per prompt source and axis, each group's mean and the gap."""
+    from ..measures.generations import AXES
+    from ..stats import fmt_ci
+
+    rows = [[src, axis, g[f"gen_{src}_n"], f"{g[f'gen_{src}_{axis}_black']:.3f}",
+             f"{g[f'gen_{src}_{axis}_white']:.3f}",
+             f"{g[f'gen_{src}_{axis}_gap']:+.3f}{fmt_ci(g[f'gen_{src}_{axis}_gap_ci'])}"]
+            for src in ("pairs", "bold") if f"gen_{src}_n" in g for axis in AXES]
+    typer.echo(table(rows, ["prompts", "axis", "n", "Black", "White", "gap B-W [95 % CI]"]))
+    typer.echo("sentiment: VADER compound in [-1, 1]; negative, crime: % of continuations (2 a prompt)")

@@ -15,7 +15,10 @@
 * LAMBADA accuracy (in %, so the change is in points): paired bootstrap over the passages and
   the exact McNemar test;
 * BBQ's accuracies and bias scores (:func:`lens_bias.measures.bbq.bbq_changes`): paired
-  bootstrap by BBQ template, McNemar for the accuracies, the permutation test for the scores.
+  bootstrap by BBQ template, McNemar for the accuracies, the permutation test for the scores;
+* the generation audit's Black - White gaps
+  (:func:`lens_bias.measures.generations.generation_changes`): paired bootstrap and permutation
+  test by template (our pairs) or person (BOLD).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from ..stats import Change, fmt_ci, paired_change, perplexity_stat
 from .bbq import bbq_changes
 from .capability import CrowsScores
+from .generations import generation_changes
 
 CROWS_CHANGES = (("black", "crows_black"), ("race-color", "crows_race_color"))
 
@@ -84,6 +88,8 @@ def evaluation_changes(before: dict, after: dict, n_boot: int = 2000, seed: int 
                                             test_values=(wb[:, 0] / wb[:, 1], wa[:, 0] / wa[:, 1]))
     if "bbq" in bi and "bbq" in ai:
         out.update(bbq_changes(bi["bbq"], ai["bbq"], n_boot=n_boot, seed=seed))
+    if "generations" in bi and "generations" in ai:
+        out.update(generation_changes(bi["generations"], ai["generations"], n_boot=n_boot, seed=seed))
     if "lambada_correct" in bi and "lambada_correct" in ai:
         out["lambada_acc"] = paired_change(100.0 * np.asarray(bi["lambada_correct"], dtype=np.float64),
                                            100.0 * np.asarray(ai["lambada_correct"], dtype=np.float64),
@@ -141,6 +147,12 @@ SUMMARY_ROWS = (
     ("BBQ accuracy, disambiguated contexts (%)", "bbq_acc_disambig", "diff", "points"),
     ("BBQ bias score s_DIS (%)", "bbq_s_dis", "diff", "points"),
     ("BBQ bias score s_AMB (%)", "bbq_s_amb", "diff", "points"),
+    ("written text, our pairs: sentiment gap B-W (VADER)", "gen_pairs_sentiment_gap", "diff", "compound"),
+    ("written text, our pairs: negative gap B-W (% of texts)", "gen_pairs_negative_gap", "diff", "points"),
+    ("written text, our pairs: crime-word gap B-W (% of texts)", "gen_pairs_crime_gap", "diff", "points"),
+    ("written text, BOLD: sentiment gap B-W (VADER)", "gen_bold_sentiment_gap", "diff", "compound"),
+    ("written text, BOLD: negative gap B-W (% of texts)", "gen_bold_negative_gap", "diff", "points"),
+    ("written text, BOLD: crime-word gap B-W (% of texts)", "gen_bold_crime_gap", "diff", "points"),
     ("random mask: held-out mean JS", "random_js", "pct", "%"),
     ("random mask: held-out mean |logit gap|", "random_abs_logit_gap", "pct", "%"),
     ("random mask: sentence pairs, mean |seqgap|", "random_seqgap", "pct", "%"),

@@ -24,6 +24,7 @@ from .capability import (
     perplexity_windows,
     reference_logprobs,
 )
+from .generations import generation_audit
 from .metrics import measure
 from .targets import sentence_gaps
 
@@ -31,8 +32,8 @@ from .targets import sentence_gaps
 @dataclass
 class EvalSet:
     """What a pruning is evaluated on: held-out pairs, and capability texts (neutral text for KL,
-    WikiText-2 lines for perplexity, LAMBADA passages), CrowS-Pairs and BBQ rows, each optional
-    but the pairs."""
+    WikiText-2 lines for perplexity, LAMBADA passages), CrowS-Pairs and BBQ rows and the generation
+    audit's prompts, each optional but the pairs."""
 
     pairs: PairSet
     neutral: list[str] = field(default_factory=list)
@@ -43,6 +44,9 @@ class EvalSet:
     sentences: PairSet | None = None  # held-out counterfactual sentence pairs (seqgap)
     sentence_signs: list[int] = field(default_factory=list)  # +1: the Black sentence is the stereotyped one
     bbq: list = field(default_factory=list)  # BBQ rows (lens_bias.prompts.bbq.BbqRow)
+    generation: list = field(default_factory=list)  # lens_bias.prompts.generation.GenerationPrompt
+    gen_k: int = 2  # continuations sampled per generation prompt
+    gen_tokens: int = 20  # tokens per continuation
     _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
 
     def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
@@ -56,7 +60,7 @@ class EvalSet:
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablation: str | None = None,
              means: dict | None = None, crows: bool = False, lambada: bool = True, batch_size: int = 32,
              per_item: bool = False, sentences: bool = True, *, mode: str | None = None,
-             bbq: bool = False) -> dict:
+             bbq: bool = False, generations: bool = False) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
@@ -64,14 +68,16 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     or ``mean`` with ``means``; ``None`` mask = the unpruned model; ``mode=`` is the old name). With
     ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`); with
     ``bbq`` and BBQ rows in ``ev``, BBQ's accuracies and bias scores
-    (:meth:`lens_bias.measures.bbq.BbqScores.summary`).
+    (:meth:`lens_bias.measures.bbq.BbqScores.summary`); with ``generations`` and generation prompts
+    in ``ev``, the generation audit's gaps (:meth:`lens_bias.measures.generations.GenerationAudit.summary`).
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
     :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
     without pos/neg words), per CrowS-Pairs row its log-likelihood difference, per WikiText window
     its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
-    (``seqgap``) and template (``seqgap_templates``), and BBQ's answers (``bbq``, a
-    :class:`~lens_bias.measures.bbq.BbqScores`)."""
+    (``seqgap``) and template (``seqgap_templates``), BBQ's answers (``bbq``, a
+    :class:`~lens_bias.measures.bbq.BbqScores`) and the continuations (``generations``, a
+    :class:`~lens_bias.measures.generations.GenerationAudit`)."""
 
     ablation = renamed(ablation, mode, "ablation", "mode", "zero")
 
@@ -109,6 +115,10 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
         if bbq and ev.bbq:
             items["bbq"] = bbq_scores(bridge, ev.bbq, batch_size=min(batch_size, 16))
             out.update(items["bbq"].summary())
+        if generations and ev.generation:
+            items["generations"] = generation_audit(bridge, ev.generation, ev.gen_k, ev.gen_tokens,
+                                                    batch_size=8 * batch_size)
+            out.update(items["generations"].summary())
     if ev.neutral:
         if mask is None or mask.is_empty():
             out["kl_neutral"] = 0.0
@@ -153,34 +163,41 @@ def pruned_params(bridge: Bridge, mask: PruningMask) -> int:
 
 
 def capability_files(wikitext: str | Path | None = None, lambada: str | Path | None = None,
-                     crows: str | Path | None = None, bbq: str | Path | None = None) -> dict:
-    """``{"wikitext", "lambada", "crows", "bbq"}``: the given files or, when not given, the ones in
-    ``../shared/data`` if present (``None`` when neither, or for ``bbq=""``: no BBQ)."""
+                     crows: str | Path | None = None, bbq: str | Path | None = None,
+                     bold: str | Path | None = None) -> dict:
+    """``{"wikitext", "lambada", "crows", "bbq", "bold"}``: the given files or, when not given, the
+    ones in ``../shared/data`` if present (``None`` when neither, or for ``bbq=""`` / ``bold=""``:
+    none)."""
     from ..prompts.corpora import shared_data_file
 
     return {"wikitext": wikitext or shared_data_file("wikitext2_test.txt"),
             "lambada": lambada or shared_data_file("lambada_openai_test.jsonl"),
             "crows": crows or shared_data_file("crows_pairs_anonymized.csv"),
-            "bbq": None if bbq == "" else bbq or shared_data_file("bbq_race_ethnicity.jsonl")}
+            "bbq": None if bbq == "" else bbq or shared_data_file("bbq_race_ethnicity.jsonl"),
+            "bold": None if bold == "" else bold or shared_data_file("bold_race_prompts.json")}
 
 
 def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada: str | Path | None = None,
                      crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
                      neutral_every: int = 3, sentences: PairSet | None = None,
-                     bbq: str | Path | None = None, bbq_rows: int = 0) -> EvalSet:
+                     bbq: str | Path | None = None, bbq_rows: int = 0, generation: bool = False,
+                     bold: str | Path | None = None, bold_per_group: int = 40) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
     when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
     held-out counterfactual sentence pairs for ``seqgap`` (e.g.
     :func:`lens_bias.prompts.splits.split_sentences`); BBQ's Black / White rows from ``bbq`` or
     ``../shared/data`` (:func:`lens_bias.prompts.bbq.load_bbq`), ``bbq_rows`` of them spread over
-    its templates when not 0 (:func:`lens_bias.prompts.bbq.stratified`)."""
+    its templates when not 0 (:func:`lens_bias.prompts.bbq.stratified`); with ``generation``, the
+    generation audit's prompts: our pairs and ``bold_per_group`` BOLD people a group from ``bold``
+    or ``../shared/data`` (:func:`lens_bias.prompts.generation.audit_prompts`)."""
     from ..prompts.bbq import load_bbq, stratified
     from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
+    from ..prompts.generation import audit_prompts
     from ..prompts.pairs import neutral_text
     from ..prompts.sentences import stereotype_signs
 
-    files = capability_files(wikitext, lambada, crows, bbq)
+    files = capability_files(wikitext, lambada, crows, bbq, bold)
     wt, la, cr, bq = files["wikitext"], files["lambada"], files["crows"], files["bbq"]
     return EvalSet(
         pairs=held,
@@ -192,6 +209,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
         sentences=sentences,
         sentence_signs=stereotype_signs(sentences) if sentences is not None else [],
         bbq=stratified(load_bbq(bq), bbq_rows) if bq else [],
+        generation=audit_prompts(files["bold"], bold_per_group) if generation else [],
     )
 
 

@@ -82,6 +82,10 @@ class RunConfig:
     crows: str | None = None
     bbq: str | None = None  # BBQ race JSONL; None = ../shared/data when there ("" = none)
     bbq_rows: int = 200  # of its 800 Black / White rows, spread over its templates (0 = all)
+    generations: bool = True  # the generation audit: our prompt pairs and BOLD's, sampled before / after
+    bold: str | None = None  # BOLD race prompts JSON; None = ../shared/data when there ("" = none)
+    bold_per_group: int = 40  # BOLD people per group (0 = all)
+    gen_samples: int = 2  # continuations sampled per prompt
     ppl_tokens: int = 4096
     lambada_limit: int = 200
     batch_size: int = 16
@@ -219,17 +223,20 @@ def _load(cfg: RunConfig) -> _Inputs:
     if cfg.ablation == "mean" and not hasattr(bridge.original_model.config, "mlp_bias"):
         raise RunError(f"--ablation mean is exported by folding the means into biases, which "
                        f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
-    files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows, cfg.bbq)
+    files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows, cfg.bbq, cfg.bold)
     ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"],
                           ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
                           sentences=s_held if len(s_held) else None, bbq=files["bbq"] or "",
-                          bbq_rows=cfg.bbq_rows)
+                          bbq_rows=cfg.bbq_rows, generation=cfg.generations, bold=files["bold"] or "",
+                          bold_per_group=cfg.bold_per_group)
+    ev.gen_k = cfg.gen_samples
     return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
     """The unpruned model on the evaluation set, and the mean activation differences per layer."""
-    before = evaluate(bridge, ev, None, crows=True, bbq=True, batch_size=cfg.batch_size, per_item=True)
+    before = evaluate(bridge, ev, None, crows=True, bbq=True, generations=True, batch_size=cfg.batch_size,
+                      per_item=True)
     return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
@@ -274,8 +281,8 @@ def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, s
 def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
                    means: dict | None) -> tuple[dict, dict]:
     """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
-    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, bbq=True, batch_size=cfg.batch_size,
-                     per_item=True)
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, bbq=True, generations=True,
+                     batch_size=cfg.batch_size, per_item=True)
     rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
     rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False,
                     batch_size=cfg.batch_size, per_item=True)
