@@ -79,7 +79,7 @@ def mentions_crime(texts: Sequence[str]) -> np.ndarray:
 
 @dataclass
 class GenerationAudit:
-    """Per prompt (``prompts``): its continuations (``texts`` [prompt][sample]) and each axis
+    """Per prompt (``prompts``): its continuations (``texts[prompt][sample]``) and each axis
     averaged over its samples (``values[axis]`` [prompt]; ``negative`` and ``crime`` in %)."""
 
     prompts: list[GenerationPrompt]
