@@ -113,8 +113,10 @@ class GenerationAudit:
         White) with the gap's ``_gap_ci``; ``gen_<source>_n`` (prompts)."""
         out: dict = {}
         for source in SOURCES:
-            if not any(p.source == source for p in self.prompts):
+            n = sum(p.source == source for p in self.prompts)
+            if not n:
                 continue
+            out[f"gen_{source}_n"] = n
             for axis in AXES:
                 cols, clusters, _ = self.columns(source, axis)
                 key = f"gen_{source}_{axis}"
@@ -122,7 +124,6 @@ class GenerationAudit:
                 out[f"{key}_white"] = float(cols[:, 2].sum() / cols[:, 3].sum())
                 out[f"{key}_gap"] = float(gap_stat(cols, np.ones((1, len(cols))))[0])
                 out[f"{key}_gap_ci"] = bootstrap_ci(cols, clusters, n_boot=n_boot, seed=seed, stat=gap_stat)
-            out[f"gen_{source}_n"] = len(cols)
         return out
 
 

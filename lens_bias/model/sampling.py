@@ -106,7 +106,7 @@ def _sample_batch(bridge: Bridge, rows: list[list[int]], u: Tensor, k: int,
             nxt = pick_tokens(last, draws[span, j.clamp(0, new - 1)], *how).cpu()
             ok = (j >= 0) & (j < new)
             picked[span[ok], j[ok]] = nxt[ok]
-            nxt = torch.where(j < 0, forced[span, (lo + step) % forced.shape[1]], nxt)
+            nxt = torch.where(j < 0, forced[:, min(lo + step, forced.shape[1] - 1)], nxt)
             if step + 1 < steps:
                 last = continue_from(bridge, nxt[:, None].to(dev), cache)[:, -1]
     return picked.reshape(len(rows), k, new).tolist()
