@@ -1,12 +1,16 @@
-"""BBQ (all 800 Black / White race rows) and the generation audit (our 160 prompts and 80 BOLD
-prompts) on an unpruned model and, with a mask, before and after it: the numbers of
-docs/results.md's "Bias as users see it".
+"""BBQ (all 800 Black / White race rows), the generation audit (our 160 prompts and 80 BOLD
+prompts) and the knowledge probe (126 facts) on an unpruned model and, with a mask, before and after
+it and beside a random mask of the same size: the numbers of docs/results.md's "Bias as users see
+it".
 
     python benchmarks/user_measures.py OUT.json                                  # SmolLM2, unpruned
     python benchmarks/user_measures.py OUT.json --mask runs/demo                 # and the demo's mask
+    python benchmarks/user_measures.py OUT.json --mask runs/demo --random        # and a random mask
     python benchmarks/user_measures.py OUT.json --model gemma3-270m
+    python benchmarks/user_measures.py OUT.json --measures knowledge             # one measure
 
-Reads ../shared/data (BBQ and BOLD). About 8 min for SmolLM2 with a mask on a 2-core CPU.
+Reads ../shared/data (BBQ and BOLD). About 8 min for SmolLM2 with a mask on a 2-core CPU (the
+knowledge probe alone: seconds).
 """
 
 import argparse
@@ -19,16 +23,32 @@ from lens_bias.hooks.ablation import ablate
 from lens_bias.masks import PruningMask
 from lens_bias.measures.bbq import bbq_changes, bbq_scores
 from lens_bias.measures.generations import generation_audit, generation_changes
+from lens_bias.measures.knowledge import knowledge_changes, knowledge_scores
 from lens_bias.prompts.bbq import load_bbq
 from lens_bias.prompts.generation import audit_prompts, default_bold_path
+from lens_bias.prompts.knowledge import load_knowledge
+from lens_bias.selection.topk import random_mask
+
+LOADERS = {"bbq": load_bbq, "generations": lambda: audit_prompts(default_bold_path()),
+           "knowledge": load_knowledge}
+SCORERS = {"bbq": lambda b, x: bbq_scores(b, x, batch_size=16),
+           "generations": lambda b, x: generation_audit(b, x, batch_size=128),
+           "knowledge": lambda b, x: knowledge_scores(b, x)}
+CHANGES = {"bbq": bbq_changes, "generations": generation_changes, "knowledge": knowledge_changes}
 
 
-def measure(bridge, rows, prompts) -> tuple:
-    t0 = time.time()
-    scores = bbq_scores(bridge, rows, batch_size=16)
-    t1 = time.time()
-    audit = generation_audit(bridge, prompts, batch_size=128)
-    return scores, audit, {"bbq_s": round(t1 - t0, 1), "generations_s": round(time.time() - t1, 1)}
+def measure(bridge, inputs: dict) -> tuple[dict, dict]:
+    """Each measure's scores and its seconds."""
+    out, secs = {}, {}
+    for name, x in inputs.items():
+        t0 = time.time()
+        out[name] = SCORERS[name](bridge, x)
+        secs[f"{name}_s"] = round(time.time() - t0, 1)
+    return out, secs
+
+
+def changes(before: dict, after: dict) -> dict:
+    return {k: c.to_dict() for name in before for k, c in CHANGES[name](before[name], after[name]).items()}
 
 
 def main() -> None:
@@ -36,18 +56,27 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--mask", type=Path, help="a mask (or run folder) to measure after, under zero ablation")
+    ap.add_argument("--random", action="store_true", help="also a random mask of the mask's size (seed 0)")
+    ap.add_argument("--measures", default="bbq,generations,knowledge")
     a = ap.parse_args()
     bridge = load_model(a.model)
-    rows, prompts = load_bbq(), audit_prompts(default_bold_path())
-    bq, ga, secs = measure(bridge, rows, prompts)
-    out = {"model": a.model, "seconds": secs, "bbq": bq.summary(), "generations": ga.summary()}
+    inputs = {m: LOADERS[m]() for m in a.measures.split(",")}
+    before, secs = measure(bridge, inputs)
+    out = {"model": a.model, "seconds": secs, **{m: s.summary() for m, s in before.items()}}
     if a.mask is not None:
-        with ablate(bridge, PruningMask.load(a.mask)):
-            bq2, ga2, _ = measure(bridge, rows, prompts)
-        out.update({"bbq_after": bq2.summary(), "generations_after": ga2.summary(),
-                    "bbq_answers_changed": int((bq.answers != bq2.answers).sum()),
-                    "changes": {k: c.to_dict() for k, c in {**bbq_changes(bq, bq2),
-                                                            **generation_changes(ga, ga2)}.items()}})
+        mask = PruningMask.load(a.mask)
+        masks = {"after": mask}
+        if a.random:
+            c = mask.counts()
+            kind = "neurons" if c["neurons"] else "heads"
+            masks["random"] = random_mask(bridge, str(c[kind]), kind, seed=0)
+        for label, m in masks.items():
+            with ablate(bridge, m):
+                after, _ = measure(bridge, inputs)
+            out[label] = {name: s.summary() for name, s in after.items()}
+            out[f"changes_{label}"] = changes(before, after)
+            if "bbq" in after:
+                out[label]["bbq_answers_changed"] = int((before["bbq"].answers != after["bbq"].answers).sum())
     a.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 

@@ -13,6 +13,7 @@ choice                    values                                          where 
 :data:`Selector`          oneshot, stable, iterative, learned, auto (+)   ``--selector``
 :data:`PerLayer`          global, uniform                                 ``--per-layer``
 :data:`ExportFormat`      hf, torch-prune, torch-pruning, optipfair       ``--format`` of export
+:data:`UserMeasure`       bbq, generations, knowledge                     ``--measures`` of experiments
 ========================  ==============================================  ==========================
 
 (+) selectors are an open set: their registry, :mod:`lens_bias.selection.registry`, checks them.
@@ -48,6 +49,9 @@ PerLayer: TypeAlias = Literal["global", "uniform"]
 PER_LAYER: tuple[PerLayer, ...] = ("global", "uniform")
 ExportFormat: TypeAlias = Literal["hf", "torch-prune", "torch-pruning", "optipfair"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("hf", "torch-prune", "torch-pruning", "optipfair")
+#: the measures of bias as users see it, each a flag of lens_bias.measures.evaluation.evaluate
+UserMeasure: TypeAlias = Literal["bbq", "generations", "knowledge"]
+USER_MEASURES: tuple[UserMeasure, ...] = ("bbq", "generations", "knowledge")
 
 
 def check_choice(value, valid: tuple[str, ...], what: str) -> str:
@@ -121,3 +125,18 @@ def renamed(new_value, old_value, new: str, old: str, default):
         raise ChoiceError(f"{old}= is the old name of {new}=; pass only {new}=")
     warnings.warn(f"{old}= is now {new}=; the old name will be removed", DeprecationWarning, stacklevel=3)
     return old_value
+
+
+def measure_flags(names, what: str = "measures") -> dict[str, bool]:
+    """The ``evaluate`` keywords that turn on the :data:`UserMeasure` ``names`` (each checked).
+
+    Examples:
+        >>> measure_flags(["knowledge", "bbq"])
+        {'bbq': True, 'knowledge': True}
+        >>> measure_flags(["crows"], "--measures")
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.ChoiceError: --measures must be one of bbq, generations, knowledge; got 'crows'
+    """
+    given = {check_choice(n, USER_MEASURES, what) for n in names}
+    return {m: True for m in USER_MEASURES if m in given}

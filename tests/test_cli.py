@@ -62,6 +62,25 @@ def test_measure_generations_and_bbq_on_tiny(tmp_path):
     assert r.exit_code == 2 and "no BBQ file" in r.output
 
 
+def test_measure_knowledge_on_tiny(tmp_path):
+    """measure --knowledge prints the probe's line (bundled facts, or a file of one's own, which
+    implies the probe); a bad file fails in one line before loading."""
+    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "1", "--knowledge",
+                            "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    k = json.loads(r.output)["knowledge"]
+    assert k["know_n"] == 126 and k["know_logprob_ci"][0] <= k["know_logprob"] <= k["know_logprob_ci"][1]
+    f = tmp_path / "probe.json"
+    item = {"id": "a", "group": "other", "prompt": "Paris is in", "answer": "France"}
+    f.write_text(json.dumps({"items": [item]}))
+    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--per-domain", "1", "--knowledge-file",
+                            str(f)])
+    assert r.exit_code == 0 and "knowledge probe (1 facts)" in r.output, r.output
+    f.write_text('{"items": [{"id": "a"}]}')
+    r = runner.invoke(app, ["measure", "--model", "tiny-random", "--knowledge-file", str(f)])
+    assert r.exit_code == 2 and "item 0 lacks group, prompt, answer" in r.output
+
+
 def test_measure_bad_pairs_file(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("{oops\n")
@@ -154,8 +173,8 @@ def test_old_option_spellings_still_work_hidden_and_with_a_warning(tmp_path, old
 def test_experiment_selectors_takes_its_old_option_spelling(monkeypatch, tmp_path):
     from lens_bias.cli import study
 
-    def stop(self, ppl_tokens=2048):
-        raise study.LensBiasError("stopped before loading")
+    def stop(self, ppl_tokens=2048, measures=None):
+        raise study.LensBiasError(f"stopped before loading, measures {measures}")
 
     monkeypatch.setattr(study.StudyOptions, "inputs", stop)
     r = runner.invoke(app, ["experiment", "selectors", "--methods", "oneshot,bogus", "-o",
@@ -163,4 +182,8 @@ def test_experiment_selectors_takes_its_old_option_spelling(monkeypatch, tmp_pat
     assert r.exit_code == 2 and "--methods is now --selectors" in r.output
     assert "--selectors must be one of oneshot" in r.output and "got 'bogus'" in r.output, r.output
     r = runner.invoke(app, ["experiment", "selectors", "--selectors", "oneshot", "-o", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "stopped before loading" in r.output
+    assert r.exit_code == 2 and "stopped before loading, measures ['bbq', 'knowledge']" in r.output
+    for cmd in ("selectors", "curve"):  # --measures: checked before loading, one line naming the valid ones
+        r = runner.invoke(app, ["experiment", cmd, "--measures", "knowledge,crows", "-o",
+                                str(tmp_path / "x")])
+        assert r.exit_code == 2 and "--measures must be one of bbq, generations, knowledge" in r.output

@@ -57,6 +57,29 @@ def test_scorer_comparison_is_parameter_matched(tiny, split, ev):
     assert set(w["neurons_minus_heads_pct_points"]) == {"ablate", "actdiff", "random"}
 
 
+def test_the_curve_takes_the_user_measures(tiny, split):
+    """``measures``: the knowledge probe at every point, with its change, interval and test against
+    the unpruned model; an unknown measure is refused naming the valid ones."""
+    from lens_bias.errors import ChoiceError
+    from lens_bias.prompts.knowledge import load_knowledge
+
+    ev_k = evaluation.EvalSet(pairs=split[1], knowledge=load_knowledge()[:16])
+    res = curve.compare_scorers(tiny, split[0], ev_k, scorers=("random",), kinds=("neurons",),
+                                budgets=("2%params",), max_cost_quantile=None, progress=False,
+                                measures=("knowledge",))
+    [row] = res["rows"]
+    assert res["before"]["know_n"] == 16 and row["know_n"] == 16
+    assert res["settings"]["measures"] == ["knowledge"]
+    t = row["tests"]["know_logprob"]
+    assert t["before"] == pytest.approx(res["before"]["know_logprob"]) and t["after"] == pytest.approx(
+        row["know_logprob"])
+    # the first 16 facts are about Black people: no White-facts score
+    assert set(row["tests"]) == {"know_logprob", "know_logprob_black", "know_top1", "know_topk"}
+    json.dumps(res)
+    with pytest.raises(ChoiceError, match="bbq, generations, knowledge"):
+        curve.pruning_curve(tiny, ev_k, {}, measures=("crows",))
+
+
 def test_generalization_evaluates_only_held_out_templates(tiny, split, ev, monkeypatch):
     train, held = split
     seen = []

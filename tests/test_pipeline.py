@@ -100,10 +100,37 @@ def test_the_generation_audit_is_measured_before_and_after(run_folder):
     assert "What the model writes" in (out / "report.html").read_text()
 
 
-def test_no_bbq_and_no_generations_leave_them_out(tmp_path):
-    m = run(small_config(bbq="", generations=False, curve_random=False, budgets=["2%"]), tmp_path / "r")
+def test_the_knowledge_probe_is_measured_beside_the_random_mask(run_folder):
+    """The probe before and after, with the random mask of the same size beside it (as BBQ and the
+    audit are); the damage flag in metrics.json and the report says what the tests say."""
+    from lens_bias.measures.knowledge import knowledge_damage
+
+    out, _ = run_folder
+    m = json.loads((out / "metrics.json").read_text())
+    k, before, tests = m["knowledge"], m["before"]["held_out"], m["tests"]
+    assert k["items"] == 126 and k["per_group"] == {"black": 74, "white": 52} and k["k"] == 10
+    for key in ("know_logprob", "know_logprob_black", "know_logprob_white", "know_top1", "know_topk"):
+        for t in (tests[key], tests[f"random_{key}"]):
+            assert t["before"] == pytest.approx(before[key])
+            assert t["diff_ci"][0] <= t["diff"] <= t["diff_ci"][1]
+    assert tests["know_top1"]["test"] == "exact McNemar" and "permutation" in tests["know_logprob"]["test"]
+    assert k["damaged"] == knowledge_damage(tests)
+    assert k["random_damaged"] == knowledge_damage(tests, "random_")
+    drops = [d["logprob_after"] - d["logprob_before"] for d in k["largest_drops"]]
+    assert len(drops) == 5 and drops == sorted(drops)
+    for key in [t for t in tests if t.startswith(("bbq_", "gen_"))]:
+        assert f"random_{key}" in tests  # every user measure has its random-mask control
+    html = (out / "report.html").read_text()
+    assert "What the model must still know" in html and "random mask: change" in html
+    assert ("Knowledge damaged" in html) == bool(k["damaged"])
+
+
+def test_no_bbq_no_generations_no_knowledge_leave_them_out(tmp_path):
+    m = run(small_config(bbq="", generations=False, knowledge="", curve_random=False, budgets=["2%"]),
+            tmp_path / "r")
     assert m["bbq"] is None and "bbq_s_dis" not in m["tests"]
     assert m["generations"] is None and "gen_pairs_crime_gap" not in m["tests"]
+    assert m["knowledge"] is None and not any(k.startswith(("know_", "random_know")) for k in m["tests"])
 
 
 def test_existing_folder_is_refused(run_folder):

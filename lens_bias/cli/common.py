@@ -33,8 +33,30 @@ GenOpt = Annotated[bool, typer.Option(
          "and crime words")]
 BoldFileOpt = Annotated[Path | None, typer.Option(help="BOLD race prompts JSON (default: ../shared/data)")]
 BbqFileOpt = Annotated[Path | None, typer.Option(help="BBQ race JSONL (default: ../shared/data)")]
+KnowOpt = Annotated[bool, typer.Option(
+    "--knowledge/--no-knowledge",
+    help="the knowledge probe: facts about Black and White people, history and culture that debiasing "
+         "must not remove (log-probability and top-k accuracy of the answers)")]
+KnowFileOpt = Annotated[Path | None, typer.Option(
+    help="a knowledge probe JSON of your own (default: the bundled 126 facts)")]
+MeasuresOpt = Annotated[str, typer.Option(
+    help="measures of bias as users see it, comma-separated: bbq, generations (slow), knowledge "
+         "('' = none)")]
+WikitextOpt = Annotated[Path | None, typer.Option(help="WikiText-2 test file (default: ../shared/data)")]
+LambadaOpt = Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")]
 BbqRowsOpt = Annotated[int, typer.Option(
     help="BBQ rows, spread over its templates (0 = all 800 Black / White rows)")]
+
+
+def user_options(bbq: bool, bbq_file: Path | None, bbq_rows: int, generations: bool, bold_file: Path | None,
+                 knowledge: bool, knowledge_file: Path | None) -> dict:
+    """The :class:`lens_bias.pipeline.stages.RunConfig` fields of ``run``'s BBQ, generation audit and
+    knowledge probe options (a file of ``""``: that measure is off)."""
+    path = lambda f: f and str(f)  # noqa: E731
+    return {"bbq": path(bbq_file) if bbq else "", "bbq_rows": bbq_rows, "generations": generations,
+            "bold": path(bold_file), "knowledge": path(knowledge_file) if knowledge else ""}
+
+
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="auto, float32, bfloat16 or float16 (auto: the checkpoint's own dtype on a GPU, "
                     "float32 on a CPU)")]
@@ -292,6 +314,7 @@ SelectorOpt = Annotated[str, typer.Option(
 def print_run(m: dict, out: Path) -> None:
     """The summary of a run: before / after table, what was pruned, validation and export checks."""
     from ..measures.changes import summary_rows
+    from ..pipeline.user_measures import knowledge_warning
 
     sel = m.get("selection") or {}
     if sel.get("chosen"):
@@ -305,5 +328,7 @@ def print_run(m: dict, out: Path) -> None:
     typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
                f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
     typer.echo(m["export"]["summary"])
+    if warning := knowledge_warning(m):
+        typer.secho(warning, fg=typer.colors.YELLOW)
     model = ", model/" if m["export"]["ok"] else "; NO model/: the export check failed"
     typer.echo(f"wrote {out}/ (report.html, metrics.json, mask.safetensors, mask.json{model})")

@@ -14,8 +14,10 @@ from typing import Annotated
 
 import typer
 
+from ..studies.selectors import format_cell
 from ..studies.setup import template_scores
-from .common import SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
+from ..vocab import measure_flags
+from .common import MeasuresOpt, SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
 from .study import StudyOptions, study_command
 
 app = typer.Typer(no_args_is_help=True,
@@ -42,8 +44,10 @@ def curve(
     budgets: Annotated[str, typer.Option(help="comma-separated; %params keeps kinds parameter-matched")] =
     "0.1%params,0.2%params,0.5%params,1%params",
     selector: SelectorOpt = "oneshot",
+    measures: MeasuresOpt = "",
 ) -> None:
-    """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters."""
+    """Neurons vs heads and scorer vs scorer, at equal numbers of removed parameters (and, with
+    --measures, BBQ, the generation audit or the knowledge probe at every point)."""
     from ..report import figures as viz
     from ..report.html import Report
     from ..selection.registry import check_selector
@@ -51,21 +55,23 @@ def curve(
 
     t0 = time.time()
     check_selector(selector, what="--selector")
-    bridge, train, ev = opts.inputs()
+    wanted = list(measure_flags(comma_list(measures), "--measures"))
+    bridge, train, ev = opts.inputs(measures=wanted)
     res = compare_scorers(bridge, train, ev, scorers=comma_list(scorers), kinds=comma_list(kinds),
                           budgets=comma_list(budgets), max_cost_quantile=opts.quantile, seed=opts.seed,
-                          progress=opts.progress, selector=selector)
+                          progress=opts.progress, selector=selector, measures=wanted)
     res.update(model=opts.model, chat_template=opts.chat_template, seconds=round(time.time() - t0, 1))
     rep = Report(f"lens_bias experiment: scorers and kinds on {opts.model}")
     rep.text(_curve_reading(res), "note")
     capability = "wikitext_ppl" if ev.wikitext else "kl_neutral"
     before = {"js": res["before"]["js"], "wikitext_ppl": res["before"].get("wikitext_ppl"), "kl_neutral": 0.0}
     rep.figure(viz.pruning_curves(res["rows"], "js", capability, before=before))
+    extra = [USER_COLUMNS[m][0] for m in wanted]
     rep.table(_curve_rows(res), ["scorer", "kind", "budget", "units", "% params", "JS", "JS reduction %",
-                                 "ppl change %", "KL neutral"])
+                                 "ppl change %", "KL neutral", *extra])
     opts.write(res, rep)
     typer.echo(table(_curve_rows(res), ["scorer", "kind", "budget", "units", "%params", "JS", "JS red. %",
-                                         "ppl %", "KL"]))
+                                         "ppl %", "KL", *extra]))
     typer.echo(_curve_reading(res))
     _done(opts.out, t0)
 
@@ -75,8 +81,19 @@ def _curve_rows(res: dict) -> list[list]:
         return (r["scorer"] if r.get("selector", "oneshot") == "oneshot"
                 else f"{r['scorer']} ({r['selector']})")
 
+    def user(r: dict) -> list:  # each measured user measure's change, "~" when within noise
+        return [format_cell(r.get("tests", {}).get(USER_COLUMNS[m][1]), "diff", USER_COLUMNS[m][2])
+                for m in res["settings"].get("measures", [])]
+
     return [[name(r), r["kind"], r["budget"], r["n_units"], round(r["params_pct"], 3), r["js"],
-             r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral")] for r in res["rows"]]
+             r["js_reduction_pct"], r.get("ppl_change_pct"), r.get("kl_neutral"), *user(r)]
+            for r in res["rows"]]
+
+
+# user measure -> the curve table's column: header, the change it shows, decimals
+USER_COLUMNS = {"bbq": ("BBQ s_DIS change (pts)", "bbq_s_dis", 1),
+                "generations": ("sentiment gap change (pairs)", "gen_pairs_sentiment_gap", 3),
+                "knowledge": ("knowledge log-prob change (nats)", "know_logprob", 2)}
 
 
 def _curve_reading(res: dict) -> str:
@@ -196,10 +213,12 @@ def selectors(
         "--methods", hidden=True, help="old spelling of --selectors")] = None,
     lodo_methods: Annotated[str | None, typer.Option("--lodo-methods", hidden=True,
                                                      help="old spelling of --lodo-selectors")] = None,
+    measures: MeasuresOpt = "bbq,knowledge",
 ) -> None:
     """Compare selectors at several budgets (plus heads at the parameters of the 0.5 % neuron
     masks): train, held-out and leave-one-domain-out JS, |logit gap|, seqgap, CrowS-Pairs,
-    WikiText-2 perplexity, KL and selection time, each change with its interval and test."""
+    WikiText-2 perplexity, KL, selection time and the --measures of bias as users see it, each change
+    with its interval and test."""
     from ..prompts.pairs import neutral_text
     from ..report import figures as viz
     from ..report.html import Report
@@ -213,11 +232,13 @@ def selectors(
                       or "oneshot,stable,auto")
     for name in chosen + lodo:
         check_selector(name, what="--selectors")
-    bridge, train, ev = opts.inputs(ppl_tokens=4096)
+    wanted = list(measure_flags(comma_list(measures), "--measures"))
+    bridge, train, ev = opts.inputs(ppl_tokens=4096, measures=wanted)
     ts, cost = template_scores(bridge, train, opts.progress)
     specs = [SelectorSpec(m, opts.quantile) for m in chosen]
     res = compare_selectors(bridge, ts, train, ev, specs, comma_list(budgets), cost, neutral_text(),
-                            comma_list(lodo_budgets), lodo, seed=opts.seed, progress=opts.progress)
+                            comma_list(lodo_budgets), lodo, seed=opts.seed, progress=opts.progress,
+                            measures=wanted)
     res.update(model=opts.model, chat_template=opts.chat_template, seconds=round(time.time() - t0, 1))
     rows, header = selector_rows(res)
     rep = Report(f"lens_bias experiment: selectors compared on {opts.model}")

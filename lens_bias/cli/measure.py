@@ -25,6 +25,8 @@ from .common import (
     DtypeOpt,
     GenOpt,
     JsonOpt,
+    KnowFileOpt,
+    KnowOpt,
     ModelOpt,
     OldDomainOpt,
     PairsOpt,
@@ -54,6 +56,7 @@ def measure_cmd(
     bbq: BbqOpt = False,
     bbq_file: BbqFileOpt = None, bbq_rows: BbqRowsOpt = 0,
     generations: GenOpt = False, bold_file: BoldFileOpt = None,
+    knowledge: KnowOpt = False, knowledge_file: KnowFileOpt = None,
     chat_template: ChatOpt = False,
     batch_size: int = 32,
     json_out: JsonOpt = False,
@@ -64,22 +67,19 @@ def measure_cmd(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Print mean JS and logit gap per domain with 95 % intervals; optionally CrowS-Pairs, the
-    sentence-level gap and BBQ."""
-    from ..measures.bbq import bbq_scores
+    sentence-level gap, BBQ, the generation audit and the knowledge probe."""
     from ..measures.capability import crows_summary
-    from ..measures.generations import generation_audit
     from ..measures.metrics import measure as measure_pairs
     from ..measures.targets import load_metric_pairs
-    from ..prompts.bbq import load_bbq, stratified
-    from ..prompts.generation import audit_prompts, default_bold_path
 
     try:
         domain = old_spelling(domains, domain, "--domains", "--domain")
         t0 = time.time()
         ps = load_metric_pairs(pairs, domain_list(domain), per_domain)
         path, crows_pairs = _crows(crows_file) if crows else (None, None)
-        rows = stratified(load_bbq(bbq_file), bbq_rows) if bbq else None  # a missing file: refused now
-        gen_prompts = audit_prompts(bold_file or default_bold_path()) if generations else None
+        # a missing or bad file: refused now, before loading the model
+        users = _user_inputs(bbq and (bbq_file, bbq_rows), generations and bold_file,
+                             knowledge or knowledge_file is not None, knowledge_file)
         bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
         t_load = time.time() - t0
         res = measure_pairs(bridge, ps, batch_size=batch_size, numeric=numeric, progress=not quiet)
@@ -88,10 +88,7 @@ def measure_cmd(
             out["crows_pairs"] = {"file": str(path), **crows_summary(bridge, crows_pairs, progress=not quiet)}
         if seqgap:
             out["seqgap"] = _measure_seqgap(bridge, domain, per_domain, batch_size)
-        if rows is not None:
-            out["bbq"] = bbq_scores(bridge, rows, min(batch_size, 16), progress=not quiet).summary()
-        if gen_prompts:
-            out["generations"] = generation_audit(bridge, gen_prompts, progress=not quiet).summary()
+        out.update(_user_measures(bridge, users, batch_size, quiet))
         out["seconds"] = {"load": round(t_load, 2), "total": round(time.time() - t0, 2)}
     except LensBiasError as e:
         fail(e)
@@ -99,6 +96,40 @@ def measure_cmd(
         typer.echo(json.dumps(out, indent=2))
         return
     _print_measure(out)
+
+
+def _user_inputs(bbq, generations, knowledge: bool, knowledge_file: Path | None) -> dict:
+    """What ``measure --bbq / --generations / --knowledge`` score, loaded before the model so that a
+    missing or bad file is refused at once: ``bbq`` is ``False`` or ``(file, rows)``,
+    ``generations`` ``False`` or the BOLD file (``None``: the default one)."""
+    from ..prompts.bbq import load_bbq, stratified
+    from ..prompts.generation import audit_prompts, default_bold_path
+    from ..prompts.knowledge import load_knowledge
+
+    out: dict = {}
+    if bbq is not False:
+        out["bbq"] = stratified(load_bbq(bbq[0]), bbq[1])
+    if generations is not False:
+        out["generations"] = audit_prompts(generations or default_bold_path())
+    if knowledge:
+        out["knowledge"] = load_knowledge(knowledge_file)
+    return out
+
+
+def _user_measures(bridge, users: dict, batch_size: int, quiet: bool) -> dict:
+    """The summaries of the measures :func:`_user_inputs` loaded inputs for."""
+    from ..measures.bbq import bbq_scores
+    from ..measures.generations import generation_audit
+    from ..measures.knowledge import knowledge_scores
+
+    out = {}
+    if "bbq" in users:
+        out["bbq"] = bbq_scores(bridge, users["bbq"], min(batch_size, 16), progress=not quiet).summary()
+    if "generations" in users:
+        out["generations"] = generation_audit(bridge, users["generations"], progress=not quiet).summary()
+    if "knowledge" in users:
+        out["knowledge"] = knowledge_scores(bridge, users["knowledge"], batch_size=batch_size).summary()
+    return out
 
 
 def _crows(crows_file: Path | None) -> tuple:
@@ -147,6 +178,15 @@ def _print_measure(out: dict) -> None:
                        f"{c['mean_diff']:.3f}{fmt_ci(c['mean_diff_ci'])} nats")
     if "generations" in out:
         _print_generations(out["generations"])
+    if "knowledge" in out:
+        k = out["knowledge"]
+        groups = ", ".join(f"{g} facts {k[f'know_logprob_{g}']:.2f}" for g in ("black", "white")
+                           if f"know_logprob_{g}" in k)
+        typer.echo(f"knowledge probe ({k['know_n']} facts): mean log-prob of the answer "
+                   f"{k['know_logprob']:.2f}{fmt_ci(k['know_logprob_ci'])} nats"
+                   f"{f' ({groups})' if groups else ''}; answer first {k['know_top1']:.1f} %"
+                   f"{fmt_ci(k['know_top1_ci'])}, in the top {k['know_k']} {k['know_topk']:.1f} %"
+                   f"{fmt_ci(k['know_topk_ci'])}")
     if "bbq" in out:
         b = out["bbq"]
         names = (("bbq_acc_ambig", "accuracy ambiguous", "%"),

@@ -67,14 +67,16 @@ class StudyOptions:
         """The capability quantile, ``None`` when the filter is off (1 or more)."""
         return None if self.max_cost_quantile >= 1 else self.max_cost_quantile
 
-    def inputs(self, ppl_tokens: int = 2048):
+    def inputs(self, ppl_tokens: int = 2048, measures: list[str] | None = None):
         """The model, the train pairs and the held-out evaluation set
-        (:func:`lens_bias.studies.setup.study_inputs`)."""
+        (:func:`lens_bias.studies.setup.study_inputs`; with the generation audit's prompts when
+        ``measures`` names it)."""
         from ..studies.setup import study_inputs
 
         return study_inputs(self.model, self.pairs, self.domains, self.per_domain, self.held_per_domain,
                             self.seed, load_options(self.dtype, self.device, self.device_map,
-                                                    self.chat_template), ppl_tokens=ppl_tokens)
+                                                    self.chat_template), ppl_tokens=ppl_tokens,
+                            generation="generations" in (measures or []))
 
     def write(self, result: dict, report) -> None:
         """Write ``result.json`` and ``report.html`` into the output folder, atomically."""

@@ -18,7 +18,9 @@
   bootstrap by BBQ template, McNemar for the accuracies, the permutation test for the scores;
 * the generation audit's Black - White gaps
   (:func:`lens_bias.measures.generations.generation_changes`): paired bootstrap and permutation
-  test by template (our pairs) or person (BOLD).
+  test by template (our pairs) or person (BOLD);
+* the knowledge probe (:func:`lens_bias.measures.knowledge.knowledge_changes`): paired bootstrap
+  over its items, the permutation test for the mean log-probability, McNemar for top-1 / top-k.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from ..stats import Change, fmt_ci, paired_change, perplexity_stat
 from .bbq import bbq_changes
 from .capability import CrowsScores
 from .generations import generation_changes
+from .knowledge import knowledge_changes
 
 CROWS_CHANGES = (("black", "crows_black"), ("race-color", "crows_race_color"))
+RANDOM_TESTS = ("js", "abs_logit_gap", "seqgap", "wikitext_ppl")  # the random mask's tests, with ...
+USER_PREFIXES = ("bbq_", "gen_", "know_")  # ... those of the measures of bias as users see it
 
 
 def _pairs_changes(bi: dict, ai: dict, n_boot: int, seed: int) -> dict[str, Change]:
@@ -90,6 +95,8 @@ def evaluation_changes(before: dict, after: dict, n_boot: int = 2000, seed: int 
         out.update(bbq_changes(bi["bbq"], ai["bbq"], n_boot=n_boot, seed=seed))
     if "generations" in bi and "generations" in ai:
         out.update(generation_changes(bi["generations"], ai["generations"], n_boot=n_boot, seed=seed))
+    if "knowledge" in bi and "knowledge" in ai:
+        out.update(knowledge_changes(bi["knowledge"], ai["knowledge"], n_boot=n_boot, seed=seed))
     if "lambada_correct" in bi and "lambada_correct" in ai:
         out["lambada_acc"] = paired_change(100.0 * np.asarray(bi["lambada_correct"], dtype=np.float64),
                                            100.0 * np.asarray(ai["lambada_correct"], dtype=np.float64),
@@ -121,12 +128,13 @@ def crows_rates(res: dict) -> dict:
 
 def run_tests(before: dict, after: dict, rand: dict | None = None, seed: int = 0) -> dict:
     """The ``tests`` block of a run's ``metrics.json``: every change of :func:`evaluation_changes`
-    as a dict, the random mask's (JS, |logit gap|, perplexity) as ``random_<measure>``, and the KL,
-    which has no interval (it is measured after pruning only)."""
+    as a dict, the random mask's (JS, |logit gap|, seqgap, perplexity, and BBQ, the generation audit
+    and the knowledge probe when it was measured on them) as ``random_<measure>``, and the KL, which
+    has no interval (it is measured after pruning only)."""
     out = {k: c.to_dict() for k, c in evaluation_changes(before, after, seed=seed).items()}
     if rand is not None:
         out.update({f"random_{k}": c.to_dict() for k, c in evaluation_changes(before, rand, seed=seed).items()
-                    if k in ("js", "abs_logit_gap", "seqgap", "wikitext_ppl")})
+                    if k in RANDOM_TESTS or k.startswith(USER_PREFIXES)})
     if after.get("kl_neutral") is not None:
         out["kl_neutral"] = {"before": 0.0, "after": after["kl_neutral"], "diff_ci": None, "p": None,
                              "note": "no interval: measured after pruning only (0 before, by definition)"}
@@ -153,6 +161,11 @@ SUMMARY_ROWS = (
     ("written text, BOLD: sentiment gap B-W (VADER)", "gen_bold_sentiment_gap", "diff", "compound"),
     ("written text, BOLD: negative gap B-W (% of texts)", "gen_bold_negative_gap", "diff", "points"),
     ("written text, BOLD: crime-word gap B-W (% of texts)", "gen_bold_crime_gap", "diff", "points"),
+    ("knowledge probe: mean log-prob of the answer (nats)", "know_logprob", "diff", "nats"),
+    ("knowledge probe, Black facts: mean log-prob (nats)", "know_logprob_black", "diff", "nats"),
+    ("knowledge probe, White facts: mean log-prob (nats)", "know_logprob_white", "diff", "nats"),
+    ("knowledge probe: answer is the top token (%)", "know_top1", "diff", "points"),
+    ("knowledge probe: answer in the top k (%)", "know_topk", "diff", "points"),
     ("random mask: held-out mean JS", "random_js", "pct", "%"),
     ("random mask: held-out mean |logit gap|", "random_abs_logit_gap", "pct", "%"),
     ("random mask: sentence pairs, mean |seqgap|", "random_seqgap", "pct", "%"),
@@ -172,10 +185,8 @@ def summary_rows(metrics: dict) -> list[list]:
         [['held-out mean JS (nats)', 0.02, 0.01, -50.0, '[-60, -40]', 0.002, '%', 'no']]
     """
     rows = []
-    for label, key, shown, unit in SUMMARY_ROWS:
-        t = metrics["tests"].get(key)
-        if t is None:
-            continue
+    for label, key, shown, unit in _present(metrics["tests"]):
+        t = metrics["tests"][key]
         if "b" in t:
             label, unit = (f"{label[:-4]} ({t['n']} pairs)" if "CrowS" in label else label,
                            f"{unit}; b={t['b']}, c={t['c']}")
@@ -186,6 +197,32 @@ def summary_rows(metrics: dict) -> list[list]:
         rows.append(["KL from unpruned, neutral text", 0.0, metrics["tests"]["kl_neutral"]["after"], None,
                      "-", None, "nats", "-"])
     return rows
+
+
+def section_rows(metrics: dict, key_prefix: str) -> list[list]:
+    """The rows of one measure family (``key_prefix``: ``bbq_``, ``gen_``, ``know_``) with the random
+    mask of the same size beside the pruning: ``[measure, before, after, change, "95 % CI", p,
+    within noise, random mask's change, its "95 % CI", its p]`` (``-`` where the random mask was not
+    measured). Header: :data:`SECTION_HEADER`."""
+    tests = metrics["tests"]
+    rows = []
+    # summary_rows adds the KL row after those of SUMMARY_ROWS: zip stops before it
+    for row, (_, key, shown, _) in zip(summary_rows(metrics), _present(tests), strict=False):
+        if not key.startswith(key_prefix):
+            continue
+        r = tests.get(f"random_{key}")
+        rand = ([r[shown], fmt_ci(r[f"{shown}_ci"]).strip() or "-", r["p"]] if r else ["-", "-", "-"])
+        rows.append([*row[:6], row[7], *rand])
+    return rows
+
+
+SECTION_HEADER = ["measure", "before", "after", "change", "95 % CI", "p", "within noise?",
+                  "random mask: change", "95 % CI", "p"]
+
+
+def _present(tests: dict) -> list[tuple]:
+    """The :data:`SUMMARY_ROWS` entries that ``tests`` has, in order (the rows of :func:`summary_rows`)."""
+    return [entry for entry in SUMMARY_ROWS if entry[1] in tests]
 
 
 def reduction_pct(before: float | None, after: float | None) -> float | None:

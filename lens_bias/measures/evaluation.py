@@ -25,6 +25,7 @@ from .capability import (
     reference_logprobs,
 )
 from .generations import generation_audit
+from .knowledge import DEFAULT_K, knowledge_scores
 from .metrics import measure
 from .targets import sentence_gaps
 
@@ -33,7 +34,7 @@ from .targets import sentence_gaps
 class EvalSet:
     """What a pruning is evaluated on: held-out pairs, and capability texts (neutral text for KL,
     WikiText-2 lines for perplexity, LAMBADA passages), CrowS-Pairs and BBQ rows and the generation
-    audit's prompts, each optional but the pairs."""
+    audit's prompts and the knowledge probe's facts, each optional but the pairs."""
 
     pairs: PairSet
     neutral: list[str] = field(default_factory=list)
@@ -47,6 +48,8 @@ class EvalSet:
     generation: list = field(default_factory=list)  # lens_bias.prompts.generation.GenerationPrompt
     gen_k: int = 2  # continuations sampled per generation prompt
     gen_tokens: int = 20  # tokens per continuation
+    knowledge: list = field(default_factory=list)  # lens_bias.prompts.knowledge.KnowledgeItem
+    know_k: int = DEFAULT_K  # the k of the knowledge probe's top-k accuracy
     _kl_ref: ReferenceLogprobs | None = field(default=None, repr=False, compare=False)
 
     def kl_reference(self, bridge: Bridge, batch_size: int = 16) -> ReferenceLogprobs:
@@ -60,7 +63,7 @@ class EvalSet:
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablation: str | None = None,
              means: dict | None = None, crows: bool = False, lambada: bool = True, batch_size: int = 32,
              per_item: bool = False, sentences: bool = True, *, mode: str | None = None,
-             bbq: bool = False, generations: bool = False) -> dict:
+             bbq: bool = False, generations: bool = False, knowledge: bool = False) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
@@ -69,7 +72,9 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     ``sentences`` and held-out sentence pairs in ``ev``, also ``seqgap`` (:func:`_seqgap`); with
     ``bbq`` and BBQ rows in ``ev``, BBQ's accuracies and bias scores
     (:meth:`lens_bias.measures.bbq.BbqScores.summary`); with ``generations`` and generation prompts
-    in ``ev``, the generation audit's gaps (:meth:`lens_bias.measures.generations.GenerationAudit.summary`).
+    in ``ev``, the generation audit's gaps (:meth:`lens_bias.measures.generations.GenerationAudit.summary`);
+    with ``knowledge`` and probe items in ``ev``, the knowledge probe
+    (:meth:`lens_bias.measures.knowledge.KnowledgeScores.summary`).
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
     :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
@@ -77,7 +82,8 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     its (NLL, tokens), per LAMBADA passage whether it was right, per sentence pair its |gap|
     (``seqgap``) and template (``seqgap_templates``), BBQ's answers (``bbq``, a
     :class:`~lens_bias.measures.bbq.BbqScores`) and the continuations (``generations``, a
-    :class:`~lens_bias.measures.generations.GenerationAudit`)."""
+    :class:`~lens_bias.measures.generations.GenerationAudit`) and the probe's answers (``knowledge``, a
+    :class:`~lens_bias.measures.knowledge.KnowledgeScores`)."""
 
     ablation = renamed(ablation, mode, "ablation", "mode", "zero")
 
@@ -119,6 +125,9 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
             items["generations"] = generation_audit(bridge, ev.generation, ev.gen_k, ev.gen_tokens,
                                                     batch_size=8 * batch_size)
             out.update(items["generations"].summary())
+        if knowledge and ev.knowledge:
+            items["knowledge"] = knowledge_scores(bridge, ev.knowledge, ev.know_k, batch_size=batch_size)
+            out.update(items["knowledge"].summary())
     if ev.neutral:
         if mask is None or mask.is_empty():
             out["kl_neutral"] = 0.0
@@ -181,7 +190,8 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
                      crows: str | Path | None = None, ppl_tokens: int = 4096, lambada_limit: int = 200,
                      neutral_every: int = 3, sentences: PairSet | None = None,
                      bbq: str | Path | None = None, bbq_rows: int = 0, generation: bool = False,
-                     bold: str | Path | None = None, bold_per_group: int = 40) -> EvalSet:
+                     bold: str | Path | None = None, bold_per_group: int = 40,
+                     knowledge: str | Path | None = None) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
     when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
@@ -190,10 +200,13 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
     ``../shared/data`` (:func:`lens_bias.prompts.bbq.load_bbq`), ``bbq_rows`` of them spread over
     its templates when not 0 (:func:`lens_bias.prompts.bbq.stratified`); with ``generation``, the
     generation audit's prompts: our pairs and ``bold_per_group`` BOLD people a group from ``bold``
-    or ``../shared/data`` (:func:`lens_bias.prompts.generation.audit_prompts`)."""
+    or ``../shared/data`` (:func:`lens_bias.prompts.generation.audit_prompts`); the knowledge
+    probe's items from ``knowledge`` (a path; ``None``: the bundled probe, ``""``: none;
+    :func:`lens_bias.prompts.knowledge.load_knowledge`)."""
     from ..prompts.bbq import load_bbq, stratified
     from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
     from ..prompts.generation import audit_prompts
+    from ..prompts.knowledge import load_knowledge
     from ..prompts.pairs import neutral_text
     from ..prompts.sentences import stereotype_signs
 
@@ -210,6 +223,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
         sentence_signs=stereotype_signs(sentences) if sentences is not None else [],
         bbq=stratified(load_bbq(bq), bbq_rows) if bq else [],
         generation=audit_prompts(files["bold"], bold_per_group) if generation else [],
+        knowledge=[] if knowledge == "" else load_knowledge(knowledge),
     )
 
 

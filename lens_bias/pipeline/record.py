@@ -13,16 +13,14 @@ import torch
 
 from ..bridge import Bridge, n_params
 from ..masks import PruningMask
-from ..measures.bbq import BBQ_PROMPT
 from ..measures.changes import crows_rates, run_tests, summary_rows, without_items
 from ..measures.evaluation import pruned_params
-from ..measures.generations import AXES as GEN_AXES
-from ..measures.generations import example_rows
 from ..report import figures as viz
 from ..report.html import Report
 from ..scores import Scores
 from ..studies.transfer import TRANSFER_HEADER, transfer_reading, transfer_rows
 from ..weights.model_card import write_model_card
+from .user_measures import bbq_block, generations_block, knowledge_block, knowledge_warning, user_sections
 
 
 def _versions() -> dict:
@@ -61,6 +59,7 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
     """The ``metrics.json`` dict (its keys and their order are part of the run folder's format) of
     the run configured by ``cfg`` (a :class:`lens_bias.pipeline.stages.RunConfig`) on the inputs ``inp``."""
     files, scores, mask = inp.files, r.scores, r.mask
+    tests = run_tests(r.before, r.after, r.rand, cfg.seed)
     return {
         "model": cfg.model,
         "budget": cfg.budget,
@@ -78,7 +77,7 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "after": {"held_out": without_items(r.after), **crows_rates(r.after)},
         "random_same_budget": without_items(r.rand),
         "change": _change(r.before, r.after, r.rand),
-        "tests": run_tests(r.before, r.after, r.rand, cfg.seed),
+        "tests": tests,
         "capability_files": {k: str(v) if v else None for k, v in files.items()},
         "validation": {k: {x: v[x] for x in ("spearman", "pearson", "n")} for k, v in r.validation.items()},
         "curve": r.curve,
@@ -87,8 +86,9 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
                               for k in ("neurons", "heads")},
         "activation_diff_by_layer": {k: v.tolist() for k, v in r.act_diff.items()},
         "continuations": r.continuations,
-        "bbq": _bbq(cfg, inp, r),
-        "generations": _generations(inp, r),
+        "bbq": bbq_block(cfg, files, r.before, r.after),
+        "generations": generations_block(inp.ev, files, r.before, r.after),
+        "knowledge": knowledge_block(cfg, inp.ev, r.before, r.after, tests),
         "export": r.export,
         "transfer": (None if r.transfer is None
                      else {k: r.transfer[k] for k in ("rows", "pooled", "n_pairs", "settings")}),
@@ -96,29 +96,6 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "timings_s": timings,
         "versions": _versions(),
     }
-
-
-def _bbq(cfg, inp, r: RunResults) -> dict | None:
-    """Which BBQ rows were scored and how many answers the pruning changed (``None``: no BBQ)."""
-    b, a = (x.get("per_item", {}).get("bbq") for x in (r.before, r.after))
-    if b is None or a is None:
-        return None
-    return {"file": str(inp.files["bbq"]), "subset": "black-white", "rows": len(b.answers),
-            "rows_requested": cfg.bbq_rows or "all", "ambiguous_rows": int(b.ambiguous.sum()),
-            "answers_changed": int((b.answers != a.answers).sum()), "prompt": BBQ_PROMPT}
-
-
-def _generations(inp, r: RunResults) -> dict | None:
-    """How the generation audit sampled, and its side-by-side examples (``None``: no audit)."""
-    b, a = (x.get("per_item", {}).get("generations") for x in (r.before, r.after))
-    if b is None or a is None:
-        return None
-    ev = inp.ev
-    return {"prompts": {s: sum(p.source == s for p in b.prompts) for s in ("pairs", "bold")},
-            "bold_file": str(inp.files["bold"]) if inp.files.get("bold") else None,
-            "samples": ev.gen_k, "max_new_tokens": ev.gen_tokens,
-            "sampling": "top-k 50, temperature 1; the same uniforms before and after (seed 0)",
-            "examples": example_rows(b, a)}
 
 
 def _selection(cfg, mask: PruningMask) -> dict:
@@ -201,60 +178,19 @@ def _selection_section(rep: Report, sel: dict) -> None:
                    "chosen"])
 
 
-def _user_sections(rep: Report, m: dict) -> None:
-    """Bias as users meet it: BBQ's questions and what the model writes (when measured)."""
-    if m.get("bbq"):
-        _bbq_section(rep, m)
-    if m.get("generations"):
-        _generation_section(rep, m)
-
-
-def _bbq_section(rep: Report, m: dict) -> None:
-    b = m["bbq"]
-    rep.heading("Questions about people: BBQ")
-    rep.table([row for row in summary_rows(m) if row[0].startswith("BBQ")],
-              ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
-    rep.text(f"{b['rows']} of BBQ's race rows whose two people are a Black and a White person "
-             f"({b['ambiguous_rows']} with an ambiguous context), spread over its templates; the pruning "
-             f"changed {b['answers_changed']} answers. Each of the three options is scored by its "
-             f"log-likelihood after {b['prompt']!r}; the most likely is the answer. Accuracy on "
-             "ambiguous contexts is how often the model says the answer is unknown, as it should; s_DIS "
-             "and s_AMB are Parrish et al.'s bias scores (0: none, +100: always the stereotype, -100: "
-             "always against it). Intervals: bootstrap by BBQ template; tests: McNemar for the "
-             "accuracies, sign-flip permutation by template for the scores. BBQ is held out: nothing "
-             "was scored, selected or tuned on it.", "note")
-
-
-def _generation_section(rep: Report, m: dict) -> None:
-    g, b, a = m["generations"], m["before"]["held_out"], m["after"]["held_out"]
-    rep.heading("What the model writes: a generation audit")
-    rep.table([row for row in summary_rows(m) if row[0].startswith("written text")],
-              ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
-    rows = [(src, axis) for src in ("pairs", "bold") if f"gen_{src}_n" in b for axis in GEN_AXES]
-    rep.table([[f"{src}: {axis}", *(f"{d[f'gen_{src}_{axis}_{grp}']:.3f}" for d in (b, a)
-                                    for grp in ("black", "white"))] for src, axis in rows],
-              ["prompts: axis", "Black before", "White before", "Black after", "White after"])
-    rep.text(f"{g['samples']} continuations of {g['max_new_tokens']} tokens per prompt ({g['sampling']}) "
-             f"for {g['prompts']['pairs']} prompts of lens_bias's own pairs (8 everyday situations; the two "
-             f"prompts of a pair differ only in the subject) and {g['prompts']['bold']} of BOLD's (Wikipedia "
-             "sentence beginnings about African American and European American people; unpaired). "
-             "sentiment: VADER's compound score in [-1, 1]; negative: % of texts with a compound of at most "
-             "-0.05; crime: % of texts with a word of lens_bias's crime and violence lexicon. A gap is Black "
-             "minus White; intervals resample templates (pairs) or people (BOLD), and each change gets a "
-             "sign-flip permutation test by the same clusters. Held out: nothing was scored, selected or "
-             "tuned on "
-             "these prompts.", "note")
-    rep.text("Examples, by a fixed rule (the first template of each situation, first sample; not chosen by "
-             "what was written):", "note")
-    rep.table([[e["prompt"], e["before"], e["after"]] for e in g["examples"]], ["prompt", "before", "after"])
+def _warnings(rep: Report, m: dict) -> None:
+    """What the report says first: a failed export check, knowledge the pruning damaged."""
+    if not m["export"]["ok"]:
+        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the "
+                 "measurements below are those of the simulated pruning.", "warn")
+    if warning := knowledge_warning(m):
+        rep.text(warning, "warn")
 
 
 def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     """The sections of ``report.html``: summary, figures, top components, validation, continuations."""
     before, after, scores = r.before, r.after, r.scores
-    if not m["export"]["ok"]:
-        rep.text(f"{m['export']['summary']}. No pruned model was written (no model/ folder); the "
-                 "measurements below are those of the simulated pruning.", "warn")
+    _warnings(rep, m)
     rep.heading("Summary")
     rep.table(summary_rows(m),
               ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"])
@@ -271,7 +207,7 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
              f"{_prompts_sentence(m['config'])} {m['export']['summary']}.",
              "note" if m["export"]["ok"] else "warn")
     _selection_section(rep, m["selection"])
-    _user_sections(rep, m)
+    user_sections(rep, m)
     rep.heading("Before and after, per domain")
     rep.figure(viz.before_after(before, after))
     rep.heading("Pruning curves")

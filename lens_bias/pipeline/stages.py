@@ -86,6 +86,7 @@ class RunConfig:
     bold: str | None = None  # BOLD race prompts JSON; None = ../shared/data when there ("" = none)
     bold_per_group: int = 40  # BOLD people per group (0 = all)
     gen_samples: int = 2  # continuations sampled per prompt
+    knowledge: str | None = None  # knowledge probe JSON; None = the bundled probe ("" = none)
     ppl_tokens: int = 4096
     lambada_limit: int = 200
     batch_size: int = 16
@@ -228,15 +229,15 @@ def _load(cfg: RunConfig) -> _Inputs:
                           ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
                           sentences=s_held if len(s_held) else None, bbq=files["bbq"] or "",
                           bbq_rows=cfg.bbq_rows, generation=cfg.generations, bold=files["bold"] or "",
-                          bold_per_group=cfg.bold_per_group)
+                          bold_per_group=cfg.bold_per_group, knowledge=cfg.knowledge)
     ev.gen_k = cfg.gen_samples
     return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
 
 def _measure_before(cfg: RunConfig, bridge: Bridge, ev: EvalSet) -> tuple[dict, dict]:
     """The unpruned model on the evaluation set, and the mean activation differences per layer."""
-    before = evaluate(bridge, ev, None, crows=True, bbq=True, generations=True, batch_size=cfg.batch_size,
-                      per_item=True)
+    before = evaluate(bridge, ev, None, crows=True, bbq=True, generations=True, knowledge=True,
+                      batch_size=cfg.batch_size, per_item=True)
     return before, activation_diff(bridge, ev.pairs.sample(6, cfg.seed))  # a figure: 6 pairs a domain suffice
 
 
@@ -280,12 +281,14 @@ def _prune(cfg: RunConfig, bridge: Bridge, train: PairSet, ts: TemplateScores, s
 
 def _measure_after(cfg: RunConfig, bridge: Bridge, ev: EvalSet, mask: PruningMask,
                    means: dict | None) -> tuple[dict, dict]:
-    """The pruned model on the evaluation set, and a random mask of the same budget (the control)."""
-    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, bbq=True, generations=True,
-                     batch_size=cfg.batch_size, per_item=True)
+    """The pruned model on the evaluation set, and a random mask of the same budget (the control:
+    every measure but CrowS-Pairs and LAMBADA)."""
+    users = {"bbq": True, "generations": True, "knowledge": True}  # bias as users see it
+    after = evaluate(bridge, ev, mask, cfg.ablation, means, crows=True, batch_size=cfg.batch_size,
+                     per_item=True, **users)
     rmask = random_mask(bridge, cfg.budget, cfg.kind, seed=cfg.seed)
     rand = evaluate(bridge, ev, rmask, cfg.ablation, means, crows=False, lambada=False,
-                    batch_size=cfg.batch_size, per_item=True)
+                    batch_size=cfg.batch_size, per_item=True, **users)
     return after, rand
 
 

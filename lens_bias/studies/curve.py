@@ -9,12 +9,12 @@ from tqdm.auto import tqdm
 
 from ..bridge import Bridge, n_params
 from ..masks import PruningMask
-from ..measures.changes import js_reduction, reduction_pct, without_items
+from ..measures.changes import USER_PREFIXES, evaluation_changes, js_reduction, reduction_pct, without_items
 from ..measures.evaluation import EvalSet, evaluate, pruned_params
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..selection.topk import budget_count, random_mask, select
-from ..vocab import Kind
+from ..vocab import Kind, measure_flags
 
 
 def pruning_curve(
@@ -32,6 +32,7 @@ def pruning_curve(
     progress: bool = True,
     before: dict | None = None,
     pick: Callable[[str, str, str], PruningMask | None] | None = None,
+    measures: Sequence[str] = (),
 ) -> list[dict]:
     """Held-out bias and capability for every scorer x kind x budget (plus a random control), as
     a list of records (one per point) with the number of removed units and parameters. A scorer's
@@ -39,7 +40,8 @@ def pruning_curve(
     budget)`` returns a mask for it (another selector, :func:`compare_scorers`). Given
     ``before`` (the unpruned model's ``evaluate(..., per_item=True)``), each record also holds its
     held-out JS reduction with a 95 % interval, p and ``within_noise``
-    (:func:`lens_bias.measures.changes.js_reduction`).
+    (:func:`lens_bias.measures.changes.js_reduction`). ``measures``: the measures of bias as users
+    see it (:data:`lens_bias.vocab.UserMeasure`) also taken at every point.
 
     Budgets that select the very same units (on a small model 0.1 % and 0.5 % of heads can both
     round to one head) are evaluated once and the record is repeated under each budget."""
@@ -48,6 +50,7 @@ def pruning_curve(
         jobs += [("random", kind, b) for kind in kinds for b in budgets]
     it = tqdm(jobs, desc="pruning curve", leave=False) if progress else jobs
     total = n_params(bridge)
+    flags = measure_flags(measures)
     rows = []
     seen: dict[bytes, dict] = {}
     for name, kind, b in it:
@@ -62,10 +65,13 @@ def pruning_curve(
         if key not in seen:
             # seqgap is measured at the run's budget, not at each point
             seen[key] = evaluate(bridge, ev, mask, ablation, means, lambada=False,
-                                 per_item=before is not None, sentences=False)
+                                 per_item=before is not None, sentences=False, **flags)
         res = seen[key]
         noise = ({} if before is None
                  else {f"js_{k}": v for k, v in js_reduction(before, res, seed=seed).items()})
+        if flags and before is not None:  # the user measures' changes, each with its interval and test
+            noise["tests"] = {k: c.to_dict() for k, c in evaluation_changes(before, res, seed=seed).items()
+                              if k.startswith(USER_PREFIXES)}
         p = pruned_params(bridge, mask)
         rows.append({"scorer": name, "kind": kind, "budget": b, "n_units": budget_count(bridge, kind, b),
                      "params": p, "params_pct": 100.0 * p / total, **without_items(res), **noise})
@@ -90,6 +96,7 @@ def compare_scorers(
     seed: int = 0,
     progress: bool = True,
     selector: str = "oneshot",
+    measures: Sequence[str] = (),
 ) -> dict:
     """Claims 1 and 2 of the seed studies in one table: every scorer x kind x budget, scored on
     ``train`` and evaluated on ``ev`` (held-out templates). Budgets are in % of parameters, so a
@@ -98,7 +105,8 @@ def compare_scorers(
     scorer, ``random`` included, so the comparison isolates the bias ranking. ``selector``
     (a registered selector, :mod:`lens_bias.selection.registry`) picks the ``ablate`` scorer's units
     from its scores kept per template (:func:`selector_picks`); the other scorers keep their top
-    scores (``oneshot``). Each row records the ``selector`` it used.
+    scores (``oneshot``). Each row records the ``selector`` it used. ``measures``: BBQ, the
+    generation audit or the knowledge probe at every point too (:data:`lens_bias.vocab.UserMeasure`).
 
     Returns ``{"before", "rows", "winners", "settings"}``; each row holds ``js_reduction_pct``
     with its 95 % interval ``js_reduction_ci`` (templates resampled), ``js_p`` and
@@ -107,7 +115,8 @@ def compare_scorers(
     from ..attribution.patching import capability_cost
     from ..attribution.scorers import score
     from ..prompts.pairs import neutral_text
-    before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True)
+    before = evaluate(bridge, ev, None, lambada=False, batch_size=batch_size, per_item=True,
+                      **measure_flags(measures))
     cost = None
     if max_cost_quantile is not None:
         cost = capability_cost(bridge, ev.neutral or neutral_text(), ablation="zero", progress=progress)
@@ -122,7 +131,7 @@ def compare_scorers(
             scored[name] = score(bridge, train, name, **kw)
     rows = pruning_curve(bridge, ev, scored, kinds=kinds, budgets=budgets, cost=cost,
                          max_cost_quantile=max_cost_quantile, random_control=False, seed=seed,
-                         progress=progress, before=before, pick=pick)
+                         progress=progress, before=before, pick=pick, measures=measures)
     before = without_items(before)
     for r in rows:
         r["selector"] = selector if r["scorer"] == "ablate" else "oneshot"
@@ -133,7 +142,7 @@ def compare_scorers(
     return {"before": before, "rows": rows, "winners": winners(rows),
             "settings": {"scorers": list(scorers), "kinds": list(kinds), "budgets": list(budgets),
                          "max_cost_quantile": max_cost_quantile, "metric": metric, "selector": selector,
-                         "n_train": len(train),
+                         "measures": list(measures), "n_train": len(train),
                          "n_held_out": len(ev.pairs), "seed": seed}}
 
 

@@ -29,7 +29,7 @@ from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..selection.registry import SelectionInputs, SelectorSpec, select_units
 from ..selection.topk import select
-from ..vocab import Kind
+from ..vocab import Kind, measure_flags
 
 
 def js_items(bridge: Bridge, pairs: PairSet, mask: PruningMask | None, batch_size: int) -> dict:
@@ -104,13 +104,16 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
                       neutral: Sequence[str],
                       lodo_budgets: Sequence[str] = ("0.5%",), lodo_selectors: Sequence[str] | None = None,
                       heads_at: Sequence[str] = ("0.5%",), seed: int = 0, batch_size: int = 16,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, measures: Sequence[str] = ("bbq", "knowledge")) -> dict:
     """Every ``spec`` at every budget (neurons), and the head versions of one-shot and stable at
     the parameters of the neuron mask of each ``heads_at`` budget: one row each with the selection's
     time, the train JS reduction and the held-out tests of :func:`lens_bias.measures.changes.run_tests`; the
-    leave-one-domain-out pooled reduction at ``lodo_budgets`` (for ``lodo_selectors``: all when None)."""
-    before = evaluate(bridge, ev, None, crows=True, bbq=True, lambada=False, batch_size=batch_size,
-                      per_item=True)
+    leave-one-domain-out pooled reduction at ``lodo_budgets`` (for ``lodo_selectors``: all when None).
+    ``measures``: the measures of bias as users see it taken for every row
+    (:data:`lens_bias.vocab.UserMeasure`; BBQ and the knowledge probe by default)."""
+    flags = measure_flags(measures)
+    before = evaluate(bridge, ev, None, crows=True, lambada=False, batch_size=batch_size, per_item=True,
+                      **flags)
     train_before = js_items(bridge, train, None, batch_size)
     base_dom = {d: js_items(bridge, ev.pairs.filter(domains=[d]), None, batch_size) for d in ev.pairs.domains}
     jobs = [(s, b, "neurons") for s in specs for b in budgets]
@@ -120,23 +123,24 @@ def compare_selectors(bridge: Bridge, ts: TemplateScores, train: PairSet, ev: Ev
                                  train_before, base_dom,
                                  budget in lodo_budgets
                                  and (lodo_selectors is None or spec.selector in lodo_selectors),
-                                 seed, batch_size))
+                                 seed, batch_size, flags))
         if budget in heads_at and spec.selector in ("oneshot", "stable") and "heads" in ts.sums:
             frac = 100 * rows[-1]["params"] / sum(p.numel() for p in bridge.parameters())
             rows.append(selector_row(bridge, ts, train, ev, spec, f"{frac:.4f}%params", "heads", cost,
-                                     neutral, before, train_before, base_dom, False, seed, batch_size))
+                                     neutral, before, train_before, base_dom, False, seed, batch_size,
+                                     flags))
     return add_versus({"rows": rows, "before": {k: v for k, v in before.items() if k != "per_item"},
             "held_out_pairs": held_out_pairs(before),
             "settings": {"budgets": list(budgets), "lodo_budgets": list(lodo_budgets), "seed": seed,
                          "n_train": len(train), "n_held_out": len(ev.pairs),
-                         "n_train_templates": len(train.templates),
+                         "measures": list(flags), "n_train_templates": len(train.templates),
                          "n_held_out_templates": len(ev.pairs.templates)}})
 
 
 def selector_row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, before, train_before, base_dom,
-                 with_lodo, seed, batch_size) -> dict:
+                 with_lodo, seed, batch_size, flags: dict | None = None) -> dict:
     """One :func:`compare_selectors` row: ``spec``'s mask at ``budget``, its train and held-out tests
-    (and leave-one-domain-out when ``with_lodo``)."""
+    (and leave-one-domain-out when ``with_lodo``); ``flags``: the user measures' ``evaluate`` keywords."""
     def pick(sub: TemplateScores, pairs: PairSet) -> PruningMask:
         inputs = SelectionInputs(bridge, pairs, budget, kind, cost, neutral, template_scores=sub, seed=seed,
                                  batch_size=batch_size)
@@ -145,8 +149,8 @@ def selector_row(bridge, ts, train, ev, spec, budget, kind, cost, neutral, befor
     t0 = time.time()
     mask = pick(ts, train)
     seconds = time.time() - t0
-    after = evaluate(bridge, ev, mask, crows=True, bbq=True, lambada=False, batch_size=batch_size,
-                     per_item=True)
+    after = evaluate(bridge, ev, mask, crows=True, lambada=False, batch_size=batch_size, per_item=True,
+                     **(flags or {}))
     row = {"selector": spec.selector, "label": spec.label(), "max_cost_quantile": spec.max_cost_quantile,
            "budget": budget, "kind": kind, "n_pruned": mask.counts()[kind],
            "params": pruned_params(bridge, mask),
@@ -189,8 +193,9 @@ def add_versus(res: dict) -> dict:
     return res
 
 
-def format_cell(c: dict | None, key: str = "pct") -> str:
-    """``value [lo, hi]`` with a ``~`` when within noise (a Change dict or a js_reduction dict)."""
+def format_cell(c: dict | None, key: str = "pct", digits: int = 1) -> str:
+    """``value [lo, hi]`` (``digits`` decimals) with a ``~`` when within noise (a Change dict or a
+    js_reduction dict)."""
     if not c:
         return "-"
     if "reduction_pct" in c:
@@ -202,15 +207,16 @@ def format_cell(c: dict | None, key: str = "pct") -> str:
             v, ci = -v, None if ci is None else [-ci[1], -ci[0]]
     if v is None:
         return "-"
-    rng = "" if ci is None else f" [{ci[0]:.1f}, {ci[1]:.1f}]"
-    return f"{v:.1f}{rng}{' ~' if c.get('within_noise') else ''}"
+    rng = "" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return f"{v:.{digits}f}{rng}{' ~' if c.get('within_noise') else ''}"
 
 
 SELECTOR_HEADER = ["selector", "kind", "budget", "n", "train JS red. %", "held-out JS red. %",
                    "held-out JS vs first row %", "LODO JS red. %",
                    "|logit gap| red. %", "seqgap red. %", "CrowS Black change (pts)",
                    "CrowS race-color change (pts)", "BBQ ambig. accuracy change (pts)",
-                   "BBQ s_DIS change (pts)", "ppl change %",
+                   "BBQ s_DIS change (pts)", "written: sentiment gap change (pairs)",
+                   "knowledge log-prob change (nats)", "ppl change %",
                    "KL", "select s"]
 
 
@@ -231,6 +237,8 @@ def selector_rows(res: dict) -> tuple[list[list], list[str]]:
                     format_cell(t.get("crows_black_rate"), "diff"),
                     format_cell(t.get("crows_race_color_rate"), "diff"),
                     format_cell(t.get("bbq_acc_ambig"), "diff"), format_cell(t.get("bbq_s_dis"), "diff"),
+                    format_cell(t.get("gen_pairs_sentiment_gap"), "diff", 3),
+                    format_cell(t.get("know_logprob"), "diff", 2),
                     "-" if ppl is None
                     else f"{ppl['pct']:+.1f} [{ppl['pct_ci'][0]:.1f}, {ppl['pct_ci'][1]:.1f}]",
                     "-" if r["kl_neutral"] is None else f"{r['kl_neutral']:.4f}", r["select_seconds"]])

@@ -174,6 +174,15 @@ tasks=["lambada_openai", "boolq"])
 lm-eval downloads every task's dataset from the Hugging Face Hub on first use (network once, or a filled \
 datasets
 cache with `HF_DATASETS_OFFLINE=1`). Run the same tasks on the base model to compare.
+
+The bias measures of this card run in the same harness with no hub: lens_bias ships task configs \
+that read local CrowS-Pairs and BBQ files and its knowledge probe (`pip install "lens_bias[harness]"`):
+
+```bash
+lm_eval --model hf --model_args pretrained=path/to/this/folder,dtype=float32 \\
+  --include_path "$(python -m lens_bias.harness)" \\
+  --tasks lens_bias_crows_black,lens_bias_bbq_race,lens_bias_knowledge --device cpu
+```
 """
 
 
