@@ -8,7 +8,7 @@ choice                    values                                          where 
 :data:`Ablation`          zero, mean: what a pruned unit outputs          ``--ablation``, ``ablation=``
 :data:`Materialization`   zero, structural: how a mask enters weights     ``--mode``, ``mode=``
 :data:`Estimator`         ablate, patch: the attribution estimators       ``--estimator``
-:data:`Scorer`            the estimators and the baselines                ``--scorer``
+:data:`Scorer`            the estimators, ig and the baselines            ``--scorer``
 :data:`Metric`            js, logit_gap, seqgap: what attribution lowers  ``--metric``, ``metric=``
 :data:`Selector`          oneshot, stable, iterative, learned, auto (+)   ``--selector``
 :data:`PerLayer`          global, uniform                                 ``--per-layer``
@@ -35,7 +35,11 @@ Estimator: TypeAlias = Literal["ablate", "patch"]
 ESTIMATORS: tuple[Estimator, ...] = ("ablate", "patch")
 Baseline: TypeAlias = Literal["actdiff", "wanda", "random"]
 BASELINES: tuple[Baseline, ...] = ("actdiff", "wanda", "random")
-SCORERS: tuple[str, ...] = ESTIMATORS + BASELINES
+#: integrated gradients along the ablation path (lens_bias.attribution.integrated)
+INTEGRATED: tuple[str, ...] = ("ig",)
+SCORERS: tuple[str, ...] = ESTIMATORS + INTEGRATED + BASELINES
+#: the scorers that differentiate a metric (they take ``metric``, ``ablation``, ``progress``)
+GRADIENT_SCORERS: tuple[str, ...] = ESTIMATORS + INTEGRATED
 #: what a budget may apply to: one kind of unit, or each kind separately
 KIND_CHOICES: tuple[str, ...] = (*KINDS, "both")
 Metric: TypeAlias = Literal["js", "logit_gap", "seqgap"]

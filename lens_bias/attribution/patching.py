@@ -105,7 +105,9 @@ def _capture_hooks(kinds: Sequence[Kind], n_layers: int, store: dict) -> list:
     return [(hook_name(k, L), collect(store, k, L)) for k in kinds for L in range(n_layers)]
 
 
-def _ref(kind: Kind, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
+def ablation_ref(kind: Kind, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
+    """What one layer's units of ``kind`` output when ablated: 0, or their ``means`` (broadcastable
+    to ``like``, on its device and in its dtype)."""
     if ablation == "zero":
         return torch.zeros((), dtype=like.dtype, device=like.device)
     return means[kind][layer].to(like.device, like.dtype)
@@ -133,7 +135,7 @@ def _gate_hooks(n_layers: int, state: dict):
     return [(f"blocks.{L}.{h}", make(L)) for L in range(n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
 
 
-def _expand(x: Tensor, like: Tensor) -> Tensor:
+def expand_mask(x: Tensor, like: Tensor) -> Tensor:
     """A [rows, pos] mask as ``like``'s dtype on ``like``'s device (a layer of a model split over
     devices), broadcastable to ``like`` ([rows, pos, ...])."""
     return x.to(like.device, like.dtype).view(*x.shape, *([1] * (like.ndim - 2)))
@@ -155,12 +157,12 @@ def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=No
     if g is None:
         return torch.zeros(n, a.shape[2], dtype=acc, device=a.device)
     if estimator == "ablate":
-        delta = -a if ablation == "zero" else _ref(kind, layer, ablation, means, a) - a
-        prod = delta * g if mask is None else delta * g * _expand(mask, a)
+        delta = -a if ablation == "zero" else ablation_ref(kind, layer, ablation, means, a) - a
+        prod = delta * g if mask is None else delta * g * expand_mask(mask, a)
         rows = prod.sum(dims, dtype=acc)
         return -(rows[:n] + rows[n:])
     idx = src.to(a.device).view(*src.shape, *([1] * (a.ndim - 2))).expand_as(a)
-    prod = (torch.gather(a_white, 1, idx) - a) * g * _expand(patch, a)
+    prod = (torch.gather(a_white, 1, idx) - a) * g * expand_mask(patch, a)
     return -prod.sum(dims, dtype=acc)
 
 
@@ -253,7 +255,7 @@ def attribute(
     sums, metric_sum = running_sums(bridge, pairs, metric, estimator, ablation, means, kinds, batch_size,
                                      graddrop, progress)
     counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
-    overall, by_domain = _finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
+    overall, by_domain = finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
     metric_sum = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
     total = sum(counts.values())
     settings = {
@@ -317,10 +319,12 @@ def activation_token_cap(bridge: Bridge) -> int | None:
 
 def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
                   kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool,
-                  by: str = "domain") -> tuple[dict, Tensor]:
+                  by: str = "domain", pass_fn: Callable | None = None) -> tuple[dict, Tensor]:
     """Every batch's contributions added to its pairs' groups (``by``: the pair attribute
     ``"domain"`` or ``"template"``, groups sorted): per kind ``[groups,
-    (dropped layer,) layer, units]``, and the metric ``[groups]``, both on the model's device."""
+    (dropped layer,) layer, units]``, and the metric ``[groups]``, both on the model's device.
+    ``pass_fn(chunk, batch) -> (contributions, per-pair metric)`` replaces the estimator's own pass
+    (integrated gradients, :mod:`lens_bias.attribution.integrated`)."""
     tok = tokenizer_of(bridge)
     n_layers = bridge.cfg.n_layers
     device = model_device(bridge)
@@ -341,8 +345,11 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"
     it = tqdm(jobs, desc=desc, leave=False) if progress else jobs
     for idx, chunk in it:
-        contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok,
-                                       graddrop, tokens.batch(idx, device))
+        if pass_fn is not None:
+            contrib, per_pair = pass_fn(chunk, tokens.batch(idx, device))
+        else:
+            contrib, per_pair = _pair_pass(bridge, chunk, metric, estimator, ablation, means, kinds, tok,
+                                           graddrop, tokens.batch(idx, device))
         dom = torch.tensor([which[getattr(p, by)] for p in chunk], device=device)
         for key, c in contrib.items():
             # .to(device): a no-op unless the model is split over devices
@@ -356,7 +363,7 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
     return sums, metric_sum
 
 
-def _finish_scores(bridge: Bridge, sums: dict, domains: list[str], kinds: list[Kind], counts: dict[str, int],
+def finish_scores(bridge: Bridge, sums: dict, domains: list[str], kinds: list[Kind], counts: dict[str, int],
                    graddrop: bool) -> tuple[dict, dict]:
     """The overall and per-domain scores from the running sums: means over pairs (for GradDrop,
     AtP*'s mean over dropped layers of |estimate|), in :func:`lens_bias.bridge.score_dtype`."""
@@ -426,7 +433,7 @@ def capability_cost(bridge: Bridge, texts: Sequence[str], ablation: str = "mean"
             if g is None:
                 continue
             mm = m.to(a.device, a.dtype).view(*m.shape, *([1] * (a.ndim - 2)))
-            per_pos = (_ref(kind, layer, ablation, means, a) - a) * mm * g
+            per_pos = (ablation_ref(kind, layer, ablation, means, a) - a) * mm * g
             if kind == "heads":
                 per_pos = per_pos.sum(-1)  # [b, p, head]
             per_pos = per_pos.double()

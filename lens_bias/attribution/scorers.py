@@ -1,7 +1,8 @@
 """Baseline scorers, and the one entry point for every scorer.
 
 The baselines share the :class:`~lens_bias.scores.Scores` interface with the attribution
-estimators of :mod:`lens_bias.attribution.patching` (``ablate``, ``patch``):
+estimators of :mod:`lens_bias.attribution.patching` (``ablate``, ``patch``) and integrated gradients
+(``ig``, :mod:`lens_bias.attribution.integrated`):
 
 * ``actdiff``: mean |a_B - a_W| at the last token (optiPfair-style);
 * ``wanda``: the |W_out| column norm times the difference of activation norms between Black and
@@ -21,10 +22,12 @@ from einops import reduce
 from torch import Tensor, nn
 
 from ..bridge import Bridge, shape_of
+from ..errors import LensBiasError
 from ..model.layout import decoder_layers
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..vocab import BASELINES, ESTIMATORS, KINDS, SCORERS, check_choice
+from .integrated import integrated_gradients
 from .patching import attribute
 from .provenance import provenance
 
@@ -95,15 +98,23 @@ def _estimator(name: str) -> Scorer:
     return run
 
 
+def _integrated(bridge: Bridge, pairs: PairSet, graddrop: bool = False, ig_steps: int = 4,
+                ig_rule: str = "gauss", ig_path: str = "layer", **kwargs) -> Scores:
+    if graddrop:
+        raise LensBiasError("GradDrop applies to the ablate and patch estimators, not to ig")
+    return integrated_gradients(bridge, pairs, steps=ig_steps, rule=ig_rule, path=ig_path, **kwargs)
+
+
 def _baseline(name: str) -> Scorer:
     def run(bridge: Bridge, pairs: PairSet, batch_size: int = 32, seed: int = 0, **ignored) -> Scores:
         return baseline_scores(bridge, pairs, name, batch_size=batch_size, seed=seed)
     return run
 
 
-#: scorer name -> ``(bridge, pairs, **kwargs) -> Scores``; the baselines take ``batch_size`` and
-#: ``seed`` and ignore the attribution settings (metric, ablation, progress...)
-REGISTRY: dict[str, Scorer] = {**{e: _estimator(e) for e in ESTIMATORS},
+#: scorer name -> ``(bridge, pairs, **kwargs) -> Scores``; ``ig`` also takes ``ig_steps``,
+#: ``ig_rule`` and ``ig_path``; the baselines take ``batch_size`` and ``seed`` and ignore the
+#: attribution settings (metric, ablation, progress...)
+REGISTRY: dict[str, Scorer] = {**{e: _estimator(e) for e in ESTIMATORS}, "ig": _integrated,
                                **{b: _baseline(b) for b in BASELINES}}
 
 
@@ -115,10 +126,10 @@ def score(bridge: Bridge, pairs: PairSet, scorer: str = "ablate", **kwargs) -> S
         >>> b = load_model("tiny-random", device="cpu")
         >>> score(b, build_pairs(["hiring"]).sample(2), "random", seed=1).settings["seed"]
         1
-        >>> score(b, build_pairs(["hiring"]).sample(2), "magic")
+        >>> score(b, build_pairs(["hiring"]).sample(2), "magic")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lens_bias.errors.ChoiceError: scorer must be one of ablate, patch, actdiff, wanda, random; got 'magic'
+        lens_bias.errors.ChoiceError: scorer must be one of ablate, patch, ig, actdiff, ...; got 'magic'
     """
     check_choice(scorer, SCORERS, "scorer")
     return REGISTRY[scorer](bridge, pairs, **kwargs)

@@ -39,6 +39,9 @@ KnowOpt = Annotated[bool, typer.Option(
          "must not remove (log-probability and top-k accuracy of the answers)")]
 KnowFileOpt = Annotated[Path | None, typer.Option(
     help="a knowledge probe JSON of your own (default: the bundled 126 facts)")]
+IgOpt = Annotated[str, typer.Option(
+    "--ig", help="integrated gradients (--scorer ig): points, path and rule, e.g. 8,layer,gauss (path: "
+                 "layer, each layer on its own path, or joint; rule: gauss or midpoint)")]
 MeasuresOpt = Annotated[str, typer.Option(
     help="measures of bias as users see it, comma-separated: bbq, generations (slow), knowledge "
          "('' = none)")]
@@ -46,6 +49,25 @@ WikitextOpt = Annotated[Path | None, typer.Option(help="WikiText-2 test file (de
 LambadaOpt = Annotated[Path | None, typer.Option(help="LAMBADA jsonl (default: ../shared/data when present)")]
 BbqRowsOpt = Annotated[int, typer.Option(
     help="BBQ rows, spread over its templates (0 = all 800 Black / White rows)")]
+
+
+def ig_options(spec: str) -> dict:
+    """``--ig m,path,rule`` as the keywords of the ``ig`` scorer (:mod:`lens_bias.attribution.integrated`).
+
+    Examples:
+        >>> ig_options("8,joint")
+        {'ig_steps': 8, 'ig_path': 'joint', 'ig_rule': 'gauss'}
+    """
+    from ..attribution.integrated import PATHS, RULES
+    from ..vocab import check_choice
+
+    parts = comma_list(spec)
+    if not parts or not parts[0].isdigit() or int(parts[0]) < 1 or len(parts) > 3:
+        raise LensBiasError(f"--ig must be 'points[,path[,rule]]' with points >= 1, e.g. 8,layer,gauss; "
+                            f"got {spec!r}")
+    path = check_choice(parts[1] if len(parts) > 1 else "layer", PATHS, "--ig path")
+    rule = check_choice(parts[2] if len(parts) > 2 else "gauss", RULES, "--ig rule")
+    return {"ig_steps": int(parts[0]), "ig_path": path, "ig_rule": rule}
 
 
 def user_options(bbq: bool, bbq_file: Path | None, bbq_rows: int, generations: bool, bold_file: Path | None,

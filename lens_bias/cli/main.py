@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ExportCheckError, LensBiasError
+from ..vocab import GRADIENT_SCORERS
 from .common import (
     AllowOtherPairsOpt,
     BbqFileOpt,
@@ -22,6 +23,7 @@ from .common import (
     DomainsOpt,
     DtypeOpt,
     GenOpt,
+    IgOpt,
     JsonOpt,
     KnowFileOpt,
     KnowOpt,
@@ -38,6 +40,7 @@ from .common import (
     comma_list,
     domain_list,
     fail,
+    ig_options,
     interruptible,
     load_bridge,
     load_options,
@@ -101,13 +104,15 @@ def scan(
     per_domain: Annotated[int, typer.Option(help="bundled pairs sampled per domain (0 = all)")] = 24,
     split: SplitOpt = "train",
     metric: Annotated[str, typer.Option(help="js, logit_gap or seqgap (bundled sentence pairs)")] = "js",
-    scorer: Annotated[str, typer.Option(help="ablate, patch, actdiff, wanda or random")] = "ablate",
+    scorer: Annotated[str, typer.Option(help="ablate, patch, ig (integrated gradients), actdiff, wanda or "
+                                             "random")] = "ablate",
     ablation: Annotated[str, typer.Option(help="zero or mean (for the ablate estimator)")] = "zero",
     kinds: Annotated[str | None, typer.Option(help="neurons,heads (default: both)")] = None,
     components: Annotated[str | None, typer.Option(
         "--components", hidden=True, help="old spelling of --kinds")] = None,
     graddrop: Annotated[bool, typer.Option(
         help="AtP* GradDrop: |effect| magnitudes, one backward per layer")] = False,
+    ig: IgOpt = "4,layer,gauss",
     chat_template: ChatOpt = False,
     batch_size: int = 16,
     seed: int = 0,
@@ -126,11 +131,12 @@ def scan(
         domain = old_spelling(domains, domain, "--domains", "--domain")
         t0 = time.time()
         ps = split_part(_pairs(pairs, domain, per_domain, seed, metric), split, seed)
+        igkw = ig_options(ig) if scorer == "ig" else {}  # a bad --ig: refused before loading
         bridge = load_bridge(model, trust_remote_code, dtype, device, device_map, chat_template)
-        kw = {"batch_size": batch_size, "seed": seed} if scorer not in ("ablate", "patch") else {
+        kw = {"batch_size": batch_size, "seed": seed} if scorer not in GRADIENT_SCORERS else {
             "metric": metric, "ablation": ablation, "batch_size": batch_size, "graddrop": graddrop,
             "components": tuple(comma_list(old_spelling(kinds, components, "--kinds", "--components")
-                                           or "neurons,heads")), "progress": not quiet}
+                                           or "neurons,heads")), "progress": not quiet, **igkw}
         if graddrop and scorer not in ("ablate", "patch"):
             raise LensBiasError(f"--graddrop applies to the ablate and patch estimators, not {scorer!r}")
         s = score(bridge, ps, scorer, **kw)

@@ -14,7 +14,7 @@ from ..measures.evaluation import EvalSet, evaluate, pruned_params
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..selection.topk import budget_count, random_mask, select
-from ..vocab import Kind, measure_flags
+from ..vocab import GRADIENT_SCORERS, Kind, measure_flags
 
 
 def pruning_curve(
@@ -123,7 +123,7 @@ def compare_scorers(
     scored, pick = {}, None
     for name in scorers:
         kw = ({"metric": metric, "batch_size": batch_size, "progress": progress}
-              if name in ("ablate", "patch") else {"batch_size": batch_size, "seed": seed})
+              if name in GRADIENT_SCORERS else {"batch_size": batch_size, "seed": seed})
         if name == "ablate" and selector != "oneshot":
             scored[name], pick = selector_picks(bridge, train, ev.neutral or neutral_text(), selector, metric,
                                                  cost, max_cost_quantile, seed, batch_size, progress)

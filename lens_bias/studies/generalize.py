@@ -15,7 +15,7 @@ from ..measures.changes import js_reduction, matrix_noise, reduction_pct
 from ..measures.evaluation import EvalSet, evaluate
 from ..prompts.pairs import PairSet
 from ..selection.topk import select
-from ..vocab import Kind
+from ..vocab import GRADIENT_SCORERS, Kind
 
 
 def generalization_matrix(
@@ -99,7 +99,7 @@ def domain_masks(bridge: Bridge, train: PairSet, domains: Sequence[str] | None =
     from ..prompts.pairs import neutral_text
 
     domains = list(domains or train.domains)
-    kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if scorer in ("ablate", "patch") \
+    kw = {"metric": metric, "batch_size": batch_size, "progress": progress} if scorer in GRADIENT_SCORERS \
         else {"batch_size": batch_size}
     scores = score(bridge, train.filter(domains=domains), scorer, **kw)
     cost = None

@@ -28,7 +28,7 @@ from ..measures.evaluation import EvalSet, evaluate
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..stats import bootstrap_ci, paired_permutation_test
-from ..vocab import KINDS, Kind
+from ..vocab import GRADIENT_SCORERS, KINDS, Kind
 
 #: scorers whose overall score is the pair-weighted mean of their per-domain scores (GradDrop aside)
 SEPARABLE = ("ablate", "patch", "actdiff", "wanda")
@@ -109,10 +109,11 @@ def scores_without(scores: Scores, domain: str) -> Scores:
 def _score_kwargs(scorer: str, settings: dict, metric, batch_size: int, progress: bool, seed: int) -> dict:
     """The keyword arguments of :func:`lens_bias.attribution.scorers.score` that reproduce
     ``settings`` (the scores being rescored on a subset), or the defaults of ``metric``."""
-    if scorer in ("ablate", "patch"):
+    if scorer in GRADIENT_SCORERS:
+        ig = {k: settings[k] for k in ("ig_steps", "ig_rule", "ig_path") if k in settings}
         return {"metric": settings.get("metric", metric), "ablation": settings.get("ablation", "zero"),
                 "graddrop": bool(settings.get("graddrop", False)), "batch_size": batch_size,
-                "progress": progress}
+                "progress": progress, **ig}
     return {"batch_size": batch_size, "seed": settings.get("seed", seed)}
 
 
