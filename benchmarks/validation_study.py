@@ -5,11 +5,16 @@ Compares, on the bundled train split of SmolLM2 (or --model):
     against exact zero ablation (GradDrop is a magnitude: compared with |exact|, and plain AtP's
     magnitude too, so the two are on equal terms);
   * ``ablate`` mean (ablation to the mean activation on neutral text) against exact mean ablation;
-  * ``patch`` against exact activation patching (White activations into the Black run).
+  * ``patch`` against exact activation patching (White activations into the Black run);
+  * integrated gradients (``--ig joint:2,layer:4``: path and points of each configuration) on the
+    zero-ablation study's shared sample, against the same exact effects (``--only zero`` runs it).
+
+Each Spearman also gets a 95 % bootstrap interval over the sampled units (``spearman_ci``).
 
 Prints a table and one JSON line; ``--out FILE`` keeps the per-component detail.
 
     python benchmarks/validation_study.py --domains finance,hiring,general --per-domain 4 --k 60 --n-random 30
+    python benchmarks/validation_study.py --per-domain 1 --only zero --ig joint:2,layer:2,layer:4
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from common import emit
 
 from lens_bias import load_model
+from lens_bias.attribution.integrated import integrated_gradients
 from lens_bias.attribution.patching import attribute
 from lens_bias.attribution.validation import correlations, sample_parts, validate
 from lens_bias.hooks.components import Component
@@ -46,10 +52,41 @@ def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> 
     return [Component(kind, i // shape[1], i % shape[1]) for i in chosen + rand], len(rand)
 
 
+def spearman_ci(pred, true, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the Spearman correlation, resampling units."""
+    g = torch.Generator().manual_seed(seed)
+    pred, true = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(true, dtype=torch.float64)
+    vals = sorted(correlations(pred[i], true[i])[0]
+                  for i in (torch.randint(len(pred), (len(pred),), generator=g) for _ in range(n_boot)))
+    return [round(vals[int(0.025 * n_boot)], 3), round(vals[int(0.975 * n_boot) - 1], 3)]
+
+
+def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict, times: dict) -> list:
+    """Each IG configuration (``path:points``) scored on the shared sample against its exact effects."""
+    rows = []
+    for spec in [c for c in configs.split(",") if c]:
+        path, m = spec.split(":")
+        t = time.time()
+        s = integrated_gradients(bridge, train, steps=int(m), path=path, progress=True)
+        times[f"ig_{path}_{m}"] = time.time() - t
+        res = {}
+        for kind in sample:
+            pred = torch.tensor([float(s.get(kind)[c.layer, c.index]) for c in sample[kind]],
+                                dtype=torch.float64)
+            true = torch.tensor(exact[kind], dtype=torch.float64)
+            sp, pe = correlations(pred, true)
+            spa, pea = correlations(pred.abs(), true.abs())
+            res[kind] = {"n": len(pred), "compared_with": "exact", "spearman": sp, "pearson": pe,
+                         "spearman_abs": spa, "pearson_abs": pea, "spearman_ci": spearman_ci(pred, true),
+                         **sample_parts(pred, true, len(pred) - drawn[kind][1])}
+        rows.append((f"ig {path}, m = {m}", summary(res)))
+    return rows
+
+
 def summary(res: dict) -> dict:
     return {kind: {x: round(r[x], 3) if isinstance(r[x], float) else r[x]
                    for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs",
-                             "spearman_top", "spearman_random", "sign_agreement") if x in r}
+                             "spearman_top", "spearman_random", "sign_agreement", "spearman_ci") if x in r}
             for kind, r in res.items()}
 
 
@@ -62,6 +99,7 @@ def main() -> None:
     ap.add_argument("--n-random", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="zero,mean,patch", help="which studies to run")
+    ap.add_argument("--ig", default="", help="IG configurations path:points, comma-separated (e.g. layer:4)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -96,8 +134,11 @@ def main() -> None:
             n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
             r_gd[kind].update(sample_parts(pred, true.abs(), n_top))
             r_plain[kind].update(sample_parts(torch.tensor(r_plain[kind]["predicted"]), true, n_top))
+        for kind in kinds:
+            r_plain[kind]["spearman_ci"] = spearman_ci(r_plain[kind]["predicted"], r_plain[kind]["exact"])
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
+        rows += ig_rows(bridge, train, args.ig, sample, drawn, {k: r_plain[k]["exact"] for k in kinds}, times)
 
     studies = (("mean", "ablate_mean", "ablate mean (AtP)", {"ablation": "mean"}),
                ("patch", "patch", "patch (AtP)", {"estimator": "patch"}))
@@ -118,7 +159,8 @@ def main() -> None:
         for kind, r in res.items():
             print(f"{name:30s} {kind:8s} {r['n']:4d} {r['compared_with']:8s} {r['spearman']:9.3f} "
                   f"{r['pearson']:8.3f} {r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f} "
-                  f"{r['spearman_top']:7.3f} {r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}")
+                  f"{r['spearman_top']:7.3f} {r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}"
+                  f"  {r.get('spearman_ci', '')}")
     result = {"model": args.model, "n_pairs": len(train), "k": args.k, "n_random": args.n_random,
               "results": {name: res for name, res in rows},
               "seconds": {k: round(v, 1) for k, v in times.items()}}
