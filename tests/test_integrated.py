@@ -151,3 +151,30 @@ def test_the_ig_scorer_through_score_and_scan(tmp_path):
     r = runner.invoke(app, ["scan", "--model", "tiny-random", "--scorer", "ig", "--ig", "0,layer", "-o",
                             str(out)])
     assert r.exit_code == 2 and "--ig must be 'points[,path[,rule]]'" in r.output
+
+
+def test_faithfulness_curves_against_direct_evaluation_and_an_oracle(b64, pairs):
+    """Each point is the held-out evaluation of the scorer's top k removed together; an oracle
+    scorer (every neuron's exact single-unit effect on the held-out pairs) removes the most at k = 1;
+    the area is the mean fraction removed."""
+    from lens_bias.attribution.validation import exact_effects
+    from lens_bias.hooks.components import Component
+    from lens_bias.measures.evaluation import EvalSet, evaluate
+    from lens_bias.scores import Scores
+    from lens_bias.selection.topk import select
+    from lens_bias.studies.faithfulness import faithfulness_curves
+
+    held = build_pairs(["finance", "hiring"]).sample(4, seed=5)
+    comps = [Component("neurons", L, i) for L in range(2) for i in range(128)]
+    exact = exact_effects(b64, held, comps, progress=False).view(2, 128)
+    atp = attribute(b64, pairs, components=["neurons"], progress=False)
+    scorers = {"oracle": Scores(exact, None, {}, {}), "atp": atp}
+    r = faithfulness_curves(b64, held, scorers, ks=(1, 8), progress=False)
+    point = {(row["scorer"], row["k"]): row for row in r["rows"]}
+    direct = evaluate(b64, EvalSet(held), select(atp, 8, bridge=b64), lambada=False, sentences=False)
+    assert point[("atp", 8)]["js"] == pytest.approx(direct["js"])
+    assert point[("oracle", 1)]["reduction_pct"] >= point[("atp", 1)]["reduction_pct"] - 1e-9
+    assert point[("oracle", 1)]["reduction_pct"] == pytest.approx(100 * float(exact.max()) / r["before"])
+    for name in scorers:
+        red = [point[(name, k)]["reduction_pct"] for k in (1, 8)]
+        assert r["area"][name] == pytest.approx(sum(red) / 200)
