@@ -44,10 +44,11 @@ def main() -> None:
     ap.add_argument("--scorers", default="ablate,ig:joint:2,actdiff,random")
     ap.add_argument("--ks", default="10,30,100,230,460")
     ap.add_argument("--max-cost-quantile", type=float, default=0.5)
+    ap.add_argument("--per-domain", type=int, default=24, help="train pairs a domain (the run's: 24)")
     ap.add_argument("--device", default=None)
     a = ap.parse_args()
     bridge = load_model(a.model, device=a.device)
-    train, held = split_pairs(None, None, 24, 26, 0.25, 0)
+    train, held = split_pairs(None, None, a.per_domain, 26, 0.25, 0)
     scorers, seconds = {}, {}
     for spec in a.scorers.split(","):
         name, kw = scorer_kwargs(spec)

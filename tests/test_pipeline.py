@@ -63,6 +63,15 @@ def test_every_change_has_an_interval_and_a_test(run_folder):
             assert t["diff"] == pytest.approx(on_disk["change"][key.replace("_rate", "_points")])
 
 
+def test_the_validation_line_has_intervals_and_a_reading(run_folder):
+    out, m = run_folder
+    for kind, v in m["validation"].items():
+        assert v["reading"].startswith(f"{kind}: ") and "signs right" in v["reading"]
+        if v["spearman_ci"] is not None:
+            assert v["spearman_ci"][0] <= v["spearman_ci"][1]
+    assert "signs right" in (out / "report.html").read_text()
+
+
 def test_bbq_is_measured_before_and_after(run_folder):
     """With the shared BBQ file, the run scores 200 of its Black / White rows before and after,
     with intervals, paired tests and a report section; without it, BBQ is absent, not faked."""

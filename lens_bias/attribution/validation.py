@@ -130,6 +130,58 @@ def correlations(pred: Tensor, true: Tensor) -> tuple[float, float]:
             float(pearsonr(pred.numpy(), true.numpy()).statistic))
 
 
+def spearman_ci(pred: Tensor, ref: Tensor, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """95 % percentile bootstrap interval of the Spearman correlation, resampling the units
+    (``None`` with fewer than four units; resamples without variation are skipped).
+
+    Examples:
+        >>> import torch
+        >>> lo, hi = spearman_ci(torch.arange(20.0), torch.arange(20.0) + torch.randn(20) * 0.1)
+        >>> 0.9 < lo <= hi <= 1.0
+        True
+    """
+    if len(pred) < 4:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_boot):
+        i = torch.randint(len(pred), (len(pred),), generator=g)
+        sp = correlations(pred[i], ref[i])[0]
+        if sp == sp:  # not NaN
+            vals.append(sp)
+    if len(vals) < n_boot // 2:
+        return None
+    vals.sort()
+    return (vals[int(0.025 * len(vals))], vals[max(int(0.975 * len(vals)) - 1, 0)])
+
+
+def reading(r: dict, kind: str) -> str:
+    """One line a user can read from a :func:`validate` result of one kind: the rank correlation
+    with its interval and what it can say at this sample size, and how many signs are right.
+
+    Examples:
+        >>> line = reading({"spearman": 0.22, "spearman_ci": (-0.3, 0.7), "n": 18, "sign_agreement": 0.89,
+        ...                 "spearman_top": 0.1, "spearman_random": 0.9}, "heads")
+        >>> line.split(": ")[1], line.split("; ")[-1]
+        ('Spearman 0.22 [-0.30, 0.70] on 18 units', '16 of 18 signs right')
+    """
+    ci, n = r.get("spearman_ci"), r["n"]
+    signs = f"{round(r['sign_agreement'] * n)} of {n} signs right"
+    if r["spearman"] != r["spearman"]:  # NaN
+        return f"{kind}: no rank correlation on {n} units (constant values); {signs}"
+    head = f"{kind}: Spearman {r['spearman']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+    if ci is None or ci[1] - ci[0] > 0.6:
+        verdict = "too few, or too alike, for a rank correlation to say much"
+    elif ci[0] > 0.7:
+        verdict = "the order of the effects is right"
+    else:
+        verdict = "the order is partly right"
+    top, rand = r.get("spearman_top"), r.get("spearman_random")
+    if top is not None and rand is not None and top == top and rand == rand and rand - top > 0.2:
+        verdict += f" (small effects ordered well, {rand:.2f}; the strongest less so, {top:.2f})"
+    return f"{head} on {n} units: {verdict}; {signs}"
+
+
 def sample_parts(pred: Float[Tensor, " n"], ref: Float[Tensor, " n"], n_top: int | None) -> dict:
     """Where an estimate fails on a sample made of ``n_top`` top units followed by random ones:
     the Spearman of each part (None for both when the split is unknown; NaN for a part of two
@@ -154,8 +206,9 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
     top-``k`` components by |score| plus ``n_random`` random ones, per kind -- or on the given
     ``components`` per kind (to compare two scorers on the same sample).
 
-    Returns ``{kind: {"spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
-    "spearman_random", "sign_agreement", "n", "components", "predicted", "exact"}}``; the ``_abs``
+    Returns ``{kind: {"spearman", "spearman_ci", "pearson", "spearman_abs", "pearson_abs",
+    "spearman_top", "spearman_random", "sign_agreement", "n", "components", "predicted", "exact",
+    "reading"}}`` (``spearman_ci``: :func:`spearman_ci`; ``reading``: :func:`reading`); the ``_abs``
     pair correlates magnitudes (|predicted| vs |exact|), which is what GradDrop scores are compared
     on (their main correlation is with |exact| too). ``spearman_top`` / ``spearman_random`` split
     the sample into its top-k and its random part (None for a given ``components`` sample): a first-
@@ -193,10 +246,12 @@ def validate(bridge: Bridge, pairs: PairSet, scores: Scores, k: int = 200, n_ran
         n_top = None if components and kind in components else min(k, scores.get(kind).numel())
         out[kind] = {
             "spearman": sp, "pearson": pe, "spearman_abs": sp_abs, "pearson_abs": pe_abs,
+            "spearman_ci": spearman_ci(pred, ref, seed=seed),
             **sample_parts(pred, ref, n_top),
             "compared_with": "|exact|" if magnitude else "exact",
             "n": len(comps), "k": k, "n_random": n_random,
             "components": [[c.layer, c.index] for c in comps],
             "predicted": pred.tolist(), "exact": true.tolist(), "provenance_warning": warning,
         }
+        out[kind]["reading"] = reading(out[kind], kind)
     return out

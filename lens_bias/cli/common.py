@@ -264,8 +264,8 @@ def fmt2(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-VALIDATION_KEYS = ("spearman", "pearson", "spearman_abs", "pearson_abs", "spearman_top", "spearman_random",
-                   "sign_agreement", "compared_with", "n", "k", "n_random")
+VALIDATION_KEYS = ("spearman", "spearman_ci", "pearson", "spearman_abs", "pearson_abs", "spearman_top",
+                   "spearman_random", "sign_agreement", "compared_with", "n", "k", "n_random", "reading")
 
 
 def validation_summary(scores, pairs, res: dict, warning: str | None, /, **head) -> dict:
@@ -347,8 +347,9 @@ def print_run(m: dict, out: Path) -> None:
                      ["measure", "before", "after", "change", "95 % CI", "p", "unit", "within noise?"]))
     p = m["pruned"]
     v = m["validation"]
-    typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params); "
-               f"validation Spearman: " + ", ".join(f"{k} {x['spearman']:.2f}" for k, x in v.items()))
+    typer.echo(f"pruned {p['neurons']} neurons, {p['heads']} heads ({p['params_pct']:.3f} % of params)")
+    typer.echo("validation against exact ablation: " + "; ".join(
+        x.get("reading") or f"{k} Spearman {x['spearman']:.2f}" for k, x in v.items()))
     typer.echo(m["export"]["summary"])
     if warning := knowledge_warning(m):
         typer.secho(warning, fg=typer.colors.YELLOW)

@@ -79,7 +79,8 @@ def run_metrics(cfg, inp, r: RunResults, timings: dict) -> dict:
         "change": _change(r.before, r.after, r.rand),
         "tests": tests,
         "capability_files": {k: str(v) if v else None for k, v in files.items()},
-        "validation": {k: {x: v[x] for x in ("spearman", "pearson", "n")} for k, v in r.validation.items()},
+        "validation": {k: {x: v.get(x) for x in ("spearman", "spearman_ci", "pearson", "sign_agreement", "n",
+                                                 "reading")} for k, v in r.validation.items()},
         "curve": r.curve,
         "top_components": {"neurons": scores.top("neurons", 20), "heads": scores.top("heads", 10)},
         "pruned_components": {k: [[la, i, float(scores.get(k)[la, i])] for la, i in mask.pruned(k)][:200]
@@ -237,6 +238,9 @@ def _fill_report(rep: Report, m: dict, r: RunResults) -> None:
     rep.table([[f"L{la} N{i}", s] for la, i, s in m["top_components"]["neurons"]], ["neuron", "score"])
     rep.table([[f"L{la} H{i}", s] for la, i, s in m["top_components"]["heads"]], ["head", "score"])
     rep.heading("Is the attribution right? Predicted vs exact ablation")
+    rep.text(". ".join(v["reading"] for v in m["validation"].values() if v.get("reading"))
+             + ". Each unit is ablated alone on a few train pairs (its top units by |score| and some random "
+             "ones); the interval resamples the units.", "note")
     for kind in r.validation:
         rep.figure(viz.validation_scatter(r.validation, kind))
     rep.heading("Greedy continuations before and after")
