@@ -36,16 +36,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..bridge import Bridge, model_device, shape_of, tokenizer_of
+from ..bridge import Bridge, shape_of, tokenizer_of
 from ..hooks.components import hook_name
 from ..hooks.interventions import attached
-from ..measures.targets import pair_metric, sentence_gap, sentence_tokens
-from ..model.batching import Batch, check_finite, last_logits, pair_batch, widened
+from ..model.batching import Batch
 from ..prompts.pairs import PairSet
 from ..scores import Scores
-from ..vocab import Kind, check_choice, is_sentence_metric
-from .patching import ablation_ref, attribution_inputs, expand_mask, finish_scores, running_sums
-from .provenance import provenance
+from ..vocab import Kind, check_choice
+from .passes import ablation_contributions, ablation_ref, batch_metric, default_batch
+from .patching import attribution_inputs, running_sums, scores_from_sums
 
 RULES = ("gauss", "midpoint")
 PATHS = ("layer", "joint")
@@ -89,17 +88,6 @@ def _interpolate(kind: Kind, layer: int, alpha: float, on: Tensor | None, ablati
     return fn
 
 
-def _metric(bridge: Bridge, batch: Batch, chunk, metric, tokenizer) -> Tensor:
-    """Per-pair metric of a batch of pairs (Black rows, then White), as attribution differentiates it."""
-    if is_sentence_metric(metric):
-        logits = bridge(batch.ids)
-        check_finite(logits, "logits during attribution")
-        return sentence_gap(logits, batch).abs()
-    last = widened(last_logits(bridge, batch.ids, batch.lengths.tolist()))
-    check_finite(last, "logits during attribution")
-    return pair_metric(metric, last, chunk, tokenizer)
-
-
 def path_scores(bridge: Bridge, chunk, metric, ablation: str, means: dict | None, kinds: Sequence[Kind],
                 on_path: OnPath, steps: int = 4, rule: str = "gauss", batch: Batch | None = None,
                 ) -> dict[tuple[str, int], Tensor]:
@@ -108,10 +96,8 @@ def path_scores(bridge: Bridge, chunk, metric, ablation: str, means: dict | None
     ``(kind, layer)`` for every scored layer (units off the path get the path-averaged first-order
     estimate of their own ablation); each value ``[pairs, units of its kind]``."""
     tok = tokenizer_of(bridge)
-    if batch is None:
-        batch = (sentence_tokens(bridge, chunk).batch(range(len(chunk)), model_device(bridge))
-                 if is_sentence_metric(metric) else pair_batch(bridge, chunk))
-    n, width = len(chunk), batch.ids.shape[1]
+    batch = default_batch(bridge, chunk, metric) if batch is None else batch
+    width = batch.ids.shape[1]
     mask = None if all(x == width for x in batch.lengths.tolist()) else batch.mask
     out: dict = {}
     for alpha, weight in zip(*quadrature(steps, rule), strict=True):
@@ -119,19 +105,11 @@ def path_scores(bridge: Bridge, chunk, metric, ablation: str, means: dict | None
         hooks = [(hook_name(k, L), _interpolate(k, L, alpha, on_path.get((k, L)), ablation, means, store))
                  for k in kinds for L in range(bridge.cfg.n_layers)]
         with attached(bridge, hooks), torch.enable_grad():
-            per_pair = _metric(bridge, batch, chunk, metric, tok)
+            per_pair = batch_metric(bridge, batch, chunk, metric, tok)
             keys = list(store)
             grads = torch.autograd.grad(per_pair.sum(), [store[k][1] for k in keys], allow_unused=True)
         for key, g in zip(keys, grads, strict=True):
-            delta = store[key][0]
-            acc = torch.promote_types(delta.dtype, torch.float32)
-            if g is None:
-                c = torch.zeros(n, delta.shape[2], dtype=acc, device=delta.device)
-            else:
-                prod = delta * g if mask is None else delta * g * expand_mask(mask, delta)
-                rows = prod.sum((1,) if key[0] == "neurons" else (1, 3), dtype=acc)
-                c = -(rows[:n] + rows[n:])
-            out[key] = out.get(key, 0) + weight * c
+            out[key] = out.get(key, 0) + weight * ablation_contributions(key[0], store[key][0], g, mask)
     return out
 
 
@@ -167,18 +145,11 @@ def integrated_gradients(bridge: Bridge, pairs: PairSet, metric: str = "js", abl
             scored = path_scores(bridge, chunk, metric, ablation, means, kinds, on_path, steps, rule, batch)
             contrib.update({key: scored[key] for key in on_path})
         with torch.no_grad():
-            per_pair = _metric(bridge, batch, chunk, metric, tokenizer_of(bridge))
+            per_pair = batch_metric(bridge, batch, chunk, metric, tokenizer_of(bridge))
         return contrib, per_pair
 
     sums, metric_sum = running_sums(bridge, pairs, metric, "ig", ablation, means, kinds, batch_size, False,
                                     progress, pass_fn=one_batch)
-    counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
-    overall, by_domain = finish_scores(bridge, sums, pairs.domains, kinds, counts, False)
-    total = sum(counts.values())
-    metric_by = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
-    settings = {"scorer": "ig", "estimator": "ig", "metric": metric, "ablation": ablation, "graddrop": False,
-                "ig_steps": steps, "ig_rule": rule, "ig_path": path, **provenance(bridge, pairs),
-                "metric_before": sum(metric_by.values()) / total,
-                "metric_before_by_domain": {d: metric_by[d] / counts[d] for d in counts},
-                "n_pairs_by_domain": counts}
-    return Scores(overall.get("neurons"), overall.get("heads"), by_domain, settings)
+    return scores_from_sums(bridge, pairs, kinds, sums, metric_sum, False,
+                            {"scorer": "ig", "estimator": "ig", "metric": metric, "ablation": ablation,
+                             "graddrop": False, "ig_steps": steps, "ig_rule": rule, "ig_path": path})

@@ -51,23 +51,20 @@ from ..hooks.components import hook_name
 from ..hooks.interventions import attached, collect
 from ..measures.targets import (
     directional_only,
-    pair_metric,
-    sentence_gap,
     sentence_tokens,
 )
 from ..model.batching import (
     Batch,
-    check_finite,
     chunks,
     encode,
     last_logits,
-    pair_batch,
     tokenize_pairs,
     widened,
 )
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..vocab import ESTIMATORS, KINDS, Kind, check_ablation, check_choice, is_sentence_metric
+from .passes import ablation_contributions, ablation_ref, batch_metric, default_batch, expand_mask
 from .provenance import provenance
 
 # ---------------------------------------------------------------- alignment for the patch estimator
@@ -105,14 +102,6 @@ def _capture_hooks(kinds: Sequence[Kind], n_layers: int, store: dict) -> list:
     return [(hook_name(k, L), collect(store, k, L)) for k in kinds for L in range(n_layers)]
 
 
-def ablation_ref(kind: Kind, layer: int, ablation: str, means: dict | None, like: Tensor) -> Tensor:
-    """What one layer's units of ``kind`` output when ablated: 0, or their ``means`` (broadcastable
-    to ``like``, on its device and in its dtype)."""
-    if ablation == "zero":
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    return means[kind][layer].to(like.device, like.dtype)
-
-
 class _GradGate(torch.autograd.Function):
     """Identity forward; backward passes the gradient unless ``state["drop"] == layer``."""
 
@@ -135,12 +124,6 @@ def _gate_hooks(n_layers: int, state: dict):
     return [(f"blocks.{L}.{h}", make(L)) for L in range(n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
 
 
-def expand_mask(x: Tensor, like: Tensor) -> Tensor:
-    """A [rows, pos] mask as ``like``'s dtype on ``like``'s device (a layer of a model split over
-    devices), broadcastable to ``like`` ([rows, pos, ...])."""
-    return x.to(like.device, like.dtype).view(*x.shape, *([1] * (like.ndim - 2)))
-
-
 def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=None, src=None,
                    a_white=None) -> Float[Tensor, "pairs units"]:
     """One layer's first-order estimate per pair and component (sign: reduction), summed over
@@ -151,16 +134,13 @@ def _contributions(kind, layer, a, g, mask, estimator, ablation, means, patch=No
     the padding mask (or None when the batch has no padding). ``patch``: ``a``/``g`` are the Black
     run's, ``a_white`` the White run's activations, ``patch``/``src`` from :func:`aligned_suffix`.
     """
-    dims = (1,) if kind == "neurons" else (1, 3)
-    acc = torch.promote_types(a.dtype, torch.float32)
-    n = a.shape[0] // 2 if estimator == "ablate" else a.shape[0]
-    if g is None:
-        return torch.zeros(n, a.shape[2], dtype=acc, device=a.device)
     if estimator == "ablate":
         delta = -a if ablation == "zero" else ablation_ref(kind, layer, ablation, means, a) - a
-        prod = delta * g if mask is None else delta * g * expand_mask(mask, a)
-        rows = prod.sum(dims, dtype=acc)
-        return -(rows[:n] + rows[n:])
+        return ablation_contributions(kind, delta, g, mask)
+    dims = (1,) if kind == "neurons" else (1, 3)
+    acc = torch.promote_types(a.dtype, torch.float32)
+    if g is None:
+        return torch.zeros(a.shape[0], a.shape[2], dtype=acc, device=a.device)
     idx = src.to(a.device).view(*src.shape, *([1] * (a.ndim - 2))).expand_as(a)
     prod = (torch.gather(a_white, 1, idx) - a) * g * expand_mask(patch, a)
     return -prod.sum(dims, dtype=acc)
@@ -180,8 +160,7 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
     """
     n_layers = bridge.cfg.n_layers
     if batch is None:
-        batch = (sentence_tokens(bridge, chunk).batch(range(len(chunk)), model_device(bridge))
-                 if is_sentence_metric(target) else pair_batch(bridge, chunk))
+        batch = default_batch(bridge, chunk, target)
     n = len(chunk)
     lengths = batch.lengths.tolist()
     width = batch.ids.shape[1]
@@ -201,16 +180,7 @@ def _pair_pass(bridge: Bridge, chunk, target, estimator, ablation, means, kinds,
         rows = slice(0, 2 * n)
         mask = None if all(x == width for x in lengths) else batch.mask
     with attached(bridge, hooks), torch.enable_grad():
-        if is_sentence_metric(target):  # the whole sequence: each sentence's summed log-likelihood
-            logits = bridge(batch.ids)
-            check_finite(logits, "logits during attribution")
-            per_pair = sentence_gap(logits, batch).abs()
-        else:
-            last = widened(last_logits(bridge, batch.ids[rows], lengths[rows]))
-            if last_w is not None:
-                last = torch.cat([last, last_w])
-            check_finite(last, "logits during attribution")
-            per_pair = pair_metric(target, last, chunk, tokenizer)
+        per_pair = batch_metric(bridge, batch, chunk, target, tokenizer, rows, last_w)
         keys = list(store)
         for i, drop in enumerate(drops):
             state["drop"] = drop
@@ -254,16 +224,24 @@ def attribute(
     kinds, pairs, means = attribution_inputs(bridge, pairs, metric, estimator, ablation, components, means)
     sums, metric_sum = running_sums(bridge, pairs, metric, estimator, ablation, means, kinds, batch_size,
                                      graddrop, progress)
+    return scores_from_sums(bridge, pairs, kinds, sums, metric_sum, graddrop,
+                            {"scorer": estimator, "estimator": estimator, "metric": metric,
+                             "ablation": ablation, "graddrop": graddrop})
+
+
+def scores_from_sums(bridge: Bridge, pairs: PairSet, kinds: list[Kind], sums: dict, metric_sum: Tensor,
+                     graddrop: bool, settings: dict) -> Scores:
+    """The :class:`~lens_bias.scores.Scores` of :func:`running_sums`' per-domain sums: the means
+    over pairs (:func:`_finish_scores`), with ``settings`` and the provenance, the metric before
+    (overall and per domain) and the pairs per domain added to its settings."""
     counts = {d: len(sub) for d, sub in pairs.by_domain().items()}
-    overall, by_domain = finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
-    metric_sum = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
-    total = sum(counts.values())
+    overall, by_domain = _finish_scores(bridge, sums, pairs.domains, kinds, counts, graddrop)
+    metric_by = dict(zip(pairs.domains, metric_sum.cpu().tolist(), strict=True))
     settings = {
-        "scorer": estimator, "estimator": estimator, "metric": metric, "ablation": ablation,
-        "graddrop": graddrop,
+        **settings,
         **provenance(bridge, pairs),  # pairs_hash, n_pairs, domains, model, model_shape
-        "metric_before": sum(metric_sum.values()) / total,
-        "metric_before_by_domain": {d: metric_sum[d] / counts[d] for d in counts},
+        "metric_before": sum(metric_by.values()) / sum(counts.values()),
+        "metric_before_by_domain": {d: metric_by[d] / counts[d] for d in counts},
         "n_pairs_by_domain": counts,
     }
     return Scores(overall.get("neurons", None) if "neurons" in kinds else None,
@@ -363,7 +341,7 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
     return sums, metric_sum
 
 
-def finish_scores(bridge: Bridge, sums: dict, domains: list[str], kinds: list[Kind], counts: dict[str, int],
+def _finish_scores(bridge: Bridge, sums: dict, domains: list[str], kinds: list[Kind], counts: dict[str, int],
                    graddrop: bool) -> tuple[dict, dict]:
     """The overall and per-domain scores from the running sums: means over pairs (for GradDrop,
     AtP*'s mean over dropped layers of |estimate|), in :func:`lens_bias.bridge.score_dtype`."""
