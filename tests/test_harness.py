@@ -81,8 +81,8 @@ def test_bbq_scores_match_lens_bias_on_the_same_answers(plain):
     ll = np.random.default_rng(1).normal(size=(800, 3))
     per_doc = [tasks.bbq_results(d, [(x, False) for x in row]) for d, row in zip(docs, ll, strict=True)]
     ours = BbqScores.from_answers(rows, ll.argmax(1)).summary(n_boot=10)
-    for metric, agg, key in (("acc_ambig", tasks.bbq_accuracy, "bbq_acc_ambig"),
-                             ("acc_disambig", tasks.bbq_accuracy, "bbq_acc_disambig"),
+    for metric, agg, key in (("acc_ambig", tasks.bbq_acc_ambig, "bbq_acc_ambig"),
+                             ("acc_disambig", tasks.bbq_acc_disambig, "bbq_acc_disambig"),
                              ("s_dis", tasks.bbq_s_dis, "bbq_s_dis"),
                              ("s_amb", tasks.bbq_s_amb, "bbq_s_amb")):
         assert agg([p[metric] for p in per_doc]) == pytest.approx(ours[key]), metric
