@@ -9,7 +9,8 @@ Compares, on the bundled train split of SmolLM2 (or --model):
   * integrated gradients (``--ig joint:2,layer:4``: path and points of each configuration) on the
     zero-ablation study's shared sample, against the same exact effects (``--only zero`` runs it).
 
-Each Spearman also gets a 95 % bootstrap interval over the sampled units (``spearman_ci``).
+Each Spearman also gets a 95 % bootstrap interval over the sampled units
+(``lens_bias.attribution.validation.spearman_ci``).
 
 Prints a table and one JSON line; ``--out FILE`` keeps the per-component detail.
 
@@ -31,7 +32,7 @@ from common import emit
 from lens_bias import load_model
 from lens_bias.attribution.integrated import integrated_gradients
 from lens_bias.attribution.patching import attribute
-from lens_bias.attribution.validation import correlations, sample_parts, validate
+from lens_bias.attribution.validation import correlations, sample_parts, spearman_ci, validate
 from lens_bias.hooks.components import Component
 from lens_bias.prompts.pairs import load_pairs
 from lens_bias.prompts.splits import template_split
@@ -50,15 +51,6 @@ def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> 
     rest = sorted(set(range(shape[0] * shape[1])) - set(chosen))
     rand = random.Random(seed).sample(rest, min(n_random, len(rest)))
     return [Component(kind, i // shape[1], i % shape[1]) for i in chosen + rand], len(rand)
-
-
-def spearman_ci(pred, true, n_boot: int = 1000, seed: int = 0) -> list[float]:
-    """95 % percentile bootstrap interval of the Spearman correlation, resampling units."""
-    g = torch.Generator().manual_seed(seed)
-    pred, true = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(true, dtype=torch.float64)
-    vals = sorted(correlations(pred[i], true[i])[0]
-                  for i in (torch.randint(len(pred), (len(pred),), generator=g) for _ in range(n_boot)))
-    return [round(vals[int(0.025 * n_boot)], 3), round(vals[int(0.975 * n_boot) - 1], 3)]
 
 
 def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict, times: dict) -> list:
@@ -83,8 +75,14 @@ def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict,
     return rows
 
 
+def _rounded(v):
+    if isinstance(v, float):
+        return round(v, 3)
+    return [round(x, 3) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def summary(res: dict) -> dict:
-    return {kind: {x: round(r[x], 3) if isinstance(r[x], float) else r[x]
+    return {kind: {x: _rounded(r[x])
                    for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs",
                              "spearman_top", "spearman_random", "sign_agreement", "spearman_ci") if x in r}
             for kind, r in res.items()}
@@ -134,8 +132,6 @@ def main() -> None:
             n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
             r_gd[kind].update(sample_parts(pred, true.abs(), n_top))
             r_plain[kind].update(sample_parts(torch.tensor(r_plain[kind]["predicted"]), true, n_top))
-        for kind in kinds:
-            r_plain[kind]["spearman_ci"] = spearman_ci(r_plain[kind]["predicted"], r_plain[kind]["exact"])
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
         rows += ig_rows(bridge, train, args.ig, sample, drawn, {k: r_plain[k]["exact"] for k in kinds}, times)

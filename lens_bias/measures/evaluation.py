@@ -191,7 +191,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
                      neutral_every: int = 3, sentences: PairSet | None = None,
                      bbq: str | Path | None = None, bbq_rows: int = 0, generation: bool = False,
                      bold: str | Path | None = None, bold_per_group: int = 40,
-                     knowledge: str | Path | None = None) -> EvalSet:
+                     knowledge: str | Path | None = None, files: dict | None = None) -> EvalSet:
     """The evaluation every experiment and run uses: the held-out pairs, every third line of the
     bundled neutral text (KL), and WikiText-2 / LAMBADA / CrowS-Pairs from the given files or,
     when not given, from ``../shared/data`` if present (:func:`capability_files`); ``sentences``:
@@ -202,7 +202,8 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
     generation audit's prompts: our pairs and ``bold_per_group`` BOLD people a group from ``bold``
     or ``../shared/data`` (:func:`lens_bias.prompts.generation.audit_prompts`); the knowledge
     probe's items from ``knowledge`` (a path; ``None``: the bundled probe, ``""``: none;
-    :func:`lens_bias.prompts.knowledge.load_knowledge`)."""
+    :func:`lens_bias.prompts.knowledge.load_knowledge`). ``files``: the capability files already
+    resolved by :func:`capability_files` (then the file arguments are not read)."""
     from ..prompts.bbq import load_bbq, stratified
     from ..prompts.corpora import load_crows_pairs, load_lambada, load_wikitext
     from ..prompts.generation import audit_prompts
@@ -210,7 +211,7 @@ def standard_evalset(held: PairSet, wikitext: str | Path | None = None, lambada:
     from ..prompts.pairs import neutral_text
     from ..prompts.sentences import stereotype_signs
 
-    files = capability_files(wikitext, lambada, crows, bbq, bold)
+    files = files if files is not None else capability_files(wikitext, lambada, crows, bbq, bold)
     wt, la, cr, bq = files["wikitext"], files["lambada"], files["crows"], files["bbq"]
     return EvalSet(
         pairs=held,

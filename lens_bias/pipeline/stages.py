@@ -225,11 +225,10 @@ def _load(cfg: RunConfig) -> _Inputs:
         raise RunError(f"--ablation mean is exported by folding the means into biases, which "
                        f"{type(bridge.original_model).__name__} has no config flag for; use --ablation zero")
     files = capability_files(cfg.wikitext, cfg.lambada, cfg.crows, cfg.bbq, cfg.bold)
-    ev = standard_evalset(held, files["wikitext"], files["lambada"], files["crows"],
-                          ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
-                          sentences=s_held if len(s_held) else None, bbq=files["bbq"] or "",
-                          bbq_rows=cfg.bbq_rows, generation=cfg.generations, bold=files["bold"] or "",
-                          bold_per_group=cfg.bold_per_group, knowledge=cfg.knowledge)
+    ev = standard_evalset(held, ppl_tokens=cfg.ppl_tokens, lambada_limit=cfg.lambada_limit,
+                          sentences=s_held if len(s_held) else None, bbq_rows=cfg.bbq_rows,
+                          generation=cfg.generations, bold_per_group=cfg.bold_per_group,
+                          knowledge=cfg.knowledge, files=files)
     ev.gen_k = cfg.gen_samples
     return _Inputs(bridge, train, held, ev, files, s_train if is_sentence_metric(cfg.metric) else train)
 
