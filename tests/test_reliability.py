@@ -717,7 +717,7 @@ def _failing_hook_fn(*a, **k):
 
 INJECT = {
     # stage: (attribute to replace, replacement factory, exception raised)
-    "attribution (capture hooks)": ("lens_bias.attribution.patching.pair_metric",
+    "attribution (capture hooks)": ("lens_bias.attribution.passes.pair_metric",
                                     lambda real: _raise_on_call(1, RuntimeError("boom in attribution")),
                                     RuntimeError),
     "validation (ablation hooks)": ("lens_bias.attribution.validation.metric_value",
