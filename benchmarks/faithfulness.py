@@ -9,7 +9,8 @@ Scores on the run's train split (24 pairs a domain), measures on its held-out sp
 templates never scored). ``ig:path:m`` is integrated gradients (``lens_bias.attribution.integrated``);
 the layer path costs m x 2 x n_layers passes a batch (a GPU job on real models). Every scorer's
 units pass the run's capability filter (Fisher cost on neutral text, ``--max-cost-quantile``, 0.5;
-1 = off), so the comparison isolates the ranking.
+1 = off), so the comparison isolates the ranking. Every scorer after the first is compared with the
+first at each k, paired by template (points more of the bias removed, interval, p).
 """
 
 import argparse
@@ -67,6 +68,12 @@ def main() -> None:
         cells = [r for r in res["rows"] if r["scorer"] == spec]
         print(f"{spec:16s} " + " ".join(f"{r['reduction_pct']:7.1f}{'~' if r['within_noise'] else ' '}"
                                         for r in cells) + f"  {res['area'][spec]:.3f}")
+    ref = res["settings"]["reference"]
+    print(f"points more than {ref} at the same k (paired by template; ~ within noise)")
+    for spec in list(scorers)[1:]:
+        cells = [r["vs_first"] for r in res["rows"] if r["scorer"] == spec]
+        print(f"{spec:16s} " + " ".join(f"{v['more_pts']:+7.1f}{'~' if v['within_noise'] else ' '}"
+                                        for v in cells))
     emit({k: res[k] for k in ("model", "area", "before", "score_seconds")})
 
 

@@ -128,7 +128,8 @@ def main() -> None:
             true = torch.tensor(r_plain[kind]["exact"])
             sp, pe = correlations(pred, true.abs())
             r_gd[kind] = {"n": len(pred), "compared_with": "|exact|", "spearman": sp, "pearson": pe,
-                          "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist()}
+                          "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist(),
+                          "spearman_ci": spearman_ci(pred, true.abs())}
             n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
             r_gd[kind].update(sample_parts(pred, true.abs(), n_top))
             r_plain[kind].update(sample_parts(torch.tensor(r_plain[kind]["predicted"]), true, n_top))

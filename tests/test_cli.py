@@ -107,6 +107,9 @@ def test_scan_then_validate(tmp_path):
     res = json.loads(r.output)
     assert res["neurons"]["n"] == 15 and -1 <= res["neurons"]["spearman"] <= 1
     assert res["n_pairs"] == 6  # the pairs the scan used (2 per domain, train split of 6 domains)
+    r = runner.invoke(app, ["validate", "--model", "tiny-random", "-s", str(out), "--k", "10", "--n-random",
+                            "5", "-q"])
+    assert r.exit_code == 0 and res["neurons"]["reading"] in r.output and res["heads"]["reading"] in r.output
 
 
 def test_scan_baseline_and_bad_scorer(tmp_path):

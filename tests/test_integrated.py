@@ -4,6 +4,8 @@ patching taken halfway, convergence in m, and the quadrature itself."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,12 @@ def test_the_ig_scorer_through_score_and_scan(tmp_path):
                             "--scorer", "ig", "--ig", "2,joint", "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
     assert Scores.load(out).settings["ig_path"] == "joint"
+    # the IG scores validate from the CLI against exact ablation, on the pairs they were scanned on
+    r = runner.invoke(app, ["validate", "--scores", str(out), "--model", "tiny-random", "--k", "3",
+                            "--n-random", "2", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.output)
+    assert v["neurons"]["n"] == 5 and v["heads"]["n"] == 5 and v["neurons"]["reading"].startswith("neurons: ")
     r = runner.invoke(app, ["scan", "--model", "tiny-random", "--scorer", "ig", "--ig", "0,layer", "-o",
                             str(out)])
     assert r.exit_code == 2 and "--ig must be 'points[,path[,rule]]'" in r.output
@@ -178,3 +186,9 @@ def test_faithfulness_curves_against_direct_evaluation_and_an_oracle(b64, pairs)
     for name in scorers:
         red = [point[(name, k)]["reduction_pct"] for k in (1, 8)]
         assert r["area"][name] == pytest.approx(sum(red) / 200)
+    # the paired comparison with the first scorer is the difference of the two reductions
+    assert point[("oracle", 8)]["vs_first"] is None and r["settings"]["reference"] == "oracle"
+    vs = point[("atp", 8)]["vs_first"]
+    gap = point[("atp", 8)]["reduction_pct"] - point[("oracle", 8)]["reduction_pct"]
+    assert vs["more_pts"] == pytest.approx(gap)
+    assert vs["more_ci"][0] <= vs["more_pts"] <= vs["more_ci"][1]

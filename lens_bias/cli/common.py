@@ -284,11 +284,13 @@ def validation_summary(scores, pairs, res: dict, warning: str | None, /, **head)
 
 
 def validation_table(res: dict) -> str:
-    """The table of ``validate``: per kind, the correlations of predicted with exact effects."""
-    return table([[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
-                   r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()],
-                 ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
-                  "Spearman top-k", "Spearman random", "same sign"])
+    """The table of ``validate``: per kind, the correlations of predicted with exact effects, then
+    each kind's one-line reading (the Spearman's interval and what the sample can say)."""
+    rows = [[kind, r["n"], r["compared_with"], r["spearman"], r["pearson"], r["spearman_abs"],
+             r["spearman_top"], r["spearman_random"], r["sign_agreement"]] for kind, r in res.items()]
+    grid = table(rows, ["kind", "components", "predicted vs", "Spearman", "Pearson", "Spearman |.|",
+                        "Spearman top-k", "Spearman random", "same sign"])
+    return "\n".join([grid] + [r["reading"] for r in res.values() if r.get("reading")])
 
 
 def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
