@@ -126,6 +126,20 @@ def n_params(bridge: Bridge) -> int:
     return sum(p.numel() for p in bridge.original_model.parameters())
 
 
+def renormalized_outputs(bridge: Bridge) -> bool:
+    """Whether each attention and MLP output passes through a norm of its own before it joins the
+    residual stream (Gemma 2 and 3, OLMo 2: a ``post_feedforward_layernorm`` in every layer). Such a
+    layer's output does not change when all its heads, or all its neurons, are scaled together.
+
+    Examples:
+        >>> from lens_bias import load_model
+        >>> renormalized_outputs(load_model("tiny-random", device="cpu"))  # Llama: pre-norms only
+        False
+    """
+    names = (name for name, _ in bridge.original_model.named_modules())
+    return any(name.endswith("post_feedforward_layernorm") for name in names)
+
+
 def model_meta(bridge: Bridge) -> dict:
     """The metadata a mask or a scores file records about its model: name, architecture and shapes.
 

@@ -192,3 +192,26 @@ def test_faithfulness_curves_against_direct_evaluation_and_an_oracle(b64, pairs)
     gap = point[("atp", 8)]["reduction_pct"] - point[("oracle", 8)]["reduction_pct"]
     assert vs["more_pts"] == pytest.approx(gap)
     assert vs["more_ci"][0] <= vs["more_pts"] <= vs["more_ci"][1]
+
+
+@pytest.mark.slow
+def test_the_layer_path_only_rescales_attribution_patching_where_outputs_are_renormalized(gemma, monkeypatch):
+    """Gemma-3 normalizes each attention output before the residual stream: scaling all of a layer's
+    heads by 1 - alpha changes nothing until alpha nears 1, so the layer path's score is attribution
+    patching's times sum_k w_k / (1 - alpha_k) (3 for two Gauss points); the scorer warns there."""
+    from lens_bias import bridge as bridge_mod
+
+    assert bridge_mod.renormalized_outputs(gemma)
+    ps = build_pairs(["finance"]).sample(2, seed=1)
+    atp = attribute(gemma, ps, components=["heads"], progress=False)
+    on = {("heads", 5): torch.ones(gemma.cfg.n_heads, dtype=torch.bool)}
+    ig = path_scores(gemma, ps.pairs, "js", "zero", None, ["heads"], on, steps=2)[("heads", 5)].mean(0)
+    nodes, weights = quadrature(2)
+    scale = sum(w / (1 - a) for a, w in zip(nodes, weights, strict=True))
+    assert scale == pytest.approx(3.0)
+    assert torch.allclose(ig.double(), scale * atp.heads[5].double(), rtol=0.02, atol=1e-7)
+    # the warning, on a small model made to look renormalized
+    tiny = load_model("tiny-random", device="cpu")
+    monkeypatch.setattr("lens_bias.attribution.integrated.renormalized_outputs", lambda b: True)
+    with pytest.warns(UserWarning, match="only rescales attribution patching"):
+        integrated_gradients(tiny, ps, steps=1, path="layer", progress=False)

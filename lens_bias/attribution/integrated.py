@@ -24,19 +24,27 @@ Which units share a path (``path``):
   of the path is the model with all of them ablated, a long way from pruning 0.5 % of them.
 
 ``m = 1`` with the midpoint rule is attribution patching's estimate taken halfway along the path.
+
+On a model whose attention and MLP outputs are normalized before they join the residual stream
+(:func:`lens_bias.bridge.renormalized_outputs`: Gemma 2 and 3, OLMo 2), the layer path is
+degenerate: scaling all of a layer's units by ``1 - alpha`` leaves the layer's output unchanged
+until ``alpha`` nears 1, so each unit's gradient there is its clean gradient over ``1 - alpha``,
+and every score is attribution patching's times ``sum_k w_k / (1 - alpha_k)`` (3 for two Gauss
+points), at ``m x n_layers x kinds`` times its cost; :func:`integrated_gradients` warns.
 Batched and streamed like :func:`lens_bias.attribution.patching.attribute` (memory flat in the
 number of pairs).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..bridge import Bridge, shape_of, tokenizer_of
+from ..bridge import Bridge, renormalized_outputs, shape_of, tokenizer_of
 from ..hooks.components import hook_name
 from ..hooks.interventions import attached
 from ..model.batching import Batch
@@ -138,6 +146,10 @@ def integrated_gradients(bridge: Bridge, pairs: PairSet, metric: str = "js", abl
     """
     kinds, pairs, means = attribution_inputs(bridge, pairs, metric, "ablate", ablation, components, means)
     paths = _paths(bridge, kinds, path)
+    if path == "layer" and renormalized_outputs(bridge):
+        warnings.warn("this model normalizes each attention and MLP output before the residual stream, so "
+                      "IG's layer path only rescales attribution patching's scores (at many times its cost); "
+                      "use the ablate scorer, or path='joint'", UserWarning, stacklevel=2)
 
     def one_batch(chunk, batch):
         contrib = {}
