@@ -32,7 +32,13 @@ from common import emit
 from lens_bias import load_model
 from lens_bias.attribution.integrated import integrated_gradients
 from lens_bias.attribution.patching import attribute
-from lens_bias.attribution.validation import correlations, sample_parts, spearman_ci, validate
+from lens_bias.attribution.validation import (
+    correlations,
+    sample_parts,
+    spearman_ci,
+    spearman_difference,
+    validate,
+)
 from lens_bias.hooks.components import Component
 from lens_bias.prompts.pairs import load_pairs
 from lens_bias.prompts.splits import template_split
@@ -53,8 +59,10 @@ def shared_sample(kind: str, scores: list, k: int, n_random: int, seed: int) -> 
     return [Component(kind, i // shape[1], i % shape[1]) for i in chosen + rand], len(rand)
 
 
-def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict, times: dict) -> list:
-    """Each IG configuration (``path:points``) scored on the shared sample against its exact effects."""
+def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict, atp: dict, times: dict,
+            detail: dict) -> list:
+    """Each IG configuration (``path:points``) scored on the shared sample against its exact effects,
+    and against AtP's predictions ``atp`` on the same units (the paired Spearman difference)."""
     rows = []
     for spec in [c for c in configs.split(",") if c]:
         path, m = spec.split(":")
@@ -68,9 +76,12 @@ def ig_rows(bridge, train, configs: str, sample: dict, drawn: dict, exact: dict,
             true = torch.tensor(exact[kind], dtype=torch.float64)
             sp, pe = correlations(pred, true)
             spa, pea = correlations(pred.abs(), true.abs())
+            plain = torch.tensor(atp[kind], dtype=torch.float64)
             res[kind] = {"n": len(pred), "compared_with": "exact", "spearman": sp, "pearson": pe,
                          "spearman_abs": spa, "pearson_abs": pea, "spearman_ci": spearman_ci(pred, true),
-                         **sample_parts(pred, true, len(pred) - drawn[kind][1])}
+                         "vs_atp": spearman_difference(plain, pred, true),
+                         "predicted": pred.tolist(), **sample_parts(pred, true, len(pred) - drawn[kind][1])}
+        detail[f"ig_{path}_{m}"] = res
         rows.append((f"ig {path}, m = {m}", summary(res)))
     return rows
 
@@ -84,7 +95,8 @@ def _rounded(v):
 def summary(res: dict) -> dict:
     return {kind: {x: _rounded(r[x])
                    for x in ("n", "compared_with", "spearman", "pearson", "spearman_abs", "pearson_abs",
-                             "spearman_top", "spearman_random", "sign_agreement", "spearman_ci") if x in r}
+                             "spearman_top", "spearman_random", "sign_agreement", "spearman_ci", "vs_atp")
+                 if x in r}
             for kind, r in res.items()}
 
 
@@ -129,13 +141,17 @@ def main() -> None:
             sp, pe = correlations(pred, true.abs())
             r_gd[kind] = {"n": len(pred), "compared_with": "|exact|", "spearman": sp, "pearson": pe,
                           "spearman_abs": sp, "pearson_abs": pe, "predicted": pred.tolist(),
-                          "spearman_ci": spearman_ci(pred, true.abs())}
+                          "spearman_ci": spearman_ci(pred, true.abs()),
+                          # against AtP's magnitudes, on |exact| too
+                          "vs_atp": spearman_difference(torch.tensor(r_plain[kind]["predicted"]).abs(), pred,
+                                                        true.abs())}
             n_top = len(pred) - drawn[kind][1]  # the shared sample ends with its random units
             r_gd[kind].update(sample_parts(pred, true.abs(), n_top))
             r_plain[kind].update(sample_parts(torch.tensor(r_plain[kind]["predicted"]), true, n_top))
         detail["ablate_zero"], detail["ablate_zero_graddrop"] = r_plain, r_gd
         rows += [("ablate zero (AtP)", summary(r_plain)), ("ablate zero (AtP* GradDrop)", summary(r_gd))]
-        rows += ig_rows(bridge, train, args.ig, sample, drawn, {k: r_plain[k]["exact"] for k in kinds}, times)
+        rows += ig_rows(bridge, train, args.ig, sample, drawn, {k: r_plain[k]["exact"] for k in kinds},
+                        {k: r_plain[k]["predicted"] for k in kinds}, times, detail)
 
     studies = (("mean", "ablate_mean", "ablate mean (AtP)", {"ablation": "mean"}),
                ("patch", "patch", "patch (AtP)", {"estimator": "patch"}))
@@ -157,7 +173,9 @@ def main() -> None:
             print(f"{name:30s} {kind:8s} {r['n']:4d} {r['compared_with']:8s} {r['spearman']:9.3f} "
                   f"{r['pearson']:8.3f} {r['spearman_abs']:7.3f} {r['pearson_abs']:7.3f} "
                   f"{r['spearman_top']:7.3f} {r['spearman_random']:7.3f} {r['sign_agreement']:7.3f}"
-                  f"  {r.get('spearman_ci', '')}")
+                  f"  {r.get('spearman_ci', '')}"
+                  + (f"  vs AtP {r['vs_atp']['diff']:+.3f} {_rounded(r['vs_atp']['ci'])} p={r['vs_atp']['p']}"
+                     if r.get("vs_atp") else ""))
     result = {"model": args.model, "n_pairs": len(train), "k": args.k, "n_random": args.n_random,
               "results": {name: res for name, res in rows},
               "seconds": {k: round(v, 1) for k, v in times.items()}}
