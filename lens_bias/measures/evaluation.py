@@ -5,7 +5,7 @@ texts), :func:`evaluate` (every bias and capability measure with and without a m
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,23 @@ from .generations import generation_audit
 from .knowledge import DEFAULT_K, knowledge_scores
 from .metrics import measure
 from .targets import sentence_gaps
+
+MEASURE_LISTENERS: list = []
+"""Callables ``listener(measure_name, event)`` called with ``event`` = ``"start"`` and ``"end"``
+around every measure :func:`evaluate` takes (``pairs``, ``wikitext``, ``lambada``, ``seqgap``,
+``crows``, ``bbq``, ``generations``, ``knowledge``, ``kl``): ``benchmarks/bench_run.py`` times
+them this way."""
+
+
+@contextmanager
+def _measuring(name: str):
+    for listener in MEASURE_LISTENERS:
+        listener(name, "start")
+    try:
+        yield
+    finally:
+        for listener in MEASURE_LISTENERS:
+            listener(name, "end")
 
 
 @dataclass
@@ -94,50 +111,76 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     out: dict = {}
     items: dict = {}
     with ctx():
-        m = measure(bridge, ev.pairs, batch_size=batch_size, progress=False)
-        s = m.summary()
-        abs_gap = [None if v is None else abs(v) for v in m.values["logit_gap"]]
-        gaps = [v for v in abs_gap if v is not None]
-        out["js"] = s["all"]["js"]
-        out["abs_logit_gap"] = sum(gaps) / len(gaps) if gaps else None
-        out["by_domain"] = {d: {"js": s[d]["js"], "logit_gap": s[d]["logit_gap"], "n_pairs": s[d]["n_pairs"]}
-                            for d in ev.pairs.domains}
-        items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs],
-                     js=m.values["js"], abs_logit_gap=abs_gap)
-        if ev.wikitext:
-            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens,
-                                                           progress=False)
-            w = items["wikitext_windows"]
-            out["wikitext_ppl"] = math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
-        if lambada and ev.lambada:
-            items["lambada_correct"] = lambada_correct(bridge, ev.lambada, progress=False)
-            out["lambada_acc"] = sum(items["lambada_correct"]) / len(ev.lambada)
-        if sentences and ev.sentences is not None and len(ev.sentences):
-            out.update(_seqgap(bridge, ev, items))
-        if crows and ev.crows:
-            cs = crows_scores(bridge, ev.crows, progress=False)
-            items["crows"] = cs
-            out.update(crows_outputs(cs))
-        if bbq and ev.bbq:
-            items["bbq"] = bbq_scores(bridge, ev.bbq, batch_size=min(batch_size, 16))
-            out.update(items["bbq"].summary())
-        if generations and ev.generation:
-            items["generations"] = generation_audit(bridge, ev.generation, ev.gen_k, ev.gen_tokens,
-                                                    batch_size=8 * batch_size)
-            out.update(items["generations"].summary())
-        if knowledge and ev.knowledge:
-            items["knowledge"] = knowledge_scores(bridge, ev.knowledge, ev.know_k, batch_size=batch_size)
-            out.update(items["knowledge"].summary())
+        _pair_measures(bridge, ev, batch_size, out, items)
+        _capability_measures(bridge, ev, out, items, lambada, sentences, crows)
+        _user_measures(bridge, ev, out, items, bbq, generations, knowledge, batch_size)
     if ev.neutral:
         if mask is None or mask.is_empty():
             out["kl_neutral"] = 0.0
         else:
-            ref = ev.kl_reference(bridge)
-            out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size,
-                                                  reference=ref)
+            with _measuring("kl"):
+                ref = ev.kl_reference(bridge)
+                out["kl_neutral"] = kl_from_reference(bridge, ev.neutral, ctx, batch_size=ref.batch_size,
+                                                      reference=ref)
     if per_item:
         out["per_item"] = items
     return out
+
+
+def _pair_measures(bridge: Bridge, ev: EvalSet, batch_size: int, out: dict, items: dict) -> None:
+    """:func:`evaluate`'s held-out pairs: mean JS and |logit gap|, overall and per domain."""
+    with _measuring("pairs"):
+        m = measure(bridge, ev.pairs, batch_size=batch_size, progress=False)
+    s = m.summary()
+    abs_gap = [None if v is None else abs(v) for v in m.values["logit_gap"]]
+    gaps = [v for v in abs_gap if v is not None]
+    out["js"] = s["all"]["js"]
+    out["abs_logit_gap"] = sum(gaps) / len(gaps) if gaps else None
+    out["by_domain"] = {d: {"js": s[d]["js"], "logit_gap": s[d]["logit_gap"], "n_pairs": s[d]["n_pairs"]}
+                        for d in ev.pairs.domains}
+    items.update(templates=[p.template for p in ev.pairs], domains=[p.domain for p in ev.pairs],
+                 js=m.values["js"], abs_logit_gap=abs_gap)
+
+
+def _capability_measures(bridge: Bridge, ev: EvalSet, out: dict, items: dict, lambada: bool, sentences: bool,
+                         crows: bool) -> None:
+    """:func:`evaluate`'s WikiText-2 perplexity, LAMBADA, seqgap and CrowS-Pairs, where asked and present."""
+    if ev.wikitext:
+        with _measuring("wikitext"):
+            items["wikitext_windows"] = perplexity_windows(bridge, ev.wikitext, max_tokens=ev.ppl_tokens,
+                                                           progress=False)
+        w = items["wikitext_windows"]
+        out["wikitext_ppl"] = math.exp(sum(x for x, _ in w) / max(sum(n for _, n in w), 1))
+    if lambada and ev.lambada:
+        with _measuring("lambada"):
+            items["lambada_correct"] = lambada_correct(bridge, ev.lambada, progress=False)
+        out["lambada_acc"] = sum(items["lambada_correct"]) / len(ev.lambada)
+    if sentences and ev.sentences is not None and len(ev.sentences):
+        with _measuring("seqgap"):
+            out.update(_seqgap(bridge, ev, items))
+    if crows and ev.crows:
+        with _measuring("crows"):
+            cs = crows_scores(bridge, ev.crows, progress=False)
+        items["crows"] = cs
+        out.update(crows_outputs(cs))
+
+
+def _user_measures(bridge: Bridge, ev: EvalSet, out: dict, items: dict, bbq: bool, generations: bool,
+                   knowledge: bool, batch_size: int) -> None:
+    """:func:`evaluate`'s bias as users see it: BBQ, the generation audit, the knowledge probe."""
+    if bbq and ev.bbq:
+        with _measuring("bbq"):
+            items["bbq"] = bbq_scores(bridge, ev.bbq, batch_size=min(batch_size, 16))
+        out.update(items["bbq"].summary())
+    if generations and ev.generation:
+        with _measuring("generations"):
+            items["generations"] = generation_audit(bridge, ev.generation, ev.gen_k, ev.gen_tokens,
+                                                    batch_size=8 * batch_size)
+        out.update(items["generations"].summary())
+    if knowledge and ev.knowledge:
+        with _measuring("knowledge"):
+            items["knowledge"] = knowledge_scores(bridge, ev.knowledge, ev.know_k, batch_size=batch_size)
+        out.update(items["knowledge"].summary())
 
 
 def _seqgap(bridge: Bridge, ev: EvalSet, items: dict) -> dict:
