@@ -202,14 +202,19 @@ def reading(r: dict, kind: str) -> str:
         ...                 "spearman_top": 0.1, "spearman_random": 0.9}, "heads")
         >>> line.split(": ")[1], line.split("; ")[-1]
         ('Spearman 0.22 [-0.30, 0.70] on 18 units', '16 of 18 signs right')
+        >>> reading({"spearman": 0.52, "spearman_ci": (0.12, 0.82), "n": 36, "sign_agreement": 31 / 36},
+        ...         "heads").split(": ")[2]
+        'an order beyond chance, on too few units to say how good; 31 of 36 signs right'
     """
     ci, n = r.get("spearman_ci"), r["n"]
     signs = f"{round(r['sign_agreement'] * n)} of {n} signs right"
     if r["spearman"] != r["spearman"]:  # NaN
         return f"{kind}: no rank correlation on {n} units (constant values); {signs}"
     head = f"{kind}: Spearman {r['spearman']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
-    if ci is None or ci[1] - ci[0] > 0.6:
+    if ci is None or (ci[1] - ci[0] > 0.6 and ci[0] <= 0):
         verdict = "too few, or too alike, for a rank correlation to say much"
+    elif ci[1] - ci[0] > 0.6:
+        verdict = "an order beyond chance, on too few units to say how good"
     elif ci[0] > 0.7:
         verdict = "the order of the effects is right"
     else:
