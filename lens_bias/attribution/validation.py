@@ -130,6 +130,22 @@ def correlations(pred: Tensor, true: Tensor) -> tuple[float, float]:
             float(pearsonr(pred.numpy(), true.numpy()).statistic))
 
 
+def _resampled(stat: Callable[[Tensor], float], n: int, n_boot: int, seed: int) -> list[float] | None:
+    """``stat(indices)`` over ``n_boot`` bootstrap resamples of ``n`` units (seeded), NaNs skipped,
+    sorted; None when fewer than half are left."""
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_boot):
+        v = stat(torch.randint(n, (n,), generator=g))
+        if v == v:  # not NaN
+            vals.append(v)
+    return sorted(vals) if len(vals) >= n_boot // 2 else None
+
+
+def _percentile_95(vals: list[float]) -> tuple[float, float]:
+    return (vals[int(0.025 * len(vals))], vals[max(int(0.975 * len(vals)) - 1, 0)])
+
+
 def spearman_ci(pred: Tensor, ref: Tensor, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """95 % percentile bootstrap interval of the Spearman correlation, resampling the units
     (``None`` with fewer than four units; resamples without variation are skipped).
@@ -142,17 +158,8 @@ def spearman_ci(pred: Tensor, ref: Tensor, n_boot: int = 1000, seed: int = 0) ->
     """
     if len(pred) < 4:
         return None
-    g = torch.Generator().manual_seed(seed)
-    vals = []
-    for _ in range(n_boot):
-        i = torch.randint(len(pred), (len(pred),), generator=g)
-        sp = correlations(pred[i], ref[i])[0]
-        if sp == sp:  # not NaN
-            vals.append(sp)
-    if len(vals) < n_boot // 2:
-        return None
-    vals.sort()
-    return (vals[int(0.025 * len(vals))], vals[max(int(0.975 * len(vals)) - 1, 0)])
+    vals = _resampled(lambda i: correlations(pred[i], ref[i])[0], len(pred), n_boot, seed)
+    return None if vals is None else _percentile_95(vals)
 
 
 def spearman_difference(pred_a: Float[Tensor, " n"], pred_b: Float[Tensor, " n"], ref: Float[Tensor, " n"],
@@ -174,23 +181,16 @@ def spearman_difference(pred_a: Float[Tensor, " n"], pred_b: Float[Tensor, " n"]
         >>> spearman_difference(good, good, ref)["ci"]
         (0.0, 0.0)
     """
-    diff = correlations(pred_b, ref)[0] - correlations(pred_a, ref)[0]
-    if len(ref) < 4:
-        return {"diff": diff, "ci": None, "p": None, "n": len(ref)}
-    g = torch.Generator().manual_seed(seed)
-    vals = []
-    for _ in range(n_boot):
-        i = torch.randint(len(ref), (len(ref),), generator=g)
-        d = correlations(pred_b[i], ref[i])[0] - correlations(pred_a[i], ref[i])[0]
-        if d == d:  # not NaN
-            vals.append(d)
-    if len(vals) < n_boot // 2:
-        return {"diff": diff, "ci": None, "p": None, "n": len(ref)}
-    vals.sort()
-    below = sum(v <= 0 for v in vals) / len(vals)
-    above = sum(v >= 0 for v in vals) / len(vals)
-    return {"diff": diff, "ci": (vals[int(0.025 * len(vals))], vals[max(int(0.975 * len(vals)) - 1, 0)]),
-            "p": min(1.0, 2 * min(below, above)), "n": len(ref)}
+    def diff_of(i=slice(None)) -> float:
+        return correlations(pred_b[i], ref[i])[0] - correlations(pred_a[i], ref[i])[0]
+
+    out = {"diff": diff_of(), "ci": None, "p": None, "n": len(ref)}
+    vals = _resampled(diff_of, len(ref), n_boot, seed) if len(ref) >= 4 else None
+    if vals is not None:
+        below = sum(v <= 0 for v in vals) / len(vals)
+        above = sum(v >= 0 for v in vals) / len(vals)
+        out.update(ci=_percentile_95(vals), p=min(1.0, 2 * min(below, above)))
+    return out
 
 
 def reading(r: dict, kind: str) -> str:

@@ -37,14 +37,20 @@ them this way."""
 
 
 @contextmanager
-def _measuring(name: str):
-    for listener in MEASURE_LISTENERS:
+def announced(listeners: list, name: str):
+    """Call every ``listener(name, "start")`` before the block and ``listener(name, "end")`` after
+    it, even when it fails (the run's stages announce themselves the same way)."""
+    for listener in listeners:
         listener(name, "start")
     try:
         yield
     finally:
-        for listener in MEASURE_LISTENERS:
+        for listener in listeners:
             listener(name, "end")
+
+
+def _measuring(name: str):
+    return announced(MEASURE_LISTENERS, name)
 
 
 @dataclass

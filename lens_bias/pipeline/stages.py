@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..errors import ExportCheckError, PairsError, RunError
 from ..hooks.ablation import ablate
 from ..hooks.capture import activation_diff, mean_activations
 from ..masks import PruningMask
-from ..measures.evaluation import EvalSet, capability_files, evaluate, standard_evalset
+from ..measures.evaluation import EvalSet, announced, capability_files, evaluate, standard_evalset
 from ..measures.metrics import greedy_continuations
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import HELD_PER_DOMAIN, split_pairs, split_sentences
@@ -109,22 +110,16 @@ STAGE_LISTENERS: list = []
 every stage of :func:`run` (a benchmark records per-stage GPU memory this way)."""
 
 
+@contextmanager
 def _stage(name: str, progress: bool, timings: dict):
-    class _S:
-        def __enter__(self):
-            self.t = time.time()
-            if progress:
-                print(f"[lens-bias] {name} ...", flush=True)
-            for listener in STAGE_LISTENERS:
-                listener(name, "start")
-
-        def __exit__(self, *exc):
-            for listener in STAGE_LISTENERS:
-                listener(name, "end")
-            timings[name] = round(time.time() - self.t, 2)
-            return False
-
-    return _S()
+    t = time.time()
+    if progress:
+        print(f"[lens-bias] {name} ...", flush=True)
+    try:
+        with announced(STAGE_LISTENERS, name):
+            yield
+    finally:
+        timings[name] = round(time.time() - t, 2)
 
 
 def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
