@@ -54,6 +54,19 @@ class MaskError(LensBiasError):
     """
 
 
+class InterventionError(LensBiasError):
+    """A mitigation method cannot be fitted, applied or folded into the weights as asked.
+
+    Examples:
+        >>> import torch
+        >>> from lens_bias.mitigation.directions import unit
+        >>> unit(torch.zeros(3))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_bias.errors.InterventionError: the Black-White difference is 0 ...
+    """
+
+
 class ChoiceError(LensBiasError, ValueError):
     """A value outside a fixed set of choices (a kind of unit, an ablation, a selector, a
     scorer, a target, an export format); the message lists the valid ones. It is also a

@@ -13,8 +13,8 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # The stages, in the order data flows: a stage imports only the shared modules (the files directly
 # in lens_bias/), itself and the stages before it. The root __init__ (the public face) may import any.
-STAGES = ("prompts", "model", "hooks", "measures", "attribution", "selection", "weights", "studies", "report",
-          "pipeline", "cli", "harness")
+STAGES = ("prompts", "model", "hooks", "measures", "attribution", "selection", "weights", "mitigation",
+          "studies", "report", "pipeline", "cli", "harness")
 
 
 def _module_name(path: Path, pkg: Path = PKG) -> str:

@@ -1,6 +1,7 @@
-"""``lens-bias experiment curve|generalize|overlap|transfer|selectors|wording``: the seed studies'
-three claims on any model, leave-one-domain-out transfer (the unseen use case), and which
-selection generalizes (selectors compared; the learning curve over training wording).
+"""``lens-bias experiment curve|generalize|overlap|transfer|selectors|wording|arena``: the seed studies'
+three claims on any model, leave-one-domain-out transfer (the unseen use case), which
+selection generalizes (selectors compared; the learning curve over training wording), and every
+way to remove the bias compared on the same measures (arena).
 
 Each command scores on the train templates, evaluates on held-out templates and writes ``OUT/``
 with ``result.json`` and ``report.html`` (written to a temporary folder and renamed at the end).
@@ -276,4 +277,46 @@ def wording(
     rep.table(rows, header)
     opts.write(res, rep)
     typer.echo(table(rows, header))
+    _done(opts.out, t0)
+
+
+@study_command(app, "arena", "experiments/arena")
+def arena_cmd(
+    opts: StudyOptions,
+    methods: Annotated[str, typer.Option(help="comma-separated methods (lens_bias.mitigation): prune, "
+                                              "wanda, random, optipfair, optipfair-0.45, direction, leace, "
+                                              "steer, steer-conditional")] =
+    "prune,wanda,random,optipfair,optipfair-0.45,direction,leace,steer,steer-conditional",
+    budget: BudgetOpt = "0.5%",
+    kind: KindOpt = "neurons",
+    measures: MeasuresOpt = "bbq,generations,knowledge",
+    lodo: Annotated[bool, typer.Option(help="also fit every method without each domain and measure that "
+                                            "domain (slow: one fit a domain a method)")] = False,
+    export: Annotated[bool, typer.Option(help="write each method that folds into the weights and passes its "
+                                              "check to OUT/models/<method>/")] = False,
+) -> None:
+    """Every way to remove the bias on the same pairs and measures: pruning (ours, Wanda, random,
+    optiPfair's), directional ablation, LEACE and steering, each against the unmodified model and
+    against the run's default pruning, with a Pareto figure of bias removed vs perplexity."""
+    from ..report import figures as viz
+    from ..report.html import Report
+    from ..studies.arena import arena, reading
+    from ..studies.arena import table as arena_table
+    from ..vocab import check_choice
+
+    t0 = time.time()
+    check_choice(kind, ("neurons", "heads"), "--kind")
+    wanted = ["crows", *measure_flags(comma_list(measures), "--measures")]
+    bridge, train, ev = opts.inputs(measures=wanted)
+    res = arena(bridge, train, ev, comma_list(methods), budget, kind, opts.quantile, opts.seed, wanted,
+                lodo=lodo, export_dir=str(opts.out / "models") if export else None, progress=opts.progress)
+    res.update(model=opts.model, seconds=round(time.time() - t0, 1))
+    header, rows = arena_table(res)
+    rep = Report(f"lens_bias experiment: mitigation arena on {opts.model}")
+    rep.text(reading(res), "note")
+    rep.figure(viz.arena_pareto(res))
+    rep.table(rows, header)
+    opts.write(res, rep)
+    typer.echo(table(rows, header))
+    typer.echo(reading(res))
     _done(opts.out, t0)

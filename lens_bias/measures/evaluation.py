@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bridge import Bridge, params_per_unit
+from ..errors import MaskError
 from ..hooks.ablation import ablate
+from ..hooks.interventions import attached
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
 from ..vocab import renamed
@@ -86,7 +88,8 @@ class EvalSet:
 def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablation: str | None = None,
              means: dict | None = None, crows: bool = False, lambada: bool = True, batch_size: int = 32,
              per_item: bool = False, sentences: bool = True, *, mode: str | None = None,
-             bbq: bool = False, generations: bool = False, knowledge: bool = False) -> dict:
+             bbq: bool = False, generations: bool = False, knowledge: bool = False,
+             hooks: list | None = None) -> dict:
     """Bias on the held-out pairs (mean JS and mean |logit gap|, overall and per domain) and
     capability (perplexity, KL from the unpruned model, LAMBADA, optionally CrowS-Pairs: the
     stereotype rate of the ``black`` and ``race-color`` rows and the mean log-likelihood
@@ -97,7 +100,9 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
     (:meth:`lens_bias.measures.bbq.BbqScores.summary`); with ``generations`` and generation prompts
     in ``ev``, the generation audit's gaps (:meth:`lens_bias.measures.generations.GenerationAudit.summary`);
     with ``knowledge`` and probe items in ``ev``, the knowledge probe
-    (:meth:`lens_bias.measures.knowledge.KnowledgeScores.summary`).
+    (:meth:`lens_bias.measures.knowledge.KnowledgeScores.summary`). ``hooks`` (a list of ``(hook name,
+    function)``, e.g. an intervention of :mod:`lens_bias.mitigation`): simulate any other edit instead
+    of a mask.
 
     With ``per_item``, ``out["per_item"]`` holds what the paired statistics of
     :mod:`lens_bias.stats` resample: per held-out pair its template, JS and |logit gap| (``None``
@@ -110,8 +115,12 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
 
     ablation = renamed(ablation, mode, "ablation", "mode", "zero")
 
+    if hooks and mask is not None:
+        raise MaskError("evaluate takes a mask or hooks, not both")
+    masked = mask is not None and not mask.is_empty()
+
     def ctx():
-        return (ablate(bridge, mask, ablation, means) if mask is not None and not mask.is_empty()
+        return (attached(bridge, hooks) if hooks else ablate(bridge, mask, ablation, means) if masked
                 else nullcontext())
 
     out: dict = {}
@@ -121,7 +130,7 @@ def evaluate(bridge: Bridge, ev: EvalSet, mask: PruningMask | None = None, ablat
         _capability_measures(bridge, ev, out, items, lambada, sentences, crows)
         _user_measures(bridge, ev, out, items, bbq, generations, knowledge, batch_size)
     if ev.neutral:
-        if mask is None or mask.is_empty():
+        if not (masked or hooks):
             out["kl_neutral"] = 0.0
         else:
             with _measuring("kl"):

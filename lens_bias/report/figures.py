@@ -306,3 +306,28 @@ def wording_curve(res: dict) -> go.Figure:
                       xaxis_title="train templates per domain", yaxis_title="JS reduction (%)",
                       template="plotly_white")
     return fig
+
+
+def arena_pareto(result: dict, capability: str = "wikitext_ppl") -> go.Figure:
+    """Held-out JS removed (%) against the perplexity cost (%), one point per method, 95 % intervals as
+    error bars; exported methods filled, simulated-only hollow, changes within noise in grey."""
+    fig = go.Figure()
+    for name, rec in result["methods"].items():
+        js, cap = rec["tests"].get("js"), rec["tests"].get(capability)
+        if not js or not cap or js.get("pct") is None or cap.get("pct") is None:
+            continue
+        x, y = cap["pct"], -js["pct"]
+        xci = cap.get("pct_ci") or [x, x]
+        yci = [-v for v in reversed(js.get("pct_ci") or [-y, -y])]
+        color = "#9aa5b1" if js.get("within_noise") else "#c0392b"
+        fig.add_trace(go.Scatter(
+            x=[x], y=[y], mode="markers+text", text=[name], textposition="top center", name=name,
+            marker={"size": 11, "color": color,
+                    "symbol": "circle" if rec["export"]["ok"] else "circle-open"},
+            error_x={"type": "data", "symmetric": False, "array": [xci[1] - x], "arrayminus": [x - xci[0]]},
+            error_y={"type": "data", "symmetric": False, "array": [yci[1] - y], "arrayminus": [y - yci[0]]},
+            hovertemplate=f"{name}<br>JS removed %{{y:.1f}} %<br>perplexity %{{x:+.2f}} %<extra></extra>"))
+    fig.update_layout(title="Mitigation arena: held-out bias removed vs capability cost (95 % intervals)",
+                      xaxis_title="WikiText-2 perplexity change (%)", yaxis_title="held-out JS removed (%)",
+                      template="plotly_white", showlegend=False)
+    return fig

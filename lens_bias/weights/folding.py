@@ -34,7 +34,7 @@ def _add_zero_bias(lin: nn.Module) -> None:
                                             device=lin.weight.device))
 
 
-def _enable_biases(model: PreTrainedModel, layers: nn.ModuleList, kind: str) -> None:
+def enable_biases(model: PreTrainedModel, layers: nn.ModuleList, kind: str) -> None:
     flag, names = BIAS_FLAGS[kind]
     if not hasattr(model.config, flag):
         raise MaskError(f"{type(model).__name__} has no {flag!r} config flag, so folded {kind} constants "
@@ -83,7 +83,7 @@ def fold_constants(bridge: Bridge, mask: PruningMask, constants: dict,
             biases[("heads", i)] = w[:, cols].double() @ c
     for kind in KINDS:
         if any(k == kind for k, _ in biases):
-            _enable_biases(model, layers, kind)
+            enable_biases(model, layers, kind)
     zero_units(layers, mask, d_head)
     for (kind, i), b in biases.items():
         lin = layers[i].mlp.down_proj if kind == "neurons" else layers[i].self_attn.o_proj

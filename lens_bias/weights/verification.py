@@ -166,9 +166,19 @@ def compare(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Seque
     ``texts`` (each run alone, no padding, logits in float32) and measure the mask's own effect;
     the tolerance is :func:`tolerance` of ``rounding`` (give it from :func:`path_rounding`; None =
     the floor only)."""
+    return compare_under(bridge, hf_model, lambda: ablate(bridge, mask, ablation, means), texts, atol,
+                         rounding)
+
+
+@torch.no_grad()
+def compare_under(bridge: Bridge, hf_model: nn.Module, simulation, texts: Sequence[str] = DEFAULT_TEXTS,
+                  atol: float = ABS_FLOOR, rounding: float | None = None) -> Verification:
+    """Compare ``hf_model`` with the bridge inside ``simulation()`` (a context manager factory, e.g.
+    the hooks an intervention attaches) on ``texts``; what :func:`compare` does for a mask, for any
+    intervention folded into weights."""
     worst = effect = 0.0
     for ids in _ids(bridge, texts):
-        with ablate(bridge, mask, ablation, means):
+        with simulation():
             sim = _bridge_logits(bridge, ids)
         worst = max(worst, _max_abs(sim, _hf_logits(hf_model, ids), "materialized"))
         effect = max(effect, _max_abs(sim, _bridge_logits(bridge, ids), "effect"))
