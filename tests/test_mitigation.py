@@ -159,6 +159,32 @@ def test_evaluate_takes_hooks_like_a_mask(tiny, train):
         evaluate(tiny, ev, m, hooks=from_mask(tiny, "random", m).hooks)
 
 
+def test_combined_target_chooses_its_weight_on_train_templates_only(tiny, monkeypatch):
+    from lens_bias.mitigation import combined as C
+
+    seen = []
+    real = C._bias
+    monkeypatch.setattr(C, "_bias", lambda ctx, p, s, mask=None: seen.append((p, s)) or real(ctx, p, s, mask))
+    train = build_pairs(["hiring", "finance"]).sample(6)
+    iv = fit("prune-combined", FitContext(tiny, train, budget="2%"))
+    assert iv.settings["weight"] in C.WEIGHTS and set(iv.settings["cv_gain"]) == {"0", "0.5", "1", "2"}
+    train_sentences = C.split_sentences(train.domains, seed=0)[0]
+    for pairs, sentences in seen:  # every measurement of the cross-validation reads train templates
+        assert set(pairs.templates) <= set(train.templates)
+        assert set(sentences.templates) <= set(train_sentences.templates)
+    assert iv.mask.counts()["neurons"] == 5
+
+
+def test_combined_scores_normalize_each_target():
+    from lens_bias.mitigation.combined import combined_scores
+    from lens_bias.scores import Scores
+
+    js = Scores(torch.tensor([[2.0, 2.0, -1.0]]), None, {}, {})
+    seq = Scores(torch.tensor([[0.0, 10.0, 30.0]]), None, {}, {})
+    assert combined_scores(js, seq, 0.0).neurons.tolist() == [[0.5, 0.5, -0.25]]
+    assert combined_scores(js, seq, 1.0).neurons.tolist() == [[0.5, 0.75, 0.5]]
+
+
 def test_unknown_method_names_the_known_ones():
     with pytest.raises(ChoiceError, match="direction"):
         check_method("pruning")

@@ -284,9 +284,9 @@ def wording(
 def arena_cmd(
     opts: StudyOptions,
     methods: Annotated[str, typer.Option(help="comma-separated methods (lens_bias.mitigation): prune, "
-                                              "wanda, random, optipfair, optipfair-0.45, direction, leace, "
-                                              "steer, steer-conditional")] =
-    "prune,wanda,random,optipfair,optipfair-0.45,direction,leace,steer,steer-conditional",
+                                              "prune-combined, wanda, random, optipfair, optipfair-0.45, "
+                                              "direction, leace, steer, steer-conditional")] =
+    "prune,prune-combined,wanda,random,optipfair,optipfair-0.45,direction,leace,steer,steer-conditional",
     budget: BudgetOpt = "0.5%",
     kind: KindOpt = "neurons",
     measures: MeasuresOpt = "bbq,generations,knowledge",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..errors import ChoiceError
-from . import pruning, residual_methods  # noqa: F401  (they register themselves)
+from . import combined, pruning, residual_methods  # noqa: F401  (they register themselves)
 from .base import REGISTRY, FitContext, Intervention, Method
 
 

@@ -27,8 +27,8 @@ from ..mitigation.registry import check_method, fit
 from ..prompts.pairs import PairSet
 from ..stats import paired_change
 
-DEFAULT_METHODS = ("prune", "wanda", "random", "optipfair", "optipfair-0.45", "direction", "leace", "steer",
-                   "steer-conditional")
+DEFAULT_METHODS = ("prune", "prune-combined", "wanda", "random", "optipfair", "optipfair-0.45", "direction",
+                   "leace", "steer", "steer-conditional")
 USER_MEASURES = ("crows", "bbq", "generations", "knowledge")
 # bias measures and what "no preference" is for each: a mean to lower, a rate toward 50, a signed gap toward 0
 BIAS_MEASURES = {"js": "lower", "abs_logit_gap": "lower", "seqgap": "lower", "crows_black_rate": "50",
