@@ -47,15 +47,44 @@ def test_every_method_fits_and_simulates(tiny, ctx, name):
     assert (iv.fold is None) == (iv.not_foldable is not None)
 
 
-@pytest.mark.parametrize("name", ["prune", "optipfair", "direction", "steer"])
+@pytest.mark.parametrize("name", ["prune", "optipfair", "direction", "direction-mean", "steer"])
 def test_folds_equal_their_hooks(tiny, ctx, name):
     iv = fit(name, ctx)
-    model, v = checked_fold(tiny, iv)
-    assert v.ok and v.max_diff <= 1e-5 and v.conclusive, v.summary()
+    model, v, exact = checked_fold(tiny, iv)
+    assert v.ok and v.max_diff <= 1e-5 and v.conclusive and exact <= 1e-8, v.summary()
+    assert export_check(tiny, iv)["ok"]
+
+
+def test_the_float64_check_catches_a_fold_off_by_float32_rounding(tiny, ctx):
+    from dataclasses import replace
+
+    iv = fit("steer", ctx)
+    layer, vec = iv.settings["layer"], iv.hooks[0][1]
+
+    def nearly():  # the steering vector off by 1e-6 in one coordinate: within float32's tolerance
+        model = iv.fold()
+        model.model.layers[layer - 1].mlp.down_proj.bias.data[0] += 1e-6
+        return model
+    rec = export_check(tiny, replace(iv, fold=nearly))
+    assert not rec["ok"] and rec["max_diff"] <= rec["tolerance"] and rec["exact_max_diff"] > 1e-8
+    assert "float64" in rec["summary"] and vec
+
+
+def test_directional_mean_ablation_sets_the_component_to_its_mean(tiny):
+    d = D.unit(torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(3))).float()
+    means = D.mean_projections(tiny, d[None], ["The river ran slowly.", "She put the book down."])[:, 0]
+    assert means.shape[0] == 2 * tiny.cfg.n_layers + 1 and float(means.abs().max()) > 0
+    caps = {}
+    points = D.read_points(tiny)
+    with attached(tiny, D.direction_mean_hooks(tiny, d, means)), \
+            attached(tiny, [(n, lambda a, hook, n=n: caps.__setitem__(n, a.detach())) for n in points]):
+        tiny(torch.tensor([[3, 8, 13, 2, 40, 9]]))
+    for i, n in enumerate(points):
+        assert torch.allclose(caps[n] @ d, torch.full((1, 6), float(means[i])), atol=1e-4)
 
 
 def test_directional_ablation_removes_the_direction_exactly(tiny):
-    d = D.unit(torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(1)))
+    d = D.unit(torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(1))).float()
     model = D.fold_direction(tiny, d)
     out = model(input_ids=torch.tensor([[3, 8, 13, 2, 40, 9]]), output_hidden_states=True, use_cache=False)
     for h in out.hidden_states[:-1]:  # the stream entering every layer (the last is after the final norm)

@@ -9,6 +9,9 @@ prompt's residual stream at the last token (``v_L``; ``d_L = v_L / |v_L|``).
   orthogonalizing every matrix that writes to the stream (the embedding, each ``o_proj`` and
   ``down_proj``) against ``d`` (:func:`fold_direction`; a tied output embedding is untied first, so
   the logits still read the original one). Rank 1 removed from each writer.
+* **Directional mean-ablation** sets the projection on ``d`` to its mean on neutral text at each
+  of those points instead of 0, so the stream keeps its average offset along ``d``; the fold adds
+  the constants as biases (:func:`fold_direction_mean`).
 * **Always-on steering** adds ``alpha v_L`` to the stream entering layer ``L``: a constant, exactly a
   bias of layer ``L-1``'s ``down_proj`` (:func:`fold_steering`). One vector.
 * **Conditional steering** moves each position toward the midpoint of the two groups along ``d``, by
@@ -38,7 +41,9 @@ from .residual import resid_hook
 
 
 def unit(v: Float[Tensor, " d_model"]) -> Float[Tensor, " d_model"]:
-    """``v`` scaled to length 1 (refused when it is 0)."""
+    """``v`` scaled to length 1, in float64 (so that a projection applied again changes nothing to
+    float64 rounding; refused when ``v`` is 0)."""
+    v = v.double()
     n = float(v.norm())
     if not n > 0:
         raise InterventionError("the Black-White difference is 0 at this layer: there is no direction "
@@ -65,6 +70,53 @@ def direction_hooks(bridge: Bridge, d: Float[Tensor, " d_model"]) -> list:
     return [(name, project_out(d)) for name in names]
 
 
+def read_points(bridge: Bridge) -> list[str]:
+    """Every point where a layer or the final norm reads the residual stream, in order: entering each
+    layer, between its attention and its MLP, and entering the final norm."""
+    n = bridge.cfg.n_layers
+    return [name for i in range(n) for name in (resid_hook(bridge, i), f"blocks.{i}.hook_resid_mid")] + \
+        [resid_hook(bridge, n)]
+
+
+@torch.no_grad()
+def mean_projections(bridge: Bridge, directions: Float[Tensor, "k d_model"], texts: list[str]) -> Tensor:
+    """The mean projection of the residual stream on each of ``directions`` (unit length), over every
+    token of ``texts``, at each :func:`read_points` point: [points, k]."""
+    from ..bridge import model_device, tokenizer_of
+    from ..hooks.interventions import attached
+
+    points = read_points(bridge)
+    sums = torch.zeros(len(points), directions.shape[0], dtype=torch.float64)
+    count = [0]
+
+    def grab(i: int):
+        def fn(act, hook):
+            sums[i] += (act.double() @ directions.T.to(act.device, torch.float64)).sum((0, 1)).cpu()
+        return fn
+
+    tok = tokenizer_of(bridge)
+    with attached(bridge, [(name, grab(i)) for i, name in enumerate(points)]):
+        for text in texts:
+            ids = tok(text, return_tensors="pt").input_ids.to(model_device(bridge))
+            bridge(ids, return_type=None)
+            count[0] += ids.shape[1]
+    return (sums / max(count[0], 1)).float()
+
+
+def direction_mean_hooks(bridge: Bridge, d: Float[Tensor, " d_model"],
+                         means: Float[Tensor, " points"]) -> list:
+    """Directional mean-ablation: at every :func:`read_points` point the projection on ``d`` is set to
+    its mean there (``means``, from :func:`mean_projections`) instead of 0."""
+    d = unit(d)
+
+    def at(c: float):
+        def fn(act, hook):
+            u = d.to(act.device, act.dtype)
+            return act - (act @ u - c)[..., None] * u
+        return fn
+    return [(name, at(float(c))) for name, c in zip(read_points(bridge), means, strict=True)]
+
+
 def steering_hooks(bridge: Bridge, layer: int, vec: Float[Tensor, " d_model"]) -> list:
     """Add ``vec`` to the residual stream entering ``layer`` at every position."""
     def fn(act, hook):
@@ -76,6 +128,7 @@ def conditional_hooks(bridge: Bridge, layer: int, black_mean: Float[Tensor, " d_
                       white_mean: Float[Tensor, " d_model"], beta: float = 1.0) -> list:
     """Conditional steering at ``layer`` (see the module docstring), from the groups' mean last-token
     residuals on the train pairs."""
+    black_mean, white_mean = black_mean.double(), white_mean.double()
     d = unit(black_mean - white_mean)
     c = float((black_mean + white_mean) @ d) / 2
     h = float((black_mean - white_mean) @ d) / 2
@@ -120,13 +173,13 @@ def fold_direction(bridge: Bridge, d: Float[Tensor, " d_model"]) -> PreTrainedMo
         >>> d = torch.randn(b.cfg.d_model)
         >>> m = fold_direction(b, d)
         >>> w = m.model.layers[0].mlp.down_proj.weight
-        >>> float((unit(d) @ w).abs().max()) < 1e-5
+        >>> float((unit(d).float() @ w).abs().max()) < 1e-5
         True
     """
     refuse_renormalized(bridge, "directional ablation")
     model = clean_hf_model(bridge)
     _untie(model)
-    u = unit(d).double().to(next(model.parameters()).device)
+    u = unit(d).to(next(model.parameters()).device)
     emb = model.get_input_embeddings().weight
     emb.copy_(emb.double() - (emb.double() @ u)[:, None] * u[None])
     for layer in decoder_layers(model)[1]:
@@ -135,6 +188,27 @@ def fold_direction(bridge: Bridge, d: Float[Tensor, " d_model"]) -> PreTrainedMo
             lin.weight.copy_(w - u[:, None] * (u @ w)[None])
             if lin.bias is not None:
                 lin.bias.copy_(lin.bias.double() - u * (u @ lin.bias.double()))
+    return model
+
+
+@torch.no_grad()
+def fold_direction_mean(bridge: Bridge, d: Float[Tensor, " d_model"],
+                        means: Float[Tensor, " points"]) -> PreTrainedModel:
+    """:func:`fold_direction`, plus the constants of :func:`direction_mean_hooks`: ``c_0 d`` added to
+    every embedding row, and each layer's ``o_proj`` and ``down_proj`` biases carrying the step from
+    the constant of the point before them to the one after (attention and MLP biases switched on)."""
+    model = fold_direction(bridge, d)
+    u = unit(d)
+    c = means.double()
+    emb = model.get_input_embeddings().weight
+    emb += (c[0] * u).to(emb.device, emb.dtype)
+    layers = decoder_layers(model)[1]
+    enable_biases(model, layers, "heads")
+    enable_biases(model, layers, "neurons")
+    for j, layer in enumerate(layers):
+        for lin, step in ((layer.self_attn.o_proj, c[2 * j + 1] - c[2 * j]),
+                          (layer.mlp.down_proj, c[2 * j + 2] - c[2 * j + 1])):
+            lin.bias += (step * u).to(lin.bias.device, lin.bias.dtype)
     return model
 
 

@@ -1,9 +1,11 @@
 """Fold a fitted intervention into the weights, check the folded model against the hooks, and write it.
 
 The check is the one pruning has: the folded model's logits equal the bridge's under the
-intervention's hooks within ``max(1e-5, 4 x rounding)``, the rounding being what an unmodified copy
-of the weights and the bridge disagree by on their own (for a pruning mask, also: the weights are
-exactly the source with the pruned slices zeroed). A failed check writes nothing.
+intervention's hooks within ``max(1e-5, 4 x rounding)`` (for a pruning mask, also: the weights are
+exactly the source with the pruned slices zeroed). A fold that moves a projection from the
+activations into the weights changes the order of the float32 arithmetic, so there the fold is also
+made and compared in float64, where it must agree to 1e-8, and the float32 rounding is measured
+against those float64 twins (:func:`checked_fold`). A failed check writes nothing.
 """
 
 from __future__ import annotations
@@ -17,28 +19,45 @@ from .base import Intervention
 
 
 def checked_fold(bridge: Bridge, iv: Intervention):
-    """``(model, verification)`` of ``iv`` folded into a new HF model, or ``(None, None)`` when it cannot
-    be folded (``iv.not_foldable`` says why)."""
+    """``(model, verification, exact_diff)`` of ``iv`` folded into a new HF model, or ``(None, None,
+    None)`` when it cannot be folded (``iv.not_foldable`` says why). A pruning mask is checked as
+    :func:`lens_bias.weights.verification.materialize_checked` does (``exact_diff`` 0: its weights are
+    checked exactly). Any other fold reorders the arithmetic, so on a CPU it is also built and compared
+    in float64, where an exact fold agrees with the hooks to float64 rounding (``exact_diff``), and the
+    float32 tolerance is set by the float32 rounding measured against those float64 twins
+    (:func:`lens_bias.weights.verification.fold_rounding`); on a GPU the rounding of the two code paths
+    (:func:`lens_bias.weights.verification.path_rounding`) sets it and ``exact_diff`` is None."""
+    from ..bridge import model_device
     from ..weights.materialize import clean_hf_model
-    from ..weights.verification import compare_under, materialize_checked, path_rounding
+    from ..weights.verification import compare_under, fold_rounding, materialize_checked, path_rounding
 
     if iv.mask is not None:
-        return materialize_checked(bridge, iv.mask)
+        return (*materialize_checked(bridge, iv.mask), 0.0)
     if iv.fold is None:
-        return None, None
-    rounding = path_rounding(bridge, clean_hf_model(bridge))
+        return None, None, None
     model = iv.fold()
-    return model, compare_under(bridge, model, lambda: iv.simulate(bridge), rounding=rounding)
+    simulation = lambda: iv.simulate(bridge)  # noqa: E731
+    if model_device(bridge).type == "cpu":
+        rounding, exact = fold_rounding(bridge, model, iv.fold, simulation)
+    else:
+        rounding, exact = path_rounding(bridge, clean_hf_model(bridge)), None
+    return model, compare_under(bridge, model, simulation, rounding=rounding), exact
 
 
 def export_check(bridge: Bridge, iv: Intervention, folder: str | Path | None = None) -> dict:
     """Fold, check and (with ``folder``, when the check passes) write ``iv`` as a Hugging Face folder;
     the check's record (``ok`` None: not foldable, with ``why``)."""
-    model, v = checked_fold(bridge, iv)
+    from ..weights.verification import EXACT_TOL
+
+    model, v, exact = checked_fold(bridge, iv)
     if v is None:
         return {"ok": None, "why": iv.not_foldable}
-    rec = {**v.to_dict(), "summary": v.summary(), "folder": None}
-    if v.ok and folder is not None:
+    ok = v.ok and (exact is None or exact <= EXACT_TOL)
+    summary = v.summary() if exact is None else f"{v.summary()}; float64: max |logit diff| {exact:.2g}"
+    if v.ok and not ok:
+        summary = f"EXPORT CHECK FAILED in float64 (the fold is not exact): {summary}"
+    rec = {**v.to_dict(), "ok": ok, "exact_max_diff": exact, "summary": summary, "folder": None}
+    if ok and folder is not None:
         rec["folder"] = str(write_folded(bridge, model, iv, folder))
     return rec
 

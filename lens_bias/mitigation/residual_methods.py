@@ -3,6 +3,8 @@
 
 * ``direction``: directional ablation of the Black-White direction read at one of the candidate
   layers, removed everywhere; folded into the weights (not on Gemma 2 / 3);
+* ``direction-mean``: the same direction, its component set to its mean on neutral text instead
+  of 0 (directional mean-ablation); folded with biases (not on Gemma 2 / 3);
 * ``leace``: LEACE of the group at one candidate layer; simulated only;
 * ``steer``: always-on steering, ``alpha v_L`` added at layer ``L`` (alpha in -1, -0.5, 0.5, 1);
   folded as one MLP bias;
@@ -11,14 +13,19 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..bridge import Bridge
 from ..errors import InterventionError
 from .base import FitContext, Intervention, register
 from .directions import (
     conditional_hooks,
     direction_hooks,
+    direction_mean_hooks,
     fold_direction,
+    fold_direction_mean,
     fold_steering,
+    mean_projections,
     steering_hooks,
     unit,
 )
@@ -59,6 +66,24 @@ def _direction(ctx: FitContext) -> Intervention:
             "params_changed": _params_of_writers(ctx.bridge)}
     return Intervention("direction", settings[best], cost,
                         {"read_at_layer": res.layers[i], "tried": tried}, fold, why)
+
+
+@register("direction-mean", "directional mean-ablation: the Black-White component set to its "
+                            "neutral-text mean everywhere (rank 1 and biases, folded)")
+def _direction_mean(ctx: FitContext) -> Intervention:
+    res = ctx.residuals()
+    dirs = torch.stack([unit(v) for v in res.mean_diff()])
+    means = mean_projections(ctx.bridge, dirs, ctx.tuning().neutral)  # [points, layers read]
+    settings = {f"layer {layer}": direction_mean_hooks(ctx.bridge, dirs[i], means[:, i])
+                for i, layer in enumerate(res.layers)}
+    best, tried = choose(ctx.bridge, ctx.tuning(), settings)
+    i = list(settings).index(best)
+    fold, why = _foldable(ctx.bridge, fold_direction_mean, dirs[i], means[:, i])
+    c = ctx.bridge.cfg
+    cost = {"rank_removed": 1, "writers_edited": 2 * c.n_layers + 1, "vectors_added": 2 * c.n_layers + 1,
+            "params_changed": _params_of_writers(ctx.bridge)}
+    chosen = {"read_at_layer": res.layers[i], "tried": tried}
+    return Intervention("direction-mean", settings[best], cost, chosen, fold, why)
 
 
 @register("leace", "LEACE of the group from the residual stream at one layer (simulated only)")

@@ -156,7 +156,8 @@ COLUMNS = (("held-out JS red. %", "js", "pct", 1), ("|logit gap| red. %", "abs_l
            ("knowledge top-k (pts)", "know_topk", "diff", 1), ("WikiText ppl %", "wikitext_ppl", "pct_up", 1))
 
 
-def _cell(t: dict | None, shown: str, digits: int) -> str:
+def cell(t: dict | None, shown: str, digits: int) -> str:
+    """One change as the table shows it (``format_cell``; ``pct_up``: a rise in %, e.g. perplexity)."""
     from .selectors import format_cell
 
     if shown == "pct_up":  # a rise shown as a rise (perplexity)
@@ -184,9 +185,9 @@ def table(result: dict) -> tuple[list[str], list[list]]:
         exported = "no (simulated)" if exp["ok"] is None else "yes, checked" if exp["ok"] else "CHECK FAILED"
         kl = rec["tests"].get("kl_neutral", {}).get("after")
         lodo = rec.get("lodo")
-        cells = [_cell(rec["tests"].get(k), s, d) for _, k, s, d in COLUMNS]
+        cells = [cell(rec["tests"].get(k), s, d) for _, k, s, d in COLUMNS]
         rows.append([name, _cost(rec), exported, *cells, None if kl is None else round(kl, 4),
-                     _cell(lodo["js"], "pct", 1) if lodo else "-", rec["fit_s"]])
+                     cell(lodo["js"], "pct", 1) if lodo else "-", rec["fit_s"]])
     return header, rows
 
 

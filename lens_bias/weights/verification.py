@@ -29,7 +29,8 @@ at any dtype.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -184,6 +185,50 @@ def compare_under(bridge: Bridge, hf_model: nn.Module, simulation, texts: Sequen
         effect = max(effect, _max_abs(sim, _bridge_logits(bridge, ids), "effect"))
     p = next(hf_model.parameters())
     return Verification(worst, rounding, effect, tolerance(rounding, atol), str(p.dtype), str(p.device))
+
+
+EXACT_TOL = 1e-8  # float64: a fold that is exact leaves only float64 rounding
+
+
+@contextmanager
+def in_float64(bridge: Bridge):
+    """The bridge in float64 inside the block, back in its dtype after it (float32 and bfloat16
+    values survive the round trip bit for bit)."""
+    dtype = next(bridge.parameters()).dtype
+    bridge.to(torch.float64)
+    try:
+        yield
+    finally:
+        bridge.to(dtype)
+
+
+@torch.no_grad()
+def fold_rounding(bridge: Bridge, hf_model: nn.Module, build: Callable[[], nn.Module], simulation,
+                  texts: Sequence[str] = DEFAULT_TEXTS) -> tuple[float, float]:
+    """For an intervention folded into weights, which changes the order of the arithmetic (a
+    projection applied to the weights instead of the activations): ``(rounding, exact_diff)``.
+    ``build()`` folds it again while the bridge is in float64; ``exact_diff`` is the max |logit
+    difference| between that float64 fold and the float64 bridge under ``simulation()`` (an exact fold
+    leaves float64 rounding, far below :data:`EXACT_TOL`), and ``rounding`` the larger of how far
+    ``hf_model`` and the bridge's own simulation each are from their float64 twins: the float32
+    rounding a correct fold may show."""
+    ids = _ids(bridge, texts)
+    hook32, fold32 = [], []
+    for x in ids:
+        with simulation():
+            hook32.append(_bridge_logits(bridge, x).double())
+        fold32.append(_hf_logits(hf_model, x).double())
+    rounding = exact = 0.0
+    with in_float64(bridge):
+        model64 = build()
+        for x, h32, f32 in zip(ids, hook32, fold32, strict=True):
+            with simulation():
+                h64 = bridge(x.to(model_device(bridge)), return_type="logits").cpu()
+            f64 = model64(input_ids=x.to(next(model64.parameters()).device), use_cache=False).logits.cpu()
+            exact = max(exact, float((h64 - f64).abs().max()))
+            rounding = max(rounding, float((h32 - h64).abs().max()), float((f32 - f64).abs().max()))
+        del model64
+    return rounding, exact
 
 
 def verify(bridge: Bridge, hf_model: nn.Module, mask: PruningMask, texts: Sequence[str] = DEFAULT_TEXTS,
