@@ -6,7 +6,7 @@
 * ``direction-mean``: the same direction, its component set to its mean on neutral text instead
   of 0 (directional mean-ablation); folded with biases (not on Gemma 2 / 3);
 * ``leace``: LEACE of the group at one candidate layer; simulated only;
-* ``steer``: always-on steering, ``alpha v_L`` added at layer ``L`` (alpha in -1, -0.5, 0.5, 1);
+* ``steer``: always-on steering, ``alpha v_L`` added at layer ``L`` (alpha in +-1, +-4, +-16);
   folded as one MLP bias;
 * ``steer-conditional``: conditional steering toward the groups' midpoint (beta 0.5 or 1); simulated only.
 """
@@ -32,7 +32,9 @@ from .directions import (
 from .leace import fit_eraser, leace_hooks
 from .residual import candidate_layers, choose, pair_residuals
 
-STEER_ALPHAS = (-1.0, -0.5, 0.5, 1.0)
+# alpha in units of the mean difference v_L, which is small beside the stream's norm (about 1 %
+# on SmolLM2): the grid reaches far enough that the KL budget, not the grid, limits the strength
+STEER_ALPHAS = (-16.0, -4.0, -1.0, 1.0, 4.0, 16.0)
 CONDITIONAL_BETAS = (0.5, 1.0)
 
 
