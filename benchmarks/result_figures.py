@@ -4,9 +4,14 @@
     python benchmarks/result_figures.py selectors docs/figures/selectors_smollm2 \\
         docs/data/selectors_smollm2_05.json docs/data/selectors_smollm2_budgets.json \\
         "docs/data/selectors_smollm2_48.json:, 48 pairs a domain" --table
+    python benchmarks/result_figures.py arena docs/figures/arena_smollm2 docs/data/arena_smollm2.json --table
 
 Several result files of one experiment are drawn as one (their rows in order; ``FILE:SUFFIX``
-appends SUFFIX to that file's row labels, for runs of the same selector on other settings).
+appends SUFFIX to that file's row labels, for runs of the same selector on other settings). Arena
+files (runs of one model, seed and split with different ``--methods``) merge method by method, the
+first file's record of a method kept; their unmodified model must agree, so every row is paired
+against the same "before"; ``--table`` prints the table against the unmodified model, the one
+against the reference method, the winners and each method's settings.
 Writes ``PREFIX_<figure>.html`` (interactive; plotly.js from its CDN) for every figure; ``--table``
 prints the markdown table. Static PNGs need an interpreter whose plotly can export images
 (plotly < 6 with ``kaleido==0.2.1``, or kaleido >= 1 with a Chrome): ``--png-python PYTHON``
@@ -15,15 +20,20 @@ renders them there from the figures' JSON, so this environment needs no image ex
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 from lens_bias.report import figures as viz
+from lens_bias.studies import arena
 from lens_bias.studies.selectors import selector_rows, wording_rows
 
 FIGURES = {"selectors": ({"frontier": viz.selector_frontier, "gap": viz.train_vs_held_out}, selector_rows),
-           "wording": ({"curve": viz.wording_curve}, wording_rows)}
+           "wording": ({"curve": viz.wording_curve}, wording_rows),
+           "arena": ({"pareto": viz.arena_pareto}, arena.table)}
+VS_REFERENCE = ("js", "seqgap", "crows_black_rate", "bbq_s_dis", "bbq_s_amb", "gen_bold_sentiment_gap",
+                "know_topk", "wikitext_ppl")
 RENDER = ("import plotly.io as pio, sys; "
           "pio.read_json(sys.argv[1]).write_image(sys.argv[2], width=900, scale=1)")
 
@@ -41,6 +51,39 @@ def merged(files: list[str]) -> dict:
     return out
 
 
+def merged_arena(files: list[str]) -> dict:
+    """One arena result from several runs of the same set-up (see the module docstring)."""
+    out = json.loads(Path(files[0]).read_text())
+    for path in files[1:]:
+        other = json.loads(Path(path).read_text())
+        for k in ("js", "wikitext_ppl"):
+            if not math.isclose(other["before"][k], out["before"][k], rel_tol=1e-9):
+                raise SystemExit(f"{path}: its unmodified {k} differs from {files[0]}'s: not the same set-up")
+        for name, rec in other["methods"].items():
+            out["methods"].setdefault(name, rec)
+    out["winners"] = arena.winners(out)
+    return out
+
+
+def arena_extra(res: dict) -> str:
+    """The table against the reference, the winners and each method's settings and check."""
+    ref = res["reference"]
+    cols = [c for c in arena.COLUMNS if c[1] in VS_REFERENCE]
+    rows = [[n, *[arena.cell(r.get("vs_reference", {}).get(k), s, d) for _, k, s, d in cols]]
+            for n, r in res["methods"].items() if n != ref]
+    header = ["method", *[f"{c[0]} vs {ref}" for c in cols]]
+    lines = [f"\nagainst {ref}, paired on the same items:\n", markdown(rows, header), ""]
+    for k, w in res["winners"].items():
+        won = "none beyond noise" if not w else \
+            f"{w['method']} ({w['before']:.4g} -> {w['after']:.4g}, p = {w['p']:.3g})"
+        lines.append(f"- {k}: {won}")
+    for n, r in res["methods"].items():
+        settings = {k: v for k, v in r["settings"].items() if k != "tried"}
+        check = r["export"].get("summary") or r["export"].get("why")
+        lines.append(f"- {n}: {settings}; fit {r['fit_s']:.0f} s; export: {check}")
+    return "\n".join(lines)
+
+
 def markdown(rows: list, header: list[str]) -> str:
     def line(cells: list) -> str:
         return "| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |"
@@ -50,7 +93,7 @@ def markdown(rows: list, header: list[str]) -> str:
 
 def main(a: argparse.Namespace) -> None:
     figures, table = FIGURES[a.experiment]
-    res = merged(a.results)
+    res = merged_arena(a.results) if a.experiment == "arena" else merged(a.results)
     a.prefix.parent.mkdir(parents=True, exist_ok=True)
     for name, make in figures.items():
         fig, stem = make(res), f"{a.prefix}_{name}"
@@ -64,6 +107,8 @@ def main(a: argparse.Namespace) -> None:
         print("wrote", stem + (".html/.png" if a.png_python else ".html"), file=sys.stderr)
     if a.table:
         print(markdown(*table(res)))
+        if a.experiment == "arena":
+            print(arena_extra(res))
 
 
 if __name__ == "__main__":

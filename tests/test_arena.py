@@ -47,7 +47,7 @@ def test_folds_are_checked_and_simulated_methods_say_why(result):
 
 
 def test_table_and_figure_have_one_row_and_point_per_method(result):
-    header, rows = A.table(result)
+    rows, header = A.table(result)
     assert [r[0] for r in rows] == list(result["methods"]) and len(rows[0]) == len(header)
     assert rows[3][2] == "no (simulated)"
     fig = arena_pareto({**result, "methods": {n: {**r, "tests": {**r["tests"], "wikitext_ppl": {

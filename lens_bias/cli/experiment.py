@@ -311,7 +311,7 @@ def arena_cmd(
     res = arena(bridge, train, ev, comma_list(methods), budget, kind, opts.quantile, opts.seed, wanted,
                 lodo=lodo, export_dir=str(opts.out / "models") if export else None, progress=opts.progress)
     res.update(model=opts.model, seconds=round(time.time() - t0, 1))
-    header, rows = arena_table(res)
+    rows, header = arena_table(res)
     rep = Report(f"lens_bias experiment: mitigation arena on {opts.model}")
     rep.text(reading(res), "note")
     rep.figure(viz.arena_pareto(res))

@@ -308,26 +308,37 @@ def wording_curve(res: dict) -> go.Figure:
     return fig
 
 
-def arena_pareto(result: dict, capability: str = "wikitext_ppl") -> go.Figure:
+def arena_pareto(result: dict, capability: str = "wikitext_ppl", max_cost: float = 50.0,
+                 min_removed: float = -100.0) -> go.Figure:
     """Held-out JS removed (%) against the perplexity cost (%), one point per method, 95 % intervals as
-    error bars; exported methods filled, simulated-only hollow, changes within noise in grey."""
-    fig = go.Figure()
+    error bars; filled: folded into the weights and checked, hollow: simulated only; green: less bias
+    beyond noise, red: more, grey: within noise. Methods beyond ``max_cost`` % perplexity or below
+    ``min_removed`` % are named in a note instead of stretching the axes."""
+    fig, off = go.Figure(), []
     for name, rec in result["methods"].items():
         js, cap = rec["tests"].get("js"), rec["tests"].get(capability)
         if not js or not cap or js.get("pct") is None or cap.get("pct") is None:
             continue
         x, y = cap["pct"], -js["pct"]
+        if x > max_cost or y < min_removed:
+            off.append(f"{name} ({y:+.0f} % JS removed, {x:+.0f} % perplexity)")
+            continue
         xci = cap.get("pct_ci") or [x, x]
         yci = [-v for v in reversed(js.get("pct_ci") or [-y, -y])]
-        color = "#9aa5b1" if js.get("within_noise") else "#c0392b"
+        color = "#9aa5b1" if js.get("within_noise") else "#27ae60" if y > 0 else "#c0392b"
         fig.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers+text", text=[name], textposition="top center", name=name,
-            marker={"size": 11, "color": color,
+            x=[x], y=[y], mode="markers+text", text=[name], textposition="top right", name=name,
+            marker={"size": 11, "color": color, "line": {"color": color, "width": 2},
                     "symbol": "circle" if rec["export"]["ok"] else "circle-open"},
-            error_x={"type": "data", "symmetric": False, "array": [xci[1] - x], "arrayminus": [x - xci[0]]},
-            error_y={"type": "data", "symmetric": False, "array": [yci[1] - y], "arrayminus": [y - yci[0]]},
+            error_x={"type": "data", "symmetric": False, "array": [xci[1] - x], "arrayminus": [x - xci[0]],
+                     "color": color},
+            error_y={"type": "data", "symmetric": False, "array": [yci[1] - y], "arrayminus": [y - yci[0]],
+                     "color": color},
             hovertemplate=f"{name}<br>JS removed %{{y:.1f}} %<br>perplexity %{{x:+.2f}} %<extra></extra>"))
+    if off:
+        fig.add_annotation(text="off scale: " + "; ".join(off), xref="paper", yref="paper", x=0, y=-0.22,
+                           showarrow=False, align="left", font={"size": 11})
     fig.update_layout(title="Mitigation arena: held-out bias removed vs capability cost (95 % intervals)",
                       xaxis_title="WikiText-2 perplexity change (%)", yaxis_title="held-out JS removed (%)",
-                      template="plotly_white", showlegend=False)
+                      template="plotly_white", showlegend=False, margin={"b": 110})
     return fig

@@ -175,8 +175,9 @@ def _cost(rec: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def table(result: dict) -> tuple[list[str], list[list]]:
-    """The arena table: one row per method (changes vs the unmodified model, ``~`` within noise)."""
+def table(result: dict) -> tuple[list[list], list[str]]:
+    """The arena table, ``(rows, header)``: one row per method (changes vs the unmodified model, ``~``
+    within noise)."""
     header = ["method", "changes", "exported", *[c[0] for c in COLUMNS], "KL neutral", "LODO JS red. %",
               "fit s"]
     rows = []
@@ -188,7 +189,7 @@ def table(result: dict) -> tuple[list[str], list[list]]:
         cells = [cell(rec["tests"].get(k), s, d) for _, k, s, d in COLUMNS]
         rows.append([name, _cost(rec), exported, *cells, None if kl is None else round(kl, 4),
                      cell(lodo["js"], "pct", 1) if lodo else "-", rec["fit_s"]])
-    return header, rows
+    return rows, header
 
 
 def reading(result: dict) -> str:
