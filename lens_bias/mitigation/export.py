@@ -4,7 +4,8 @@ The check is the one pruning has: the folded model's logits equal the bridge's u
 intervention's hooks within ``max(1e-5, 4 x rounding)`` (for a pruning mask, also: the weights are
 exactly the source with the pruned slices zeroed). A fold that moves a projection from the
 activations into the weights changes the order of the float32 arithmetic, so there the fold is also
-made and compared in float64, where it must agree to 1e-8, and the float32 rounding is measured
+made and compared in float64, where it must agree to a sixteenth of the float32 rounding
+(:func:`lens_bias.weights.verification.exact_tolerance`), and the float32 rounding is measured
 against those float64 twins (:func:`checked_fold`). A failed check writes nothing.
 """
 
@@ -47,12 +48,12 @@ def checked_fold(bridge: Bridge, iv: Intervention):
 def export_check(bridge: Bridge, iv: Intervention, folder: str | Path | None = None) -> dict:
     """Fold, check and (with ``folder``, when the check passes) write ``iv`` as a Hugging Face folder;
     the check's record (``ok`` None: not foldable, with ``why``)."""
-    from ..weights.verification import EXACT_TOL
+    from ..weights.verification import exact_tolerance
 
     model, v, exact = checked_fold(bridge, iv)
     if v is None:
         return {"ok": None, "why": iv.not_foldable}
-    ok = v.ok and (exact is None or exact <= EXACT_TOL)
+    ok = v.ok and (exact is None or exact <= exact_tolerance(v.rounding or 0.0))
     summary = v.summary() if exact is None else f"{v.summary()}; float64: max |logit diff| {exact:.2g}"
     if v.ok and not ok:
         summary = f"EXPORT CHECK FAILED in float64 (the fold is not exact): {summary}"
