@@ -25,9 +25,7 @@ Prints a table, then (with ``--json``) one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import logging
 import os
 import platform
 import random
@@ -62,20 +60,11 @@ def bench_pairs(n: int, seed: int = 0) -> PairSet:
 
 
 def optipfair_analyze():
-    """``optipfair.bias.analyze_neuron_bias``. ``optipfair.bias`` imports its plotting code
-    (matplotlib, seaborn, scikit-learn: the ``optipfair[viz]`` extra); without those, the module
-    that holds the function (it needs only torch) is loaded from its file, unchanged."""
-    try:
-        from optipfair.bias import activations as mod
-    except ImportError:
-        import optipfair
+    """``optipfair.bias.analyze_neuron_bias``, loaded the way the arena loads it (without its plotting
+    extra, from its own file, unchanged: :func:`lens_bias.mitigation.pruning.optipfair_functions`)."""
+    from lens_bias.mitigation.pruning import optipfair_functions
 
-        path = Path(optipfair.__file__).parent / "bias" / "activations.py"
-        spec = importlib.util.spec_from_file_location("optipfair_bias_activations", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    logging.getLogger(mod.__name__).setLevel(logging.WARNING)  # it logs every hook removal
-    return mod.analyze_neuron_bias
+    return optipfair_functions()[0]
 
 
 def peer_model(name: str, device: str):
