@@ -246,5 +246,10 @@ def test_direction_fold_unties_smollm2s_embeddings(smol):
     model = D.fold_direction(smol, d)
     assert not model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
-    v = compare_under(smol, model, lambda: attached(smol, D.direction_hooks(smol, d)), TEXTS)
-    assert v.ok, v.summary()
+    from lens_bias.weights.verification import exact_tolerance, fold_rounding
+
+    sim = lambda: attached(smol, D.direction_hooks(smol, d))  # noqa: E731
+    rounding, exact = fold_rounding(smol, model, lambda: D.fold_direction(smol, d), sim, TEXTS)
+    v = compare_under(smol, model, sim, TEXTS, rounding=rounding)
+    # float32 differs by reordered arithmetic (about 1e-4 over 30 layers); float64 shows the fold exact
+    assert v.ok and exact <= exact_tolerance(rounding), (v.summary(), exact)
