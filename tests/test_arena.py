@@ -82,3 +82,20 @@ def test_cli_arena_writes_json_and_html_and_refuses_an_unknown_method(tmp_path):
     bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "bad"), "--methods", "pruning"])
     assert bad.exit_code != 0 and "method must be one of" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_arena_exports_into_its_own_output_folder(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "arena"
+    args = ["experiment", "arena", "--model", "tiny-random", "--per-domain", "4", "--held-per-domain", "3",
+            "--domains", "finance,hiring", "--methods", "random,leace", "--measures", "", "--budget", "2%",
+            "-q", "--export", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "result.json").read_text())
+    assert res["methods"]["random"]["export"]["folder"] == "models/random"
+    assert res["methods"]["leace"]["export"]["ok"] is None  # simulated only: nothing written
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["prune", "random"]
+    AutoModelForCausalLM.from_pretrained(out / "models" / "random")
+    assert [p.name for p in tmp_path.iterdir()] == ["arena"]

@@ -19,7 +19,7 @@ from ..studies.selectors import format_cell
 from ..studies.setup import template_scores
 from ..vocab import measure_flags
 from .common import MeasuresOpt, SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
-from .study import StudyOptions, study_command
+from .study import StudyOptions, study_command, write_into
 
 app = typer.Typer(no_args_is_help=True,
                   help="Reproduce the seed studies' claims: neurons vs heads and scorers (curve), "
@@ -308,15 +308,16 @@ def arena_cmd(
     check_choice(kind, ("neurons", "heads"), "--kind")
     wanted = ["crows", *measure_flags(comma_list(measures), "--measures")]
     bridge, train, ev = opts.inputs(measures=wanted)
-    res = arena(bridge, train, ev, comma_list(methods), budget, kind, opts.quantile, opts.seed, wanted,
-                lodo=lodo, export_dir=str(opts.out / "models") if export else None, progress=opts.progress)
-    res.update(model=opts.model, seconds=round(time.time() - t0, 1))
-    rows, header = arena_table(res)
-    rep = Report(f"lens_bias experiment: mitigation arena on {opts.model}")
-    rep.text(reading(res), "note")
-    rep.figure(viz.arena_pareto(res))
-    rep.table(rows, header)
-    opts.write(res, rep)
+    with opts.folder() as tmp:  # the exported models go into the same atomically written folder
+        res = arena(bridge, train, ev, comma_list(methods), budget, kind, opts.quantile, opts.seed, wanted,
+                    lodo=lodo, export_dir=tmp / "models" if export else None, progress=opts.progress)
+        res.update(model=opts.model, seconds=round(time.time() - t0, 1))
+        rows, header = arena_table(res)
+        rep = Report(f"lens_bias experiment: mitigation arena on {opts.model}")
+        rep.text(reading(res), "note")
+        rep.figure(viz.arena_pareto(res))
+        rep.table(rows, header)
+        write_into(tmp, res, rep)
     typer.echo(table(rows, header))
     typer.echo(reading(res))
     _done(opts.out, t0)

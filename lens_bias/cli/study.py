@@ -80,11 +80,22 @@ class StudyOptions:
 
     def write(self, result: dict, report) -> None:
         """Write ``result.json`` and ``report.html`` into the output folder, atomically."""
+        with self.folder() as tmp:
+            write_into(tmp, result, report)
+
+    def folder(self):
+        """``with opts.folder() as tmp:`` everything written into ``tmp`` becomes the output folder at
+        the end (:func:`lens_bias.atomic.atomic_out`; an existing one is refused before any work unless
+        ``--overwrite``): for a study that writes more than its result and report."""
         from ..atomic import atomic_out
 
-        with atomic_out(self.out, self.overwrite) as tmp:
-            (tmp / "result.json").write_text(json.dumps(result, indent=1, default=float))
-            (tmp / "report.html").write_text(report.html(), encoding="utf-8")
+        return atomic_out(self.out, self.overwrite)
+
+
+def write_into(folder: Path, result: dict, report) -> None:
+    """``result.json`` and ``report.html`` into ``folder``."""
+    (folder / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    (folder / "report.html").write_text(report.html(), encoding="utf-8")
 
 
 def _shared(out: str, per_domain: int) -> list[inspect.Parameter]:

@@ -17,6 +17,7 @@ measure, the method that moves it furthest toward no preference beyond noise, at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..bridge import Bridge
 from ..measures.changes import evaluation_changes, run_tests, without_items
@@ -48,9 +49,11 @@ def _evaluate(bridge: Bridge, ev: EvalSet, hooks: list | None, measures: Sequenc
 def arena(bridge: Bridge, train: PairSet, ev: EvalSet, methods: Sequence[str] = DEFAULT_METHODS,
           budget: str = "0.5%", kind: str = "neurons", max_cost_quantile: float | None = 0.5, seed: int = 0,
           measures: Sequence[str] = USER_MEASURES, reference: str = "prune", lodo: bool = False,
-          export_dir=None, batch_size: int = 16, progress: bool = True) -> dict:
+          export_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True) -> dict:
     """Fit, simulate, measure and check every method in ``methods`` (see the module docstring).
-    ``export_dir``: write each method that folds and passes its check to ``export_dir/<method>/``."""
+    ``export_dir``: write each method that folds and passes its check to ``export_dir/<method>/``
+    (its record's ``export["folder"]`` is that path relative to ``export_dir``'s parent, the study's
+    output folder)."""
     methods = list(dict.fromkeys(methods))
     for name in methods:
         check_method(name)
@@ -66,10 +69,9 @@ def arena(bridge: Bridge, train: PairSet, ev: EvalSet, methods: Sequence[str] = 
         iv = fit(name, ctx)
         _say(progress, f"measuring {name} ({iv.fit_s:.0f} s to fit)")
         afters[name] = _evaluate(bridge, ev, iv.hooks, measures, batch_size)
-        folder = None if export_dir is None else f"{export_dir}/{name}"
         records[name] = {**iv.record(), "metrics": without_items(afters[name]),
                          "tests": run_tests(before, afters[name], seed=seed),
-                         "export": export_check(bridge, iv, folder)}
+                         "export": _export(bridge, iv, export_dir)}
         if lodo:
             records[name]["lodo"] = leave_one_domain_out(ctx, name, ev, before, measures, batch_size)
     for name in methods:
@@ -80,6 +82,17 @@ def arena(bridge: Bridge, train: PairSet, ev: EvalSet, methods: Sequence[str] = 
            "kind": kind, "measures": list(measures), "n_train": len(train), "n_held": len(ev.pairs)}
     out["winners"] = winners(out)
     return out
+
+
+def _export(bridge: Bridge, iv: Intervention, export_dir: str | Path | None) -> dict:
+    """The export check of ``iv``, written to ``export_dir/<method>`` when asked and passed."""
+    if export_dir is None:
+        return export_check(bridge, iv)
+    export_dir = Path(export_dir)
+    rec = export_check(bridge, iv, export_dir / iv.method)
+    if rec.get("folder"):
+        rec["folder"] = Path(rec["folder"]).relative_to(export_dir.resolve().parent).as_posix()
+    return rec
 
 
 def leave_one_domain_out(ctx: FitContext, name: str, ev: EvalSet, before: dict, measures: Sequence[str],
