@@ -19,7 +19,7 @@ from ..bridge import Bridge
 from ..hooks.interventions import attached
 from ..masks import PruningMask
 from ..prompts.pairs import PairSet
-from .residual import Residuals, Tuning, candidate_layers, pair_residuals
+from .residual import KL_BUDGET, Residuals, Tuning, candidate_layers, pair_residuals
 
 
 @dataclass
@@ -90,8 +90,6 @@ class FitContext:
 
     def tuning(self) -> Tuning:
         """Train pairs and neutral tuning lines that hook methods choose their setting on."""
-        from .residual import KL_BUDGET
-
         budget = self.kl_budget if self.kl_budget is not None else KL_BUDGET
         return self.cached("tuning", lambda: Tuning.of(self.bridge, self.train, self.tune_per_domain,
                                                        self.seed, budget))

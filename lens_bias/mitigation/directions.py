@@ -63,11 +63,7 @@ def direction_hooks(bridge: Bridge, d: Float[Tensor, " d_model"]) -> list:
     """Directional ablation of ``d``: the projection on every residual stream an attention, an MLP
     or the final norm reads (entering each layer, between its attention and its MLP, and entering the
     final norm: ``2 n_layers + 1`` hooks)."""
-    d = unit(d)
-    n = bridge.cfg.n_layers
-    names = ([resid_hook(bridge, layer) for layer in range(n + 1)]
-             + [f"blocks.{i}.hook_resid_mid" for i in range(n)])
-    return [(name, project_out(d)) for name in names]
+    return [(name, project_out(unit(d))) for name in read_points(bridge)]
 
 
 def read_points(bridge: Bridge) -> list[str]:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ..bridge import Bridge, params_per_unit, tokenizer_of
+from ..bridge import Bridge, tokenizer_of
 from ..errors import InterventionError
 from ..hooks.ablation import ablation_hooks
 from ..masks import PruningMask
+from ..measures.evaluation import pruned_params
 from ..prompts.pairs import PairSet
 from ..selection.registry import SelectionInputs, SelectorSpec, select_units
 from ..selection.topk import budget_count, random_mask, select
@@ -36,8 +37,7 @@ def from_mask(bridge: Bridge, name: str, mask: PruningMask, settings: dict | Non
 
     c = mask.counts()
     cost = {"neurons_zeroed": c["neurons"], "heads_zeroed": c["heads"],
-            "params_changed": c["neurons"] * params_per_unit(bridge, "neurons")
-            + c["heads"] * params_per_unit(bridge, "heads")}
+            "params_changed": pruned_params(bridge, mask)}
     return Intervention(name, ablation_hooks(bridge, mask), cost, settings or {},
                         fold=lambda: materialize(bridge, mask), mask=mask)
 

@@ -110,9 +110,9 @@ def pair_residuals(bridge: Bridge, pairs: PairSet, layers: Sequence[int], positi
         return Residuals(layers, x=torch.stack([torch.cat(got[layer]) for layer in layers]),
                          z=torch.cat(labels))
     black, white = [], []
+    inv = torch.argsort(torch.tensor(order))  # batch order -> pair order
     for layer in layers:  # each batch: its n Black rows, then the same pairs' White rows
         halves = [t.chunk(2) for t in got[layer]]
-        inv = torch.argsort(torch.tensor(order))
         black.append(torch.cat([h[0] for h in halves])[inv])
         white.append(torch.cat([h[1] for h in halves])[inv])
     return Residuals(layers, black=torch.stack(black), white=torch.stack(white))

@@ -173,8 +173,9 @@ def cell(t: dict | None, shown: str, digits: int) -> str:
     """One change as the table shows it (``format_cell``; ``pct_up``: a rise in %, e.g. perplexity)."""
     from .selectors import format_cell
 
-    if shown == "pct_up":  # a rise shown as a rise (perplexity)
-        return "-" if not t else format_cell({**t, "test": "mcnemar"}, "pct", digits)
+    if shown == "pct_up":  # a rise shown as a rise (perplexity): the relative change, not negated
+        return "-" if not t else format_cell({**t, "pct_up": t["pct"], "pct_up_ci": t["pct_ci"]}, "pct_up",
+                                             digits)
     return format_cell(t, shown, digits)
 
 
