@@ -12,11 +12,12 @@ import json
 import time
 from pathlib import Path
 
+from lens_bias.attribution.per_template import template_scores
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
 from lens_bias.studies import selectors as S
-from lens_bias.studies.setup import study_inputs, template_scores
+from lens_bias.studies.setup import study_inputs
 
 SEED, BATCH = 0, 16
 

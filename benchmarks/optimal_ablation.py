@@ -24,12 +24,13 @@ import json
 import time
 from pathlib import Path
 
+from lens_bias.attribution.per_template import template_scores
 from lens_bias.hooks.capture import mean_activations
 from lens_bias.measures.changes import evaluation_changes, js_reduction
 from lens_bias.measures.evaluation import evaluate
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import SelectionInputs, SelectorSpec, select_units
-from lens_bias.studies.setup import study_inputs, template_scores
+from lens_bias.studies.setup import study_inputs
 from lens_bias.weights.optimal_ablation import fit_constants
 
 SEED, BATCH = 0, 16

@@ -9,9 +9,10 @@
 Several result files of one experiment are drawn as one (their rows in order; ``FILE:SUFFIX``
 appends SUFFIX to that file's row labels, for runs of the same selector on other settings). Arena
 files (runs of one model, seed and split with different ``--methods``) merge method by method, the
-first file's record of a method kept; their unmodified model must agree, so every row is paired
-against the same "before"; ``--table`` prints the table against the unmodified model, the one
-against the reference method, the winners and each method's settings.
+first file's record of a method kept (a later file adds its leave-one-domain-out record where the
+kept one has none, so a ``--lodo`` run can be merged into a fuller one); their unmodified model
+must agree, so every row is paired against the same "before"; ``--table`` prints the table against
+the unmodified model, the one against the reference method, the winners and each method's settings.
 Writes ``PREFIX_<figure>.html`` (interactive; plotly.js from its CDN) for every figure; ``--table``
 prints the markdown table. Static PNGs need an interpreter whose plotly can export images
 (plotly < 6 with ``kaleido==0.2.1``, or kaleido >= 1 with a Chrome): ``--png-python PYTHON``
@@ -60,7 +61,10 @@ def merged_arena(files: list[str]) -> dict:
             if not math.isclose(other["before"][k], out["before"][k], rel_tol=1e-9):
                 raise SystemExit(f"{path}: its unmodified {k} differs from {files[0]}'s: not the same set-up")
         for name, rec in other["methods"].items():
-            out["methods"].setdefault(name, rec)
+            if name not in out["methods"]:
+                out["methods"][name] = rec
+            elif rec.get("lodo") and not out["methods"][name].get("lodo"):  # a --lodo run adds only that
+                out["methods"][name]["lodo"] = rec["lodo"]
     out["winners"] = arena.winners(out)
     return out
 

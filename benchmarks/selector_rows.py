@@ -20,11 +20,12 @@ import json
 import time
 from pathlib import Path
 
+from lens_bias.attribution.per_template import template_scores
 from lens_bias.measures.evaluation import evaluate
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.selection.registry import SelectorSpec
 from lens_bias.studies import selectors as S
-from lens_bias.studies.setup import study_inputs, template_scores
+from lens_bias.studies.setup import study_inputs
 
 SEED, BATCH = 0, 16
 

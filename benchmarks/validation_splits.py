@@ -15,13 +15,14 @@ import json
 import time
 from pathlib import Path
 
+from lens_bias.attribution.per_template import template_scores
 from lens_bias.measures.changes import js_reduction
 from lens_bias.prompts.pairs import neutral_text
 from lens_bias.prompts.splits import validation_split
 from lens_bias.selection.auto import default_candidates
 from lens_bias.selection.registry import SelectionInputs, select_units
 from lens_bias.studies import selectors as S
-from lens_bias.studies.setup import study_inputs, template_scores
+from lens_bias.studies.setup import study_inputs
 
 
 def main(a: argparse.Namespace) -> None:

@@ -40,6 +40,37 @@ def test_every_method_is_measured_against_before_and_the_reference(result):
     json.dumps(result)
 
 
+def test_leave_one_domain_out_never_fits_on_the_domain_it_measures(tiny, split, monkeypatch):
+    """Each left-out domain: every method is fitted from one shared context without that domain, and
+    measured on that domain's held-out pairs only."""
+    from lens_bias.mitigation.base import FitContext
+    from lens_bias.mitigation.registry import fit
+
+    train, held = split
+    fits, measured = [], []
+    real_evaluate = A.evaluate
+
+    def spy_fit(name, ctx):
+        fits.append((name, id(ctx), tuple(ctx.train.domains)))
+        return fit(name, ctx)
+
+    def spy_evaluate(bridge, ev, **kw):
+        measured.append(tuple(ev.pairs.domains))
+        return real_evaluate(bridge, ev, **kw)
+
+    monkeypatch.setattr(A, "fit", spy_fit)
+    monkeypatch.setattr(A, "evaluate", spy_evaluate)
+    ev = EvalSet(pairs=held)
+    before = real_evaluate(tiny, ev, per_item=True, lambada=False, sentences=False)
+    out = A.leave_one_domain_out(FitContext(tiny, train, "2%"), ["random", "direction"], ev, before, 16)
+    assert [(n, d) for n, _, d in fits] == [("random", ("hiring",)), ("direction", ("hiring",)),
+                                             ("random", ("finance",)), ("direction", ("finance",))]
+    assert fits[0][1] == fits[1][1] != fits[2][1] == fits[3][1]  # one context a left-out domain
+    assert measured == [("finance",), ("finance",), ("hiring",), ("hiring",)]
+    assert out["random"]["js"]["n"] == len(held)
+    assert set(out["direction"]["by_domain"]) == {"finance", "hiring"}
+
+
 def test_folds_are_checked_and_simulated_methods_say_why(result):
     exp = {n: r["export"] for n, r in result["methods"].items()}
     assert exp["prune"]["ok"] and exp["random"]["ok"] and exp["direction"]["ok"]

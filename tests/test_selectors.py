@@ -273,7 +273,7 @@ def test_experiments_filter_on_the_cost_of_the_ablation_they_prune_with(tiny, pa
     """Experiments prune with zero ablation, as `run` does: their capability filter is the Fisher
     cost of zero ablation (`run`'s), not the function's mean-ablation default."""
     from lens_bias.attribution.patching import capability_cost
-    from lens_bias.studies.setup import template_scores
+    from lens_bias.attribution.per_template import template_scores
 
     _, cost = template_scores(tiny, pairs[:4], progress=False)
     zero = capability_cost(tiny, neutral_text(), ablation="zero")

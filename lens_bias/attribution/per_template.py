@@ -19,10 +19,10 @@ from torch import Tensor
 
 from ..bridge import Bridge, score_dtype
 from ..errors import MaskError
-from ..prompts.pairs import PairSet
+from ..prompts.pairs import PairSet, neutral_text
 from ..scores import Scores
 from ..vocab import KINDS
-from .patching import attribution_inputs, running_sums
+from .patching import attribution_inputs, capability_cost, running_sums
 from .provenance import provenance
 
 
@@ -124,3 +124,12 @@ def attribute_templates(bridge: Bridge, pairs: PairSet, metric: str = "js", abla
     return TemplateScores(templates, [dom[t] for t in templates], counts,
                           {k: v.cpu().double() for k, v in sums.items()}, settings,
                           metric_sums.cpu().double())
+
+
+def template_scores(bridge: Bridge, train: PairSet, progress: bool = True,
+                    batch_size: int = 16) -> tuple[TemplateScores, Scores]:
+    """Attribution per template on the train pairs (zero ablation), and the capability cost on
+    neutral text under zero ablation: what the selectors of :mod:`lens_bias.selection` and the
+    pruning methods of :mod:`lens_bias.mitigation` take."""
+    return (attribute_templates(bridge, train, batch_size=batch_size, progress=progress),
+            capability_cost(bridge, neutral_text(), ablation="zero"))

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
+from ..attribution.per_template import template_scores
 from ..studies.selectors import format_cell
-from ..studies.setup import template_scores
 from ..vocab import measure_flags
 from .common import MeasuresOpt, SelectorOpt, comma_list, fmt1, fmt2, old_spelling, table
 from .study import StudyOptions, study_command, write_into

@@ -75,13 +75,10 @@ class FitContext:
     def template_scores(self):
         """Attribution kept per template, and the capability cost (zero ablation): what the default
         pruning and the capability filter read."""
-        from ..attribution.patching import capability_cost
-        from ..attribution.per_template import attribute_templates
-        from ..prompts.pairs import neutral_text
+        from ..attribution.per_template import template_scores
 
-        return self.cached("ts", lambda: (
-            attribute_templates(self.bridge, self.train, batch_size=self.batch_size, progress=self.progress),
-            capability_cost(self.bridge, neutral_text(), ablation="zero")))
+        return self.cached("ts", lambda: template_scores(self.bridge, self.train, self.progress,
+                                                         self.batch_size))
 
     def residuals(self) -> Residuals:
         """The last-token residual stream at :func:`candidate_layers` on every train pair."""

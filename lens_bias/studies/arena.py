@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..bridge import Bridge
 from ..measures.changes import evaluation_changes, run_tests, without_items
 from ..measures.evaluation import EvalSet, evaluate
@@ -72,8 +74,10 @@ def arena(bridge: Bridge, train: PairSet, ev: EvalSet, methods: Sequence[str] = 
         records[name] = {**iv.record(), "metrics": without_items(afters[name]),
                          "tests": run_tests(before, afters[name], seed=seed),
                          "export": _export(bridge, iv, export_dir)}
-        if lodo:
-            records[name]["lodo"] = leave_one_domain_out(ctx, name, ev, before, measures, batch_size)
+    if lodo:
+        _say(progress, "leave-one-domain-out: every method fitted without each domain")
+        for name, rec in leave_one_domain_out(ctx, methods, ev, before, batch_size).items():
+            records[name]["lodo"] = rec
     for name in methods:
         if name != reference:
             changes = evaluation_changes(afters[reference], afters[name], seed=seed)
@@ -95,30 +99,36 @@ def _export(bridge: Bridge, iv: Intervention, export_dir: str | Path | None) -> 
     return rec
 
 
-def leave_one_domain_out(ctx: FitContext, name: str, ev: EvalSet, before: dict, measures: Sequence[str],
-                         batch_size: int) -> dict | None:
-    """Fit ``name`` on every train domain but one and measure the held-out pairs of the one left out;
-    the pooled JS change over all domains (by template) and each domain's."""
+def leave_one_domain_out(ctx: FitContext, methods: Sequence[str], ev: EvalSet, before: dict,
+                         batch_size: int) -> dict[str, dict | None]:
+    """Fit every method of ``methods`` on every train domain but one and measure the held-out pairs of
+    the one left out: per method, the pooled JS change over all domains (by template) and each
+    domain's. The methods of one left-out domain share one fit context (its attribution, residuals and
+    tuning set are computed once)."""
     domains = ctx.train.domains
     if len(domains) < 2:
-        return None
+        return {name: None for name in methods}
     bi = before["per_item"]
-    js_b, js_a, groups, by_domain = [], [], [], {}
-    for d in domains:
+    js_b: list[float] = []
+    groups: list[str] = []
+    js_a: dict[str, list[float]] = {name: [] for name in methods}
+    by_domain: dict[str, dict] = {name: {} for name in methods}
+    for d in tqdm(domains, desc="leave-one-domain-out", disable=not ctx.progress):
         sub = FitContext(ctx.bridge, ctx.train.filter(domains=[x for x in domains if x != d]), ctx.budget,
                          ctx.kind, ctx.max_cost_quantile, ctx.seed, ctx.batch_size, False)
-        iv: Intervention = fit(name, sub)
-        held = ev.pairs.filter(domains=[d])
-        after = evaluate(ctx.bridge, EvalSet(held), hooks=iv.hooks or None, per_item=True, lambada=False,
-                         sentences=False, batch_size=batch_size)
+        held = EvalSet(ev.pairs.filter(domains=[d]))
         idx = [i for i, x in enumerate(bi["domains"]) if x == d]
-        b = [bi["js"][i] for i in idx]
-        a = after["per_item"]["js"]
-        by_domain[d] = paired_change(b, a, [bi["templates"][i] for i in idx], seed=ctx.seed).to_dict()
+        b, g = [bi["js"][i] for i in idx], [bi["templates"][i] for i in idx]
+        for name in methods:
+            iv: Intervention = fit(name, sub)
+            a = evaluate(ctx.bridge, held, hooks=iv.hooks or None, per_item=True, lambada=False,
+                         sentences=False, batch_size=batch_size)["per_item"]["js"]
+            by_domain[name][d] = paired_change(b, a, g, seed=ctx.seed).to_dict()
+            js_a[name] += a
         js_b += b
-        js_a += a
-        groups += [bi["templates"][i] for i in idx]
-    return {"js": paired_change(js_b, js_a, groups, seed=ctx.seed).to_dict(), "by_domain": by_domain}
+        groups += g
+    return {name: {"js": paired_change(js_b, js_a[name], groups, seed=ctx.seed).to_dict(),
+                   "by_domain": by_domain[name]} for name in methods}
 
 
 def _toward(goal: str, t: dict) -> float | None:

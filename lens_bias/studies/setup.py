@@ -1,21 +1,18 @@
 """What every study starts from, the same for the ``lens-bias experiment`` commands and the
-benchmarks: a model, the train pairs and the held-out evaluation set (:func:`study_inputs`), and
-the per-template attribution with the capability cost that the selectors need
-(:func:`template_scores`)."""
+benchmarks: a model, the train pairs and the held-out evaluation set (:func:`study_inputs`). The
+per-template attribution with the capability cost that the selectors need is
+:func:`lens_bias.attribution.per_template.template_scores`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..attribution.patching import capability_cost
-from ..attribution.per_template import TemplateScores, attribute_templates
 from ..bridge import Bridge
 from ..measures.evaluation import EvalSet, standard_evalset
 from ..model.load import load_model
-from ..prompts.pairs import PairSet, neutral_text
+from ..prompts.pairs import PairSet
 from ..prompts.splits import split_pairs, split_sentences
-from ..scores import Scores
 
 
 def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[str] | None = None,
@@ -34,9 +31,3 @@ def study_inputs(model: str, pairs: str | Path | None = None, domains: Sequence[
                           bbq_rows=200, generation=generation)
     return load_model(model, **(load or {})), train, ev
 
-
-def template_scores(bridge: Bridge, train: PairSet, progress: bool = True) -> tuple[TemplateScores, Scores]:
-    """Attribution per template on the train pairs (zero ablation), and the capability cost on
-    neutral text under zero ablation: what the selectors of :mod:`lens_bias.selection` take."""
-    return (attribute_templates(bridge, train, progress=progress),
-            capability_cost(bridge, neutral_text(), ablation="zero"))
