@@ -17,8 +17,10 @@ Timed side by side, interleaved (the order rotates each repeat), after warm-up r
   backward), the logits at the last position only. ``ablate`` needs gradients of both prompts, so
   its own floor, forward+backward of all 2n rows, is reported as well.
 
-Then the peak GPU memory of ``attribute`` for ``--mem-pairs`` (default 64 and 1024, in batches of
-``--pairs``). Prints a table, then one JSON line.
+Then the peak GPU memory of ``attribute`` for ``--mem-pairs`` (default 64 and 1024), each asked
+for in one batch (``batch_size`` = the pair count), so that the padded-token budget from the free
+memory (``lens_bias.model.memory.token_budget``, recorded) alone cuts the passes. Prints a table,
+then one JSON line.
 
     python benchmarks/bench_gpu.py [--pairs 64] [--seq 32] [--repeats 7] [--tiny] [--profile]
 
@@ -261,9 +263,19 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true",
                     help="time the bridge's own passes against the plain model's")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="attribution's padded-token budget instead of the one from free memory")
     ap.add_argument("--check-only", action="store_true",
                     help="only the correctness check, in --dtype and in float32 on the device, then exit")
     args = ap.parse_args()
+    from lens_bias.model.memory import max_batch_tokens
+
+    with max_batch_tokens(args.max_batch_tokens):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The benchmark itself (see the module docstring)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     dtype = getattr(torch, args.dtype)
     dev = args.device
@@ -279,6 +291,7 @@ def main() -> None:
     from lens_bias.attribution.scorers import baseline_scores
     from lens_bias.model.batching import pair_batch
     from lens_bias.model.load import wrap
+    from lens_bias.model.memory import token_budget
 
     shape = TINY_SHAPE if args.tiny else LLAMA3_8B_SHAPE
     t0 = time.perf_counter()
@@ -336,10 +349,11 @@ def main() -> None:
     for m in [int(x) for x in args.mem_pairs.split(",")]:
         ps = random_pairs(m, args.seq, shape["vocab_size"], seed=1)
         t = time.perf_counter()
-        peak = peak_mib(lambda ps=ps: attribute(bridge, ps, components=("neurons", "heads"), batch_size=n,
-                                                progress=False), dev)
+        budget = token_budget(bridge)  # before the pass: what the free memory holds now
+        peak = peak_mib(lambda ps=ps, m=m: attribute(bridge, ps, components=("neurons", "heads"),
+                                                     batch_size=m, progress=False), dev)
         secs = time.perf_counter() - t
-        mem[m] = {"seconds": round(secs, 3), "pairs_per_s": round(m / secs, 1)}
+        mem[m] = {"seconds": round(secs, 3), "pairs_per_s": round(m / secs, 1), "token_budget": budget}
         if cuda:
             mem[m]["peak_gpu_mib"] = peak[dev]
     lo, hi = min(mem), max(mem)
@@ -386,11 +400,12 @@ def main() -> None:
         print(f"  {k:<40} {v:9.2f}x")
     for m, row in mem.items():
         print(f"  memory {m:>5} pairs: " + (f"peak GPU {row['peak_gpu_mib']:.0f} MiB, " if cuda else "")
-              + f"{row['pairs_per_s']} pairs/s")
+              + f"{row['pairs_per_s']} pairs/s, token budget {row['token_budget']}")
     if cuda:
         print(f"  peak GPU ratio {hi}/{lo} pairs: {mem_ratio:.3f}  (weights {weights_mib:.0f} MiB)")
     record = {
-        "benchmark": "bench_gpu", "device": device_name, "shape": "tiny" if args.tiny else "llama3-8b",
+        "benchmark": "bench_gpu", "max_batch_tokens": args.max_batch_tokens,
+        "device": device_name, "shape": "tiny" if args.tiny else "llama3-8b",
         "dtype": args.dtype, "pairs": n, "seq": args.seq, "repeats": args.repeats, "warmup": args.warmup,
         **versions(), "datasets_import": datasets_mode,
         "build_seconds": round(build_s, 1), "weights_mib": weights_mib, "after_wrap_mib": after_wrap_mib,

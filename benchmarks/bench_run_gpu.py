@@ -42,8 +42,9 @@ benchmarks do) and records so.
 
 Capability data: ``--data DIR`` (default: ``.tok/data`` of this checkout when it exists) passes
 ``--wikitext DIR/wikitext2_test.txt`` and ``--crows-file DIR/crows_pairs_anonymized.csv`` (and
-LAMBADA when present) unless the extra arguments name them; without them lens_bias looks in
-``../shared/data``, which a GPU machine does not have. ``--data none`` passes nothing.
+LAMBADA, BBQ's ``bbq_race_ethnicity.jsonl`` and BOLD's ``bold_race_prompts.json`` when present)
+unless the extra arguments name them; without them lens_bias looks in ``../shared/data``, which a
+GPU machine does not have. ``--data none`` passes nothing.
 
 The checkpoint is reused when ``WORK/model/bench_shape.json`` matches the shape, seed and dtype
 (``--rebuild`` forces a new one). Prints a table, then one JSON line; ``--out FILE`` writes the
@@ -342,7 +343,9 @@ def measure(args, ckpt: Path, run_dir: Path, extra: list[str]) -> dict:
     if data is not None and data.is_dir():
         for flag, name in (("--wikitext", "wikitext2_test.txt"),
                            ("--crows-file", "crows_pairs_anonymized.csv"),
-                           ("--lambada", "lambada_openai_test.jsonl")):
+                           ("--lambada", "lambada_openai_test.jsonl"),
+                           ("--bbq-file", "bbq_race_ethnicity.jsonl"),
+                           ("--bold-file", "bold_race_prompts.json")):
             if (data / name).is_file() and not _has(extra, flag):
                 data_args += [flag, str(data / name)]
     cmd = [*cli, "run", "--model", str(ckpt), "--out", str(run_dir), *data_args, *extra]

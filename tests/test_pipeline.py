@@ -163,6 +163,41 @@ def test_failure_leaves_no_folder_and_no_hooks(tmp_path, monkeypatch, tiny):
     assert all(not hp.fwd_hooks for hp in tiny.hook_dict.values())
 
 
+def test_the_model_is_written_while_the_run_measures_and_a_later_failure_keeps_nothing(tmp_path, monkeypatch,
+                                                                                       tiny):
+    """The checked model is written on a thread while the pruned model is measured; a failure after the
+    write started waits for the writer before the run folder is removed, so nothing is left behind."""
+    import threading
+    import time
+
+    from lens_bias.weights import export as E
+
+    monkeypatch.setattr("lens_bias.model.load.load_model", lambda *a, **k: tiny)
+    real, log, measured = E.write_hf, [], threading.Event()
+
+    def slow_write(*a, **k):  # still writing when the run fails: it waits for the failure first
+        log.append(("write starts", threading.current_thread().name))
+        assert measured.wait(timeout=300)
+        time.sleep(0.5)
+        out = real(*a, **k)
+        log.append(("write ends", None))
+        return out
+
+    def failing_transfer(*a, **k):
+        log.append(("transfer", threading.current_thread().name))
+        measured.set()
+        raise RuntimeError("out of memory in the leave-one-domain-out stage")
+
+    monkeypatch.setattr(E, "write_hf", slow_write)
+    monkeypatch.setattr(pl, "leave_one_domain_out", failing_transfer)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="leave-one-domain-out"):
+        run(small_config(generations=False, bbq="", knowledge=""), out)
+    assert [e for e, _ in log] == ["write starts", "transfer", "write ends"]  # measured while writing
+    assert log[0][1] == "lens-bias export" and log[1][1] == "MainThread"
+    assert list(tmp_path.iterdir()) == []  # nor a .r.tmp folder the writer went on filling
+
+
 def test_bad_kind_is_refused(tmp_path):
     with pytest.raises(ChoiceError, match="--kind must be one of neurons, heads, both"):
         run(small_config(kind="layers"), tmp_path / "x")

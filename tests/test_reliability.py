@@ -774,7 +774,8 @@ def test_cli_run_interrupted_says_so(tmp_path, monkeypatch):
 
 STAGES = ["load model and pairs", "measure bias before", "attribute on the train split",
           "validate the ranking against exact ablation", "pruning curve (simulated)",
-          "prune at the requested budget", "materialize, verify and export"]
+          "prune at the requested budget", "materialize and verify (the model is written meanwhile)",
+          "measure the pruned model"]
 
 
 def _cli() -> list[str]:
@@ -827,15 +828,16 @@ class _Lines:
 
 
 def test_sigint_at_random_stages_leaves_nothing_and_the_next_run_succeeds(tmp_path, small_data):
-    """``lens-bias run`` killed with SIGINT five times, at seeded random moments spread over its
-    stages (start-up, loading, attribution, pruning curve, export): no run folder, no temporary
-    folder; then the same command runs to the end and writes the contract folder."""
+    """``lens-bias run`` killed with SIGINT six times, at seeded random moments spread over its
+    stages (start-up, loading, attribution, pruning curve, the export check, measuring while the
+    model is written): no run folder, no temporary folder; then the same command runs to the end
+    and writes the contract folder."""
     rng = random.Random(8)
     runs = tmp_path / "runs"
     runs.mkdir()
     out = runs / "r"
     plan = [(None, rng.uniform(0.3, 2.0))] + [(s, rng.uniform(0.0, 0.15)) for s in
-                                               (STAGES[0], STAGES[2], STAGES[4], STAGES[6])]
+                                               (STAGES[0], STAGES[2], STAGES[4], STAGES[6], STAGES[7])]
     hit = []
     for after, delay in plan:
         proc = _start_run(out, small_data)
@@ -857,7 +859,7 @@ def test_sigint_at_random_stages_leaves_nothing_and_the_next_run_succeeds(tmp_pa
         if after is not None:  # inside the job: the command's own message and exit code
             assert rc == 130 and "interrupted: nothing was written" in output, output[-3000:]
         assert list(runs.iterdir()) == [], (stage, output[-3000:])  # no run folder, no .r.tmp-* folder
-    assert [h[0] for h in hit] == ["start-up (imports)", *(STAGES[i] for i in (0, 2, 4, 6))], hit
+    assert [h[0] for h in hit] == ["start-up (imports)", *(STAGES[i] for i in (0, 2, 4, 6, 7))], hit
     proc = _start_run(out, small_data)
     lines = _Lines(proc)
     assert proc.wait(timeout=600) == 0, lines.text()[-3000:]

@@ -40,8 +40,6 @@ from tqdm.auto import tqdm
 from ..bridge import (
     Bridge,
     model_device,
-    model_dtype,
-    n_params,
     score_dtype,
     shape_of,
     tokenizer_of,
@@ -61,6 +59,7 @@ from ..model.batching import (
     tokenize_pairs,
     widened,
 )
+from ..model.memory import token_budget
 from ..prompts.pairs import PairSet
 from ..scores import Scores
 from ..vocab import ESTIMATORS, KINDS, Kind, check_ablation, check_choice, is_sentence_metric
@@ -272,29 +271,6 @@ def attribution_inputs(bridge: Bridge, pairs: PairSet, metric, estimator: str, a
     return kinds, pairs, means
 
 
-# On an accelerator, the activations kept for the backward pass may take this share of the weights'
-# memory (activation_token_cap); measured on a Llama-3-8B shape in bf16: ~9 MB per padded token.
-ACTIVATION_SHARE = 0.15
-
-
-def activation_token_cap(bridge: Bridge) -> int | None:
-    """The most padded tokens in one attribution batch: None on a CPU
-    (:data:`lens_bias.model.batching.BATCH_MAX_TOKENS` applies there), else the count whose saved activations
-    (about ``n_layers x (4 d_mlp + 8 d_model)`` values a token, in the model's dtype) fit in
-    :data:`ACTIVATION_SHARE` of the weights' bytes, at least 64.
-
-    Examples:
-        >>> from lens_bias import load_model
-        >>> activation_token_cap(load_model("tiny-random", device="cpu")) is None
-        True
-    """
-    if model_device(bridge).type == "cpu":
-        return None
-    cfg, elem = bridge.cfg, model_dtype(bridge).itemsize
-    per_token = cfg.n_layers * (4 * cfg.d_mlp + 8 * cfg.d_model) * elem
-    return max(64, int(ACTIVATION_SHARE * n_params(bridge) * elem / per_token))
-
-
 def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablation: str, means: dict | None,
                   kinds: list[Kind], batch_size: int, graddrop: bool, progress: bool,
                   by: str = "domain", pass_fn: Callable | None = None) -> tuple[dict, Tensor]:
@@ -317,7 +293,7 @@ def running_sums(bridge: Bridge, pairs: PairSet, metric, estimator: str, ablatio
     # length-sorted batches that mix domains (each pair's contribution goes to its own domain's sums)
     tokens = (sentence_tokens(bridge, pairs.pairs) if is_sentence_metric(metric)
               else tokenize_pairs(bridge, pairs))
-    cap = activation_token_cap(bridge)  # None on a CPU: the CPU default cap applies
+    cap = token_budget(bridge)  # None on a CPU: the CPU default cap applies
     jobs = [(idx, [pairs.pairs[i] for i in idx])
             for idx in tokens.batches(batch_size, device, -1 if cap is None else cap)]
     desc = f"attribution ({estimator}{', graddrop' if graddrop else ''})"

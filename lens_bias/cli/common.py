@@ -293,8 +293,10 @@ def validation_table(res: dict) -> str:
     return "\n".join([grid] + [r["reading"] for r in res.values() if r.get("reading")])
 
 
-def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int) -> None:
-    """Refuse bad ``run`` options (budgets, capability quantile, steps) with a message naming the option."""
+def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: float, steps: int,
+                      batch_size: int | None = None, max_batch_tokens: int | None = None) -> None:
+    """Refuse bad ``run`` options (budgets, capability quantile, steps, batch sizes) with a message naming
+    the option."""
     from ..selection.topk import parse_budget
 
     for b in [budget, *curve_budgets]:
@@ -305,6 +307,9 @@ def check_run_options(budget: str, curve_budgets: list[str], max_cost_quantile: 
         raise LensBiasError(f"--max-cost-quantile must be in (0, 1] (1 = off), got {max_cost_quantile}")
     if steps < 1:
         raise LensBiasError(f"--steps must be at least 1, got {steps}")
+    for name, n in (("--batch-size", batch_size), ("--max-batch-tokens", max_batch_tokens)):
+        if n is not None and n < 1:
+            raise LensBiasError(f"{name} must be at least 1, got {n} (leave it out for the default)")
 
 
 DomainsOpt = Annotated[list[str] | None, typer.Option(

@@ -241,7 +241,12 @@ def run(
     knowledge: KnowOpt = True, knowledge_file: KnowFileOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
-    seed: int = 0, batch_size: int = 16,
+    seed: int = 0,
+    batch_size: Annotated[int | None, typer.Option(
+        help="pairs a batch holds at most (default: 16 on a CPU, 128 on a GPU)")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        help="padded tokens a backward batch holds at most (default: a CPU's 512; on a GPU what its free "
+             "memory holds, less 10 % of the card)")] = None,
     quiet: QuietOpt = False, trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto", device: DeviceOpt = None, device_map: DeviceMapOpt = None,
 ) -> None:
@@ -252,7 +257,7 @@ def run(
 
     curve_budgets = comma_list(budgets)
     try:  # refuse bad options before minutes of work, not at the pruning stage
-        check_run_options(budget, curve_budgets, max_cost_quantile, steps)
+        check_run_options(budget, curve_budgets, max_cost_quantile, steps, batch_size, max_batch_tokens)
     except LensBiasError as e:
         fail(e)
     cfg = RunConfig(
@@ -261,7 +266,7 @@ def run(
         max_cost_quantile=None if max_cost_quantile >= 1 else max_cost_quantile, steps=steps,
         selector=selector, ablation=ablation, budgets=curve_budgets,
         wikitext=wikitext and str(wikitext), lambada=lambada and str(lambada), seed=seed,
-        crows=crows_file and str(crows_file), batch_size=batch_size,
+        crows=crows_file and str(crows_file), batch_size=batch_size, max_batch_tokens=max_batch_tokens,
         **user_options(bbq, bbq_file, bbq_rows, generations, bold_file, knowledge, knowledge_file),
         trust_remote_code=trust_remote_code, progress=not quiet,
         **load_options(dtype, device, device_map, chat_template))

@@ -8,10 +8,11 @@ so a failed or interrupted run leaves no half folder, and no hook stays attached
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from ..hooks.capture import activation_diff, mean_activations
 from ..masks import PruningMask
 from ..measures.evaluation import EvalSet, announced, capability_files, evaluate, standard_evalset
 from ..measures.metrics import greedy_continuations
+from ..model.memory import default_batch_pairs, max_batch_tokens
 from ..prompts.pairs import PairSet, neutral_text
 from ..prompts.splits import HELD_PER_DOMAIN, split_pairs, split_sentences
 from ..scores import Scores
@@ -92,7 +94,8 @@ class RunConfig:
     knowledge: str | None = None  # knowledge probe JSON; None = the bundled probe ("" = none)
     ppl_tokens: int = 4096
     lambada_limit: int = 200
-    batch_size: int = 16
+    batch_size: int | None = None  # pairs a batch holds at most; None: 16 on a CPU, more on a GPU
+    max_batch_tokens: int | None = None  # padded tokens a backward batch holds at most (None: from memory)
     seed: int = 0
     device: str | None = None
     # auto: the checkpoint's dtype on a GPU, float32 on a CPU (metrics are float32 either way)
@@ -125,7 +128,7 @@ def _stage(name: str, progress: bool, timings: dict):
 def run(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Run the whole job and write the run folder ``out`` atomically (:func:`atomic_out`);
     returns the metrics dict."""
-    with atomic_out(out, overwrite) as tmp:
+    with atomic_out(out, overwrite) as tmp, max_batch_tokens(cfg.max_batch_tokens):
         metrics = _run(cfg, tmp)
     if not metrics["export"]["ok"]:
         raise ExportCheckError(
@@ -144,6 +147,8 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
     with _stage("load model and pairs", P, timings):
         inp = _load(cfg)
     bridge, train, ev = inp.bridge, inp.target_train, inp.ev
+    if cfg.batch_size is None:
+        cfg = replace(cfg, batch_size=default_batch_pairs(bridge))
     with _stage("measure bias before", P, timings):
         before, act_diff = _measure_before(cfg, bridge, ev)
     with _stage("attribute on the train split", P, timings):
@@ -158,16 +163,22 @@ def _run(cfg: RunConfig, folder: Path) -> dict:
                               seed=cfg.seed, progress=P)
     with _stage("prune at the requested budget", P, timings):
         mask = _prune(cfg, bridge, train, ts, scores, means, cost)
-        after, rand = _measure_after(cfg, bridge, ev, mask, means)
-        continuations = _continuations(bridge, mask, cfg.ablation, means)
-    transfer = None
-    if len(train.domains) > 1 and cfg.kind != "both":
-        with _stage("leave-one-domain-out transfer", P, timings):
-            transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate",
-                                            cfg.max_cost_quantile, cfg.metric, cfg.batch_size, P,
-                                            scores=scores, cost=cost, seed=cfg.seed)
-    with _stage("materialize, verify and export", P, timings):
-        export = _export(bridge, mask, folder, cfg.ablation, means)
+    with _stage("materialize and verify (the model is written meanwhile)", P, timings):
+        job = _start_export(bridge, mask, folder, cfg.ablation, means)
+    try:
+        with _stage("measure the pruned model", P, timings):
+            after, rand = _measure_after(cfg, bridge, ev, mask, means)
+            continuations = _continuations(bridge, mask, cfg.ablation, means)
+        transfer = None
+        if len(train.domains) > 1 and cfg.kind != "both":
+            with _stage("leave-one-domain-out transfer", P, timings):
+                transfer = leave_one_domain_out(bridge, train, ev, cfg.budget, cfg.kind, "ablate",
+                                                cfg.max_cost_quantile, cfg.metric, cfg.batch_size, P,
+                                                scores=scores, cost=cost, seed=cfg.seed)
+        with _stage("finish writing the pruned model", P, timings):
+            export = job.finish()
+    finally:  # interrupted or failed: no thread may go on writing into the folder being removed
+        job.wait()
     res = RunResults(before, after, rand, act_diff, scores, validation, curve, mask, continuations, export,
                      transfer)
     metrics = run_metrics(cfg, inp, res, timings)
@@ -298,11 +309,32 @@ def _continuations(bridge: Bridge, mask: PruningMask, ablation: str, means: dict
             for p, b, a in zip(prompts, cont_before, cont_after, strict=True)]
 
 
-def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero",
-            means: dict | None = None) -> dict:
+class _Export:
+    """The export of a run: the mask files and the check happen at once (:func:`_start_export`); the
+    pruned model, when the check passed, is written by a background thread while the run measures on,
+    and :meth:`finish` waits for it (a failed write raises there, and the run folder is not kept)."""
+
+    def __init__(self, rec: dict, writer: threading.Thread | None = None):
+        self.rec, self.writer, self.error = rec, writer, None
+
+    def wait(self) -> None:
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
+
+    def finish(self) -> dict:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.rec
+
+
+def _start_export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "zero",
+                  means: dict | None = None) -> _Export:
     """Write the mask files; materialize the mask and check it against the simulation in memory;
-    if the check passes, write the pruned HF model once (``folder/model``, the checkpoint's dtype).
-    Returns the check's record for ``metrics.json`` (a failed check writes no model)."""
+    if the check passes, start writing the pruned HF model once (``folder/model``, the checkpoint's
+    dtype) on a background thread. The record for ``metrics.json`` comes from :meth:`_Export.finish`
+    (a failed check writes no model)."""
     from ..weights.export import export_dtype, write_hf
     from ..weights.verification import materialize_checked, why_different
 
@@ -310,10 +342,18 @@ def _export(bridge: Bridge, mask: PruningMask, folder: Path, ablation: str = "ze
     model, v = materialize_checked(bridge, mask, means=means, ablation=ablation)
     rec = {"max_abs_logit_diff": v.max_diff, "folder": "model" if v.ok else None, **v.to_dict(),
            "summary": v.summary()}
-    if v.ok:
-        write_hf(bridge, model, mask, folder / "model", overwrite=True)
-        rec["dtype_written"] = str(export_dtype(bridge))
-    else:
+    if not v.ok:
         rec["why"] = why_different(bridge, model)
-    del model
-    return rec
+        return _Export(rec)
+    rec["dtype_written"] = str(export_dtype(bridge))
+    job = _Export(rec)
+
+    def write() -> None:
+        try:
+            write_hf(bridge, model, mask, folder / "model", overwrite=True)
+        except BaseException as e:  # re-raised by finish() on the run's own thread
+            job.error = e
+
+    job.writer = threading.Thread(target=write, name="lens-bias export", daemon=True)
+    job.writer.start()
+    return job
