@@ -31,6 +31,11 @@ GenOpt = Annotated[bool, typer.Option(
     "--generations/--no-generations",
     help="the generation audit: sampled continuations of our prompt pairs and BOLD's, scored for sentiment "
          "and crime words")]
+BatchPairsOpt = Annotated[int | None, typer.Option(
+    help="pairs a batch holds at most (default: 16 on a CPU, 128 on a GPU)")]
+BatchTokensOpt = Annotated[int | None, typer.Option(
+    help="padded tokens a backward batch holds at most (default: a CPU's 512; on a GPU what its free "
+         "memory holds, less 10 % of the card)")]
 BoldFileOpt = Annotated[Path | None, typer.Option(help="BOLD race prompts JSON (default: ../shared/data)")]
 BbqFileOpt = Annotated[Path | None, typer.Option(help="BBQ race JSONL (default: ../shared/data)")]
 KnowOpt = Annotated[bool, typer.Option(

@@ -13,6 +13,8 @@ from ..errors import ExportCheckError, LensBiasError
 from ..vocab import GRADIENT_SCORERS
 from .common import (
     AllowOtherPairsOpt,
+    BatchPairsOpt,
+    BatchTokensOpt,
     BbqFileOpt,
     BbqOpt,
     BbqRowsOpt,
@@ -241,12 +243,7 @@ def run(
     knowledge: KnowOpt = True, knowledge_file: KnowFileOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/latest"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run folder")] = False,
-    seed: int = 0,
-    batch_size: Annotated[int | None, typer.Option(
-        help="pairs a batch holds at most (default: 16 on a CPU, 128 on a GPU)")] = None,
-    max_batch_tokens: Annotated[int | None, typer.Option(
-        help="padded tokens a backward batch holds at most (default: a CPU's 512; on a GPU what its free "
-             "memory holds, less 10 % of the card)")] = None,
+    seed: int = 0, batch_size: BatchPairsOpt = None, max_batch_tokens: BatchTokensOpt = None,
     quiet: QuietOpt = False, trust_remote_code: TrustOpt = False,
     dtype: DtypeOpt = "auto", device: DeviceOpt = None, device_map: DeviceMapOpt = None,
 ) -> None:
